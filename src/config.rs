@@ -1,0 +1,310 @@
+//! Configuration from the environment, read and validated once at cold start.
+//! Every error names the variable at fault.
+
+use std::time::Duration;
+
+use crate::fetch::{FetchSettings, HostPattern, UrlPolicy};
+use crate::payload::KeyPrefix;
+use crate::sink::{S3Compression, S3Settings};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The S3 archive sink, when `TERRA_S3_BUCKET` is set.
+    pub s3: Option<S3Settings>,
+    pub fetch: FetchSettings,
+    pub url_policy: UrlPolicy,
+    /// Records processed at once (`TERRA_FETCH_CONCURRENCY`).
+    pub concurrency: usize,
+    /// Path-style S3 addressing, for local emulators (set when
+    /// `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_S3` is).
+    pub s3_force_path_style: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{var}: {problem}")]
+    Invalid { var: &'static str, problem: String },
+    #[error("no sink configured: set TERRA_S3_BUCKET")]
+    NoSink,
+}
+
+const MAX_CONCURRENCY: usize = 1024;
+const MAX_TIMEOUT_SECS: u64 = 900;
+const MAX_ATTEMPTS: u32 = 20;
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|var| std::env::var_os(var).map(|v| v.into_string().map_err(|_| ())))
+    }
+
+    /// Reads the configuration through `lookup`, which returns `Err(())` for a
+    /// value that is not valid UTF-8.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<Result<String, ()>>,
+    ) -> Result<Self, ConfigError> {
+        let env = Env(&lookup);
+        let defaults = FetchSettings::default();
+        let fetch = FetchSettings {
+            timeout: Duration::from_secs(env.number(
+                "TERRA_FETCH_TIMEOUT_SECS",
+                10,
+                1,
+                MAX_TIMEOUT_SECS,
+            )?),
+            max_attempts: env.number(
+                "TERRA_FETCH_MAX_ATTEMPTS",
+                defaults.max_attempts,
+                1,
+                MAX_ATTEMPTS,
+            )?,
+            max_payload_bytes: env.number(
+                "TERRA_MAX_PAYLOAD_BYTES",
+                defaults.max_payload_bytes,
+                1,
+                u64::MAX,
+            )?,
+        };
+        let concurrency = env.number("TERRA_FETCH_CONCURRENCY", 32, 1, MAX_CONCURRENCY)?;
+        let url_policy = UrlPolicy {
+            allowed_hosts: env.host_list("TERRA_ALLOWED_URL_HOSTS")?,
+            allow_insecure: env.flag("TERRA_ALLOW_INSECURE_URLS", false)?,
+        };
+        let s3 = match env.text("TERRA_S3_BUCKET")? {
+            None => None,
+            Some(bucket) => Some(S3Settings {
+                bucket: validate_bucket(&bucket)
+                    .map_err(|problem| invalid("TERRA_S3_BUCKET", problem))?,
+                prefix: KeyPrefix::parse(
+                    &env.text("TERRA_S3_PREFIX")?
+                        .unwrap_or_else(|| "terra/".into()),
+                )
+                .map_err(|e| invalid("TERRA_S3_PREFIX", e.to_string()))?,
+                compression: match env.text("TERRA_S3_COMPRESSION")?.as_deref() {
+                    None | Some("none") => S3Compression::None,
+                    Some("gzip") => S3Compression::Gzip,
+                    Some(other) => {
+                        return Err(invalid(
+                            "TERRA_S3_COMPRESSION",
+                            format!("expected none or gzip, got {other:?}"),
+                        ));
+                    }
+                },
+            }),
+        };
+        if s3.is_none() {
+            return Err(ConfigError::NoSink);
+        }
+        let s3_force_path_style =
+            env.text("AWS_ENDPOINT_URL")?.is_some() || env.text("AWS_ENDPOINT_URL_S3")?.is_some();
+        Ok(Self {
+            s3,
+            fetch,
+            url_policy,
+            concurrency,
+            s3_force_path_style,
+        })
+    }
+}
+
+fn invalid(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        var,
+        problem: problem.into(),
+    }
+}
+
+struct Env<'a, F>(&'a F);
+
+impl<F: Fn(&str) -> Option<Result<String, ()>>> Env<'_, F> {
+    /// The trimmed value; unset and empty are the same.
+    fn text(&self, var: &'static str) -> Result<Option<String>, ConfigError> {
+        match (self.0)(var) {
+            None => Ok(None),
+            Some(Err(())) => Err(invalid(var, "is not valid UTF-8")),
+            Some(Ok(value)) => {
+                let value = value.trim();
+                Ok((!value.is_empty()).then(|| value.to_owned()))
+            }
+        }
+    }
+
+    fn number<T>(&self, var: &'static str, default: T, min: T, max: T) -> Result<T, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
+        let Some(raw) = self.text(var)? else {
+            return Ok(default);
+        };
+        match raw.parse::<T>() {
+            Ok(n) if n >= min && n <= max => Ok(n),
+            _ => Err(invalid(
+                var,
+                format!("expected a whole number from {min} to {max}, got {raw:?}"),
+            )),
+        }
+    }
+
+    fn flag(&self, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.text(var)?.map(|v| v.to_ascii_lowercase()).as_deref() {
+            None => Ok(default),
+            Some("true" | "1") => Ok(true),
+            Some("false" | "0") => Ok(false),
+            Some(other) => Err(invalid(
+                var,
+                format!("expected true or false, got {other:?}"),
+            )),
+        }
+    }
+
+    fn host_list(&self, var: &'static str) -> Result<Option<Vec<HostPattern>>, ConfigError> {
+        let Some(raw) = self.text(var)? else {
+            return Ok(None);
+        };
+        raw.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| {
+                HostPattern::parse(entry).ok_or_else(|| {
+                    invalid(var, format!("{entry:?} is not a host name or *.suffix"))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}
+
+/// S3's bucket naming rules, checked here so a typo fails init rather than
+/// every write.
+fn validate_bucket(bucket: &str) -> Result<String, String> {
+    let ok = (3..=63).contains(&bucket.len())
+        && bucket
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(bucket.to_owned())
+    } else {
+        Err(format!(
+            "{bucket:?} is not a valid bucket name (3-63 lowercase letters, digits, '-' or '.')"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned().map(Ok))
+    }
+
+    fn failing_var(vars: &[(&str, &str)]) -> &'static str {
+        match load(vars) {
+            Err(ConfigError::Invalid { var, .. }) => var,
+            other => panic!("expected an invalid variable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_with_just_a_bucket() {
+        let config = load(&[("TERRA_S3_BUCKET", "my-terra-archive")]).expect("valid");
+        let s3 = config.s3.expect("s3 sink");
+        assert_eq!(s3.prefix.as_str(), "terra/");
+        assert_eq!(s3.compression, S3Compression::None);
+        assert_eq!(config.fetch, FetchSettings::default());
+        assert_eq!(config.concurrency, 32);
+        assert_eq!(config.url_policy, UrlPolicy::default());
+        assert!(!config.s3_force_path_style);
+    }
+
+    #[test]
+    fn reads_every_setting() {
+        let config = load(&[
+            ("TERRA_S3_BUCKET", "b.example"),
+            ("TERRA_S3_PREFIX", "raw/terra"),
+            ("TERRA_S3_COMPRESSION", "gzip"),
+            ("TERRA_FETCH_CONCURRENCY", "8"),
+            ("TERRA_FETCH_TIMEOUT_SECS", "3"),
+            ("TERRA_FETCH_MAX_ATTEMPTS", "2"),
+            ("TERRA_MAX_PAYLOAD_BYTES", "1000"),
+            (
+                "TERRA_ALLOWED_URL_HOSTS",
+                "storage.googleapis.com, *.amazonaws.com",
+            ),
+            ("TERRA_ALLOW_INSECURE_URLS", "TRUE"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+        ])
+        .expect("valid");
+        let s3 = config.s3.expect("s3 sink");
+        assert_eq!(
+            (s3.prefix.as_str(), s3.compression),
+            ("raw/terra/", S3Compression::Gzip)
+        );
+        assert_eq!(config.concurrency, 8);
+        assert_eq!(
+            config.fetch,
+            FetchSettings {
+                timeout: Duration::from_secs(3),
+                max_attempts: 2,
+                max_payload_bytes: 1000
+            }
+        );
+        assert_eq!(config.url_policy.allowed_hosts.map(|h| h.len()), Some(2));
+        assert!(config.url_policy.allow_insecure);
+        assert!(config.s3_force_path_style);
+    }
+
+    #[test]
+    fn needs_a_sink() {
+        assert_eq!(load(&[]), Err(ConfigError::NoSink));
+        assert_eq!(load(&[("TERRA_S3_BUCKET", "  ")]), Err(ConfigError::NoSink));
+    }
+
+    #[test]
+    fn every_bad_value_names_its_variable() {
+        let bucket = ("TERRA_S3_BUCKET", "bucket");
+        for (var, value) in [
+            ("TERRA_S3_BUCKET", "Bad_Bucket"),
+            ("TERRA_S3_PREFIX", "../escape"),
+            ("TERRA_S3_COMPRESSION", "zstd"),
+            ("TERRA_FETCH_CONCURRENCY", "0"),
+            ("TERRA_FETCH_CONCURRENCY", "many"),
+            ("TERRA_FETCH_TIMEOUT_SECS", "-1"),
+            ("TERRA_FETCH_MAX_ATTEMPTS", "0"),
+            ("TERRA_MAX_PAYLOAD_BYTES", "64MB"),
+            ("TERRA_ALLOWED_URL_HOSTS", "ok.com,bad host"),
+            ("TERRA_ALLOW_INSECURE_URLS", "yes please"),
+        ] {
+            let vars = if var == "TERRA_S3_BUCKET" {
+                vec![(var, value)]
+            } else {
+                vec![bucket, (var, value)]
+            };
+            assert_eq!(failing_var(&vars), var, "{var}={value}");
+            let message = load(&vars).expect_err("invalid").to_string();
+            assert!(message.starts_with(var), "{message}");
+        }
+    }
+
+    #[test]
+    fn non_utf8_values_name_their_variable() {
+        let result = Config::from_lookup(|k| match k {
+            "TERRA_S3_BUCKET" => Some(Ok("bucket".into())),
+            "TERRA_S3_PREFIX" => Some(Err(())),
+            _ => None,
+        });
+        assert!(matches!(
+            result,
+            Err(ConfigError::Invalid {
+                var: "TERRA_S3_PREFIX",
+                ..
+            })
+        ));
+    }
+}

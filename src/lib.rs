@@ -1,0 +1,21 @@
+//! terra-sink: lands Terra health data, delivered as pointer messages on SQS or
+//! Kafka, in the customer's own S3 bucket.
+//!
+//! The flow for one record: [`source`] decodes the trigger's record, [`message`]
+//! decodes Terra's pointer, [`fetch`] downloads the payload under the URL policy,
+//! [`payload`] checks it and names it, [`sink`] writes it. [`pipeline`] strings
+//! these together for one record, and [`batch`] runs a whole invocation:
+//! concurrency, deadline, ordering and the per-record outcomes the sources turn
+//! into partial batch responses. [`app`] builds all of it once at cold start
+//! from [`config`].
+
+pub mod app;
+pub mod batch;
+pub mod config;
+pub mod fetch;
+pub mod message;
+pub mod outcome;
+pub mod payload;
+pub mod pipeline;
+pub mod sink;
+pub mod source;

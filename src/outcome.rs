@@ -1,0 +1,133 @@
+//! What became of one record, and how a failure is classified.
+//!
+//! Classification is kept apart from the calls that fail: each error type says
+//! which [`FailureClass`] it belongs to and whether retrying could ever help, and
+//! every failure reaching the batch response carries both.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// Why a record was not written. The names are the metric and log vocabulary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureClass {
+    /// The pre-signed URL's lifetime was over before (or while) it was fetched.
+    Expired,
+    /// Downloading the payload failed (network, timeouts, HTTP errors, size).
+    Fetch,
+    /// The URL policy refused the URL or the address it resolved to.
+    Refused,
+    /// The queue message or the payload is not what Terra sends.
+    Invalid,
+    /// Writing to a sink failed.
+    Sink,
+    /// Not attempted in this invocation: the deadline was near, or an earlier
+    /// message of the same FIFO group failed.
+    Deferred,
+    /// A bug: processing the record panicked.
+    Internal,
+}
+
+impl FailureClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureClass::Expired => "expired",
+            FailureClass::Fetch => "fetch",
+            FailureClass::Refused => "refused",
+            FailureClass::Invalid => "invalid",
+            FailureClass::Sink => "sink",
+            FailureClass::Deferred => "deferred",
+            FailureClass::Internal => "internal",
+        }
+    }
+}
+
+impl fmt::Display for FailureClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether delivering the same message again could succeed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Retry {
+    Transient,
+    Permanent,
+}
+
+impl fmt::Display for Retry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Retry::Transient => "transient",
+            Retry::Permanent => "permanent",
+        })
+    }
+}
+
+/// Implemented by every error a record can fail with.
+pub trait Classify: fmt::Display {
+    fn class(&self) -> FailureClass;
+    fn retry(&self) -> Retry;
+}
+
+/// A classified record failure. `message` never holds a URL query string or
+/// payload content: the error types it is built from guarantee that.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{class} ({retry}): {message}")]
+pub struct RecordFailure {
+    pub class: FailureClass,
+    pub retry: Retry,
+    pub message: String,
+}
+
+impl RecordFailure {
+    pub fn new(class: FailureClass, retry: Retry, message: impl Into<String>) -> Self {
+        Self {
+            class,
+            retry,
+            message: message.into(),
+        }
+    }
+
+    pub fn from_error<E: Classify + ?Sized>(error: &E) -> Self {
+        Self::new(error.class(), error.retry(), error.to_string())
+    }
+}
+
+/// The end state of one record in one invocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The payload is durably written to every configured sink.
+    Written(Written),
+    /// A Terra healthcheck: acknowledged, nothing to write.
+    Healthcheck,
+    /// Not written; the record must be retried or dead-lettered.
+    Failed(RecordFailure),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    pub event_type: String,
+    pub payload_bytes: u64,
+}
+
+impl Outcome {
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Outcome::Failed(_))
+    }
+
+    pub fn failure(&self) -> Option<&RecordFailure> {
+        match self {
+            Outcome::Failed(failure) => Some(failure),
+            _ => None,
+        }
+    }
+}
+
+impl<E: Classify> From<E> for RecordFailure {
+    fn from(error: E) -> Self {
+        RecordFailure::from_error(&error)
+    }
+}

@@ -1,0 +1,197 @@
+//! The payload behind the URL (the same JSON a Terra webhook carries) and the
+//! names it is stored under.
+//!
+//! Only the fields needed to describe and name the payload are decoded; the
+//! rest is validated as JSON and skipped, never built into a tree.
+
+mod keys;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::Value;
+
+use crate::message::json_error_position;
+use crate::outcome::{Classify, FailureClass, Retry};
+
+pub use keys::{ArchiveName, KeyPrefix, KeyPrefixError};
+
+/// What the sinks need to know about a payload besides its bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PayloadSummary {
+    /// Terra's event type: `activity`, `sleep`, `auth`, `lab_report.completed`…
+    pub event_type: String,
+    pub user_id: Option<String>,
+    pub provider: Option<String>,
+    pub reference_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// Carries serde's position, never its text: that can quote health data.
+    #[error("payload is not valid JSON ({0})")]
+    NotJson(String),
+    #[error("payload has no string \"type\"")]
+    MissingType,
+}
+
+impl Classify for PayloadError {
+    fn class(&self) -> FailureClass {
+        FailureClass::Invalid
+    }
+    fn retry(&self) -> Retry {
+        Retry::Permanent
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type", default)]
+    kind: Option<Value>,
+    #[serde(default)]
+    user: Option<Value>,
+    #[serde(default, rename = "new_user")]
+    new_user: Option<Value>,
+    #[serde(default)]
+    reference_id: Option<Value>,
+    // Named so the large fields are skipped explicitly rather than collected.
+    #[serde(default)]
+    #[allow(dead_code)]
+    data: IgnoredAny,
+}
+
+/// Validates the whole payload as a JSON object and extracts its summary.
+pub fn inspect(body: &[u8]) -> Result<PayloadSummary, PayloadError> {
+    // serde would also accept a struct written as an array.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(PayloadError::NotJson("not a JSON object".into()));
+    }
+    let envelope: Envelope =
+        serde_json::from_slice(body).map_err(|e| PayloadError::NotJson(json_error_position(&e)))?;
+    let event_type = match envelope.kind {
+        Some(Value::String(kind)) if !kind.is_empty() => kind,
+        _ => return Err(PayloadError::MissingType),
+    };
+    // user_reauth carries the user as new_user; auth_cancelled has none.
+    let user = envelope.user.or(envelope.new_user);
+    let user_field = |name: &str| {
+        user.as_ref()
+            .and_then(|u| u.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    Ok(PayloadSummary {
+        user_id: user_field("user_id"),
+        provider: user_field("provider"),
+        reference_id: user_field("reference_id").or(match envelope.reference_id {
+            Some(Value::String(reference)) => Some(reference),
+            _ => None,
+        }),
+        event_type,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ACTIVITY: &str = include_str!("../../tests/fixtures/terra/openapi_activity.json");
+    const REAUTH: &str = include_str!("../../tests/fixtures/terra/openapi_user_reauth.json");
+    const CANCELLED: &str =
+        include_str!("../../tests/fixtures/terra/openapi_auth__authCancelled.json");
+
+    #[test]
+    fn summarises_a_data_event() {
+        assert_eq!(
+            inspect(ACTIVITY.as_bytes()),
+            Ok(PayloadSummary {
+                event_type: "activity".into(),
+                user_id: Some("40f7b0e1-89e2-43ac-a5b8-1e29c8d47cad".into()),
+                provider: Some("GARMIN".into()),
+                reference_id: Some("your-user-123".into()),
+            })
+        );
+    }
+
+    #[test]
+    fn summarises_lifecycle_events_without_a_plain_user() {
+        let reauth = inspect(REAUTH.as_bytes()).expect("valid");
+        assert_eq!(
+            reauth.user_id.as_deref(),
+            Some("9c8b7a65-4321-4fed-a0b9-87c6d5e4f321")
+        );
+        let cancelled = inspect(CANCELLED.as_bytes()).expect("valid");
+        assert_eq!(cancelled.event_type, "auth_cancelled");
+        assert_eq!(cancelled.user_id, None);
+        assert_eq!(cancelled.reference_id.as_deref(), Some("your-user-123"));
+    }
+
+    #[test]
+    fn every_fixture_is_accepted() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/terra");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).expect("fixtures present") {
+            let path = entry.expect("readable dir").path();
+            let name = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            if !name.ends_with(".json") || name.starts_with("docs_sqs_message") {
+                continue;
+            }
+            let body = std::fs::read(&path).expect("readable fixture");
+            let summary = inspect(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!summary.event_type.is_empty(), "{name}");
+            seen += 1;
+        }
+        assert!(seen >= 20, "expected the Terra examples, saw {seen}");
+    }
+
+    #[test]
+    fn null_user_fields_are_absent() {
+        let summary =
+            inspect(br#"{"type":"daily","user":{"user_id":null,"provider":7},"data":[]}"#)
+                .expect("valid");
+        assert_eq!((summary.user_id, summary.provider), (None, None));
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_terra_payload() {
+        assert!(matches!(inspect(b"<html>"), Err(PayloadError::NotJson(_))));
+        assert!(matches!(
+            inspect(b"{\"type\":\"daily\"} trailing"),
+            Err(PayloadError::NotJson(_))
+        ));
+        assert!(matches!(inspect(b"[]"), Err(PayloadError::NotJson(_))));
+        assert!(matches!(
+            inspect(&[0xff, 0xfe, b'{']),
+            Err(PayloadError::NotJson(_))
+        ));
+        assert_eq!(inspect(br#"{"data":[]}"#), Err(PayloadError::MissingType));
+        assert_eq!(
+            inspect(br#"{"type":["activity"]}"#),
+            Err(PayloadError::MissingType)
+        );
+    }
+
+    /// Skipped fields are walked without recursion, so depth costs no stack.
+    #[test]
+    fn deep_nesting_is_walked_without_recursion() {
+        let mut body = String::from(r#"{"type":"activity","data":"#);
+        body.push_str(&"[".repeat(100_000));
+        body.push_str(&"]".repeat(100_000));
+        body.push('}');
+        assert_eq!(
+            inspect(body.as_bytes()).map(|s| s.event_type),
+            Ok("activity".to_owned())
+        );
+    }
+
+    #[test]
+    fn errors_do_not_quote_health_data() {
+        let error =
+            inspect(br#"{"type":"body","user":{"user_id":"u"},"data":[{"weight_kg":72.4,}]}"#)
+                .expect_err("trailing comma");
+        assert!(!error.to_string().contains("72.4"), "{error}");
+    }
+}

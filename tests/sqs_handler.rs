@@ -1,0 +1,310 @@
+//! The compiled `sqs-handler`, driven through the Lambda Runtime API, against
+//! moto's S3 and a real payload server.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::moto::Moto;
+use support::payload_server::{Behaviour, PayloadServer};
+use support::runtime_api::{HandlerProcess, InvocationResult, RuntimeApi, lambda_environment};
+use support::{fixture, now_ms};
+
+const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
+const SECRETS: [&str; 3] = ["X-Amz-Signature", "5ec7e7516a7c0ffee", "AKIASECRETKEYID"];
+
+fn sqs_record(message_id: &str, body: &str, sent_at_ms: u64) -> Value {
+    json!({
+        "messageId": message_id,
+        "receiptHandle": format!("rh-{message_id}"),
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": sent_at_ms.to_string(),
+            "SenderId": "AIDAEXAMPLE",
+            "ApproximateFirstReceiveTimestamp": sent_at_ms.to_string()
+        },
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:terra-events",
+        "awsRegion": "us-east-1"
+    })
+}
+
+fn pointer(url: &str) -> String {
+    json!({"status": "success", "type": "s3_payload", "url": url, "expires_in": 600}).to_string()
+}
+
+fn failed_ids(result: &InvocationResult) -> BTreeSet<String> {
+    let InvocationResult::Response(response) = result else {
+        panic!("the batch must succeed as a whole, got {result:?}");
+    };
+    response["batchItemFailures"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no batchItemFailures in {response}"))
+        .iter()
+        .map(|f| {
+            let id = f["itemIdentifier"].as_str().expect("string identifier");
+            assert!(!id.is_empty(), "empty identifier in {response}");
+            id.to_owned()
+        })
+        .collect()
+}
+
+struct Bed {
+    moto: Moto,
+    payloads: PayloadServer,
+    runtime: RuntimeApi,
+    bucket: String,
+}
+
+impl Bed {
+    async fn start(bucket: &str) -> Bed {
+        let moto = Moto::start().await;
+        moto.create_bucket(bucket).await;
+        Bed {
+            moto,
+            payloads: PayloadServer::start().await,
+            runtime: RuntimeApi::start().await,
+            bucket: bucket.to_owned(),
+        }
+    }
+
+    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = lambda_environment(self.runtime.addr);
+        env.extend(
+            [
+                ("AWS_ENDPOINT_URL", self.moto.endpoint.as_str()),
+                ("TERRA_S3_BUCKET", self.bucket.as_str()),
+                ("TERRA_ALLOW_INSECURE_URLS", "true"),
+                ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
+                ("TERRA_FETCH_TIMEOUT_SECS", "2"),
+            ]
+            .iter()
+            .chain(extra)
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        env
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_batch_reports_exactly_the_failed_records_and_archives_the_rest() {
+    let bed = Bed::start("terra-mixed").await;
+    let p = &bed.payloads;
+    let activity = fixture("openapi_activity.json");
+    let sleep = fixture("openapi_sleep.json");
+    let daily = fixture("openapi_daily.json");
+    let auth = fixture("openapi_auth__authSuccess.json");
+    let mut oversize = br#"{"type":"activity","data":[""#.to_vec();
+    oversize.extend(std::iter::repeat_n(b'x', 300_000));
+    oversize.extend(br#""]}"#);
+
+    let now = now_ms();
+    let auth_pointer = json!({
+        "type": "s3_payload",
+        "url": p.route("/payloads/auth.json", Behaviour::Ok(auth.clone())),
+        "expires_in": 600,
+        "payload_reference": "bb0a8574-ac33-42e5-ae33-49aa52600b1c"
+    })
+    .to_string();
+    let event = json!({"Records": [
+        sqs_record("m-activity", &pointer(&p.route("/payloads/activity.json", Behaviour::Ok(activity.clone()))), now),
+        sqs_record("m-sleep-gzip", &pointer(&p.route("/payloads/sleep.json", Behaviour::Gzip(sleep.clone()))), now),
+        sqs_record("m-daily-503-then-200", &pointer(&p.route("/payloads/daily.json", Behaviour::FailThenOk {
+            failures: 1, status: 503, retry_after: None, body: daily.clone(),
+        })), now),
+        sqs_record("m-auth-with-reference", &auth_pointer, now),
+        sqs_record("m-expired-by-timestamp", &pointer(&p.route("/payloads/late.json", Behaviour::Ok(activity.clone()))), now - 601_000),
+        sqs_record("m-403-expired-url", &pointer(&p.route("/payloads/gone.json", Behaviour::Status(403))), now),
+        sqs_record("m-body-not-json", "Terra says hello", now),
+        sqs_record("m-healthcheck", r#"{"type":"healthcheck","status":"success","sent_webhooks_last_hour":42}"#, now),
+        sqs_record("m-disallowed-host", &pointer("https://169.254.169.254/latest/meta-data/iam?X-Amz-Signature=5ec7e7516a7c0ffee"), now),
+        sqs_record("m-payload-not-json", &pointer(&p.route("/payloads/html.json", Behaviour::Ok(b"<html>busy</html>".to_vec()))), now),
+        sqs_record("m-oversize-payload", &pointer(&p.route("/payloads/huge.json", Behaviour::Chunked(oversize))), now),
+    ]});
+
+    let env = bed.env(&[("TERRA_MAX_PAYLOAD_BYTES", "262144")]);
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
+    let expected_failures: BTreeSet<String> = [
+        "m-expired-by-timestamp",
+        "m-403-expired-url",
+        "m-body-not-json",
+        "m-disallowed-host",
+        "m-payload-not-json",
+        "m-oversize-payload",
+    ]
+    .map(str::to_owned)
+    .into();
+
+    let first = bed.runtime.invoke(&event, Duration::from_secs(60)).await;
+    assert_eq!(
+        failed_ids(&first),
+        expected_failures,
+        "output:\n{}",
+        handler.output()
+    );
+
+    assert_eq!(
+        p.hits("/payloads/late.json"),
+        0,
+        "an expired message must not be fetched"
+    );
+    assert_eq!(
+        p.hits("/payloads/gone.json"),
+        1,
+        "403 is permanent: no retry"
+    );
+    assert_eq!(p.hits("/payloads/daily.json"), 2, "503 once, then 200");
+
+    let date = time::OffsetDateTime::now_utc().date();
+    let dt = format!("terra/dt={}", date);
+    let objects = bed.moto.objects(&bed.bucket).await;
+    let keys: Vec<&str> = objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(objects.len(), 4, "exactly the four good payloads: {keys:?}");
+    assert!(
+        keys.contains(&format!("{dt}/bb0a8574-ac33-42e5-ae33-49aa52600b1c.json").as_str()),
+        "payload_reference names the object: {keys:?}"
+    );
+    for object in &objects {
+        assert!(
+            object.key.starts_with(&dt) && object.key.ends_with(".json"),
+            "{}",
+            object.key
+        );
+        assert_eq!(object.content_type.as_deref(), Some("application/json"));
+        assert_eq!(object.content_encoding, None);
+    }
+    let mut archived: Vec<Vec<u8>> = objects.iter().map(|o| o.body.clone()).collect();
+    let mut served = vec![activity, sleep, daily, auth];
+    archived.sort();
+    served.sort();
+    assert!(
+        archived == served,
+        "archived bytes must equal the served payloads"
+    );
+    let activity_object = objects
+        .iter()
+        .find(|o| o.metadata.get("terra-type").map(String::as_str) == Some("activity"))
+        .expect("activity archived with its type");
+    assert_eq!(
+        activity_object
+            .metadata
+            .get("terra-user-id")
+            .map(String::as_str),
+        Some("40f7b0e1-89e2-43ac-a5b8-1e29c8d47cad")
+    );
+    assert_eq!(
+        activity_object
+            .metadata
+            .get("terra-provider")
+            .map(String::as_str),
+        Some("GARMIN")
+    );
+
+    // Redelivery: the same event again adds nothing and fails the same records.
+    let second = bed.runtime.invoke(&event, Duration::from_secs(60)).await;
+    assert_eq!(failed_ids(&second), expected_failures);
+    let again = bed.moto.objects(&bed.bucket).await;
+    let again_keys: Vec<&str> = again.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(again_keys, keys, "a replayed batch must not add objects");
+
+    let output = handler.output();
+    for secret in SECRETS {
+        assert!(!output.contains(secret), "output leaks {secret}:\n{output}");
+    }
+    let summaries: Vec<Value> = output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["fields"]["message"] == "batch done")
+        .collect();
+    assert_eq!(summaries.len(), 2, "one summary line per batch:\n{output}");
+    assert_eq!(summaries[0]["fields"]["received"], 11);
+    assert_eq!(summaries[0]["fields"]["written"], 4);
+    assert_eq!(summaries[0]["fields"]["failed"], 6);
+    let failure_lines = output
+        .lines()
+        .filter(|l| l.contains("record failed"))
+        .count();
+    assert_eq!(
+        failure_lines, 12,
+        "one line per failed record per batch:\n{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_archive_compresses_under_the_configured_prefix() {
+    let bed = Bed::start("terra-gzip").await;
+    let body = fixture("openapi_body.json");
+    let url = bed
+        .payloads
+        .route("/payloads/body.json", Behaviour::Ok(body.clone()));
+    let event = json!({"Records": [sqs_record("m-body", &pointer(&url), now_ms())]});
+    let env = bed.env(&[
+        ("TERRA_S3_COMPRESSION", "gzip"),
+        ("TERRA_S3_PREFIX", "archive/terra"),
+    ]);
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
+
+    let result = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
+    assert_eq!(
+        failed_ids(&result),
+        BTreeSet::new(),
+        "output:\n{}",
+        handler.output()
+    );
+    let objects = bed.moto.objects(&bed.bucket).await;
+    assert_eq!(objects.len(), 1);
+    let object = &objects[0];
+    assert!(
+        object.key.starts_with("archive/terra/dt=") && object.key.ends_with(".json.gz"),
+        "{}",
+        object.key
+    );
+    assert_eq!(object.content_encoding.as_deref(), Some("gzip"));
+    let mut decoded = Vec::new();
+    std::io::Read::read_to_end(
+        &mut flate2::read::GzDecoder::new(&object.body[..]),
+        &mut decoded,
+    )
+    .expect("valid gzip");
+    assert!(decoded == body, "decompressed object equals the payload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_configuration_stops_cold_start_and_names_the_variable() {
+    let runtime = RuntimeApi::start().await;
+    for (var, value) in [
+        ("TERRA_FETCH_CONCURRENCY", "lots"),
+        ("TERRA_S3_PREFIX", "../outside"),
+        ("TERRA_ALLOWED_URL_HOSTS", "good.example, not a host"),
+    ] {
+        let mut env = lambda_environment(runtime.addr);
+        env.push(("TERRA_S3_BUCKET".into(), "terra-archive".into()));
+        env.push((var.into(), value.into()));
+        let mut handler = HandlerProcess::spawn(SQS_HANDLER, &env);
+        let status = handler
+            .wait_exit(Duration::from_secs(20))
+            .unwrap_or_else(|| panic!("{var}={value}: the handler must exit"));
+        assert!(!status.success(), "{var}={value}: exit status {status}");
+        let output = handler.output();
+        assert!(
+            output.contains(var),
+            "{var}={value}: output must name it:\n{output}"
+        );
+    }
+
+    let mut no_sink = HandlerProcess::spawn(SQS_HANDLER, &lambda_environment(runtime.addr));
+    let status = no_sink
+        .wait_exit(Duration::from_secs(20))
+        .expect("the handler must exit");
+    assert!(!status.success());
+    assert!(
+        no_sink.output().contains("TERRA_S3_BUCKET"),
+        "{}",
+        no_sink.output()
+    );
+}

@@ -1,0 +1,137 @@
+//! moto's server, started per test on its own port: the real S3 wire protocol.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+
+pub struct Moto {
+    child: Child,
+    pub endpoint: String,
+}
+
+/// Where `make test` installs moto; `MOTO_SERVER` overrides.
+fn moto_binary() -> PathBuf {
+    match std::env::var_os("MOTO_SERVER") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server"),
+    }
+}
+
+impl Moto {
+    pub async fn start() -> Moto {
+        let binary = moto_binary();
+        assert!(
+            binary.exists(),
+            "moto_server not found at {}: run `make test` (it installs moto into .venv) or set MOTO_SERVER",
+            binary.display()
+        );
+        let port = super::free_port();
+        let child = Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("could not start {}: {e}", binary.display()));
+        let moto = Moto {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
+        let started = Instant::now();
+        let client = reqwest::Client::new();
+        loop {
+            if client
+                .get(format!("{}/moto-api/", moto.endpoint))
+                .send()
+                .await
+                .is_ok()
+            {
+                return moto;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "moto_server did not answer on {} within 30 s",
+                moto.endpoint
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    pub async fn create_bucket(&self, bucket: &str) {
+        self.s3()
+            .create_bucket()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
+    }
+
+    /// Every object in the bucket: (key, bytes, content-encoding).
+    pub async fn objects(&self, bucket: &str) -> Vec<StoredObject> {
+        let s3 = self.s3();
+        let listed = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list {bucket}: {e:?}"));
+        let mut objects = Vec::new();
+        for entry in listed.contents() {
+            let key = entry.key().expect("listed objects have keys").to_owned();
+            let object = s3
+                .get_object()
+                .bucket(bucket)
+                .key(&key)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("get {key}: {e:?}"));
+            let content_encoding = object.content_encoding().map(str::to_owned);
+            let content_type = object.content_type().map(str::to_owned);
+            let metadata = object.metadata().cloned().unwrap_or_default();
+            let body = object
+                .body
+                .collect()
+                .await
+                .expect("object body")
+                .into_bytes()
+                .to_vec();
+            objects.push(StoredObject {
+                key,
+                body,
+                content_encoding,
+                content_type,
+                metadata,
+            });
+        }
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        objects
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredObject {
+    pub key: String,
+    pub body: Vec<u8>,
+    pub content_encoding: Option<String>,
+    pub content_type: Option<String>,
+    pub metadata: std::collections::HashMap<String, String>,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,186 @@
+//! A real HTTP server standing in for Terra's payload bucket, with scripted
+//! behaviour per path and a count of the requests each path received.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+
+#[derive(Debug, Clone)]
+pub enum Behaviour {
+    /// 200 with the body as is.
+    Ok(Vec<u8>),
+    /// 200 with the body gzip-compressed and `Content-Encoding: gzip`.
+    Gzip(Vec<u8>),
+    /// 200 with a chunked body (no Content-Length).
+    Chunked(Vec<u8>),
+    /// `failures` answers of `status` (with an optional Retry-After), then 200.
+    FailThenOk {
+        failures: usize,
+        status: u16,
+        retry_after: Option<u64>,
+        body: Vec<u8>,
+    },
+    /// Always `status`, with a body like S3's.
+    Status(u16),
+    /// Waits, then 200.
+    Delay(Duration, Vec<u8>),
+    /// A redirect to `location`.
+    Redirect(String),
+}
+
+#[derive(Default)]
+struct Routes {
+    behaviours: HashMap<String, Behaviour>,
+    hits: HashMap<String, usize>,
+    queries: Vec<String>,
+}
+
+pub struct PayloadServer {
+    pub addr: SocketAddr,
+    routes: Arc<Mutex<Routes>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PayloadServer {
+    pub async fn start() -> PayloadServer {
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        let app = Router::new()
+            .fallback(serve)
+            .with_state(Arc::clone(&routes));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind payload server");
+        let addr = listener.local_addr().expect("bound address");
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .await
+                .expect("payload server runs");
+        });
+        PayloadServer { addr, routes, task }
+    }
+
+    /// Registers `path` and returns a pre-signed-looking URL for it.
+    pub fn route(&self, path: &str, behaviour: Behaviour) -> String {
+        self.routes
+            .lock()
+            .expect("not poisoned")
+            .behaviours
+            .insert(path.to_owned(), behaviour);
+        format!(
+            "http://{}{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIASECRETKEYID&X-Amz-Signature=5ec7e7516a7c0ffee",
+            self.addr
+        )
+    }
+
+    pub fn hits(&self, path: &str) -> usize {
+        self.routes
+            .lock()
+            .expect("not poisoned")
+            .hits
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for PayloadServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(body).expect("in-memory write");
+    encoder.finish().expect("in-memory write")
+}
+
+async fn serve(State(routes): State<Arc<Mutex<Routes>>>, request: Request<Body>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let behaviour = {
+        let mut routes = routes.lock().expect("not poisoned");
+        let hit = routes.hits.entry(path.clone()).or_default();
+        *hit += 1;
+        let hit = *hit;
+        routes
+            .queries
+            .push(request.uri().query().unwrap_or_default().to_owned());
+        routes.behaviours.get(&path).cloned().map(|b| (b, hit))
+    };
+    let Some((behaviour, hit)) = behaviour else {
+        return status(404);
+    };
+    match behaviour {
+        Behaviour::Ok(body) => ok(body),
+        Behaviour::Gzip(body) => {
+            let mut response = ok(gzip(&body));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            response
+        }
+        Behaviour::Chunked(body) => {
+            let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                body.chunks(16 * 1024).map(|c| Ok(c.to_vec())).collect();
+            Response::new(Body::from_stream(futures::stream::iter(chunks)))
+        }
+        Behaviour::FailThenOk {
+            failures,
+            status: code,
+            retry_after,
+            body,
+        } => {
+            if hit <= failures {
+                let mut response = status(code);
+                if let Some(secs) = retry_after {
+                    response
+                        .headers_mut()
+                        .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+                }
+                response
+            } else {
+                ok(body)
+            }
+        }
+        Behaviour::Status(code) => status(code),
+        Behaviour::Delay(delay, body) => {
+            tokio::time::sleep(delay).await;
+            ok(body)
+        }
+        Behaviour::Redirect(location) => {
+            let mut response = status(302);
+            response.headers_mut().insert(
+                header::LOCATION,
+                HeaderValue::from_str(&location).expect("valid location"),
+            );
+            response
+        }
+    }
+}
+
+fn ok(body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn status(code: u16) -> Response<Body> {
+    let code = StatusCode::from_u16(code).expect("valid status");
+    let body = format!(
+        "<Error><Code>{}</Code></Error>",
+        code.canonical_reason().unwrap_or("Error")
+    );
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = code;
+    response
+}

@@ -1,0 +1,244 @@
+//! A Lambda Runtime API emulator, and the compiled handler binaries running
+//! against it exactly as they run in Lambda.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+struct Invocation {
+    id: String,
+    event: Vec<u8>,
+    deadline_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum InvocationResult {
+    /// The handler's response body.
+    Response(Value),
+    /// The error the runtime reported for the invocation.
+    Error(Value),
+}
+
+#[derive(Clone)]
+struct Shared {
+    pending: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Invocation>>>,
+    waiting: Arc<Mutex<HashMap<String, oneshot::Sender<InvocationResult>>>>,
+}
+
+pub struct RuntimeApi {
+    pub addr: SocketAddr,
+    queue: mpsc::UnboundedSender<Invocation>,
+    waiting: Arc<Mutex<HashMap<String, oneshot::Sender<InvocationResult>>>>,
+    counter: Mutex<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RuntimeApi {
+    pub async fn start() -> RuntimeApi {
+        let (queue, pending) = mpsc::unbounded_channel();
+        let waiting = Arc::new(Mutex::new(HashMap::new()));
+        let shared = Shared {
+            pending: Arc::new(tokio::sync::Mutex::new(pending)),
+            waiting: Arc::clone(&waiting),
+        };
+        let app = Router::new()
+            .route("/2018-06-01/runtime/invocation/next", get(next))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(respond),
+            )
+            .route("/2018-06-01/runtime/invocation/{id}/error", post(fail))
+            .with_state(shared);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind runtime API");
+        let addr = listener.local_addr().expect("bound address");
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.expect("runtime API runs");
+        });
+        RuntimeApi {
+            addr,
+            queue,
+            waiting,
+            counter: Mutex::new(0),
+            task,
+        }
+    }
+
+    /// Delivers `event` to the next `/next` call and waits for its result.
+    pub async fn invoke(&self, event: &Value, timeout: Duration) -> InvocationResult {
+        let id = {
+            let mut counter = self.counter.lock().expect("not poisoned");
+            *counter += 1;
+            format!("req-{counter}")
+        };
+        let (sender, receiver) = oneshot::channel();
+        self.waiting
+            .lock()
+            .expect("not poisoned")
+            .insert(id.clone(), sender);
+        let deadline_ms = super::now_ms() + timeout.as_millis() as u64;
+        self.queue
+            .send(Invocation {
+                id: id.clone(),
+                event: serde_json::to_vec(event).expect("serialisable event"),
+                deadline_ms,
+            })
+            .expect("emulator running");
+        match tokio::time::timeout(timeout + Duration::from_secs(5), receiver).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => panic!("invocation {id} was dropped"),
+            Err(_) => panic!("invocation {id}: no response within {timeout:?} + 5 s"),
+        }
+    }
+}
+
+impl Drop for RuntimeApi {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn next(State(shared): State<Shared>) -> impl IntoResponse {
+    let invocation = shared.pending.lock().await.recv().await;
+    let Some(invocation) = invocation else {
+        return (StatusCode::GONE, HeaderMap::new(), Vec::new());
+    };
+    let mut headers = HeaderMap::new();
+    let header = |v: &str| HeaderValue::from_str(v).expect("valid header");
+    headers.insert("lambda-runtime-aws-request-id", header(&invocation.id));
+    headers.insert(
+        "lambda-runtime-deadline-ms",
+        header(&invocation.deadline_ms.to_string()),
+    );
+    headers.insert(
+        "lambda-runtime-invoked-function-arn",
+        header("arn:aws:lambda:us-east-1:123456789012:function:terra-sink"),
+    );
+    headers.insert("content-type", header("application/json"));
+    (StatusCode::OK, headers, invocation.event)
+}
+
+fn finish(shared: &Shared, id: &str, result: InvocationResult) -> StatusCode {
+    match shared.waiting.lock().expect("not poisoned").remove(id) {
+        Some(sender) => {
+            let _ = sender.send(result);
+            StatusCode::ACCEPTED
+        }
+        None => StatusCode::NOT_FOUND,
+    }
+}
+
+fn json_or_text(body: &Bytes) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
+}
+
+async fn respond(State(shared): State<Shared>, Path(id): Path<String>, body: Bytes) -> StatusCode {
+    finish(
+        &shared,
+        &id,
+        InvocationResult::Response(json_or_text(&body)),
+    )
+}
+
+async fn fail(State(shared): State<Shared>, Path(id): Path<String>, body: Bytes) -> StatusCode {
+    finish(&shared, &id, InvocationResult::Error(json_or_text(&body)))
+}
+
+/// A handler binary running against a [`RuntimeApi`], its output collected.
+pub struct HandlerProcess {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+/// The variables Lambda sets for every function, plus test credentials.
+pub fn lambda_environment(runtime_api: SocketAddr) -> Vec<(String, String)> {
+    [
+        ("AWS_LAMBDA_RUNTIME_API", runtime_api.to_string()),
+        ("AWS_LAMBDA_FUNCTION_NAME", "terra-sink".into()),
+        ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512".into()),
+        ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
+        ("AWS_LAMBDA_LOG_FORMAT", "JSON".into()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID", "test".into()),
+        ("AWS_SECRET_ACCESS_KEY", "test".into()),
+        ("RUST_LOG", "info".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+impl HandlerProcess {
+    /// Starts `binary` with only `env` set (nothing leaks in from the test's
+    /// own environment).
+    pub fn spawn(binary: &str, env: &[(String, String)]) -> HandlerProcess {
+        let mut child = Command::new(binary)
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {binary}: {e}"));
+        let output = Arc::new(Mutex::new(String::new()));
+        collect(
+            child.stdout.take().expect("piped stdout"),
+            Arc::clone(&output),
+        );
+        collect(
+            child.stderr.take().expect("piped stderr"),
+            Arc::clone(&output),
+        );
+        HandlerProcess { child, output }
+    }
+
+    /// Everything the process printed so far, stdout and stderr interleaved.
+    pub fn output(&self) -> String {
+        self.output.lock().expect("not poisoned").clone()
+    }
+
+    /// Waits for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let started = std::time::Instant::now();
+        while started.elapsed() < timeout {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the reader threads drain the pipes.
+                std::thread::sleep(Duration::from_millis(100));
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+fn collect(stream: impl Read + Send + 'static, output: Arc<Mutex<String>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            let mut output = output.lock().expect("not poisoned");
+            output.push_str(&line);
+            output.push('\n');
+        }
+    });
+}
+
+impl Drop for HandlerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
