@@ -308,3 +308,73 @@ async fn invalid_configuration_stops_cold_start_and_names_the_variable() {
         no_sink.output()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sink_failures_are_reported_for_retry() {
+    let bed = Bed::start("terra-exists").await;
+    let url = bed.payloads.route(
+        "/payloads/activity.json",
+        Behaviour::Ok(fixture("openapi_activity.json")),
+    );
+    let event = json!({"Records": [sqs_record("m-unwritable", &pointer(&url), now_ms())]});
+    let env = bed.env(&[("TERRA_S3_BUCKET", "terra-does-not-exist")]);
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
+
+    let result = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
+    assert_eq!(
+        failed_ids(&result),
+        BTreeSet::from(["m-unwritable".to_owned()])
+    );
+    let output = handler.output();
+    let failure = output
+        .lines()
+        .find(|l| l.contains("record failed"))
+        .unwrap_or_else(|| panic!("a failure line:\n{output}"));
+    assert!(
+        failure.contains(r#""class":"sink""#) && failure.contains(r#""retry":"transient""#),
+        "{failure}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_the_deadline_unfinished_records_are_reported_in_time() {
+    let bed = Bed::start("terra-deadline").await;
+    let p = &bed.payloads;
+    let slow = p.route(
+        "/payloads/slow.json",
+        Behaviour::Delay(Duration::from_secs(20), fixture("openapi_daily.json")),
+    );
+    let quick = p.route(
+        "/payloads/quick.json",
+        Behaviour::Ok(fixture("openapi_sleep.json")),
+    );
+    let now = now_ms();
+    let event = json!({"Records": [
+        sqs_record("m-slow", &pointer(&slow), now),
+        sqs_record("m-queued-behind", &pointer(&quick), now),
+    ]});
+    let env = bed.env(&[
+        ("TERRA_FETCH_CONCURRENCY", "1"),
+        ("TERRA_FETCH_TIMEOUT_SECS", "30"),
+    ]);
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
+
+    let started = std::time::Instant::now();
+    let result = bed.runtime.invoke(&event, Duration::from_secs(3)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "answered after the deadline"
+    );
+    assert_eq!(
+        failed_ids(&result),
+        BTreeSet::from(["m-slow".to_owned(), "m-queued-behind".to_owned()]),
+        "output:\n{}",
+        handler.output()
+    );
+    assert_eq!(
+        p.hits("/payloads/quick.json"),
+        0,
+        "nothing starts after the cutoff"
+    );
+    assert!(handler.output().contains(r#""class":"deferred""#));
+}

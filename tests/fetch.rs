@@ -1,0 +1,297 @@
+//! The fetcher against a real HTTP server: retries, limits, timeouts and the
+//! URL policy on redirects and DNS.
+
+mod support;
+
+use std::time::Duration;
+
+use support::payload_server::{Behaviour, PayloadServer};
+use terra_sink::fetch::{
+    FetchDeadlines, FetchError, FetchSettings, Fetcher, HostPattern, UrlPolicy,
+};
+use terra_sink::outcome::{Classify, FailureClass, Retry};
+use tokio::time::Instant;
+use url::Url;
+
+const PAYLOAD: &[u8] = br#"{"type":"daily","user":{"user_id":"u"},"data":[]}"#;
+
+fn fetcher(settings: FetchSettings) -> Fetcher {
+    let policy = UrlPolicy {
+        allowed_hosts: Some(vec![HostPattern::parse("127.0.0.1").expect("valid")]),
+        allow_insecure: true,
+    };
+    Fetcher::new(policy, settings).expect("client builds")
+}
+
+fn quick() -> FetchSettings {
+    FetchSettings {
+        timeout: Duration::from_secs(2),
+        max_attempts: 3,
+        max_payload_bytes: 64 * 1024,
+    }
+}
+
+fn within(secs: u64) -> FetchDeadlines {
+    FetchDeadlines {
+        url_expires_at: None,
+        give_up_at: Instant::now() + Duration::from_secs(secs),
+    }
+}
+
+fn url(s: &str) -> Url {
+    Url::parse(s).expect("valid URL")
+}
+
+fn assert_no_secret(error: &FetchError) {
+    let text = error.to_string();
+    assert!(
+        !text.contains("Signature") && !text.contains("AKIA"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn retries_5xx_and_429_honouring_retry_after() {
+    let server = PayloadServer::start().await;
+    let flaky = server.route(
+        "/flaky",
+        Behaviour::FailThenOk {
+            failures: 2,
+            status: 500,
+            retry_after: None,
+            body: PAYLOAD.to_vec(),
+        },
+    );
+    let fetched = fetcher(quick())
+        .fetch(&url(&flaky), within(30))
+        .await
+        .expect("third attempt succeeds");
+    assert_eq!((&fetched.body[..], fetched.attempts), (PAYLOAD, 3));
+
+    let throttled = server.route(
+        "/throttled",
+        Behaviour::FailThenOk {
+            failures: 1,
+            status: 429,
+            retry_after: Some(1),
+            body: PAYLOAD.to_vec(),
+        },
+    );
+    let started = std::time::Instant::now();
+    let fetched = fetcher(quick())
+        .fetch(&url(&throttled), within(30))
+        .await
+        .expect("second attempt succeeds");
+    assert_eq!(fetched.attempts, 2);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "Retry-After: 1 must be waited for"
+    );
+}
+
+#[tokio::test]
+async fn gives_up_after_max_attempts_as_transient() {
+    let server = PayloadServer::start().await;
+    let down = server.route("/down", Behaviour::Status(503));
+    let error = fetcher(quick())
+        .fetch(&url(&down), within(30))
+        .await
+        .expect_err("always 503");
+    assert!(
+        matches!(
+            error,
+            FetchError::Status {
+                status: 503,
+                attempts: 3,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(
+        (error.class(), error.retry()),
+        (FailureClass::Fetch, Retry::Transient)
+    );
+    assert_eq!(server.hits("/down"), 3);
+    assert_no_secret(&error);
+}
+
+#[tokio::test]
+async fn permanent_statuses_are_not_retried() {
+    let server = PayloadServer::start().await;
+    for (path, status, class) in [
+        ("/forbidden", 403, FailureClass::Expired),
+        ("/bad-request", 400, FailureClass::Expired),
+        ("/missing", 404, FailureClass::Fetch),
+        ("/gone", 410, FailureClass::Fetch),
+    ] {
+        let target = server.route(path, Behaviour::Status(status));
+        let error = fetcher(quick())
+            .fetch(&url(&target), within(30))
+            .await
+            .expect_err("fails");
+        assert_eq!(
+            (error.class(), error.retry()),
+            (class, Retry::Permanent),
+            "{path}: {error}"
+        );
+        assert_eq!(server.hits(path), 1, "{path}");
+        assert_no_secret(&error);
+    }
+}
+
+#[tokio::test]
+async fn decodes_gzip_and_limits_the_decoded_size() {
+    let server = PayloadServer::start().await;
+    let small = server.route("/small.gz", Behaviour::Gzip(PAYLOAD.to_vec()));
+    let fetched = fetcher(quick())
+        .fetch(&url(&small), within(30))
+        .await
+        .expect("decodes");
+    assert_eq!(&fetched.body[..], PAYLOAD);
+
+    // 10 MB of zeros compress to ~10 KB: the limit applies to what it inflates to.
+    let bomb = server.route("/bomb.gz", Behaviour::Gzip(vec![b'0'; 10 * 1024 * 1024]));
+    let error = fetcher(quick())
+        .fetch(&url(&bomb), within(30))
+        .await
+        .expect_err("too large");
+    assert!(
+        matches!(error, FetchError::TooLarge { limit: 65536, .. }),
+        "{error}"
+    );
+    assert_eq!(error.retry(), Retry::Permanent);
+
+    let declared = server.route("/declared", Behaviour::Ok(vec![b' '; 100 * 1024]));
+    let error = fetcher(quick())
+        .fetch(&url(&declared), within(30))
+        .await
+        .expect_err("too large");
+    assert!(matches!(error, FetchError::TooLarge { .. }), "{error}");
+    assert_eq!(server.hits("/declared"), 1);
+}
+
+#[tokio::test]
+async fn slow_servers_time_out_and_deadlines_stop_retries() {
+    let server = PayloadServer::start().await;
+    let slow = server.route(
+        "/slow",
+        Behaviour::Delay(Duration::from_secs(5), PAYLOAD.to_vec()),
+    );
+    let settings = FetchSettings {
+        timeout: Duration::from_millis(300),
+        max_attempts: 2,
+        ..quick()
+    };
+    let error = fetcher(settings.clone())
+        .fetch(&url(&slow), within(30))
+        .await
+        .expect_err("times out");
+    assert!(
+        matches!(error, FetchError::Timeout { attempts: 2, .. }),
+        "{error}"
+    );
+    assert_eq!(error.retry(), Retry::Transient);
+
+    let started = Instant::now();
+    let error = fetcher(quick())
+        .fetch(
+            &url(&slow),
+            FetchDeadlines {
+                url_expires_at: None,
+                give_up_at: started + Duration::from_millis(400),
+            },
+        )
+        .await
+        .expect_err("deadline");
+    assert!(matches!(error, FetchError::Deadline { .. }), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "must stop at the deadline"
+    );
+
+    let error = fetcher(quick())
+        .fetch(
+            &url(&slow),
+            FetchDeadlines {
+                url_expires_at: Some(Instant::now() + Duration::from_millis(300)),
+                give_up_at: Instant::now() + Duration::from_secs(30),
+            },
+        )
+        .await
+        .expect_err("URL expires first");
+    assert_eq!(
+        (error.class(), error.retry()),
+        (FailureClass::Expired, Retry::Permanent),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn redirects_must_pass_the_policy() {
+    let server = PayloadServer::start().await;
+    let target = server.route("/target", Behaviour::Ok(PAYLOAD.to_vec()));
+    let hop = server.route("/hop", Behaviour::Redirect(target));
+    let fetched = fetcher(quick())
+        .fetch(&url(&hop), within(30))
+        .await
+        .expect("allowed redirect");
+    assert_eq!(&fetched.body[..], PAYLOAD);
+
+    let to_metadata = server.route(
+        "/to-metadata",
+        Behaviour::Redirect("http://169.254.169.254/latest/meta-data/".into()),
+    );
+    let error = fetcher(quick())
+        .fetch(&url(&to_metadata), within(30))
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        (error.class(), error.retry()),
+        (FailureClass::Refused, Retry::Permanent),
+        "{error}"
+    );
+
+    let looping = server.route(
+        "/loop",
+        Behaviour::Redirect(format!("http://{}/loop", server.addr)),
+    );
+    let error = fetcher(quick())
+        .fetch(&url(&looping), within(30))
+        .await
+        .expect_err("loop");
+    assert!(
+        matches!(error, FetchError::TooManyRedirects { .. }),
+        "{error}"
+    );
+    assert_no_secret(&error);
+}
+
+#[tokio::test]
+async fn strict_policy_refuses_hosts_resolving_to_loopback() {
+    let server = PayloadServer::start().await;
+    server.route("/p", Behaviour::Ok(PAYLOAD.to_vec()));
+    let strict = Fetcher::new(UrlPolicy::default(), quick()).expect("client builds");
+    let target = url(&format!(
+        "https://localhost:{}/p?X-Amz-Signature=abc",
+        server.addr.port()
+    ));
+    let error = strict
+        .fetch(&target, within(30))
+        .await
+        .expect_err("refused after DNS");
+    assert_eq!(
+        (error.class(), error.retry()),
+        (FailureClass::Refused, Retry::Permanent),
+        "{error}"
+    );
+    assert_eq!(server.hits("/p"), 0);
+    assert_no_secret(&error);
+
+    let literal = url(&format!("https://127.0.0.1:{}/p", server.addr.port()));
+    let error = strict
+        .fetch(&literal, within(30))
+        .await
+        .expect_err("refused literal");
+    assert_eq!(error.class(), FailureClass::Refused, "{error}");
+}
