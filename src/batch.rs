@@ -43,6 +43,10 @@ pub struct BatchSummary {
     pub failed_permanent: usize,
     pub failed_by_class: BTreeMap<FailureClass, usize>,
     pub bytes_written: u64,
+    /// Items a sink skipped because a newer version was already stored.
+    pub stale_items: usize,
+    /// Records completed from the archive because their URL had expired.
+    pub recovered_from_archive: usize,
 }
 
 impl BatchReport {
@@ -56,6 +60,8 @@ impl BatchReport {
                 Outcome::Written(written) => {
                     summary.written += 1;
                     summary.bytes_written += written.payload_bytes;
+                    summary.stale_items += written.stale_items;
+                    summary.recovered_from_archive += usize::from(written.recovered_from_archive);
                 }
                 Outcome::Healthcheck => summary.healthchecks += 1,
                 Outcome::Failed(failure) => {
@@ -246,6 +252,8 @@ fn log_report(report: &BatchReport, total: usize) {
         failed_permanent = summary.failed_permanent,
         failed_by_class = %failed_by_class,
         bytes_written = summary.bytes_written,
+        stale_items = summary.stale_items,
+        recovered_from_archive = summary.recovered_from_archive,
         "batch done"
     );
 }
@@ -282,6 +290,8 @@ mod tests {
                     Outcome::Written(Written {
                         event_type: "daily".into(),
                         payload_bytes: 2,
+                        stale_items: 0,
+                        recovered_from_archive: false,
                     })
                 }
                 b"fail" => Outcome::Failed(RecordFailure::new(

@@ -11,6 +11,8 @@ use crate::sink::{S3Compression, S3Settings};
 pub struct Config {
     /// The S3 archive sink, when `TERRA_S3_BUCKET` is set.
     pub s3: Option<S3Settings>,
+    /// The DynamoDB table, when `TERRA_DYNAMODB_TABLE` is set.
+    pub dynamodb_table: Option<String>,
     pub fetch: FetchSettings,
     pub url_policy: UrlPolicy,
     /// Records processed at once (`TERRA_FETCH_CONCURRENCY`).
@@ -24,7 +26,7 @@ pub struct Config {
 pub enum ConfigError {
     #[error("{var}: {problem}")]
     Invalid { var: &'static str, problem: String },
-    #[error("no sink configured: set TERRA_S3_BUCKET")]
+    #[error("no sink configured: set TERRA_S3_BUCKET and/or TERRA_DYNAMODB_TABLE")]
     NoSink,
 }
 
@@ -91,13 +93,21 @@ impl Config {
                 },
             }),
         };
-        if s3.is_none() {
+        let dynamodb_table = match env.text("TERRA_DYNAMODB_TABLE")? {
+            None => None,
+            Some(table) => Some(
+                validate_table(&table)
+                    .map_err(|problem| invalid("TERRA_DYNAMODB_TABLE", problem))?,
+            ),
+        };
+        if s3.is_none() && dynamodb_table.is_none() {
             return Err(ConfigError::NoSink);
         }
         let s3_force_path_style =
             env.text("AWS_ENDPOINT_URL")?.is_some() || env.text("AWS_ENDPOINT_URL_S3")?.is_some();
         Ok(Self {
             s3,
+            dynamodb_table,
             fetch,
             url_policy,
             concurrency,
@@ -191,6 +201,21 @@ fn validate_bucket(bucket: &str) -> Result<String, String> {
     }
 }
 
+/// DynamoDB's table naming rules.
+fn validate_table(table: &str) -> Result<String, String> {
+    let ok = (3..=255).contains(&table.len())
+        && table
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.');
+    if ok {
+        Ok(table.to_owned())
+    } else {
+        Err(format!(
+            "{table:?} is not a valid table name (3-255 letters, digits, '_', '-' or '.')"
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,6 +286,15 @@ mod tests {
     }
 
     #[test]
+    fn dynamodb_alone_is_a_sink() {
+        let config = load(&[("TERRA_DYNAMODB_TABLE", "terra-records")]).expect("valid");
+        assert_eq!(
+            (config.s3, config.dynamodb_table.as_deref()),
+            (None, Some("terra-records"))
+        );
+    }
+
+    #[test]
     fn needs_a_sink() {
         assert_eq!(load(&[]), Err(ConfigError::NoSink));
         assert_eq!(load(&[("TERRA_S3_BUCKET", "  ")]), Err(ConfigError::NoSink));
@@ -271,6 +305,7 @@ mod tests {
         let bucket = ("TERRA_S3_BUCKET", "bucket");
         for (var, value) in [
             ("TERRA_S3_BUCKET", "Bad_Bucket"),
+            ("TERRA_DYNAMODB_TABLE", "no spaces"),
             ("TERRA_S3_PREFIX", "../escape"),
             ("TERRA_S3_COMPRESSION", "zstd"),
             ("TERRA_FETCH_CONCURRENCY", "0"),

@@ -111,6 +111,10 @@ pub enum Outcome {
 pub struct Written {
     pub event_type: String,
     pub payload_bytes: u64,
+    /// Items a sink skipped because it already holds a newer version.
+    pub stale_items: usize,
+    /// The URL had expired and the payload came from the S3 archive.
+    pub recovered_from_archive: bool,
 }
 
 impl Outcome {

@@ -7,23 +7,43 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use bytes::Bytes;
+
 use crate::batch::RecordProcessor;
 use crate::fetch::{FetchDeadlines, FetchError, Fetcher, RedactedUrl};
-use crate::message::{self, TerraMessage};
-use crate::outcome::{Outcome, RecordFailure, Written};
+use crate::message::{self, PayloadPointer, TerraMessage};
+use crate::outcome::{Classify, FailureClass, Outcome, RecordFailure, Written};
 use crate::payload::{self, ArchiveName};
-use crate::sink::{Delivery, Sink};
+use crate::sink::{Archive, ArchivedObject, Delivery, Sink};
 use crate::source::InboundRecord;
 
 pub struct Pipeline {
     fetcher: Fetcher,
+    archive: Option<Arc<dyn Archive>>,
     sinks: Vec<Arc<dyn Sink>>,
 }
 
+/// A payload ready for the stores, and where it came from.
+struct Obtained {
+    payload: Bytes,
+    attempts: u32,
+    /// Set when the payload was read back from the archive.
+    archived: Option<ArchivedObject>,
+}
+
 impl Pipeline {
-    /// `sinks` are written in order; a record counts as written only when all are.
-    pub fn new(fetcher: Fetcher, sinks: Vec<Arc<dyn Sink>>) -> Self {
-        Self { fetcher, sinks }
+    /// The archive (when configured) is written first, then `sinks` in order;
+    /// a record counts as written only when all are.
+    pub fn new(
+        fetcher: Fetcher,
+        archive: Option<Arc<dyn Archive>>,
+        sinks: Vec<Arc<dyn Sink>>,
+    ) -> Self {
+        Self {
+            fetcher,
+            archive,
+            sinks,
+        }
     }
 
     async fn deliver(
@@ -39,48 +59,108 @@ impl Pipeline {
             TerraMessage::Payload(pointer) => pointer,
         };
         let name = ArchiveName::for_message(&pointer, record.sent_at_ms);
-        tracing::Span::current().record("url", tracing::field::display(RedactedUrl(&pointer.url)));
-        tracing::Span::current().record("object", name.as_str());
+        let span = tracing::Span::current();
+        span.record("url", tracing::field::display(RedactedUrl(&pointer.url)));
+        span.record("object", name.as_str());
         if let Some(reference) = &pointer.payload_reference {
-            tracing::Span::current().record("payload_reference", reference.as_str());
+            span.record("payload_reference", reference.as_str());
         }
 
-        let url_expires_at = match pointer.expires_in {
-            Some(lifetime) => Some(
-                url_expiry(record.sent_at_ms, lifetime).ok_or(FetchError::ExpiredBeforeFetch)?,
-            ),
-            None => None,
-        };
-        let fetched = self
-            .fetcher
-            .fetch(
-                &pointer.url,
-                FetchDeadlines {
-                    url_expires_at,
-                    give_up_at,
-                },
-            )
+        let obtained = self
+            .obtain(&pointer, record.sent_at_ms, &name, give_up_at)
             .await?;
-        let summary = payload::inspect(&fetched.body)?;
-        let delivery = Delivery {
+        let summary = payload::inspect(&obtained.payload)?;
+        let recovered = obtained.archived.is_some();
+        let mut delivery = Delivery {
             name,
             sent_at_ms: record.sent_at_ms,
-            payload: fetched.body,
+            payload: obtained.payload,
             summary,
+            archived: obtained.archived,
         };
+        if let (Some(archive), false) = (&self.archive, recovered) {
+            delivery.archived = Some(archive.store(&delivery).await?);
+        }
+        let mut stale_items = 0;
         for sink in &self.sinks {
-            sink.write(&delivery).await?;
+            stale_items += sink.write(&delivery).await?.items_stale;
         }
         tracing::debug!(
             event_type = %delivery.summary.event_type,
             bytes = delivery.payload.len(),
-            attempts = fetched.attempts,
+            attempts = obtained.attempts,
+            recovered_from_archive = recovered,
+            stale_items,
             "payload written"
         );
         Ok(Outcome::Written(Written {
             event_type: delivery.summary.event_type,
             payload_bytes: delivery.payload.len() as u64,
+            stale_items,
+            recovered_from_archive: recovered,
         }))
+    }
+
+    /// Fetches the payload; when the URL has expired, falls back to the copy an
+    /// earlier attempt archived (the archive name derives from the message
+    /// alone), so a sink outage longer than the URL lifetime loses nothing.
+    async fn obtain(
+        &self,
+        pointer: &PayloadPointer,
+        sent_at_ms: u64,
+        name: &ArchiveName,
+        give_up_at: Instant,
+    ) -> Result<Obtained, RecordFailure> {
+        let fetched = match pointer
+            .expires_in
+            .map(|lifetime| url_expiry(sent_at_ms, lifetime))
+        {
+            Some(None) => Err(FetchError::ExpiredBeforeFetch),
+            Some(Some(expires_at)) => {
+                self.fetcher
+                    .fetch(
+                        &pointer.url,
+                        FetchDeadlines {
+                            url_expires_at: Some(expires_at),
+                            give_up_at,
+                        },
+                    )
+                    .await
+            }
+            None => {
+                self.fetcher
+                    .fetch(
+                        &pointer.url,
+                        FetchDeadlines {
+                            url_expires_at: None,
+                            give_up_at,
+                        },
+                    )
+                    .await
+            }
+        };
+        let error = match fetched {
+            Ok(fetched) => {
+                return Ok(Obtained {
+                    payload: fetched.body,
+                    attempts: fetched.attempts,
+                    archived: None,
+                });
+            }
+            Err(error) => error,
+        };
+        if error.class() == FailureClass::Expired
+            && let Some(archive) = &self.archive
+            && let Some((payload, archived)) = archive.retrieve(name).await?
+        {
+            tracing::info!(reason = %error, "URL unusable; continuing from the archived copy");
+            return Ok(Obtained {
+                payload,
+                attempts: 0,
+                archived: Some(archived),
+            });
+        }
+        Err(error.into())
     }
 }
 

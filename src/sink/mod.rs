@@ -1,17 +1,24 @@
-//! Where payloads are written. Each sink sits behind [`Sink`], so the pipeline
-//! neither knows nor cares which stores are configured.
+//! Where payloads are written. The S3 archive sits behind [`Archive`] (it can
+//! also give a payload back), every other store behind [`Sink`], so the
+//! pipeline neither knows nor cares which stores are configured.
 
+mod dynamodb;
 mod s3;
+
+use std::io::Write;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use flate2::Compression;
+use flate2::write::GzEncoder;
 
 use crate::outcome::{Classify, FailureClass, Retry};
 use crate::payload::{ArchiveName, PayloadSummary};
 
+pub use dynamodb::{DynamoDbSink, NO_USER_PK, PROFILE_SK, from_attribute, to_attribute};
 pub use s3::{S3Compression, S3Settings, S3Sink};
 
-/// One fetched payload on its way to the sinks.
+/// One fetched payload on its way to the stores.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// The object name derived from the queue message.
@@ -21,8 +28,40 @@ pub struct Delivery {
     /// The payload exactly as fetched (after transfer decoding).
     pub payload: Bytes,
     pub summary: PayloadSummary,
+    /// Where the archive holds this payload, once it does.
+    pub archived: Option<ArchivedObject>,
 }
 
+/// The location of an archived payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedObject {
+    pub bucket: String,
+    pub key: String,
+}
+
+/// What a sink did with a delivery.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SinkReport {
+    pub items_written: usize,
+    /// Items not written because a newer version is already stored.
+    pub items_stale: usize,
+}
+
+/// The raw archive: written first, and read back when a retried message's URL
+/// has expired.
+#[async_trait]
+pub trait Archive: Send + Sync {
+    /// Stores the payload under the delivery's name; storing it twice leaves one object.
+    async fn store(&self, delivery: &Delivery) -> Result<ArchivedObject, SinkError>;
+
+    /// The payload stored under `name`, if any, as it was fetched.
+    async fn retrieve(
+        &self,
+        name: &ArchiveName,
+    ) -> Result<Option<(Bytes, ArchivedObject)>, SinkError>;
+}
+
+/// A store that projects payloads (DynamoDB).
 #[async_trait]
 pub trait Sink: Send + Sync {
     /// Short name for logs and metrics.
@@ -30,15 +69,14 @@ pub trait Sink: Send + Sync {
 
     /// Writes the delivery durably. Writing the same delivery twice must leave
     /// the store as writing it once.
-    async fn write(&self, delivery: &Delivery) -> Result<(), SinkError>;
+    async fn write(&self, delivery: &Delivery) -> Result<SinkReport, SinkError>;
 }
 
-/// A failed write. Sink failures are transient: the record itself is fine, and
-/// the store (or its permissions) needs to recover.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{sink} write failed: {message}")]
 pub struct SinkError {
     pub sink: &'static str,
+    pub retry: Retry,
     pub message: String,
 }
 
@@ -47,6 +85,12 @@ impl Classify for SinkError {
         FailureClass::Sink
     }
     fn retry(&self) -> Retry {
-        Retry::Transient
+        self.retry
     }
+}
+
+pub(crate) fn gzip(bytes: &[u8]) -> std::io::Result<Bytes> {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(bytes.len() / 4), Compression::default());
+    encoder.write_all(bytes)?;
+    Ok(Bytes::from(encoder.finish()?))
 }

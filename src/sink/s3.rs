@@ -1,15 +1,15 @@
 //! The raw archive: each payload as one S3 object, bytes unchanged.
 
+use std::io::Read;
+
 use async_trait::async_trait;
 use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
-use flate2::Compression;
-use flate2::write::GzEncoder;
-use std::io::Write;
 
-use super::{Delivery, Sink, SinkError};
-use crate::payload::KeyPrefix;
+use super::{Archive, ArchivedObject, Delivery, SinkError, gzip};
+use crate::outcome::Retry;
+use crate::payload::{ArchiveName, KeyPrefix};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum S3Compression {
@@ -37,31 +37,37 @@ impl S3Sink {
         Self { client, settings }
     }
 
-    /// The object key a delivery is archived under.
-    pub fn key_for(&self, delivery: &Delivery) -> String {
+    /// The object key a payload is archived under.
+    pub fn key_for(&self, name: &ArchiveName) -> String {
         let suffix = match self.settings.compression {
             S3Compression::None => "",
             S3Compression::Gzip => ".gz",
         };
-        delivery.name.key(&self.settings.prefix, suffix)
+        name.key(&self.settings.prefix, suffix)
     }
 
+    fn location(&self, key: String) -> ArchivedObject {
+        ArchivedObject {
+            bucket: self.settings.bucket.clone(),
+            key,
+        }
+    }
+
+    /// S3 failures are transient: the record is fine, and the bucket (or its
+    /// permissions) needs to recover.
     fn error(&self, message: impl Into<String>) -> SinkError {
         SinkError {
             sink: "s3",
+            retry: Retry::Transient,
             message: message.into(),
         }
     }
 }
 
 #[async_trait]
-impl Sink for S3Sink {
-    fn name(&self) -> &'static str {
-        "s3"
-    }
-
-    async fn write(&self, delivery: &Delivery) -> Result<(), SinkError> {
-        let key = self.key_for(delivery);
+impl Archive for S3Sink {
+    async fn store(&self, delivery: &Delivery) -> Result<ArchivedObject, SinkError> {
+        let key = self.key_for(&delivery.name);
         let (body, encoding) = match self.settings.compression {
             S3Compression::None => (delivery.payload.clone(), None),
             S3Compression::Gzip => {
@@ -95,17 +101,44 @@ impl Sink for S3Sink {
             .send()
             .await
             .map_err(|e| self.error(format!("PutObject {key}: {}", describe(&e))))?;
-        Ok(())
+        Ok(self.location(key))
     }
-}
 
-fn gzip(payload: &[u8]) -> std::io::Result<Bytes> {
-    let mut encoder = GzEncoder::new(
-        Vec::with_capacity(payload.len() / 4),
-        Compression::default(),
-    );
-    encoder.write_all(payload)?;
-    Ok(Bytes::from(encoder.finish()?))
+    async fn retrieve(
+        &self,
+        name: &ArchiveName,
+    ) -> Result<Option<(Bytes, ArchivedObject)>, SinkError> {
+        let key = self.key_for(name);
+        let result = self
+            .client
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(&key)
+            .send()
+            .await;
+        let object = match result {
+            Ok(object) => object,
+            Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
+            Err(e) => return Err(self.error(format!("GetObject {key}: {}", describe(&e)))),
+        };
+        let stored = object
+            .body
+            .collect()
+            .await
+            .map_err(|e| self.error(format!("GetObject {key}: reading body: {e}")))?
+            .into_bytes();
+        let payload = match self.settings.compression {
+            S3Compression::None => stored,
+            S3Compression::Gzip => {
+                let mut inflated = Vec::new();
+                flate2::read::GzDecoder::new(&stored[..])
+                    .read_to_end(&mut inflated)
+                    .map_err(|e| self.error(format!("GetObject {key}: not valid gzip: {e}")))?;
+                Bytes::from(inflated)
+            }
+        };
+        Ok(Some((payload, self.location(key))))
+    }
 }
 
 /// S3 user metadata travels as HTTP headers: printable ASCII only.

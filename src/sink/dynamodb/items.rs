@@ -1,0 +1,388 @@
+//! The DynamoDB item model: which items a Terra payload becomes, and their keys.
+//!
+//! One item per Terra record under its user (`pk = USER#{user_id}`), keyed by
+//! the record's identity within that user, so a re-sent record (Terra re-sends
+//! supersets of earlier data) replaces the earlier version. Lifecycle events
+//! become an event item plus an upsert of the user's `PROFILE` item.
+
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// The partition for events that carry no user (e.g. `auth_cancelled`, lab reports).
+pub const NO_USER_PK: &str = "NO_USER";
+pub const PROFILE_SK: &str = "PROFILE";
+
+/// One item to write, before it becomes DynamoDB attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedItem {
+    pub pk: String,
+    pub sk: String,
+    pub event_type: String,
+    pub user_id: Option<String>,
+    pub provider: Option<String>,
+    pub reference_id: Option<String>,
+    /// The record itself (a `data[]` element, the athlete, the whole event, or
+    /// for profiles the user object).
+    pub data: Value,
+    /// Position of the record in the payload's `data[]`, for S3 pointers.
+    pub data_index: Option<usize>,
+    /// Extra top-level attributes (profile fields).
+    pub extra: Map<String, Value>,
+}
+
+/// Data types whose records carry their own identity.
+fn record_key(event_type: &str, record: &Value) -> Option<String> {
+    let text = |path: &[&str]| {
+        path.iter()
+            .try_fold(record, |v, k| v.get(*k))
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    match event_type {
+        "activity" | "health_observation" => text(&["metadata", "summary_id"]),
+        "sleep" => text(&["metadata", "summary_id"]).or_else(|| {
+            Some(format!(
+                "{}#{}",
+                text(&["metadata", "start_time"])?,
+                text(&["metadata", "end_time"])?
+            ))
+        }),
+        "daily" | "body" | "nutrition" | "menstruation" => {
+            text(&["metadata", "start_time"]).map(|t| t.chars().take(10).collect())
+        }
+        "hormone" => text(&["timestamp"]),
+        "planned_workout" => text(&["planned_workout_id"])
+            .or_else(|| text(&["metadata", "id"]))
+            .or_else(|| text(&["id"])),
+        _ => None,
+    }
+}
+
+/// `sk` type tag: `ACTIVITY`, `LAB_REPORT_COMPLETED`…
+fn type_tag(event_type: &str) -> String {
+    event_type
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// A stable short hash of a JSON value (serde_json keeps object keys sorted).
+pub fn stable_hash(value: &Value) -> String {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    hex::encode(&Sha256::digest(&bytes)[..16])
+}
+
+fn user_text(user: Option<&Value>, field: &str) -> Option<String> {
+    user?
+        .get(field)?
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn sent_time(sent_at_ms: u64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(sent_at_ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| sent_at_ms.to_string())
+}
+
+/// Plans the items for one payload. `payload` is the whole Terra event.
+pub fn plan(payload: &Value, sent_at_ms: u64) -> Vec<PlannedItem> {
+    let event_type = payload
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_owned();
+    let tag = type_tag(&event_type);
+    let user = payload.get("user").filter(|u| u.is_object());
+    let user_id = user_text(user, "user_id");
+    let base = |pk: String, sk: String, user: Option<&Value>, data: Value| PlannedItem {
+        pk,
+        sk,
+        event_type: event_type.clone(),
+        user_id: user_text(user, "user_id"),
+        provider: user_text(user, "provider"),
+        reference_id: user_text(user, "reference_id").or_else(|| {
+            payload
+                .get("reference_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        }),
+        data,
+        data_index: None,
+        extra: Map::new(),
+    };
+
+    if let (Some(user_id), Some(records)) =
+        (&user_id, payload.get("data").and_then(Value::as_array))
+    {
+        return records
+            .iter()
+            .enumerate()
+            .map(|(index, record)| {
+                let id = record_key(&event_type, record).unwrap_or_else(|| stable_hash(record));
+                let mut item = base(
+                    format!("USER#{user_id}"),
+                    format!("{tag}#{id}"),
+                    user,
+                    record.clone(),
+                );
+                item.data_index = Some(index);
+                item
+            })
+            .collect();
+    }
+    if let (Some(user_id), Some(athlete)) = (&user_id, payload.get("athlete")) {
+        return vec![base(
+            format!("USER#{user_id}"),
+            "ATHLETE".into(),
+            user,
+            athlete.clone(),
+        )];
+    }
+
+    // Lifecycle and operational events. user_reauth names the user new_user.
+    let new_user = payload.get("new_user").filter(|u| u.is_object());
+    let subject = user.or(new_user);
+    let Some(subject_id) = user_text(subject, "user_id") else {
+        let sk = format!(
+            "EVENT#{}#{tag}#{}",
+            sent_time(sent_at_ms),
+            &stable_hash(payload)[..8]
+        );
+        return vec![base(NO_USER_PK.into(), sk, None, payload.clone())];
+    };
+    let pk = format!("USER#{subject_id}");
+    let mut items = vec![base(
+        pk.clone(),
+        format!("EVENT#{}#{tag}", sent_time(sent_at_ms)),
+        subject,
+        payload.clone(),
+    )];
+    let deactivates = matches!(event_type.as_str(), "deauth" | "access_revoked");
+    items.push(profile(
+        &base,
+        pk,
+        subject,
+        &event_type,
+        sent_at_ms,
+        deactivates.then_some(false),
+        None,
+    ));
+    if let Some(old_user) = payload.get("old_user").filter(|u| u.is_object())
+        && let Some(old_id) = user_text(Some(old_user), "user_id")
+        && old_id != subject_id
+    {
+        items.push(profile(
+            &base,
+            format!("USER#{old_id}"),
+            Some(old_user),
+            &event_type,
+            sent_at_ms,
+            Some(false),
+            Some(&subject_id),
+        ));
+    }
+    items
+}
+
+fn profile(
+    base: &impl Fn(String, String, Option<&Value>, Value) -> PlannedItem,
+    pk: String,
+    user: Option<&Value>,
+    event_type: &str,
+    sent_at_ms: u64,
+    active_override: Option<bool>,
+    replaced_by: Option<&str>,
+) -> PlannedItem {
+    let user_object = user.cloned().unwrap_or(Value::Null);
+    let mut item = base(pk, PROFILE_SK.into(), user, user_object.clone());
+    // The reference_id of a profile is the user's own, never the event's.
+    item.reference_id = user_text(user, "reference_id");
+    let active = active_override
+        .or_else(|| user_object.get("active").and_then(Value::as_bool))
+        .unwrap_or(true);
+    let mut extra = json!({
+        "active": active,
+        "last_event_type": event_type,
+        "last_event_at": sent_at_ms,
+    });
+    if let Some(scopes) = user_text(user, "scopes") {
+        extra["scopes"] = Value::String(scopes);
+    }
+    if let Some(reference_id) = &item.reference_id {
+        extra["gsi1pk"] = Value::String(format!("REF#{reference_id}"));
+    }
+    if let Some(new_id) = replaced_by {
+        extra["replaced_by"] = Value::String(new_id.to_owned());
+    }
+    if let Value::Object(extra) = extra {
+        item.extra = extra;
+    }
+    item
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const USER: &str = "USER#40f7b0e1-89e2-43ac-a5b8-1e29c8d47cad";
+    const SENT: u64 = 1_782_897_153_000;
+
+    fn fixture(name: &str) -> Value {
+        let path = format!("{}/tests/fixtures/terra/{name}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_slice(&std::fs::read(&path).expect("fixture")).expect("JSON fixture")
+    }
+
+    fn keys(items: &[PlannedItem]) -> Vec<(String, String)> {
+        items.iter().map(|i| (i.pk.clone(), i.sk.clone())).collect()
+    }
+
+    fn key(pk: &str, sk: &str) -> (String, String) {
+        (pk.to_owned(), sk.to_owned())
+    }
+
+    #[test]
+    fn data_events_key_by_record_identity() {
+        let cases = [
+            (
+                "openapi_activity.json",
+                "ACTIVITY#123e4567-e89b-12d3-a456-426614174000",
+            ),
+            (
+                "openapi_sleep.json",
+                "SLEEP#2026-06-30T23:12:00.000000+01:00#2026-07-01T07:02:00.000000+01:00",
+            ),
+            ("openapi_daily.json", "DAILY#2026-07-01"),
+            ("openapi_body.json", "BODY#2026-07-01"),
+            ("openapi_nutrition.json", "NUTRITION#2026-07-01"),
+            ("openapi_menstruation.json", "MENSTRUATION#2026-07-01"),
+            ("openapi_athlete.json", "ATHLETE"),
+        ];
+        for (name, sk) in cases {
+            let items = plan(&fixture(name), SENT);
+            assert_eq!(keys(&items), [key(USER, sk)], "{name}");
+            let item = &items[0];
+            assert_eq!(item.provider.as_deref(), Some("GARMIN"), "{name}");
+            assert_eq!(
+                item.reference_id.as_deref(),
+                Some("your-user-123"),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn other_record_types() {
+        let user = json!({"user_id": "u1", "provider": "OURA"});
+        let hormone = json!({"type": "hormone", "user": user, "data": [{"timestamp": "2026-07-01T08:00:00Z", "lh": 3}]});
+        assert_eq!(
+            keys(&plan(&hormone, SENT)),
+            [key("USER#u1", "HORMONE#2026-07-01T08:00:00Z")]
+        );
+        let workout = json!({"type": "planned_workout", "user": user, "data": [{"planned_workout_id": "pw-9"}]});
+        assert_eq!(
+            keys(&plan(&workout, SENT)),
+            [key("USER#u1", "PLANNED_WORKOUT#pw-9")]
+        );
+        let observation = json!({"type": "health_observation", "user": user, "data": [{"metadata": {"summary_id": "s1"}}]});
+        assert_eq!(
+            keys(&plan(&observation, SENT)),
+            [key("USER#u1", "HEALTH_OBSERVATION#s1")]
+        );
+    }
+
+    #[test]
+    fn unknown_types_and_records_without_identity_are_hashed_not_dropped() {
+        let payload =
+            json!({"type": "glucose", "user": {"user_id": "u1"}, "data": [{"v": 1}, {"v": 2}]});
+        let items = plan(&payload, SENT);
+        assert_eq!(items.len(), 2);
+        assert!(
+            items
+                .iter()
+                .all(|i| i.sk.starts_with("GLUCOSE#") && i.sk.len() == "GLUCOSE#".len() + 32)
+        );
+        assert_ne!(items[0].sk, items[1].sk);
+        assert_eq!(
+            plan(&payload, SENT + 1)[0].sk,
+            items[0].sk,
+            "stable across deliveries"
+        );
+        let activity =
+            json!({"type": "activity", "user": {"user_id": "u1"}, "data": [{"metadata": {}}]});
+        assert!(plan(&activity, SENT)[0].sk.starts_with("ACTIVITY#"));
+    }
+
+    #[test]
+    fn lifecycle_events_write_an_event_and_the_profile() {
+        let items = plan(&fixture("openapi_auth__authSuccess.json"), SENT);
+        assert_eq!(
+            keys(&items),
+            [
+                key(USER, "EVENT#2026-07-01T09:12:33Z#AUTH"),
+                key(USER, PROFILE_SK)
+            ]
+        );
+        let profile = &items[1];
+        assert_eq!(profile.extra["active"], true);
+        assert_eq!(profile.extra["gsi1pk"], "REF#your-user-123");
+        assert_eq!(profile.extra["scopes"], "ACTIVITY_EXPORT,HEALTH_EXPORT");
+        assert_eq!(profile.extra["last_event_type"], "auth");
+
+        for name in ["openapi_deauth.json", "openapi_access_revoked.json"] {
+            let items = plan(&fixture(name), SENT);
+            assert_eq!(items[1].extra["active"], false, "{name}");
+        }
+        let connection = plan(&fixture("openapi_connection_error.json"), SENT);
+        assert_eq!(connection[1].extra["active"], true);
+    }
+
+    #[test]
+    fn reauth_creates_the_new_profile_and_retires_the_old() {
+        let items = plan(&fixture("openapi_user_reauth.json"), SENT);
+        let new = "USER#9c8b7a65-4321-4fed-a0b9-87c6d5e4f321";
+        assert_eq!(
+            keys(&items),
+            [
+                key(new, "EVENT#2026-07-01T09:12:33Z#USER_REAUTH"),
+                key(new, PROFILE_SK),
+                key(USER, PROFILE_SK),
+            ]
+        );
+        assert_eq!(items[1].extra["active"], true);
+        assert_eq!(items[2].extra["active"], false);
+        assert_eq!(
+            items[2].extra["replaced_by"],
+            "9c8b7a65-4321-4fed-a0b9-87c6d5e4f321"
+        );
+    }
+
+    #[test]
+    fn events_without_a_user_are_kept() {
+        for name in [
+            "openapi_auth__authCancelled.json",
+            "openapi_lab_report__completed.json",
+        ] {
+            let items = plan(&fixture(name), SENT);
+            assert_eq!(items.len(), 1, "{name}");
+            assert_eq!(items[0].pk, NO_USER_PK, "{name}");
+            assert!(
+                items[0].sk.starts_with("EVENT#2026-07-01T09:12:33Z#"),
+                "{name}"
+            );
+        }
+        let cancelled = plan(&fixture("openapi_auth__authCancelled.json"), SENT);
+        assert_eq!(cancelled[0].reference_id.as_deref(), Some("your-user-123"));
+    }
+}
