@@ -3,6 +3,7 @@
 //! handler binaries. Each test file uses a subset.
 #![allow(dead_code)]
 
+pub mod bed;
 pub mod moto;
 pub mod payload_server;
 pub mod runtime_api;

@@ -69,6 +69,82 @@ impl Moto {
         aws_sdk_s3::Client::from_conf(config)
     }
 
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+
+    /// The table terra-sink expects: string `pk` and `sk`, on demand.
+    pub async fn create_table(&self, table: &str) {
+        use aws_sdk_dynamodb::types::{
+            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+        };
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("complete definition")
+        };
+        let key = |name: &str, kind| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .expect("complete key")
+        };
+        self.dynamodb()
+            .create_table()
+            .table_name(table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attribute("pk"))
+            .attribute_definitions(attribute("sk"))
+            .key_schema(key("pk", KeyType::Hash))
+            .key_schema(key("sk", KeyType::Range))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create table {table}: {e:?}"));
+    }
+
+    /// Every item of the table, keyed by (pk, sk).
+    pub async fn items(
+        &self,
+        table: &str,
+    ) -> std::collections::BTreeMap<
+        (String, String),
+        std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>,
+    > {
+        let pages = self
+            .dynamodb()
+            .scan()
+            .table_name(table)
+            .into_paginator()
+            .items()
+            .send()
+            .collect::<Result<Vec<_>, _>>()
+            .await
+            .unwrap_or_else(|e| panic!("scan {table}: {e:?}"));
+        pages
+            .into_iter()
+            .map(|item| {
+                let key = |name: &str| {
+                    item.get(name)
+                        .and_then(|v| v.as_s().ok())
+                        .cloned()
+                        .unwrap_or_else(|| panic!("item without {name}: {item:?}"))
+                };
+                ((key("pk"), key("sk")), item.clone())
+            })
+            .collect()
+    }
+
     pub async fn create_bucket(&self, bucket: &str) {
         self.s3()
             .create_bucket()
