@@ -75,6 +75,10 @@ async fn every_terra_example_lands_under_its_documented_keys() {
         "openapi_deauth.json",
         "openapi_access_revoked.json",
         "openapi_user_reauth.json",
+        // Not Terra's own concrete examples (placeholder user, invented
+        // values), but payloads all the same: they must land too.
+        "docs_legacy_permission_change.json",
+        "illustrative_healthcheck.CONSTRUCTED.json",
     ];
     let base = whole_second_now() - 60_000;
     let sent = |i: usize| base + i as u64 * 1000;
@@ -105,6 +109,7 @@ async fn every_terra_example_lands_under_its_documented_keys() {
     let event = |i: usize, tag: &str| format!("EVENT#{}#{tag}", rfc3339(sent(i)));
     let new_user = "USER#9c8b7a65-4321-4fed-a0b9-87c6d5e4f321";
     let docs_user = "USER#4735eac4-31a2-47ef-8b11-51e98d84c680";
+    let legacy_user = "USER#<TerraUser object in source>";
     let mut expected: BTreeSet<(String, String)> = [
         key(USER, "ACTIVITY#123e4567-e89b-12d3-a456-426614174000"),
         key(USER, "ATHLETE"),
@@ -129,18 +134,21 @@ async fn every_terra_example_lands_under_its_documented_keys() {
         key(USER, "PROFILE"),
         key(new_user, &event(19, "USER_REAUTH")),
         key(new_user, "PROFILE"),
+        key(legacy_user, &event(20, "PERMISSION_CHANGE")),
+        key(legacy_user, "PROFILE"),
     ]
     .into();
     let no_user: Vec<&(String, String)> = items.keys().filter(|(pk, _)| pk == "NO_USER").collect();
     assert_eq!(
         no_user.len(),
-        3,
-        "auth_cancelled and both lab reports: {no_user:?}"
+        4,
+        "auth_cancelled, both lab reports and the healthcheck: {no_user:?}"
     );
     for (i, tag) in [
         (7, "AUTH_CANCELLED"),
         (8, "LAB_REPORT_COMPLETED"),
         (9, "LAB_REPORT_FAILED"),
+        (21, "HEALTHCHECK"),
     ] {
         let prefix = format!("{}#", event(i, tag));
         let found = no_user.iter().find(|(_, sk)| sk.starts_with(&prefix));
