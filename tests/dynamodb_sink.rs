@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
-use support::bed::{Bed, failed_ids, pointer, sqs_record};
+use support::bed::{Bed, assert_all_succeeded, failed_ids, pointer, sqs_record};
 use support::payload_server::Behaviour;
 use support::runtime_api::HandlerProcess;
 use support::{fixture, now_ms};
@@ -98,12 +98,7 @@ async fn every_terra_example_lands_under_its_documented_keys() {
         .runtime
         .invoke(&json!({ "Records": records }), Duration::from_secs(60))
         .await;
-    assert_eq!(
-        failed_ids(&result),
-        BTreeSet::new(),
-        "output:\n{}",
-        handler.output()
-    );
+    assert_all_succeeded(&result, &handler);
 
     let items = bed.moto.items(TABLE).await;
     let event = |i: usize, tag: &str| format!("EVENT#{}#{tag}", rfc3339(sent(i)));
@@ -216,12 +211,7 @@ async fn redelivery_changes_nothing_and_older_messages_never_overwrite_newer() {
         .runtime
         .invoke(&newer_event, Duration::from_secs(30))
         .await;
-    assert_eq!(
-        failed_ids(&first),
-        BTreeSet::new(),
-        "output:\n{}",
-        handler.output()
-    );
+    assert_all_succeeded(&first, &handler);
     let after_first = bed.moto.items(TABLE).await;
 
     let again = bed
@@ -318,12 +308,7 @@ async fn records_over_400kb_are_stored_compressed_or_as_s3_pointers() {
     ]});
     let handler = HandlerProcess::spawn(SQS_HANDLER, &bed.env(&[("TERRA_DYNAMODB_TABLE", TABLE)]));
     let result = bed.runtime.invoke(&event, Duration::from_secs(60)).await;
-    assert_eq!(
-        failed_ids(&result),
-        BTreeSet::new(),
-        "output:\n{}",
-        handler.output()
-    );
+    assert_all_succeeded(&result, &handler);
 
     let items = bed.moto.items(TABLE).await;
     let long = &items[&key(USER, "ACTIVITY#long-run")];
@@ -389,12 +374,7 @@ async fn a_message_whose_url_expired_completes_from_the_archived_copy() {
     bed.moto.create_table(TABLE).await;
     tokio::time::sleep(Duration::from_millis(3_500)).await;
     let retry = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
-    assert_eq!(
-        failed_ids(&retry),
-        BTreeSet::new(),
-        "output:\n{}",
-        handler.output()
-    );
+    assert_all_succeeded(&retry, &handler);
     assert_eq!(
         bed.payloads.hits("/p/sleep"),
         1,

@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::bed::{Bed, failed_ids, pointer, sqs_record};
+use support::bed::{Bed, assert_all_succeeded, failed_ids, pointer, sqs_record};
 use support::payload_server::Behaviour;
 use support::runtime_api::{HandlerProcess, RuntimeApi, lambda_environment};
 use support::{fixture, now_ms};
@@ -174,12 +174,7 @@ async fn gzip_archive_compresses_under_the_configured_prefix() {
     let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
 
     let result = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
-    assert_eq!(
-        failed_ids(&result),
-        BTreeSet::new(),
-        "output:\n{}",
-        handler.output()
-    );
+    assert_all_succeeded(&result, &handler);
     let objects = bed.moto.objects(&bed.bucket).await;
     assert_eq!(objects.len(), 1);
     let object = &objects[0];

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 
 use super::moto::Moto;
 use super::payload_server::PayloadServer;
-use super::runtime_api::{InvocationResult, RuntimeApi, lambda_environment};
+use super::runtime_api::{HandlerProcess, InvocationResult, RuntimeApi, lambda_environment};
 
 pub fn sqs_record(message_id: &str, body: &str, sent_at_ms: u64) -> Value {
     json!({
@@ -83,4 +83,14 @@ impl Bed {
         );
         env
     }
+}
+
+/// Every record of the batch was written or acknowledged.
+pub fn assert_all_succeeded(result: &InvocationResult, handler: &HandlerProcess) {
+    assert_eq!(
+        failed_ids(result),
+        BTreeSet::new(),
+        "output:\n{}",
+        handler.output()
+    );
 }
