@@ -4,10 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::Instrument;
-
-use bytes::Bytes;
 
 use crate::batch::RecordProcessor;
 use crate::fetch::{FetchDeadlines, FetchError, Fetcher, RedactedUrl};
@@ -116,27 +115,12 @@ impl Pipeline {
             .map(|lifetime| url_expiry(sent_at_ms, lifetime))
         {
             Some(None) => Err(FetchError::ExpiredBeforeFetch),
-            Some(Some(expires_at)) => {
-                self.fetcher
-                    .fetch(
-                        &pointer.url,
-                        FetchDeadlines {
-                            url_expires_at: Some(expires_at),
-                            give_up_at,
-                        },
-                    )
-                    .await
-            }
-            None => {
-                self.fetcher
-                    .fetch(
-                        &pointer.url,
-                        FetchDeadlines {
-                            url_expires_at: None,
-                            give_up_at,
-                        },
-                    )
-                    .await
+            url_expires_at => {
+                let deadlines = FetchDeadlines {
+                    url_expires_at: url_expires_at.flatten(),
+                    give_up_at,
+                };
+                self.fetcher.fetch(&pointer.url, deadlines).await
             }
         };
         let error = match fetched {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use support::payload_server::{Behaviour, PayloadServer};
 use terra_sink::fetch::{
-    FetchDeadlines, FetchError, FetchSettings, Fetcher, HostPattern, UrlPolicy,
+    FetchDeadlines, FetchError, FetchSettings, Fetched, Fetcher, HostPattern, UrlPolicy,
 };
 use terra_sink::outcome::{Classify, FailureClass, Retry};
 use tokio::time::Instant;
@@ -38,6 +38,11 @@ fn within(secs: u64) -> FetchDeadlines {
     }
 }
 
+/// Fetches with the quick settings and plenty of time.
+async fn fetch(target: &str) -> Result<Fetched, FetchError> {
+    fetcher(quick()).fetch(&url(target), within(30)).await
+}
+
 fn url(s: &str) -> Url {
     Url::parse(s).expect("valid URL")
 }
@@ -62,10 +67,7 @@ async fn retries_5xx_and_429_honouring_retry_after() {
             body: PAYLOAD.to_vec(),
         },
     );
-    let fetched = fetcher(quick())
-        .fetch(&url(&flaky), within(30))
-        .await
-        .expect("third attempt succeeds");
+    let fetched = fetch(&flaky).await.expect("third attempt succeeds");
     assert_eq!((&fetched.body[..], fetched.attempts), (PAYLOAD, 3));
 
     let throttled = server.route(
@@ -78,10 +80,7 @@ async fn retries_5xx_and_429_honouring_retry_after() {
         },
     );
     let started = std::time::Instant::now();
-    let fetched = fetcher(quick())
-        .fetch(&url(&throttled), within(30))
-        .await
-        .expect("second attempt succeeds");
+    let fetched = fetch(&throttled).await.expect("second attempt succeeds");
     assert_eq!(fetched.attempts, 2);
     assert!(
         started.elapsed() >= Duration::from_secs(1),
@@ -93,10 +92,7 @@ async fn retries_5xx_and_429_honouring_retry_after() {
 async fn gives_up_after_max_attempts_as_transient() {
     let server = PayloadServer::start().await;
     let down = server.route("/down", Behaviour::Status(503));
-    let error = fetcher(quick())
-        .fetch(&url(&down), within(30))
-        .await
-        .expect_err("always 503");
+    let error = fetch(&down).await.expect_err("always 503");
     assert!(
         matches!(
             error,
@@ -126,10 +122,7 @@ async fn permanent_statuses_are_not_retried() {
         ("/gone", 410, FailureClass::Fetch),
     ] {
         let target = server.route(path, Behaviour::Status(status));
-        let error = fetcher(quick())
-            .fetch(&url(&target), within(30))
-            .await
-            .expect_err("fails");
+        let error = fetch(&target).await.expect_err("fails");
         assert_eq!(
             (error.class(), error.retry()),
             (class, Retry::Permanent),
@@ -144,18 +137,12 @@ async fn permanent_statuses_are_not_retried() {
 async fn decodes_gzip_and_limits_the_decoded_size() {
     let server = PayloadServer::start().await;
     let small = server.route("/small.gz", Behaviour::Gzip(PAYLOAD.to_vec()));
-    let fetched = fetcher(quick())
-        .fetch(&url(&small), within(30))
-        .await
-        .expect("decodes");
+    let fetched = fetch(&small).await.expect("decodes");
     assert_eq!(&fetched.body[..], PAYLOAD);
 
     // 10 MB of zeros compress to ~10 KB: the limit applies to what it inflates to.
     let bomb = server.route("/bomb.gz", Behaviour::Gzip(vec![b'0'; 10 * 1024 * 1024]));
-    let error = fetcher(quick())
-        .fetch(&url(&bomb), within(30))
-        .await
-        .expect_err("too large");
+    let error = fetch(&bomb).await.expect_err("too large");
     assert!(
         matches!(error, FetchError::TooLarge { limit: 65536, .. }),
         "{error}"
@@ -163,10 +150,7 @@ async fn decodes_gzip_and_limits_the_decoded_size() {
     assert_eq!(error.retry(), Retry::Permanent);
 
     let declared = server.route("/declared", Behaviour::Ok(vec![b' '; 100 * 1024]));
-    let error = fetcher(quick())
-        .fetch(&url(&declared), within(30))
-        .await
-        .expect_err("too large");
+    let error = fetch(&declared).await.expect_err("too large");
     assert!(matches!(error, FetchError::TooLarge { .. }), "{error}");
     assert_eq!(server.hits("/declared"), 1);
 }
@@ -232,20 +216,14 @@ async fn redirects_must_pass_the_policy() {
     let server = PayloadServer::start().await;
     let target = server.route("/target", Behaviour::Ok(PAYLOAD.to_vec()));
     let hop = server.route("/hop", Behaviour::Redirect(target));
-    let fetched = fetcher(quick())
-        .fetch(&url(&hop), within(30))
-        .await
-        .expect("allowed redirect");
+    let fetched = fetch(&hop).await.expect("allowed redirect");
     assert_eq!(&fetched.body[..], PAYLOAD);
 
     let to_metadata = server.route(
         "/to-metadata",
         Behaviour::Redirect("http://169.254.169.254/latest/meta-data/".into()),
     );
-    let error = fetcher(quick())
-        .fetch(&url(&to_metadata), within(30))
-        .await
-        .expect_err("refused");
+    let error = fetch(&to_metadata).await.expect_err("refused");
     assert_eq!(
         (error.class(), error.retry()),
         (FailureClass::Refused, Retry::Permanent),
@@ -256,10 +234,7 @@ async fn redirects_must_pass_the_policy() {
         "/loop",
         Behaviour::Redirect(format!("http://{}/loop", server.addr)),
     );
-    let error = fetcher(quick())
-        .fetch(&url(&looping), within(30))
-        .await
-        .expect_err("loop");
+    let error = fetch(&looping).await.expect_err("loop");
     assert!(
         matches!(error, FetchError::TooManyRedirects { .. }),
         "{error}"

@@ -177,10 +177,6 @@ impl Fetcher {
         })
     }
 
-    pub fn settings(&self) -> &FetchSettings {
-        &self.settings
-    }
-
     /// Downloads the payload, retrying transient failures with exponential
     /// backoff and jitter, never past the URL's expiry or `give_up_at`.
     pub async fn fetch(&self, url: &Url, deadlines: FetchDeadlines) -> Result<Fetched, FetchError> {

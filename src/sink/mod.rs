@@ -15,7 +15,7 @@ use flate2::write::GzEncoder;
 use crate::outcome::{Classify, FailureClass, Retry};
 use crate::payload::{ArchiveName, PayloadSummary};
 
-pub use dynamodb::{DynamoDbSink, NO_USER_PK, PROFILE_SK, from_attribute, to_attribute};
+pub use dynamodb::{DynamoDbSink, from_attribute, to_attribute};
 pub use s3::{S3Compression, S3Settings, S3Sink};
 
 /// One fetched payload on its way to the stores.
@@ -64,9 +64,6 @@ pub trait Archive: Send + Sync {
 /// A store that projects payloads (DynamoDB).
 #[async_trait]
 pub trait Sink: Send + Sync {
-    /// Short name for logs and metrics.
-    fn name(&self) -> &'static str;
-
     /// Writes the delivery durably. Writing the same delivery twice must leave
     /// the store as writing it once.
     async fn write(&self, delivery: &Delivery) -> Result<SinkReport, SinkError>;

@@ -21,7 +21,7 @@ use serde_json::Value;
 use super::{Delivery, Sink, SinkError, SinkReport};
 use crate::outcome::Retry;
 
-pub use items::{NO_USER_PK, PROFILE_SK, PlannedItem, plan};
+use items::{PlannedItem, plan};
 
 /// Records above this many bytes of JSON skip straight to the compressed form.
 const MAP_FORM_MAX_JSON: usize = 350 * 1024;
@@ -35,6 +35,17 @@ const STALE_GUARD: &str = "attribute_not_exists(pk) OR terra_sent_at <= :incomin
 pub struct DynamoDbSink {
     client: aws_sdk_dynamodb::Client,
     table: String,
+}
+
+/// The ways a record can be held by its item, from the most to the least useful.
+#[derive(Debug, Clone, Copy)]
+enum RecordForm {
+    /// `data`: a native map.
+    Map,
+    /// `data_gz`: the record's JSON, gzip-compressed.
+    Gzip,
+    /// `s3_bucket`, `s3_key`, `s3_record_index`: where the archive holds it.
+    Pointer,
 }
 
 /// How one item was written.
@@ -56,6 +67,8 @@ impl DynamoDbSink {
         Self { client, table }
     }
 
+    /// Tries the record as a map, then compressed, then as a pointer to the
+    /// archive, moving on only when DynamoDB rejects the item itself.
     async fn write_item(
         &self,
         item: PlannedItem,
@@ -66,61 +79,61 @@ impl DynamoDbSink {
             .map_err(|e| permanent(format!("re-encoding record: {e}")))?;
         let common = common_attributes(&item, delivery.sent_at_ms, received_at);
         let what = format!("{}/{}", item.pk, item.sk);
-
-        if record_json.len() <= MAP_FORM_MAX_JSON {
-            let mut attributes = common.clone();
-            attributes.insert("data".into(), to_attribute(&item.data));
-            match self.put(attributes, delivery.sent_at_ms).await {
-                Ok(put) => return Ok(put),
-                Err(PutFailure::Failed(error)) => return Err(error),
-                Err(PutFailure::Rejected(why)) => {
-                    tracing::debug!(item = %what, reason = %why, "map form rejected, compressing");
+        let mut compressed_len = None;
+        let mut rejection = None;
+        for form in [RecordForm::Map, RecordForm::Gzip, RecordForm::Pointer] {
+            let record = match form {
+                RecordForm::Map if record_json.len() <= MAP_FORM_MAX_JSON => {
+                    vec![("data", to_attribute(&item.data))]
                 }
-            }
-        }
-        let compressed =
-            super::gzip(&record_json).map_err(|e| permanent(format!("compressing {what}: {e}")))?;
-        if compressed.len() <= GZIP_FORM_MAX {
+                RecordForm::Map => continue,
+                RecordForm::Gzip => {
+                    let compressed = super::gzip(&record_json)
+                        .map_err(|e| permanent(format!("compressing {what}: {e}")))?;
+                    compressed_len = Some(compressed.len());
+                    if compressed.len() > GZIP_FORM_MAX {
+                        continue;
+                    }
+                    vec![("data_gz", AttributeValue::B(Blob::new(compressed.to_vec())))]
+                }
+                RecordForm::Pointer => {
+                    let Some(archived) = &delivery.archived else {
+                        break;
+                    };
+                    let mut pointer = vec![
+                        ("s3_bucket", AttributeValue::S(archived.bucket.clone())),
+                        ("s3_key", AttributeValue::S(archived.key.clone())),
+                    ];
+                    if let Some(index) = item.data_index {
+                        pointer.push(("s3_record_index", AttributeValue::N(index.to_string())));
+                    }
+                    pointer
+                }
+            };
             let mut attributes = common.clone();
-            attributes.insert(
-                "data_gz".into(),
-                AttributeValue::B(Blob::new(compressed.to_vec())),
+            attributes.extend(
+                record
+                    .into_iter()
+                    .map(|(name, value)| (name.to_owned(), value)),
             );
             match self.put(attributes, delivery.sent_at_ms).await {
                 Ok(put) => return Ok(put),
                 Err(PutFailure::Failed(error)) => return Err(error),
                 Err(PutFailure::Rejected(why)) => {
-                    tracing::debug!(item = %what, reason = %why, "compressed form rejected");
+                    tracing::debug!(item = %what, ?form, reason = %why, "item form rejected");
+                    rejection = Some(why);
                 }
             }
         }
-        let Some(archived) = &delivery.archived else {
-            return Err(permanent(format!(
+        Err(permanent(match (&delivery.archived, rejection) {
+            (Some(_), Some(why)) => format!("{what}: even the S3 pointer was rejected: {why}"),
+            _ => format!(
                 "{what}: record is {} bytes ({} compressed), over DynamoDB's 400 KB item limit; \
                  enable the S3 archive (TERRA_S3_BUCKET) to store such records as pointers",
                 record_json.len(),
-                compressed.len()
-            )));
-        };
-        let mut attributes = common;
-        attributes.insert(
-            "s3_bucket".into(),
-            AttributeValue::S(archived.bucket.clone()),
-        );
-        attributes.insert("s3_key".into(), AttributeValue::S(archived.key.clone()));
-        if let Some(index) = item.data_index {
-            attributes.insert(
-                "s3_record_index".into(),
-                AttributeValue::N(index.to_string()),
-            );
-        }
-        match self.put(attributes, delivery.sent_at_ms).await {
-            Ok(put) => Ok(put),
-            Err(PutFailure::Failed(error)) => Err(error),
-            Err(PutFailure::Rejected(why)) => Err(permanent(format!(
-                "{what}: even the S3 pointer was rejected: {why}"
-            ))),
-        }
+                compressed_len.unwrap_or_default()
+            ),
+        }))
     }
 
     async fn put(
@@ -145,17 +158,20 @@ impl DynamoDbSink {
 }
 
 fn classify(error: SdkError<PutItemError>) -> Result<Put, PutFailure> {
-    let described = DisplayErrorContext(&error).to_string();
+    let failed = |retry| {
+        PutFailure::Failed(SinkError {
+            sink: "dynamodb",
+            retry,
+            message: format!("PutItem: {}", DisplayErrorContext(&error)),
+        })
+    };
     let SdkError::ServiceError(service) = &error else {
         // Timeouts, dispatch and response errors: the request may not have landed.
-        return Err(PutFailure::Failed(transient(format!(
-            "PutItem: {described}"
-        ))));
+        return Err(failed(Retry::Transient));
     };
     if service.err().is_conditional_check_failed_exception() {
         return Ok(Put::Stale);
     }
-    let status = service.raw().status().as_u16();
     let code = service.err().code().unwrap_or_default();
     let throttled = matches!(
         code,
@@ -165,17 +181,12 @@ fn classify(error: SdkError<PutItemError>) -> Result<Put, PutFailure> {
             | "LimitExceededException"
     );
     if code == "ValidationException" {
-        Err(PutFailure::Rejected(
-            service.err().message().unwrap_or(code).to_owned(),
-        ))
-    } else if throttled || status >= 500 {
-        Err(PutFailure::Failed(transient(format!(
-            "PutItem: {described}"
-        ))))
+        let why = service.err().message().unwrap_or(code).to_owned();
+        Err(PutFailure::Rejected(why))
+    } else if throttled || service.raw().status().is_server_error() {
+        Err(failed(Retry::Transient))
     } else {
-        Err(PutFailure::Failed(permanent(format!(
-            "PutItem: {described}"
-        ))))
+        Err(failed(Retry::Permanent))
     }
 }
 
@@ -265,10 +276,6 @@ pub fn from_attribute(value: &AttributeValue) -> Value {
 
 #[async_trait]
 impl Sink for DynamoDbSink {
-    fn name(&self) -> &'static str {
-        "dynamodb"
-    }
-
     async fn write(&self, delivery: &Delivery) -> Result<SinkReport, SinkError> {
         let payload = delivery.payload.clone();
         let sent_at_ms = delivery.sent_at_ms;
