@@ -9,11 +9,13 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::LambdaEvent;
 use tokio::time::Instant;
 
-use crate::batch::{self, BatchLimits};
+use crate::batch::{self, BatchLimits, BatchReport};
 use crate::config::{Config, ConfigError};
+use crate::dead_letter::{self, DeadLetterQueue, SqsDeadLetterQueue};
 use crate::fetch::{ClientBuildError, Fetcher};
 use crate::pipeline::Pipeline;
 use crate::sink::{Archive, DynamoDbSink, S3Sink, Sink};
+use crate::source::kafka::{self, KafkaBatchResponse, KafkaEvent, ResponseMode};
 use crate::source::sqs;
 
 /// Time kept back from the Lambda deadline to report the batch response.
@@ -31,9 +33,25 @@ pub enum InitError {
 pub struct App {
     pipeline: Arc<Pipeline>,
     concurrency: usize,
+    kafka_response: ResponseMode,
+    dead_letters: Option<Box<dyn DeadLetterQueue>>,
 }
 
 impl App {
+    /// The cold start of both binaries: JSON logs, then the configuration and
+    /// every client. A bad configuration ends the process with the variable
+    /// named in the log, before any event is taken.
+    pub async fn start() -> Self {
+        lambda_runtime::tracing::init_default_subscriber();
+        match Self::from_env().await {
+            Ok(app) => app,
+            Err(error) => {
+                tracing::error!(%error, "cold start failed");
+                std::process::exit(1);
+            }
+        }
+    }
+
     /// Reads the configuration from the environment and builds every client.
     pub async fn from_env() -> Result<Self, InitError> {
         Self::from_config(Config::from_env()?).await
@@ -63,9 +81,21 @@ impl App {
                 table,
             )));
         }
+        let dead_letters = config.kafka.dead_letter_queue_url.map(|queue_url| {
+            Box::new(SqsDeadLetterQueue::new(
+                aws_sdk_sqs::Client::new(&aws),
+                queue_url,
+            )) as Box<dyn DeadLetterQueue>
+        });
         Ok(Self {
             pipeline: Arc::new(Pipeline::new(fetcher, archive, sinks)),
             concurrency: config.concurrency,
+            kafka_response: if config.kafka.partial_batch {
+                ResponseMode::PartialBatch
+            } else {
+                ResponseMode::WholeBatch
+            },
+            dead_letters,
         })
     }
 
@@ -74,12 +104,48 @@ impl App {
         event: LambdaEvent<SqsEvent>,
     ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
         let items = sqs::decode(&event.payload);
-        let limits = BatchLimits {
+        let report = batch::run(Arc::clone(&self.pipeline), items, self.limits(&event)).await;
+        report.log_summary();
+        Ok(sqs::response(&event.payload, &report.outcomes)?)
+    }
+
+    pub async fn handle_kafka(
+        &self,
+        event: LambdaEvent<KafkaEvent>,
+    ) -> Result<KafkaBatchResponse, lambda_runtime::Error> {
+        let decoded = kafka::decode(&event.payload);
+        let limits = self.limits(&event);
+        let mut report =
+            batch::run(Arc::clone(&self.pipeline), decoded.items.clone(), limits).await;
+        if let Some(queue) = &self.dead_letters {
+            let diverted = dead_letter::divert_poison(
+                queue.as_ref(),
+                report.outcomes.clone(),
+                |index, failure| decoded.dead_letter(index, failure),
+            );
+            // Past the batch cutoff only the response reserve is left; a
+            // letter not sent in time leaves its record failed, to be retried.
+            let by = cutoff_before(event.context.deadline()) + RESPONSE_RESERVE / 2;
+            match tokio::time::timeout_at(by, diverted).await {
+                Ok(outcomes) => report = BatchReport { outcomes },
+                Err(_) => {
+                    tracing::error!("dead-letter queue too slow; poison records will be retried")
+                }
+            }
+        }
+        report.log_summary();
+        Ok(kafka::response(
+            &decoded,
+            &report.outcomes,
+            self.kafka_response,
+        )?)
+    }
+
+    fn limits<T>(&self, event: &LambdaEvent<T>) -> BatchLimits {
+        BatchLimits {
             concurrency: self.concurrency,
             cutoff: cutoff_before(event.context.deadline()),
-        };
-        let report = batch::run(Arc::clone(&self.pipeline), items, limits).await;
-        Ok(sqs::response(&event.payload, &report.outcomes)?)
+        }
     }
 }
 

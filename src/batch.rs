@@ -42,6 +42,8 @@ pub struct BatchSummary {
     pub failed: usize,
     pub failed_permanent: usize,
     pub failed_by_class: BTreeMap<FailureClass, usize>,
+    /// Poison records set aside on the dead-letter queue (Kafka only).
+    pub dead_lettered: usize,
     pub bytes_written: u64,
     /// Items a sink skipped because a newer version was already stored.
     pub stale_items: usize,
@@ -71,9 +73,30 @@ impl BatchReport {
                     }
                     *summary.failed_by_class.entry(failure.class).or_default() += 1;
                 }
+                Outcome::DeadLettered(_) => summary.dead_lettered += 1,
             }
         }
         summary
+    }
+
+    /// The one summary line per invocation, once the source has settled every
+    /// outcome (dead-lettering included).
+    pub fn log_summary(&self) {
+        let summary = self.summary();
+        let failed_by_class = serde_json::to_string(&summary.failed_by_class).unwrap_or_default();
+        tracing::info!(
+            received = summary.received,
+            written = summary.written,
+            healthchecks = summary.healthchecks,
+            failed = summary.failed,
+            failed_permanent = summary.failed_permanent,
+            failed_by_class = %failed_by_class,
+            bytes_written = summary.bytes_written,
+            stale_items = summary.stale_items,
+            recovered_from_archive = summary.recovered_from_archive,
+            dead_lettered = summary.dead_lettered,
+            "batch done"
+        );
     }
 }
 
@@ -121,9 +144,7 @@ pub async fn run<P: RecordProcessor>(
         .into_iter()
         .map(|o| o.unwrap_or_else(|| internal_failure("record was never scheduled")))
         .collect();
-    let report = BatchReport { outcomes };
-    log_report(&report, total);
-    report
+    BatchReport { outcomes }
 }
 
 fn into_lanes(items: Vec<SourceItem>) -> Vec<Lane> {
@@ -238,24 +259,6 @@ fn internal_failure(why: &str) -> Outcome {
         Retry::Transient,
         why,
     ))
-}
-
-fn log_report(report: &BatchReport, total: usize) {
-    debug_assert_eq!(report.outcomes.len(), total);
-    let summary = report.summary();
-    let failed_by_class = serde_json::to_string(&summary.failed_by_class).unwrap_or_default();
-    tracing::info!(
-        received = summary.received,
-        written = summary.written,
-        healthchecks = summary.healthchecks,
-        failed = summary.failed,
-        failed_permanent = summary.failed_permanent,
-        failed_by_class = %failed_by_class,
-        bytes_written = summary.bytes_written,
-        stale_items = summary.stale_items,
-        recovered_from_archive = summary.recovered_from_archive,
-        "batch done"
-    );
 }
 
 #[cfg(test)]

@@ -20,6 +20,17 @@ pub struct Config {
     /// Path-style S3 addressing, for local emulators (set when
     /// `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_S3` is).
     pub s3_force_path_style: bool,
+    pub kafka: KafkaSettings,
+}
+
+/// Settings only `kafka-handler` reads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KafkaSettings {
+    /// Answer with a partial batch response (`TERRA_KAFKA_PARTIAL_BATCH`);
+    /// otherwise any failed record fails the invocation.
+    pub partial_batch: bool,
+    /// Where records that can never succeed go (`TERRA_DEAD_LETTER_QUEUE_URL`).
+    pub dead_letter_queue_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,6 +116,16 @@ impl Config {
         }
         let s3_force_path_style =
             env.text("AWS_ENDPOINT_URL")?.is_some() || env.text("AWS_ENDPOINT_URL_S3")?.is_some();
+        let kafka = KafkaSettings {
+            partial_batch: env.flag("TERRA_KAFKA_PARTIAL_BATCH", false)?,
+            dead_letter_queue_url: match env.text("TERRA_DEAD_LETTER_QUEUE_URL")? {
+                None => None,
+                Some(url) => Some(
+                    validate_queue_url(&url)
+                        .map_err(|problem| invalid("TERRA_DEAD_LETTER_QUEUE_URL", problem))?,
+                ),
+            },
+        };
         Ok(Self {
             s3,
             dynamodb_table,
@@ -112,6 +133,7 @@ impl Config {
             url_policy,
             concurrency,
             s3_force_path_style,
+            kafka,
         })
     }
 }
@@ -216,6 +238,35 @@ fn validate_table(table: &str) -> Result<String, String> {
     }
 }
 
+/// An SQS queue URL (`https://sqs.<region>.amazonaws.com/<account>/<name>`;
+/// plain http only for local emulators).
+fn validate_queue_url(raw: &str) -> Result<String, String> {
+    let problem = || {
+        format!(
+            "{raw:?} is not an SQS queue URL (https://sqs.<region>.amazonaws.com/<account>/<queue>)"
+        )
+    };
+    let url = url::Url::parse(raw).map_err(|_| problem())?;
+    let segments: Vec<&str> = url
+        .path_segments()
+        .map(|s| s.filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    let valid = matches!(url.scheme(), "https" | "http")
+        && url.host_str().is_some()
+        && url.query().is_none()
+        && url.username().is_empty()
+        && segments.len() == 2
+        && segments[0].bytes().all(|b| b.is_ascii_digit())
+        && segments[1]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if valid {
+        Ok(raw.to_owned())
+    } else {
+        Err(problem())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +297,7 @@ mod tests {
         assert_eq!(config.concurrency, 32);
         assert_eq!(config.url_policy, UrlPolicy::default());
         assert!(!config.s3_force_path_style);
+        assert_eq!(config.kafka, KafkaSettings::default());
     }
 
     #[test]
@@ -264,8 +316,22 @@ mod tests {
             ),
             ("TERRA_ALLOW_INSECURE_URLS", "TRUE"),
             ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+            ("TERRA_KAFKA_PARTIAL_BATCH", "true"),
+            (
+                "TERRA_DEAD_LETTER_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-dlq.fifo",
+            ),
         ])
         .expect("valid");
+        assert_eq!(
+            config.kafka,
+            KafkaSettings {
+                partial_batch: true,
+                dead_letter_queue_url: Some(
+                    "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-dlq.fifo".into()
+                ),
+            }
+        );
         let s3 = config.s3.expect("s3 sink");
         assert_eq!(
             (s3.prefix.as_str(), s3.compression),
@@ -315,6 +381,16 @@ mod tests {
             ("TERRA_MAX_PAYLOAD_BYTES", "64MB"),
             ("TERRA_ALLOWED_URL_HOSTS", "ok.com,bad host"),
             ("TERRA_ALLOW_INSECURE_URLS", "yes please"),
+            ("TERRA_KAFKA_PARTIAL_BATCH", "on"),
+            ("TERRA_DEAD_LETTER_QUEUE_URL", "terra-dlq"),
+            (
+                "TERRA_DEAD_LETTER_QUEUE_URL",
+                "arn:aws:sqs:eu-west-1:123456789012:terra-dlq",
+            ),
+            (
+                "TERRA_DEAD_LETTER_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/terra-dlq",
+            ),
         ] {
             let vars = if var == "TERRA_S3_BUCKET" {
                 vec![(var, value)]

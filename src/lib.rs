@@ -6,12 +6,14 @@
 //! [`payload`] checks it and names it, [`sink`] writes it. [`pipeline`] strings
 //! these together for one record, and [`batch`] runs a whole invocation:
 //! concurrency, deadline, ordering and the per-record outcomes the sources turn
-//! into partial batch responses. [`app`] builds all of it once at cold start
-//! from [`config`].
+//! into partial batch responses. [`dead_letter`] sets aside Kafka records that
+//! can never succeed. [`app`] builds all of it once at cold start from
+//! [`config`].
 
 pub mod app;
 pub mod batch;
 pub mod config;
+pub mod dead_letter;
 pub mod fetch;
 pub mod message;
 pub mod outcome;

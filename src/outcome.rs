@@ -94,6 +94,14 @@ impl RecordFailure {
     pub fn from_error<E: Classify + ?Sized>(error: &E) -> Self {
         Self::new(error.class(), error.retry(), error.to_string())
     }
+
+    /// The record itself can never succeed: expired, malformed, refused, too
+    /// large. A permanent sink failure (access denied, missing table) is a
+    /// fault of the deployment, not of the record, so it is not poison: it
+    /// must block and alarm until fixed rather than set records aside.
+    pub fn is_poison(&self) -> bool {
+        self.retry == Retry::Permanent && self.class != FailureClass::Sink
+    }
 }
 
 /// The end state of one record in one invocation.
@@ -105,6 +113,9 @@ pub enum Outcome {
     Healthcheck,
     /// Not written; the record must be retried or dead-lettered.
     Failed(RecordFailure),
+    /// Not written, and never could be: set aside on the dead-letter queue
+    /// with its reason, so it counts as handled.
+    DeadLettered(RecordFailure),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,5 +144,26 @@ impl Outcome {
 impl<E: Classify> From<E> for RecordFailure {
     fn from(error: E) -> Self {
         RecordFailure::from_error(&error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_permanent_faults_of_the_record_are_poison() {
+        let failure = |class, retry| RecordFailure::new(class, retry, "x");
+        for class in [
+            FailureClass::Expired,
+            FailureClass::Fetch,
+            FailureClass::Refused,
+            FailureClass::Invalid,
+        ] {
+            assert!(failure(class, Retry::Permanent).is_poison(), "{class}");
+            assert!(!failure(class, Retry::Transient).is_poison(), "{class}");
+        }
+        assert!(!failure(FailureClass::Sink, Retry::Permanent).is_poison());
+        assert!(!failure(FailureClass::Deferred, Retry::Transient).is_poison());
     }
 }

@@ -7,13 +7,12 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::bed::{Bed, assert_all_succeeded, failed_ids, pointer, sqs_record};
+use support::bed::{Bed, SECRETS, assert_all_succeeded, failed_ids, pointer, sqs_record};
 use support::payload_server::Behaviour;
 use support::runtime_api::{HandlerProcess, RuntimeApi, lambda_environment};
 use support::{fixture, now_ms};
 
 const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
-const SECRETS: [&str; 3] = ["X-Amz-Signature", "5ec7e7516a7c0ffee", "AKIASECRETKEYID"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_batch_reports_exactly_the_failed_records_and_archives_the_rest() {

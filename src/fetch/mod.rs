@@ -18,7 +18,7 @@ use url::Url;
 
 use crate::outcome::{Classify, FailureClass, Retry};
 
-pub use redact::RedactedUrl;
+pub use redact::{RedactedUrl, strip_query_strings, strip_query_strings_in_json};
 pub use url_policy::{HostPattern, PolicyViolation, UrlPolicy, is_public};
 
 /// Fetch limits, from configuration.

@@ -1,6 +1,7 @@
 //! Decoding the records of each trigger into source-neutral [`SourceItem`]s,
 //! and turning outcomes back into the trigger's response.
 
+pub mod kafka;
 pub mod sqs;
 
 use bytes::Bytes;

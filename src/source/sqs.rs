@@ -134,6 +134,21 @@ mod tests {
     }
 
     #[test]
+    fn sample_events_decode_cleanly() {
+        for (json, records) in [
+            (include_str!("../../events/sqs-batch.json"), 3),
+            (include_str!("../../events/sqs-healthcheck.json"), 1),
+        ] {
+            let items = decode(&serde_json::from_str(json).expect("valid SqsEvent"));
+            assert_eq!(items.len(), records);
+            for item in &items {
+                let record = item.record.as_ref().expect("decodes");
+                crate::message::decode(&record.body).expect("a Terra message");
+            }
+        }
+    }
+
+    #[test]
     fn reports_exactly_the_failed_message_ids() {
         let ev = event(serde_json::json!({"Records": [
             {"messageId": "a"}, {"messageId": "b"}, {"messageId": "c"}

@@ -9,6 +9,10 @@ use super::moto::Moto;
 use super::payload_server::PayloadServer;
 use super::runtime_api::{HandlerProcess, InvocationResult, RuntimeApi, lambda_environment};
 
+/// What the payload server's URLs carry in their query string: none of it may
+/// appear in any output.
+pub const SECRETS: [&str; 3] = ["X-Amz-Signature", "5ec7e7516a7c0ffee", "AKIASECRETKEYID"];
+
 pub fn sqs_record(message_id: &str, body: &str, sent_at_ms: u64) -> Value {
     json!({
         "messageId": message_id,
@@ -26,6 +30,52 @@ pub fn sqs_record(message_id: &str, body: &str, sent_at_ms: u64) -> Value {
         "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:terra-events",
         "awsRegion": "us-east-1"
     })
+}
+
+/// One record of a Kafka event: topic, partition, offset, the value already
+/// base64-encoded (as Lambda delivers it), and the record timestamp.
+pub struct KafkaRecord {
+    pub topic: &'static str,
+    pub partition: i64,
+    pub offset: i64,
+    pub value: String,
+    pub timestamp_ms: u64,
+}
+
+pub fn base64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+/// A Kafka event as an MSK (`self_managed` false) or self-managed Kafka
+/// mapping delivers it.
+pub fn kafka_event(self_managed: bool, records: &[KafkaRecord]) -> Value {
+    let mut partitions = serde_json::Map::new();
+    for record in records {
+        let key = format!("{}-{}", record.topic, record.partition);
+        let entry = partitions.entry(key).or_insert_with(|| json!([]));
+        entry.as_array_mut().expect("array").push(json!({
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "timestamp": record.timestamp_ms,
+            "timestampType": "CREATE_TIME",
+            "value": record.value,
+            // Header values are byte arrays of signed numbers.
+            "headers": [{"content-type": b"application/json".map(|b| b as i8)}]
+        }));
+    }
+    let bootstrap = "b-1.terra.abc123.c2.kafka.us-east-1.amazonaws.com:9096";
+    if self_managed {
+        json!({"eventSource": "SelfManagedKafka", "bootstrapServers": bootstrap, "records": partitions})
+    } else {
+        json!({
+            "eventSource": "aws:kafka",
+            "eventSourceArn": "arn:aws:kafka:us-east-1:123456789012:cluster/terra/abc123-4",
+            "bootstrapServers": bootstrap,
+            "records": partitions
+        })
+    }
 }
 
 pub fn pointer(url: &str) -> String {

@@ -1,4 +1,5 @@
-//! moto's server, started per test on its own port: the real S3 wire protocol.
+//! moto's server, started per test on its own port: the real S3, DynamoDB and
+//! SQS wire protocols.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -79,6 +80,59 @@ impl Moto {
             ))
             .build();
         aws_sdk_dynamodb::Client::from_conf(config)
+    }
+
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .build();
+        aws_sdk_sqs::Client::from_conf(config)
+    }
+
+    /// Creates a queue and returns its URL.
+    pub async fn create_queue(&self, name: &str) -> String {
+        let created = self
+            .sqs()
+            .create_queue()
+            .queue_name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create queue {name}: {e:?}"));
+        created.queue_url().expect("queue URL").to_owned()
+    }
+
+    /// Receives and deletes every message now on the queue.
+    pub async fn drain(&self, queue_url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+        let sqs = self.sqs();
+        let mut messages = Vec::new();
+        loop {
+            let received = sqs
+                .receive_message()
+                .queue_url(queue_url)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("receive from {queue_url}: {e:?}"));
+            let batch = received.messages().to_vec();
+            if batch.is_empty() {
+                return messages;
+            }
+            for message in &batch {
+                sqs.delete_message()
+                    .queue_url(queue_url)
+                    .receipt_handle(message.receipt_handle().expect("receipt handle"))
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("delete from {queue_url}: {e:?}"));
+            }
+            messages.extend(batch);
+        }
     }
 
     /// The table terra-sink expects: string `pk` and `sk`, on demand.

@@ -1,0 +1,197 @@
+//! The dead-letter queue for poison Kafka records: records that can never
+//! succeed (expired, malformed, refused, too large) would otherwise block
+//! their partition until the mapping's retry limit discards them silently.
+//! SQS needs none of this: its redrive policy dead-letters by itself.
+
+use async_trait::async_trait;
+use aws_sdk_sqs::error::DisplayErrorContext;
+use futures::future::join_all;
+
+use crate::outcome::{FailureClass, Outcome, RecordFailure};
+
+/// One record set aside, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// JSON: the record's origin, the failure, and its content with every URL
+    /// query string removed.
+    pub body: String,
+    /// Where the record came from (`topic-partition`); the message group of a
+    /// FIFO queue.
+    pub group: String,
+    /// Stable per record, so a FIFO queue drops the copy a redelivery sends.
+    pub deduplication_id: String,
+    pub class: FailureClass,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("dead-letter queue: {0}")]
+pub struct DeadLetterError(pub String);
+
+/// Somewhere to put poison records. SQS in production; fakes in tests.
+#[async_trait]
+pub trait DeadLetterQueue: Send + Sync {
+    async fn send(&self, letter: &DeadLetter) -> Result<(), DeadLetterError>;
+}
+
+pub struct SqsDeadLetterQueue {
+    client: aws_sdk_sqs::Client,
+    queue_url: String,
+    fifo: bool,
+}
+
+impl SqsDeadLetterQueue {
+    pub fn new(client: aws_sdk_sqs::Client, queue_url: String) -> Self {
+        let fifo = queue_url.ends_with(".fifo");
+        Self {
+            client,
+            queue_url,
+            fifo,
+        }
+    }
+}
+
+#[async_trait]
+impl DeadLetterQueue for SqsDeadLetterQueue {
+    async fn send(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
+        let class = aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(letter.class.as_str())
+            .build()
+            .map_err(|e| DeadLetterError(e.to_string()))?;
+        let mut request = self
+            .client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(&letter.body)
+            .message_attributes("terra_failure_class", class);
+        if self.fifo {
+            request = request
+                .message_group_id(&letter.group)
+                .message_deduplication_id(dedup_token(&letter.deduplication_id));
+        }
+        request
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| DeadLetterError(format!("SendMessage: {}", DisplayErrorContext(&e))))
+    }
+}
+
+/// FIFO deduplication ids allow at most 128 characters of a limited set.
+fn dedup_token(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(id.as_bytes()))
+}
+
+/// Sends every poison failure in `outcomes` to `queue` and marks it
+/// [`Outcome::DeadLettered`]. A record whose dead letter could not be sent
+/// stays failed, so the source retries it: it is never dropped.
+pub async fn divert_poison(
+    queue: &dyn DeadLetterQueue,
+    mut outcomes: Vec<Outcome>,
+    letter_for: impl Fn(usize, &RecordFailure) -> Option<DeadLetter>,
+) -> Vec<Outcome> {
+    let poison: Vec<(usize, DeadLetter)> = outcomes
+        .iter()
+        .enumerate()
+        .filter_map(|(index, outcome)| {
+            let failure = outcome.failure().filter(|f| f.is_poison())?;
+            Some((index, letter_for(index, failure)?))
+        })
+        .collect();
+    let sent = join_all(poison.iter().map(|(_, letter)| queue.send(letter))).await;
+    for ((index, letter), result) in poison.iter().zip(sent) {
+        match result {
+            Ok(()) => {
+                if let Outcome::Failed(failure) = &outcomes[*index] {
+                    tracing::warn!(
+                        id = %letter.deduplication_id,
+                        class = %failure.class,
+                        error = %failure.message,
+                        "record dead-lettered"
+                    );
+                    outcomes[*index] = Outcome::DeadLettered(failure.clone());
+                }
+            }
+            Err(error) => tracing::error!(
+                id = %letter.deduplication_id,
+                %error,
+                "dead letter not sent; the record will be retried"
+            ),
+        }
+    }
+    outcomes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::Retry;
+    use std::sync::Mutex;
+
+    /// Accepts letters, except those whose group is `refuse`.
+    #[derive(Default)]
+    struct MemoryQueue {
+        sent: Mutex<Vec<DeadLetter>>,
+    }
+
+    #[async_trait]
+    impl DeadLetterQueue for MemoryQueue {
+        async fn send(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
+            if letter.group == "refuse" {
+                return Err(DeadLetterError("AccessDenied".into()));
+            }
+            self.sent.lock().expect("not poisoned").push(letter.clone());
+            Ok(())
+        }
+    }
+
+    fn failed(class: FailureClass, retry: Retry) -> Outcome {
+        Outcome::Failed(RecordFailure::new(class, retry, "why"))
+    }
+
+    fn letter(index: usize, group: &str) -> DeadLetter {
+        DeadLetter {
+            body: format!("{{\"index\":{index}}}"),
+            group: group.into(),
+            deduplication_id: format!("{group}@{index}"),
+            class: FailureClass::Invalid,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_poison_is_diverted_and_an_unsent_letter_stays_failed() {
+        let queue = MemoryQueue::default();
+        let outcomes = vec![
+            Outcome::Healthcheck,
+            failed(FailureClass::Expired, Retry::Permanent),
+            failed(FailureClass::Fetch, Retry::Transient),
+            failed(FailureClass::Sink, Retry::Permanent),
+            failed(FailureClass::Invalid, Retry::Permanent),
+        ];
+        let after = divert_poison(&queue, outcomes.clone(), |index, _| {
+            Some(letter(index, if index == 4 { "refuse" } else { "t-0" }))
+        })
+        .await;
+        let sent = queue.sent.lock().expect("not poisoned").clone();
+        assert_eq!(sent, [letter(1, "t-0")]);
+        assert_eq!(
+            after[1],
+            Outcome::DeadLettered(RecordFailure::new(
+                FailureClass::Expired,
+                Retry::Permanent,
+                "why"
+            ))
+        );
+        for index in [0, 2, 3, 4] {
+            assert_eq!(after[index], outcomes[index], "outcome {index}");
+        }
+    }
+
+    #[test]
+    fn fifo_deduplication_ids_fit_sqs_rules() {
+        let token = dedup_token(&format!("{}-0@123", "t".repeat(300)));
+        assert_eq!(token.len(), 64);
+        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+}

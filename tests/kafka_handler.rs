@@ -1,0 +1,414 @@
+//! The compiled `kafka-handler`, driven through the Lambda Runtime API with
+//! MSK and self-managed Kafka events, against moto (S3, DynamoDB, SQS) and a
+//! real payload server.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::{Value, json};
+use support::bed::{Bed, KafkaRecord, SECRETS, base64, kafka_event, pointer};
+use support::payload_server::Behaviour;
+use support::runtime_api::{HandlerProcess, InvocationResult};
+use support::{fixture, now_ms};
+
+const KAFKA_HANDLER: &str = env!("CARGO_BIN_EXE_kafka-handler");
+const TOPIC: &str = "terra-events";
+const BACKFILL: &str = "terra-backfill";
+
+fn record(topic: &'static str, partition: i64, offset: i64, value: String, at: u64) -> KafkaRecord {
+    KafkaRecord {
+        topic,
+        partition,
+        offset,
+        value,
+        timestamp_ms: at,
+    }
+}
+
+/// A batch over two topics and four partitions. Transient failures: events-0@101
+/// (503 on every attempt) and backfill-0@1 (500). Poison: events-0@103 (sent
+/// 11 minutes ago, its URL expired), events-1@8 (value not base64) and
+/// backfill-0@2 (payload not JSON).
+fn mixed_batch(bed: &Bed, self_managed: bool) -> Value {
+    let p = &bed.payloads;
+    let ok = |path: &str, example: &str| pointer(&p.route(path, Behaviour::Ok(fixture(example))));
+    let now = now_ms();
+    kafka_event(
+        self_managed,
+        &[
+            record(
+                TOPIC,
+                0,
+                100,
+                base64(&ok("/p/activity.json", "openapi_activity.json")),
+                now,
+            ),
+            record(
+                TOPIC,
+                0,
+                101,
+                base64(&pointer(&p.route("/p/busy.json", Behaviour::Status(503)))),
+                now,
+            ),
+            record(
+                TOPIC,
+                0,
+                102,
+                base64(&ok("/p/sleep.json", "openapi_sleep.json")),
+                now,
+            ),
+            record(
+                TOPIC,
+                0,
+                103,
+                base64(&ok("/p/late.json", "openapi_daily.json")),
+                now - 660_000,
+            ),
+            record(
+                TOPIC,
+                1,
+                7,
+                base64(&ok("/p/daily.json", "openapi_daily.json")),
+                now,
+            ),
+            record(
+                TOPIC,
+                1,
+                8,
+                "not base64 at all?X-Amz-Signature=5ec7e7516a7c0ffee".into(),
+                now,
+            ),
+            record(
+                TOPIC,
+                1,
+                9,
+                base64(r#"{"type":"healthcheck","status":"success"}"#),
+                now,
+            ),
+            record(
+                TOPIC,
+                2,
+                50,
+                base64(&pointer(&p.route(
+                    "/p/body.json",
+                    Behaviour::Gzip(fixture("openapi_body.json")),
+                ))),
+                now,
+            ),
+            record(
+                BACKFILL,
+                0,
+                0,
+                base64(&ok("/p/auth.json", "openapi_auth__authSuccess.json")),
+                now,
+            ),
+            record(
+                BACKFILL,
+                0,
+                1,
+                base64(&pointer(&p.route("/p/down.json", Behaviour::Status(500)))),
+                now,
+            ),
+            record(
+                BACKFILL,
+                0,
+                2,
+                base64(&pointer(
+                    &p.route("/p/html.json", Behaviour::Ok(b"<html/>".to_vec())),
+                )),
+                now,
+            ),
+        ],
+    )
+}
+
+/// The five good payloads of [`mixed_batch`].
+const GOOD_PAYLOADS: usize = 5;
+
+fn response(result: &InvocationResult, handler: &HandlerProcess) -> Value {
+    match result {
+        InvocationResult::Response(response) => response.clone(),
+        InvocationResult::Error(error) => panic!(
+            "expected a response, got error {error}\noutput:\n{}",
+            handler.output()
+        ),
+    }
+}
+
+fn assert_no_secrets(text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "leaks {secret}:\n{text}");
+    }
+}
+
+fn fast_retries<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut env = vec![("TERRA_FETCH_MAX_ATTEMPTS", "2")];
+    env.extend_from_slice(extra);
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msk_partial_batch_resumes_each_partition_at_its_lowest_failed_offset() {
+    let bed = Bed::start("terra-kafka-partial").await;
+    let event = mixed_batch(&bed, false);
+    let env = bed.env(&fast_retries(&[("TERRA_KAFKA_PARTIAL_BATCH", "true")]));
+    let handler = HandlerProcess::spawn(KAFKA_HANDLER, &env);
+
+    let first = bed.runtime.invoke(&event, Duration::from_secs(60)).await;
+    // Without a dead-letter queue, poison records are reported like the rest.
+    let expected = json!({"batchItemFailures": [
+        {"itemIdentifier": {"partition": "terra-backfill-0", "offset": 1}},
+        {"itemIdentifier": {"partition": "terra-events-0", "offset": 101}},
+        {"itemIdentifier": {"partition": "terra-events-1", "offset": 8}},
+    ]});
+    assert_eq!(response(&first, &handler), expected);
+    assert_eq!(
+        bed.payloads.hits("/p/late.json"),
+        0,
+        "expired: never fetched"
+    );
+    assert_eq!(bed.payloads.hits("/p/busy.json"), 2, "transient: retried");
+
+    let objects = bed.moto.objects(&bed.bucket).await;
+    assert_eq!(objects.len(), GOOD_PAYLOADS, "{objects:?}");
+    let keys: Vec<String> = objects.iter().map(|o| o.key.clone()).collect();
+    let mut archived: Vec<Vec<u8>> = objects.into_iter().map(|o| o.body).collect();
+    let mut served: Vec<Vec<u8>> = [
+        "openapi_activity.json",
+        "openapi_sleep.json",
+        "openapi_daily.json",
+        "openapi_body.json",
+        "openapi_auth__authSuccess.json",
+    ]
+    .map(fixture)
+    .into();
+    archived.sort();
+    served.sort();
+    assert!(
+        archived == served,
+        "archived bytes equal the served payloads"
+    );
+
+    // The mapping redelivers the batch from the reported offsets on; a full
+    // replay is the worst case: same answer, no new objects.
+    let replay = bed.runtime.invoke(&event, Duration::from_secs(60)).await;
+    assert_eq!(response(&replay, &handler), expected);
+    let again: Vec<String> = bed
+        .moto
+        .objects(&bed.bucket)
+        .await
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(again, keys, "a replayed batch must not add objects");
+
+    let output = handler.output();
+    assert_no_secrets(&output);
+    let summary = output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "batch done")
+        .unwrap_or_else(|| panic!("a summary line:\n{output}"));
+    assert_eq!(
+        (
+            &summary["fields"]["received"],
+            &summary["fields"]["written"],
+            &summary["fields"]["healthchecks"],
+            &summary["fields"]["failed"]
+        ),
+        (&json!(11), &json!(GOOD_PAYLOADS), &json!(1), &json!(5))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_records_go_to_the_dead_letter_queue_and_stop_blocking_their_partition() {
+    let bed = Bed::start("terra-kafka-dlq").await;
+    let dlq = bed.moto.create_queue("terra-kafka-dlq").await;
+    let event = mixed_batch(&bed, true);
+    let env = bed.env(&fast_retries(&[
+        ("TERRA_KAFKA_PARTIAL_BATCH", "true"),
+        ("TERRA_DEAD_LETTER_QUEUE_URL", &dlq),
+    ]));
+    let handler = HandlerProcess::spawn(KAFKA_HANDLER, &env);
+
+    let result = bed.runtime.invoke(&event, Duration::from_secs(60)).await;
+    assert_eq!(
+        response(&result, &handler),
+        json!({"batchItemFailures": [
+            {"itemIdentifier": {"partition": "terra-backfill-0", "offset": 1}},
+            {"itemIdentifier": {"partition": "terra-events-0", "offset": 101}},
+        ]}),
+        "only transient failures are retried"
+    );
+
+    let letters = bed.moto.drain(&dlq).await;
+    let mut by_position: BTreeMap<String, (Value, String)> = BTreeMap::new();
+    for letter in &letters {
+        let text = letter.body().expect("body");
+        assert_no_secrets(text);
+        let body: Value = serde_json::from_str(text).expect("JSON dead letter");
+        let class = letter
+            .message_attributes()
+            .and_then(|a| a.get("terra_failure_class"))
+            .and_then(|v| v.string_value())
+            .expect("class attribute")
+            .to_owned();
+        assert_eq!(body["failure"]["class"], class.as_str());
+        assert_eq!(body["failure"]["retry"], "permanent");
+        assert_eq!(body["eventSource"], "SelfManagedKafka");
+        let position = format!(
+            "{}-{}@{}",
+            body["topic"].as_str().expect("topic"),
+            body["partition"],
+            body["offset"]
+        );
+        by_position.insert(position, (body, class));
+    }
+    let classes: BTreeMap<&str, &str> = by_position
+        .iter()
+        .map(|(position, (_, class))| (position.as_str(), class.as_str()))
+        .collect();
+    assert_eq!(
+        classes,
+        BTreeMap::from([
+            ("terra-backfill-0@2", "invalid"),
+            ("terra-events-0@103", "expired"),
+            ("terra-events-1@8", "invalid"),
+        ])
+    );
+    let (expired, _) = &by_position["terra-events-0@103"];
+    let value: Value = serde_json::from_str(expired["value"].as_str().expect("value text"))
+        .expect("the pointer, as JSON");
+    let url = value["url"].as_str().expect("url kept");
+    assert!(url.ends_with("/p/late.json"), "{url}");
+    assert_eq!(bed.moto.objects(&bed.bucket).await.len(), GOOD_PAYLOADS);
+
+    // Replayed: the poison is dead-lettered again (SQS standard queues are
+    // at least once; each letter names its partition and offset), nothing else
+    // is written twice.
+    let replay = bed.runtime.invoke(&event, Duration::from_secs(60)).await;
+    assert_eq!(response(&replay, &handler), response(&result, &handler));
+    assert_eq!(bed.moto.drain(&dlq).await.len(), 3);
+    assert_eq!(bed.moto.objects(&bed.bucket).await.len(), GOOD_PAYLOADS);
+
+    let output = handler.output();
+    assert_no_secrets(&output);
+    assert_eq!(
+        output.matches("record dead-lettered").count(),
+        6,
+        "one line per dead letter:\n{output}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_partial_batch_any_unhandled_failure_fails_the_invocation() {
+    let bed = Bed::start("terra-kafka-whole").await;
+    let dlq = bed.moto.create_queue("terra-kafka-whole-dlq").await;
+    let env = bed.env(&fast_retries(&[("TERRA_DEAD_LETTER_QUEUE_URL", &dlq)]));
+    let handler = HandlerProcess::spawn(KAFKA_HANDLER, &env);
+
+    let mixed = bed
+        .runtime
+        .invoke(&mixed_batch(&bed, false), Duration::from_secs(60))
+        .await;
+    let InvocationResult::Error(error) = &mixed else {
+        panic!("a transient failure must fail the invocation: {mixed:?}");
+    };
+    let message = error.to_string();
+    assert!(message.contains("2 of 11 records failed"), "{message}");
+    assert_no_secrets(&message);
+
+    // Poison alone is handled by the dead-letter queue: the batch succeeds.
+    let p = &bed.payloads;
+    let now = now_ms();
+    let handled = kafka_event(
+        false,
+        &[
+            record(
+                TOPIC,
+                3,
+                10,
+                base64(&pointer(&p.route(
+                    "/p/steps.json",
+                    Behaviour::Ok(fixture("openapi_daily.json")),
+                ))),
+                now,
+            ),
+            record(TOPIC, 3, 11, base64("{}"), now),
+            record(
+                TOPIC,
+                4,
+                90,
+                base64(&pointer(
+                    "https://169.254.169.254/latest?X-Amz-Signature=5ec7e7516a7c0ffee",
+                )),
+                now,
+            ),
+        ],
+    );
+    let result = bed.runtime.invoke(&handled, Duration::from_secs(60)).await;
+    assert_eq!(
+        response(&result, &handler),
+        json!({"batchItemFailures": []})
+    );
+    let letters: BTreeSet<String> = bed
+        .moto
+        .drain(&dlq)
+        .await
+        .iter()
+        .map(|letter| {
+            let body: Value = serde_json::from_str(letter.body().expect("body")).expect("JSON");
+            format!(
+                "{}@{}:{}",
+                body["partitionKey"].as_str().expect("partition key"),
+                body["offset"],
+                body["failure"]["class"].as_str().expect("class")
+            )
+        })
+        .collect();
+    let expected = [
+        "terra-backfill-0@2:invalid",
+        "terra-events-0@103:expired",
+        "terra-events-1@8:invalid",
+        "terra-events-3@11:invalid",
+        "terra-events-4@90:refused",
+    ];
+    assert_eq!(letters, expected.map(str::to_owned).into());
+    assert_no_secrets(&handler.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_records_are_projected_to_dynamodb_as_of_their_record_timestamp() {
+    let bed = Bed::start("terra-kafka-ddb").await;
+    bed.moto.create_table("terra-records").await;
+    let env = bed.env(&[("TERRA_DYNAMODB_TABLE", "terra-records")]);
+    let handler = HandlerProcess::spawn(KAFKA_HANDLER, &env);
+    let sent = now_ms() / 1000 * 1000 - 5_000;
+    let url = bed.payloads.route(
+        "/p/activity.json",
+        Behaviour::Ok(fixture("openapi_activity.json")),
+    );
+    let event = kafka_event(false, &[record(TOPIC, 0, 7, base64(&pointer(&url)), sent)]);
+
+    let result = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
+    assert_eq!(
+        response(&result, &handler),
+        json!({"batchItemFailures": []})
+    );
+    let items = bed.moto.items("terra-records").await;
+    let activity = items
+        .get(&(
+            "USER#40f7b0e1-89e2-43ac-a5b8-1e29c8d47cad".to_owned(),
+            "ACTIVITY#123e4567-e89b-12d3-a456-426614174000".to_owned(),
+        ))
+        .unwrap_or_else(|| panic!("activity item in {:?}", items.keys()));
+    assert_eq!(
+        activity.get("terra_sent_at"),
+        Some(&AttributeValue::N(sent.to_string())),
+        "the Kafka record timestamp is the send time"
+    );
+    assert_eq!(bed.moto.objects(&bed.bucket).await.len(), 1);
+}
