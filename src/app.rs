@@ -13,6 +13,7 @@ use crate::batch::{self, BatchLimits, BatchReport};
 use crate::config::{Config, ConfigError};
 use crate::dead_letter::{self, DeadLetterQueue, SqsDeadLetterQueue};
 use crate::fetch::{ClientBuildError, Fetcher};
+use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::sink::{Archive, DynamoDbSink, S3Sink, Sink};
 use crate::source::kafka::{self, KafkaBatchResponse, KafkaEvent, ResponseMode};
@@ -35,6 +36,7 @@ pub struct App {
     concurrency: usize,
     kafka_response: ResponseMode,
     dead_letters: Option<Box<dyn DeadLetterQueue>>,
+    metrics: Metrics,
 }
 
 impl App {
@@ -96,6 +98,7 @@ impl App {
                 ResponseMode::WholeBatch
             },
             dead_letters,
+            metrics: Metrics::new(config.metrics_namespace),
         })
     }
 
@@ -106,6 +109,8 @@ impl App {
         let items = sqs::decode(&event.payload);
         let report = batch::run(Arc::clone(&self.pipeline), items, self.limits(&event)).await;
         report.log_summary();
+        self.metrics
+            .emit(&event.context.env_config.function_name, "sqs", &report);
         Ok(sqs::response(&event.payload, &report.outcomes)?)
     }
 
@@ -134,6 +139,8 @@ impl App {
             }
         }
         report.log_summary();
+        self.metrics
+            .emit(&event.context.env_config.function_name, "kafka", &report);
         Ok(kafka::response(
             &decoded,
             &report.outcomes,

@@ -293,8 +293,7 @@ mod tests {
                     Outcome::Written(Written {
                         event_type: "daily".into(),
                         payload_bytes: 2,
-                        stale_items: 0,
-                        recovered_from_archive: false,
+                        ..Written::default()
                     })
                 }
                 b"fail" => Outcome::Failed(RecordFailure::new(

@@ -21,6 +21,8 @@ pub struct Config {
     /// `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_S3` is).
     pub s3_force_path_style: bool,
     pub kafka: KafkaSettings,
+    /// CloudWatch namespace of the EMF metrics (`TERRA_METRICS_NAMESPACE`).
+    pub metrics_namespace: String,
 }
 
 /// Settings only `kafka-handler` reads.
@@ -126,6 +128,11 @@ impl Config {
                 ),
             },
         };
+        let metrics_namespace = match env.text("TERRA_METRICS_NAMESPACE")? {
+            None => "TerraSink".to_owned(),
+            Some(namespace) => validate_namespace(&namespace)
+                .map_err(|problem| invalid("TERRA_METRICS_NAMESPACE", problem))?,
+        };
         Ok(Self {
             s3,
             dynamodb_table,
@@ -134,6 +141,7 @@ impl Config {
             concurrency,
             s3_force_path_style,
             kafka,
+            metrics_namespace,
         })
     }
 }
@@ -238,6 +246,22 @@ fn validate_table(table: &str) -> Result<String, String> {
     }
 }
 
+/// CloudWatch's namespace rules; `AWS/` is reserved for AWS services.
+fn validate_namespace(namespace: &str) -> Result<String, String> {
+    let ok = namespace.len() <= 255
+        && !namespace.starts_with("AWS/")
+        && namespace
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || " ._-/#:".contains(c));
+    if ok {
+        Ok(namespace.to_owned())
+    } else {
+        Err(format!(
+            "{namespace:?} is not a CloudWatch namespace (up to 255 letters, digits and . - _ / # : or space; not AWS/...)"
+        ))
+    }
+}
+
 /// An SQS queue URL (`https://sqs.<region>.amazonaws.com/<account>/<name>`;
 /// plain http only for local emulators).
 fn validate_queue_url(raw: &str) -> Result<String, String> {
@@ -298,6 +322,7 @@ mod tests {
         assert_eq!(config.url_policy, UrlPolicy::default());
         assert!(!config.s3_force_path_style);
         assert_eq!(config.kafka, KafkaSettings::default());
+        assert_eq!(config.metrics_namespace, "TerraSink");
     }
 
     #[test]
@@ -321,8 +346,10 @@ mod tests {
                 "TERRA_DEAD_LETTER_QUEUE_URL",
                 "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-dlq.fifo",
             ),
+            ("TERRA_METRICS_NAMESPACE", "Acme/Terra"),
         ])
         .expect("valid");
+        assert_eq!(config.metrics_namespace, "Acme/Terra");
         assert_eq!(
             config.kafka,
             KafkaSettings {
@@ -382,6 +409,8 @@ mod tests {
             ("TERRA_ALLOWED_URL_HOSTS", "ok.com,bad host"),
             ("TERRA_ALLOW_INSECURE_URLS", "yes please"),
             ("TERRA_KAFKA_PARTIAL_BATCH", "on"),
+            ("TERRA_METRICS_NAMESPACE", "AWS/Lambda"),
+            ("TERRA_METRICS_NAMESPACE", "terra{sink}"),
             ("TERRA_DEAD_LETTER_QUEUE_URL", "terra-dlq"),
             (
                 "TERRA_DEAD_LETTER_QUEUE_URL",

@@ -7,7 +7,8 @@
 //! these together for one record, and [`batch`] runs a whole invocation:
 //! concurrency, deadline, ordering and the per-record outcomes the sources turn
 //! into partial batch responses. [`dead_letter`] sets aside Kafka records that
-//! can never succeed. [`app`] builds all of it once at cold start from
+//! can never succeed. [`metrics`] reports each invocation to CloudWatch.
+//! [`app`] builds all of it once at cold start from
 //! [`config`].
 
 pub mod app;
@@ -16,6 +17,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod fetch;
 pub mod message;
+pub mod metrics;
 pub mod outcome;
 pub mod payload;
 pub mod pipeline;

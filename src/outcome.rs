@@ -118,7 +118,7 @@ pub enum Outcome {
     DeadLettered(RecordFailure),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Written {
     pub event_type: String,
     pub payload_bytes: u64,
@@ -126,6 +126,18 @@ pub struct Written {
     pub stale_items: usize,
     /// The URL had expired and the payload came from the S3 archive.
     pub recovered_from_archive: bool,
+    /// How the download went; `None` when the payload came from the archive.
+    pub fetch: Option<FetchTiming>,
+}
+
+/// The download of one payload, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FetchTiming {
+    /// From the first request to the last byte, retries included.
+    pub latency_ms: u64,
+    /// How old the message was when the download started: the margin left
+    /// before its URL expires is `expires_in` minus this.
+    pub age_at_fetch_ms: u64,
 }
 
 impl Outcome {

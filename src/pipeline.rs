@@ -11,7 +11,7 @@ use tracing::Instrument;
 use crate::batch::RecordProcessor;
 use crate::fetch::{FetchDeadlines, FetchError, Fetcher, RedactedUrl};
 use crate::message::{self, PayloadPointer, TerraMessage};
-use crate::outcome::{Classify, FailureClass, Outcome, RecordFailure, Written};
+use crate::outcome::{Classify, FailureClass, FetchTiming, Outcome, RecordFailure, Written};
 use crate::payload::{self, ArchiveName};
 use crate::sink::{Archive, ArchivedObject, Delivery, Sink};
 use crate::source::InboundRecord;
@@ -26,6 +26,8 @@ pub struct Pipeline {
 struct Obtained {
     payload: Bytes,
     attempts: u32,
+    /// Set when the payload was downloaded.
+    fetch: Option<FetchTiming>,
     /// Set when the payload was read back from the archive.
     archived: Option<ArchivedObject>,
 }
@@ -97,6 +99,7 @@ impl Pipeline {
             payload_bytes: delivery.payload.len() as u64,
             stale_items,
             recovered_from_archive: recovered,
+            fetch: obtained.fetch,
         }))
     }
 
@@ -110,6 +113,8 @@ impl Pipeline {
         name: &ArchiveName,
         give_up_at: Instant,
     ) -> Result<Obtained, RecordFailure> {
+        let started = Instant::now();
+        let age_at_fetch_ms = now_ms().saturating_sub(sent_at_ms);
         let fetched = match pointer
             .expires_in
             .map(|lifetime| url_expiry(sent_at_ms, lifetime))
@@ -128,6 +133,10 @@ impl Pipeline {
                 return Ok(Obtained {
                     payload: fetched.body,
                     attempts: fetched.attempts,
+                    fetch: Some(FetchTiming {
+                        latency_ms: started.elapsed().as_millis() as u64,
+                        age_at_fetch_ms,
+                    }),
                     archived: None,
                 });
             }
@@ -141,11 +150,18 @@ impl Pipeline {
             return Ok(Obtained {
                 payload,
                 attempts: 0,
+                fetch: None,
                 archived: Some(archived),
             });
         }
         Err(error.into())
     }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The instant a URL sent at `sent_at_ms` with `lifetime` stops working, or

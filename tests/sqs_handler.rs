@@ -148,6 +148,42 @@ async fn mixed_batch_reports_exactly_the_failed_records_and_archives_the_rest() 
     assert_eq!(summaries[0]["fields"]["received"], 11);
     assert_eq!(summaries[0]["fields"]["written"], 4);
     assert_eq!(summaries[0]["fields"]["failed"], 6);
+    let metrics: Vec<Value> = output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line.get("_aws").is_some())
+        .collect();
+    assert_eq!(metrics.len(), 2, "one EMF document per batch:\n{output}");
+    let emf = &metrics[0];
+    assert_eq!(
+        emf["_aws"]["CloudWatchMetrics"][0]["Namespace"],
+        "TerraSink"
+    );
+    assert_eq!(emf["FunctionName"], "terra-sink");
+    assert_eq!(
+        (
+            &emf["RecordsReceived"],
+            &emf["RecordsWritten"],
+            &emf["RecordsSkipped"]
+        ),
+        (&json!(11), &json!(4), &json!(1))
+    );
+    assert_eq!(
+        (
+            &emf["RecordsFailedExpired"],
+            &emf["RecordsFailedRefused"],
+            &emf["RecordsFailedInvalid"],
+            &emf["RecordsFailedFetch"]
+        ),
+        (&json!(2), &json!(1), &json!(2), &json!(1))
+    );
+    assert_eq!(emf["FetchLatency"].as_array().map(Vec::len), Some(4));
+    assert!(
+        emf["PayloadAgeAtFetch"].as_array().is_some_and(|ages| ages
+            .iter()
+            .all(|age| age.as_u64().is_some_and(|a| a < 60_000))),
+        "{emf}"
+    );
     let failure_lines = output
         .lines()
         .filter(|l| l.contains("record failed"))

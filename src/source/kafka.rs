@@ -365,8 +365,7 @@ mod tests {
         Outcome::Written(Written {
             event_type: "sleep".into(),
             payload_bytes: 1,
-            stale_items: 0,
-            recovered_from_archive: false,
+            ..Written::default()
         })
     }
 

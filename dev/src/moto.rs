@@ -1,4 +1,4 @@
-//! moto's server, started per test on its own port: the real S3, DynamoDB and
+//! moto's server, started on its own port: the real S3, DynamoDB and
 //! SQS wire protocols.
 
 use std::path::PathBuf;
@@ -16,7 +16,7 @@ pub struct Moto {
 fn moto_binary() -> PathBuf {
     match std::env::var_os("MOTO_SERVER") {
         Some(path) => PathBuf::from(path),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/moto_server"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server"),
     }
 }
 
@@ -28,7 +28,7 @@ impl Moto {
             "moto_server not found at {}: run `make test` (it installs moto into .venv) or set MOTO_SERVER",
             binary.display()
         );
-        let port = super::free_port();
+        let port = crate::free_port();
         let child = Command::new(&binary)
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
@@ -135,10 +135,12 @@ impl Moto {
         }
     }
 
-    /// The table terra-sink expects: string `pk` and `sk`, on demand.
+    /// The table as template.yaml creates it: string `pk` and `sk`, on demand,
+    /// index `gsi1` on `gsi1pk`.
     pub async fn create_table(&self, table: &str) {
         use aws_sdk_dynamodb::types::{
-            AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+            AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
+            Projection, ProjectionType, ScalarAttributeType,
         };
         let attribute = |name: &str| {
             AttributeDefinition::builder()
@@ -162,6 +164,19 @@ impl Moto {
             .attribute_definitions(attribute("sk"))
             .key_schema(key("pk", KeyType::Hash))
             .key_schema(key("sk", KeyType::Range))
+            .attribute_definitions(attribute("gsi1pk"))
+            .global_secondary_indexes(
+                GlobalSecondaryIndex::builder()
+                    .index_name("gsi1")
+                    .key_schema(key("gsi1pk", KeyType::Hash))
+                    .projection(
+                        Projection::builder()
+                            .projection_type(ProjectionType::All)
+                            .build(),
+                    )
+                    .build()
+                    .expect("complete index"),
+            )
             .send()
             .await
             .unwrap_or_else(|e| panic!("create table {table}: {e:?}"));

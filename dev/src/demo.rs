@@ -1,0 +1,319 @@
+//! The whole flow on one machine: moto as S3, DynamoDB and SQS, the Terra
+//! simulator sending pointer messages, the local SQS mapping feeding the
+//! compiled `sqs-handler` through the Runtime API. `make demo` prints the
+//! result; the end-to-end test asserts on it.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::QueueAttributeName;
+use serde_json::Value;
+
+use crate::moto::Moto;
+use crate::runtime_api::{HandlerProcess, RuntimeApi, lambda_environment};
+use crate::sqs_mapping::{MappingSettings, SqsMapping};
+use crate::terra_simulator::{Kind, Sent, TerraSimulator, count_by_kind};
+
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// The compiled `sqs-handler`.
+    pub handler_binary: String,
+    /// Pointer messages Terra sends.
+    pub messages: usize,
+    /// Handler processes (concurrent Lambda instances).
+    pub instances: usize,
+    pub batch_size: i32,
+    pub function_timeout: Duration,
+    /// The queue's visibility timeout: how soon a failed message comes back.
+    pub visibility_timeout: Duration,
+    /// Receipts before a message moves to the dead-letter queue.
+    pub max_receive_count: u32,
+    /// When to stop waiting for the queue to drain.
+    pub give_up: Duration,
+}
+
+impl Scenario {
+    pub fn new(handler_binary: impl Into<String>) -> Scenario {
+        Scenario {
+            handler_binary: handler_binary.into(),
+            messages: 48,
+            instances: 2,
+            batch_size: 10,
+            function_timeout: Duration::from_secs(5),
+            visibility_timeout: Duration::from_secs(6),
+            max_receive_count: 3,
+            give_up: Duration::from_secs(120),
+        }
+    }
+}
+
+pub const BUCKET: &str = "terra-demo-archive";
+pub const TABLE: &str = "terra-demo-records";
+pub const PREFIX: &str = "terra/";
+
+/// What became of every message.
+#[derive(Debug, Clone)]
+pub struct DemoReport {
+    pub sent: Vec<Sent>,
+    /// Messages the function reported done and the mapping deleted.
+    pub acknowledged: BTreeSet<String>,
+    /// Message ids on the dead-letter queue.
+    pub dead_lettered: BTreeSet<String>,
+    /// The last failure class the function logged for each message id.
+    pub last_failure: BTreeMap<String, String>,
+    pub archived_keys: Vec<String>,
+    /// (pk, sk) of every DynamoDB item.
+    pub projected: Vec<(String, String)>,
+    pub invocations: usize,
+    pub deliveries: usize,
+    pub elapsed: Duration,
+}
+
+impl DemoReport {
+    /// Sent but neither acknowledged nor dead-lettered.
+    pub fn lost(&self) -> Vec<&Sent> {
+        self.sent
+            .iter()
+            .filter(|m| {
+                !self.acknowledged.contains(&m.message_id)
+                    && !self.dead_lettered.contains(&m.message_id)
+            })
+            .collect()
+    }
+
+    /// Both acknowledged and dead-lettered: handled twice.
+    pub fn duplicates(&self) -> usize {
+        self.acknowledged.intersection(&self.dead_lettered).count()
+    }
+
+    /// Messages whose end differs from what their kind predicts.
+    pub fn unexpected(&self) -> Vec<&Sent> {
+        self.sent
+            .iter()
+            .filter(|m| m.kind.deliverable() != self.acknowledged.contains(&m.message_id))
+            .collect()
+    }
+
+    /// Payload messages acknowledged: each must have its archived object.
+    pub fn acknowledged_payloads(&self) -> usize {
+        self.sent
+            .iter()
+            .filter(|m| m.kind != Kind::Healthcheck && self.acknowledged.contains(&m.message_id))
+            .count()
+    }
+
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let kinds: Vec<String> = count_by_kind(&self.sent)
+            .iter()
+            .map(|(kind, n)| format!("{n} {}", kind.as_str()))
+            .collect();
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for id in &self.dead_lettered {
+            let reason = self.last_failure.get(id).map_or("unknown", String::as_str);
+            *reasons.entry(reason).or_default() += 1;
+        }
+        let reasons: Vec<String> = reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect();
+        let healthchecks = self
+            .sent
+            .iter()
+            .filter(|m| m.kind == Kind::Healthcheck && self.acknowledged.contains(&m.message_id))
+            .count();
+        let _ = writeln!(
+            out,
+            "terra-sink demo: {} messages in {:.1} s ({} invocations, {} deliveries)",
+            self.sent.len(),
+            self.elapsed.as_secs_f64(),
+            self.invocations,
+            self.deliveries
+        );
+        let _ = writeln!(
+            out,
+            "  sent           {:>4}  ({})",
+            self.sent.len(),
+            kinds.join(", ")
+        );
+        let _ = writeln!(
+            out,
+            "  archived       {:>4}  objects in s3://{BUCKET}/{PREFIX}",
+            self.archived_keys.len()
+        );
+        let _ = writeln!(
+            out,
+            "  projected      {:>4}  items in DynamoDB table {TABLE}",
+            self.projected.len()
+        );
+        let _ = writeln!(
+            out,
+            "  healthchecks   {:>4}  acknowledged, nothing to store",
+            healthchecks
+        );
+        let _ = writeln!(
+            out,
+            "  dead-lettered  {:>4}  ({})",
+            self.dead_lettered.len(),
+            if reasons.is_empty() {
+                "none".to_owned()
+            } else {
+                reasons.join(", ")
+            }
+        );
+        let _ = writeln!(out, "  duplicates     {:>4}", self.duplicates());
+        let _ = writeln!(out, "  lost           {:>4}", self.lost().len());
+        for message in self.lost() {
+            let _ = writeln!(
+                out,
+                "    lost: {} ({})",
+                message.message_id,
+                message.kind.as_str()
+            );
+        }
+        for message in self.unexpected() {
+            let _ = writeln!(
+                out,
+                "    unexpected end: {} ({})",
+                message.message_id,
+                message.kind.as_str()
+            );
+        }
+        let _ = writeln!(out, "some archived objects:");
+        for key in self.archived_keys.iter().take(4) {
+            let _ = writeln!(out, "  s3://{BUCKET}/{key}");
+        }
+        let _ = writeln!(out, "some DynamoDB items (pk, sk):");
+        let mut shown = BTreeSet::new();
+        for (pk, sk) in &self.projected {
+            // One item per kind of sort key, for variety.
+            let kind = sk.split('#').next().unwrap_or_default().to_owned();
+            if shown.insert(kind) && shown.len() <= 6 {
+                let _ = writeln!(out, "  {pk}  {sk}");
+            }
+        }
+        out
+    }
+}
+
+/// Runs the scenario from empty stores to a drained queue.
+pub async fn run(scenario: &Scenario) -> DemoReport {
+    let started = Instant::now();
+    let moto = Moto::start().await;
+    moto.create_bucket(BUCKET).await;
+    moto.create_table(TABLE).await;
+    let sqs = moto.sqs();
+    let dlq_url = moto.create_queue("terra-demo-dlq").await;
+    let dlq_arn = queue_arn(&sqs, &dlq_url).await;
+    let queue_url = sqs
+        .create_queue()
+        .queue_name("terra-demo-events")
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            scenario.visibility_timeout.as_secs().to_string(),
+        )
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            serde_json::json!({
+                "deadLetterTargetArn": dlq_arn,
+                "maxReceiveCount": scenario.max_receive_count
+            })
+            .to_string(),
+        )
+        .send()
+        .await
+        .expect("create the events queue")
+        .queue_url()
+        .expect("queue URL")
+        .to_owned();
+
+    let terra = TerraSimulator::start().await;
+    let runtime = RuntimeApi::start().await;
+    let mut env = lambda_environment(runtime.addr);
+    for (name, value) in [
+        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("TERRA_S3_BUCKET", BUCKET),
+        ("TERRA_S3_PREFIX", PREFIX),
+        ("TERRA_DYNAMODB_TABLE", TABLE),
+        ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
+        ("TERRA_ALLOW_INSECURE_URLS", "true"),
+        ("TERRA_FETCH_TIMEOUT_SECS", "2"),
+        ("TERRA_FETCH_MAX_ATTEMPTS", "2"),
+    ] {
+        env.push((name.to_owned(), value.to_owned()));
+    }
+    let handlers: Vec<HandlerProcess> = (0..scenario.instances.max(1))
+        .map(|_| HandlerProcess::spawn(&scenario.handler_binary, &env))
+        .collect();
+
+    let sent = terra.send(&sqs, &queue_url, scenario.messages).await;
+    let mapping = SqsMapping::new(
+        sqs.clone(),
+        &queue_url,
+        MappingSettings {
+            batch_size: scenario.batch_size,
+            function_timeout: scenario.function_timeout,
+            concurrency: scenario.instances.max(1),
+        },
+    )
+    .await;
+    let stats = mapping.run_until_drained(&runtime, scenario.give_up).await;
+
+    let dead_lettered: BTreeSet<String> = moto
+        .drain(&dlq_url)
+        .await
+        .iter()
+        .filter_map(|m| m.message_id().map(str::to_owned))
+        .collect();
+    let archived_keys = moto
+        .objects(BUCKET)
+        .await
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    let projected = moto.items(TABLE).await.into_keys().collect();
+    let output: String = handlers.iter().map(HandlerProcess::output).collect();
+    DemoReport {
+        sent,
+        acknowledged: stats.acknowledged,
+        dead_lettered,
+        last_failure: last_failure_by_id(&output),
+        archived_keys,
+        projected,
+        invocations: stats.invocations,
+        deliveries: stats.deliveries,
+        elapsed: started.elapsed(),
+    }
+}
+
+async fn queue_arn(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> String {
+    sqs.get_queue_attributes()
+        .queue_url(queue_url)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("queue attributes")
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+        .expect("queue ARN")
+        .clone()
+}
+
+/// The class of the last `record failed` line per record id, from the
+/// handlers' JSON logs.
+fn last_failure_by_id(output: &str) -> BTreeMap<String, String> {
+    let mut last = BTreeMap::new();
+    for line in output.lines() {
+        let Ok(entry) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if entry["fields"]["message"] != "record failed" {
+            continue;
+        }
+        let id = entry["fields"]["id"]
+            .as_str()
+            .or_else(|| entry["span"]["id"].as_str());
+        if let (Some(id), Some(class)) = (id, entry["fields"]["class"].as_str()) {
+            last.insert(id.to_owned(), class.to_owned());
+        }
+    }
+    last
+}

@@ -1,0 +1,219 @@
+//! A local stand-in for Lambda's SQS event source mapping: it receives
+//! batches from a queue (moto), invokes the function through the Runtime API
+//! with the same event Lambda builds, and acts on the answer as Lambda does
+//! with `ReportBatchItemFailures`: messages not reported failed are deleted,
+//! reported ones become visible again after the visibility timeout, and an
+//! error, a timeout or an unusable answer leaves the whole batch on the queue.
+//! The queue's redrive policy (moto implements it) dead-letters a message
+//! once it was received `maxReceiveCount` times.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use serde_json::{Value, json};
+
+use crate::runtime_api::{InvocationResult, RuntimeApi};
+
+#[derive(Debug, Clone)]
+pub struct MappingSettings {
+    /// Messages per invocation (one ReceiveMessage call, so at most 10).
+    pub batch_size: i32,
+    /// The function timeout handed to each invocation.
+    pub function_timeout: Duration,
+    /// Invocations in flight at once.
+    pub concurrency: usize,
+}
+
+/// What the mapping saw, for the demo's and the tests' bookkeeping.
+#[derive(Debug, Clone, Default)]
+pub struct MappingStats {
+    pub invocations: usize,
+    /// Invocations that failed as a whole (error, timeout, unusable answer).
+    pub failed_invocations: usize,
+    /// Deliveries of a message to the function, redeliveries included.
+    pub deliveries: usize,
+    /// Messages deleted after the function reported them done.
+    pub acknowledged: BTreeSet<String>,
+    /// Deliveries the function reported as failed.
+    pub reported_failures: usize,
+}
+
+pub struct SqsMapping {
+    sqs: aws_sdk_sqs::Client,
+    queue_url: String,
+    queue_arn: String,
+    settings: MappingSettings,
+}
+
+impl SqsMapping {
+    pub async fn new(
+        sqs: aws_sdk_sqs::Client,
+        queue_url: &str,
+        settings: MappingSettings,
+    ) -> SqsMapping {
+        let attributes = sqs
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("attributes of {queue_url}: {e:?}"));
+        let queue_arn = attributes
+            .attributes()
+            .and_then(|a| a.get(&QueueAttributeName::QueueArn))
+            .expect("queue ARN")
+            .clone();
+        SqsMapping {
+            sqs,
+            queue_url: queue_url.to_owned(),
+            queue_arn,
+            settings,
+        }
+    }
+
+    /// Feeds the function until the queue holds no message, visible or in
+    /// flight, or `give_up` has passed.
+    pub async fn run_until_drained(&self, runtime: &RuntimeApi, give_up: Duration) -> MappingStats {
+        let stats = Arc::new(Mutex::new(MappingStats::default()));
+        let started = Instant::now();
+        let pollers = (0..self.settings.concurrency.max(1)).map(|_| {
+            let stats = Arc::clone(&stats);
+            async move {
+                while started.elapsed() < give_up {
+                    if !self.poll_once(runtime, &stats).await && self.is_drained().await {
+                        return;
+                    }
+                }
+            }
+        });
+        futures::future::join_all(pollers).await;
+        stats.lock().expect("not poisoned").clone()
+    }
+
+    /// Whether the queue holds no message at all.
+    pub async fn is_drained(&self) -> bool {
+        let attributes = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("attributes of {}: {e:?}", self.queue_url));
+        let count = |name| {
+            attributes
+                .attributes()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        count(QueueAttributeName::ApproximateNumberOfMessages) == 0
+            && count(QueueAttributeName::ApproximateNumberOfMessagesNotVisible) == 0
+    }
+
+    /// Receives one batch and invokes the function with it. False when the
+    /// queue had nothing to receive.
+    async fn poll_once(&self, runtime: &RuntimeApi, stats: &Mutex<MappingStats>) -> bool {
+        let received = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(self.settings.batch_size.clamp(1, 10))
+            .wait_time_seconds(1)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("receive from {}: {e:?}", self.queue_url));
+        let messages = received.messages();
+        if messages.is_empty() {
+            return false;
+        }
+        let records: Vec<Value> = messages.iter().map(|m| self.record(m)).collect();
+        let event = json!({ "Records": records });
+        let result = runtime
+            .try_invoke(&event, self.settings.function_timeout)
+            .await;
+        let failed = failed_ids(result.as_ref(), messages);
+        let done: Vec<_> = messages
+            .iter()
+            .filter(|m| match &failed {
+                Some(failed) => !failed.contains(m.message_id().unwrap_or_default()),
+                None => false,
+            })
+            .collect();
+        for message in &done {
+            self.sqs
+                .delete_message()
+                .queue_url(&self.queue_url)
+                .receipt_handle(message.receipt_handle().expect("receipt handle"))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("delete from {}: {e:?}", self.queue_url));
+        }
+        let mut stats = stats.lock().expect("not poisoned");
+        stats.invocations += 1;
+        stats.deliveries += messages.len();
+        match &failed {
+            None => stats.failed_invocations += 1,
+            Some(failed) => stats.reported_failures += failed.len(),
+        }
+        stats.acknowledged.extend(
+            done.iter()
+                .filter_map(|m| m.message_id().map(str::to_owned)),
+        );
+        true
+    }
+
+    /// The record Lambda builds for one message.
+    fn record(&self, message: &aws_sdk_sqs::types::Message) -> Value {
+        let attributes: serde_json::Map<String, Value> = message
+            .attributes()
+            .map(|attributes| {
+                attributes
+                    .iter()
+                    .map(|(name, value)| (name.as_str().to_owned(), json!(value)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        json!({
+            "messageId": message.message_id(),
+            "receiptHandle": message.receipt_handle(),
+            "body": message.body(),
+            "attributes": attributes,
+            "messageAttributes": {},
+            "md5OfBody": message.md5_of_body(),
+            "eventSource": "aws:sqs",
+            "eventSourceARN": self.queue_arn,
+            "awsRegion": "us-east-1"
+        })
+    }
+}
+
+/// The message ids the answer reports failed, or `None` when Lambda would
+/// retry the whole batch: an error, a timeout, or an answer naming a message
+/// that is not in the batch.
+fn failed_ids(
+    result: Option<&InvocationResult>,
+    batch: &[aws_sdk_sqs::types::Message],
+) -> Option<BTreeSet<String>> {
+    let Some(InvocationResult::Response(response)) = result else {
+        return None;
+    };
+    let in_batch: BTreeSet<&str> = batch.iter().filter_map(|m| m.message_id()).collect();
+    let Some(failures) = response.get("batchItemFailures") else {
+        return Some(BTreeSet::new());
+    };
+    let mut failed = BTreeSet::new();
+    for failure in failures.as_array()? {
+        let id = failure.get("itemIdentifier")?.as_str()?;
+        if !in_batch.contains(id) {
+            return None;
+        }
+        failed.insert(id.to_owned());
+    }
+    Some(failed)
+}

@@ -1,0 +1,225 @@
+"""The promises template.yaml makes to a customer, checked on the template
+itself (parsed with cfn-lint's CloudFormation YAML loader, which understands
+the short-form intrinsic functions)."""
+
+import pathlib
+import re
+
+import pytest
+from cfnlint.decode import cfn_yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TEMPLATE = cfn_yaml.load(str(ROOT / "template.yaml"))
+RESOURCES = TEMPLATE["Resources"]
+PARAMETERS = TEMPLATE["Parameters"]
+
+READ_ONLY_PREFIXES = ("Describe", "List", "Get")
+
+
+def resource(name):
+    return RESOURCES[name]["Properties"]
+
+
+def policy_documents(node):
+    """Every IAM policy document under `node`, whichever `Fn::If` branch holds it."""
+    if isinstance(node, dict):
+        if "PolicyDocument" in node:
+            yield node["PolicyDocument"]
+        for value in node.values():
+            yield from policy_documents(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from policy_documents(value)
+
+
+def statements(resource_name):
+    for document in policy_documents(resource(resource_name)):
+        yield from document["Statement"]
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def iam_principals():
+    return [
+        name
+        for name, body in RESOURCES.items()
+        if body["Type"] in ("AWS::IAM::Role", "AWS::IAM::User")
+    ]
+
+
+def test_sqs_mapping_reports_batch_item_failures():
+    events = resource("SqsHandlerFunction")["Events"]
+    (event,) = events.values()
+    assert event["Type"] == "SQS"
+    assert event["Properties"]["Queue"] == {"Fn::GetAtt": ["EventsQueue", "Arn"]}
+    assert event["Properties"]["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert "MaximumConcurrency" in event["Properties"]["ScalingConfig"]
+
+
+@pytest.mark.parametrize("timeout", PARAMETERS["FunctionTimeout"]["AllowedValues"])
+def test_visibility_timeout_is_at_least_six_times_the_function_timeout(timeout):
+    queue = resource("EventsQueue")
+    assert queue["VisibilityTimeout"] == {
+        "Fn::FindInMap": ["Timeouts", {"Ref": "FunctionTimeout"}, "VisibilityTimeout"]
+    }
+    globals_timeout = TEMPLATE["Globals"]["Function"]["Timeout"]
+    assert globals_timeout == {"Ref": "FunctionTimeout"}
+    visibility = TEMPLATE["Mappings"]["Timeouts"][timeout]["VisibilityTimeout"]
+    window = PARAMETERS["SqsBatchingWindowSeconds"]["MaxValue"]
+    assert visibility >= 6 * int(timeout) + window
+    assert visibility <= 43200, "SQS allows at most 12 hours"
+
+
+def test_every_function_timeout_has_a_visibility_timeout():
+    assert set(TEMPLATE["Mappings"]["Timeouts"]) == set(
+        PARAMETERS["FunctionTimeout"]["AllowedValues"]
+    )
+
+
+def test_queue_redrives_to_an_encrypted_dead_letter_queue_kept_14_days():
+    queue = resource("EventsQueue")
+    assert queue["SqsManagedSseEnabled"] is True
+    redrive = queue["RedrivePolicy"]
+    assert redrive["deadLetterTargetArn"] == {
+        "Fn::GetAtt": ["EventsDeadLetterQueue", "Arn"]
+    }
+    assert redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
+    assert PARAMETERS["MaxReceiveCount"]["Default"] == 5
+    dlq = resource("EventsDeadLetterQueue")
+    assert dlq["SqsManagedSseEnabled"] is True
+    assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
+
+
+def test_terra_sender_may_only_send_to_its_queue():
+    sender = list(statements("TerraSenderUser"))
+    assert sender == [
+        {
+            "Effect": "Allow",
+            "Action": ["sqs:SendMessage", "sqs:GetQueueUrl"],
+            "Resource": {"Fn::GetAtt": ["EventsQueue", "Arn"]},
+        }
+    ]
+    assert not [r for r in RESOURCES.values() if r["Type"] == "AWS::IAM::AccessKey"], (
+        "no access key in the template: its secret would sit in the stack"
+    )
+
+
+def test_no_wildcard_resource_for_anything_but_reads():
+    for principal in iam_principals():
+        for statement in statements(principal):
+            assert statement["Effect"] == "Allow"
+            actions = as_list(statement["Action"])
+            for action in actions:
+                service, verb = action.split(":")
+                assert "*" not in verb and "*" not in service, f"{principal}: {action}"
+            if "*" in as_list(statement["Resource"]):
+                writes = [a for a in actions if not a.split(":")[1].startswith(READ_ONLY_PREFIXES)]
+                assert not writes, f"{principal}: {writes} on Resource *"
+
+
+def test_handlers_get_exactly_the_store_actions_the_code_calls():
+    for role in ("SqsHandlerRole", "KafkaHandlerRole"):
+        actions = {
+            action
+            for statement in statements(role)
+            for action in as_list(statement["Action"])
+            if action.split(":")[0] in ("s3", "dynamodb")
+        }
+        assert actions == {"s3:PutObject", "s3:GetObject", "s3:ListBucket", "dynamodb:PutItem"}, role
+
+
+def test_archive_access_is_confined_to_the_prefix():
+    for role in ("SqsHandlerRole", "KafkaHandlerRole"):
+        for statement in statements(role):
+            actions = as_list(statement["Action"])
+            if "s3:PutObject" in actions:
+                arn, _ = statement["Resource"]["Fn::Sub"]
+                assert arn.endswith("/${S3Prefix}*"), arn
+            if "s3:ListBucket" in actions:
+                assert statement["Condition"]["StringLike"]["s3:prefix"] == {
+                    "Fn::Sub": "${S3Prefix}*"
+                }
+
+
+def test_created_stores_are_private_encrypted_and_kept():
+    bucket = RESOURCES["ArchiveBucket"]
+    assert bucket["DeletionPolicy"] == "Retain"
+    assert all(bucket["Properties"]["PublicAccessBlockConfiguration"].values())
+    (rule,) = bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    table = RESOURCES["RecordsTable"]
+    assert table["DeletionPolicy"] == "Retain"
+    props = table["Properties"]
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert [k["AttributeName"] for k in props["KeySchema"]] == ["pk", "sk"]
+    (index,) = props["GlobalSecondaryIndexes"]
+    assert (index["IndexName"], index["KeySchema"][0]["AttributeName"]) == ("gsi1", "gsi1pk")
+
+
+def test_kafka_partial_batch_setting_matches_the_mapping():
+    env = resource("KafkaHandlerFunction")["Environment"]["Variables"]
+    assert env["TERRA_KAFKA_PARTIAL_BATCH"] == {"Ref": "KafkaPartialBatch"}
+    assert env["TERRA_DEAD_LETTER_QUEUE_URL"] == {"Ref": "KafkaDeadLetterQueue"}
+    mapping = resource("KafkaEventSourceMapping")
+    for prop in (
+        "FunctionResponseTypes",
+        "ProvisionedPollerConfig",
+        "MaximumRetryAttempts",
+        "DestinationConfig",
+    ):
+        condition, _, otherwise = mapping[prop]["Fn::If"]
+        assert condition == "KafkaPartialBatchOn", prop
+        assert otherwise == {"Ref": "AWS::NoValue"}, prop
+    assert mapping["FunctionResponseTypes"]["Fn::If"][1] == ["ReportBatchItemFailures"]
+    assert TEMPLATE["Conditions"]["KafkaPartialBatchOn"] == {
+        "Fn::Equals": [{"Ref": "KafkaPartialBatch"}, "true"]
+    }
+    assert mapping["StartingPosition"] == "TRIM_HORIZON"
+
+
+def test_functions_log_json_to_log_groups_with_retention():
+    for function, group in (
+        ("SqsHandlerFunction", "SqsHandlerLogGroup"),
+        ("KafkaHandlerFunction", "KafkaHandlerLogGroup"),
+    ):
+        logging = resource(function)["LoggingConfig"]
+        assert logging["LogFormat"] == "JSON"
+        assert logging["LogGroup"] == {"Ref": group}
+        assert resource(group)["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+
+
+def test_alarms_cover_dead_letters_message_age_and_errors():
+    alarms = {
+        (body["Properties"]["Namespace"], body["Properties"]["MetricName"])
+        for body in RESOURCES.values()
+        if body["Type"] == "AWS::CloudWatch::Alarm"
+    }
+    assert {
+        ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
+        ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
+        ("AWS/Lambda", "Errors"),
+    } <= alarms
+    assert PARAMETERS["OldestMessageAlarmSeconds"]["Default"] < 600
+
+
+def test_every_environment_variable_is_one_the_function_reads():
+    config = (ROOT / "src" / "config.rs").read_text()
+    known = set(re.findall(r'"(TERRA_[A-Z0-9_]+)"', config))
+    variables = dict(TEMPLATE["Globals"]["Function"]["Environment"]["Variables"])
+    variables.update(resource("KafkaHandlerFunction")["Environment"]["Variables"])
+    assert set(variables) <= known, set(variables) - known
+
+
+def test_binaries_are_built_with_cargo_lambda():
+    for function, binary in (
+        ("SqsHandlerFunction", "sqs-handler"),
+        ("KafkaHandlerFunction", "kafka-handler"),
+    ):
+        metadata = RESOURCES[function]["Metadata"]
+        assert metadata["BuildMethod"] == "rust-cargolambda"
+        assert metadata["BuildProperties"]["Binary"] == binary
+    assert TEMPLATE["Globals"]["Function"]["Runtime"] == "provided.al2023"
+    assert PARAMETERS["Architecture"]["Default"] == "arm64"
