@@ -159,6 +159,29 @@ impl<E: Classify> From<E> for RecordFailure {
     }
 }
 
+/// Outcomes for the tests of the modules that turn outcomes into responses.
+#[cfg(test)]
+pub(crate) mod examples {
+    use super::*;
+
+    pub(crate) fn written() -> Outcome {
+        Outcome::Written(Written {
+            event_type: "activity".into(),
+            payload_bytes: 1,
+            ..Written::default()
+        })
+    }
+
+    /// A transient fetch failure.
+    pub(crate) fn failed() -> Outcome {
+        Outcome::Failed(RecordFailure::new(
+            FailureClass::Fetch,
+            Retry::Transient,
+            "503 Service Unavailable",
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

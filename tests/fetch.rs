@@ -243,7 +243,7 @@ async fn redirects_must_pass_the_policy() {
 }
 
 #[tokio::test]
-async fn strict_policy_refuses_hosts_resolving_to_loopback() {
+async fn strict_policy_refuses_local_targets_before_connecting() {
     let server = PayloadServer::start().await;
     server.route("/p", Behaviour::Ok(PAYLOAD.to_vec()));
     let strict = Fetcher::new(UrlPolicy::default(), quick()).expect("client builds");
@@ -254,7 +254,7 @@ async fn strict_policy_refuses_hosts_resolving_to_loopback() {
     let error = strict
         .fetch(&target, within(30))
         .await
-        .expect_err("refused after DNS");
+        .expect_err("refused");
     assert_eq!(
         (error.class(), error.retry()),
         (FailureClass::Refused, Retry::Permanent),
@@ -269,4 +269,75 @@ async fn strict_policy_refuses_hosts_resolving_to_loopback() {
         .await
         .expect_err("refused literal");
     assert_eq!(error.class(), FailureClass::Refused, "{error}");
+}
+
+/// A hostile or broken payload server: every response ends in a classified
+/// failure, within the per-attempt timeout and the attempt limit, holding at
+/// most the payload limit.
+#[tokio::test]
+async fn hostile_bodies_end_in_bounded_classified_failures() {
+    let server = PayloadServer::start().await;
+    let settings = FetchSettings {
+        timeout: Duration::from_millis(500),
+        max_attempts: 2,
+        ..quick()
+    };
+    let cases = [
+        (
+            "/terabyte",
+            Behaviour::DeclaredLength {
+                declared: 1 << 40,
+                body: PAYLOAD.to_vec(),
+            },
+            FailureClass::Fetch,
+            Retry::Permanent,
+            1,
+        ),
+        (
+            "/short",
+            Behaviour::DeclaredLength {
+                declared: 10_000,
+                body: PAYLOAD.to_vec(),
+            },
+            FailureClass::Fetch,
+            Retry::Transient,
+            2,
+        ),
+        (
+            "/reset",
+            Behaviour::ResetMidBody(PAYLOAD.repeat(100)),
+            FailureClass::Fetch,
+            Retry::Transient,
+            2,
+        ),
+        (
+            "/endless",
+            Behaviour::Trickle(Duration::from_millis(50)),
+            FailureClass::Fetch,
+            Retry::Transient,
+            2,
+        ),
+    ];
+    for (path, behaviour, class, retry, hits) in cases {
+        let target = server.route(path, behaviour);
+        let started = Instant::now();
+        let fetched = tokio::time::timeout(
+            Duration::from_secs(20),
+            fetcher(settings.clone()).fetch(&url(&target), within(30)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{path}: the fetch must end"));
+        let error = fetched.expect_err(path);
+        assert_eq!(
+            (error.class(), error.retry()),
+            (class, retry),
+            "{path}: {error}"
+        );
+        assert_eq!(server.hits(path), hits, "{path}");
+        assert_no_secret(&error);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{path}: bounded by the timeout and attempts"
+        );
+    }
 }

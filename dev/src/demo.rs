@@ -8,7 +8,6 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
-use serde_json::Value;
 
 use crate::moto::Moto;
 use crate::runtime_api::{HandlerProcess, RuntimeApi, lambda_environment};
@@ -275,7 +274,10 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         sent,
         acknowledged: stats.acknowledged,
         dead_lettered,
-        last_failure: last_failure_by_id(&output),
+        last_failure: crate::logs::record_failures(&output)
+            .into_iter()
+            .map(|(id, failure)| (id, failure.class))
+            .collect(),
         archived_keys,
         projected,
         invocations: stats.invocations,
@@ -295,25 +297,4 @@ async fn queue_arn(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> String {
         .and_then(|a| a.get(&QueueAttributeName::QueueArn))
         .expect("queue ARN")
         .clone()
-}
-
-/// The class of the last `record failed` line per record id, from the
-/// handlers' JSON logs.
-fn last_failure_by_id(output: &str) -> BTreeMap<String, String> {
-    let mut last = BTreeMap::new();
-    for line in output.lines() {
-        let Ok(entry) = serde_json::from_str::<Value>(line) else {
-            continue;
-        };
-        if entry["fields"]["message"] != "record failed" {
-            continue;
-        }
-        let id = entry["fields"]["id"]
-            .as_str()
-            .or_else(|| entry["span"]["id"].as_str());
-        if let (Some(id), Some(class)) = (id, entry["fields"]["class"].as_str()) {
-            last.insert(id.to_owned(), class.to_owned());
-        }
-    }
-    last
 }

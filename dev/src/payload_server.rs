@@ -11,6 +11,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
+use futures::StreamExt;
 
 #[derive(Debug, Clone)]
 pub enum Behaviour {
@@ -18,6 +19,9 @@ pub enum Behaviour {
     Ok(Vec<u8>),
     /// 200 with the body gzip-compressed and `Content-Encoding: gzip`.
     Gzip(Vec<u8>),
+    /// 200 with bytes already gzip-compressed and `Content-Encoding: gzip`
+    /// (for large bodies: compressing per request would be the slow part).
+    Gzipped(Vec<u8>),
     /// 200 with a chunked body (no Content-Length).
     Chunked(Vec<u8>),
     /// `failures` answers of `status` (with an optional Retry-After), then 200.
@@ -33,6 +37,13 @@ pub enum Behaviour {
     Delay(Duration, Vec<u8>),
     /// A redirect to `location`.
     Redirect(String),
+    /// 200 whose body never ends: one byte every `interval`.
+    Trickle(Duration),
+    /// 200 declaring `Content-Length: declared`, then sending `body` and
+    /// closing the connection early (a short body, or a terabyte claim).
+    DeclaredLength { declared: u64, body: Vec<u8> },
+    /// 200 with `body`'s first half, then the connection is cut.
+    ResetMidBody(Vec<u8>),
 }
 
 #[derive(Default)]
@@ -119,13 +130,8 @@ async fn serve(State(routes): State<Arc<Mutex<Routes>>>, request: Request<Body>)
     };
     match behaviour {
         Behaviour::Ok(body) => ok(body),
-        Behaviour::Gzip(body) => {
-            let mut response = ok(gzip(&body));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-            response
-        }
+        Behaviour::Gzip(body) => gzip_encoded(gzip(&body)),
+        Behaviour::Gzipped(bytes) => gzip_encoded(bytes),
         Behaviour::Chunked(body) => {
             let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
                 body.chunks(16 * 1024).map(|c| Ok(c.to_vec())).collect();
@@ -154,6 +160,37 @@ async fn serve(State(routes): State<Arc<Mutex<Routes>>>, request: Request<Body>)
             tokio::time::sleep(delay).await;
             ok(body)
         }
+        Behaviour::Trickle(interval) => {
+            let bytes = futures::stream::unfold((), move |()| async move {
+                tokio::time::sleep(interval).await;
+                Some((Ok::<_, std::io::Error>(vec![b' ']), ()))
+            });
+            Response::new(Body::from_stream(bytes))
+        }
+        Behaviour::DeclaredLength { declared, body } => {
+            // The stream ends before `declared` bytes: hyper then cuts the
+            // connection, as a failing server would. The pause first lets
+            // the headers and the body so far reach the client.
+            let pause = futures::stream::once(tokio::time::sleep(Duration::from_millis(200)))
+                .filter_map(|()| async { None });
+            let chunks = futures::stream::iter([Ok::<_, std::io::Error>(body)]).chain(pause);
+            let mut response = Response::new(Body::from_stream(chunks));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(declared));
+            response
+        }
+        Behaviour::ResetMidBody(body) => {
+            let half = body[..body.len() / 2].to_vec();
+            let chunks = futures::stream::iter([
+                Ok(half),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "connection reset by the payload server",
+                )),
+            ]);
+            Response::new(Body::from_stream(chunks))
+        }
         Behaviour::Redirect(location) => {
             let mut response = status(302);
             response.headers_mut().insert(
@@ -163,6 +200,14 @@ async fn serve(State(routes): State<Arc<Mutex<Routes>>>, request: Request<Body>)
             response
         }
     }
+}
+
+fn gzip_encoded(bytes: Vec<u8>) -> Response<Body> {
+    let mut response = ok(bytes);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    response
 }
 
 fn ok(body: Vec<u8>) -> Response<Body> {

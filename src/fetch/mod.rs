@@ -149,6 +149,15 @@ pub struct ClientBuildError(String);
 
 impl Fetcher {
     pub fn new(policy: UrlPolicy, settings: FetchSettings) -> Result<Self, ClientBuildError> {
+        Self::with_lookup(policy, settings, url_policy::system_lookup())
+    }
+
+    /// As [`Fetcher::new`], resolving host names with `lookup`.
+    pub(crate) fn with_lookup(
+        policy: UrlPolicy,
+        settings: FetchSettings,
+        lookup: url_policy::Lookup,
+    ) -> Result<Self, ClientBuildError> {
         let policy = Arc::new(policy);
         let redirect_policy = Arc::clone(&policy);
         let client = reqwest::Client::builder()
@@ -158,6 +167,7 @@ impl Fetcher {
             .pool_idle_timeout(Duration::from_secs(60))
             .dns_resolver(url_policy::PolicyResolver {
                 policy: Arc::clone(&policy),
+                lookup,
             })
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 if attempt.previous().len() >= MAX_REDIRECTS {

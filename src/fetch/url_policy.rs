@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::{Host, Url};
 
@@ -54,6 +55,8 @@ pub enum PolicyViolation {
     NoHost,
     #[error("URL carries userinfo")]
     Userinfo,
+    #[error("port {0} is not allowed (443 only)")]
+    Port(u16),
     #[error("host {0} is not in TERRA_ALLOWED_URL_HOSTS")]
     HostNotAllowed(String),
     #[error("address {0} is in a private, loopback, link-local or reserved range")]
@@ -83,6 +86,11 @@ impl UrlPolicy {
         }
         if !url.username().is_empty() || url.password().is_some() {
             return Err(PolicyViolation::Userinfo);
+        }
+        // Pre-signed storage URLs use the default port; any other would let a
+        // message probe services on public hosts.
+        if let Some(port) = url.port().filter(|_| !self.allow_insecure) {
+            return Err(PolicyViolation::Port(port));
         }
         let host = url.host().ok_or(PolicyViolation::NoHost)?;
         let host_name = match &host {
@@ -160,20 +168,32 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
         || (segments[0] == 0x2001 && segments[1] == 0x0db8)) // documentation
 }
 
-/// DNS resolver for the fetch client: resolves with the system resolver and
-/// keeps only the addresses the policy allows, so a public-looking host that
-/// resolves to 169.254.169.254 is never connected to.
+/// Turns a host name into addresses: the system resolver in production, a
+/// fixed table in tests.
+pub(crate) type Lookup =
+    Arc<dyn Fn(String) -> BoxFuture<'static, std::io::Result<Vec<SocketAddr>>> + Send + Sync>;
+
+pub(crate) fn system_lookup() -> Lookup {
+    Arc::new(|host: String| {
+        Box::pin(async move { Ok(tokio::net::lookup_host((host.as_str(), 0)).await?.collect()) })
+    })
+}
+
+/// DNS resolver for the fetch client: resolves the name and keeps only the
+/// addresses the policy allows, so a public-looking host that resolves to
+/// 169.254.169.254 is never connected to.
 pub(crate) struct PolicyResolver {
     pub(crate) policy: Arc<UrlPolicy>,
+    pub(crate) lookup: Lookup,
 }
 
 impl Resolve for PolicyResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let policy = Arc::clone(&self.policy);
+        let lookup = Arc::clone(&self.lookup);
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let resolved: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let resolved: Vec<SocketAddr> = lookup(host.clone()).await?;
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
                 .filter(|addr| policy.check_ip(addr.ip()).is_ok())
@@ -335,10 +355,151 @@ mod tests {
         }
     }
 
+    /// A DNS stand-in: fixed answers per name.
+    pub(crate) fn fake_dns(table: &[(&str, &[&str])]) -> Lookup {
+        let table: Vec<(String, Vec<SocketAddr>)> = table
+            .iter()
+            .map(|(name, ips)| {
+                let addrs = ips
+                    .iter()
+                    .map(|ip| SocketAddr::new(ip.parse().expect("test address"), 443))
+                    .collect();
+                (name.to_string(), addrs)
+            })
+            .collect();
+        Arc::new(move |host: String| {
+            let found = table
+                .iter()
+                .find(|(name, _)| *name == host)
+                .map(|(_, a)| a.clone());
+            Box::pin(async move {
+                found.ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such host")
+                })
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn names_resolving_to_internal_addresses_are_refused_or_filtered() {
+        let resolver = PolicyResolver {
+            policy: Arc::new(strict()),
+            lookup: fake_dns(&[
+                ("metadata.attacker.example", &["169.254.169.254"]),
+                (
+                    "private.attacker.example",
+                    &["10.1.2.3", "192.168.0.7", "172.20.0.1"],
+                ),
+                ("loopback.attacker.example", &["127.0.0.1", "::1"]),
+                (
+                    "mapped.attacker.example",
+                    &["::ffff:10.0.0.1", "::ffff:169.254.169.254"],
+                ),
+                ("nat64.attacker.example", &["64:ff9b::a9fe:a9fe"]),
+                ("cgnat.attacker.example", &["100.100.100.200"]),
+                ("ula.attacker.example", &["fd12:3456::1", "fe80::1"]),
+                (
+                    "mixed.attacker.example",
+                    &["10.0.0.1", "1.1.1.1", "::ffff:127.0.0.1"],
+                ),
+            ]),
+        };
+        for name in [
+            "metadata.attacker.example",
+            "private.attacker.example",
+            "loopback.attacker.example",
+            "mapped.attacker.example",
+            "nat64.attacker.example",
+            "cgnat.attacker.example",
+            "ula.attacker.example",
+        ] {
+            let resolved = resolver.resolve(name.parse().expect("valid name")).await;
+            let error = match resolved {
+                Ok(addrs) => panic!(
+                    "{name} must be refused, got {:?}",
+                    addrs.collect::<Vec<_>>()
+                ),
+                Err(error) => error,
+            };
+            assert!(
+                matches!(
+                    error.downcast_ref::<PolicyViolation>(),
+                    Some(PolicyViolation::ForbiddenResolution(_))
+                ),
+                "{name}: {error}"
+            );
+        }
+        let mixed: Vec<SocketAddr> = match resolver
+            .resolve("mixed.attacker.example".parse().expect("valid name"))
+            .await
+        {
+            Ok(addrs) => addrs.collect(),
+            Err(e) => panic!("a public address remains: {e}"),
+        };
+        assert_eq!(
+            mixed,
+            [SocketAddr::new("1.1.1.1".parse().expect("ip"), 443)]
+        );
+    }
+
+    #[test]
+    fn refuses_ports_other_than_443_unless_insecure() {
+        assert_eq!(
+            strict().check_url(&url("https://b.s3.amazonaws.com:443/o")),
+            Ok(())
+        );
+        for s in [
+            "https://b.s3.amazonaws.com:22/o",
+            "https://b.s3.amazonaws.com:8443/o",
+            "https://8.8.8.8:6379/",
+        ] {
+            assert!(
+                matches!(strict().check_url(&url(s)), Err(PolicyViolation::Port(_))),
+                "{s}"
+            );
+        }
+        let insecure = UrlPolicy {
+            allow_insecure: true,
+            ..strict()
+        };
+        assert_eq!(insecure.check_url(&url("http://127.0.0.1:8080/p")), Ok(()));
+    }
+
+    #[test]
+    fn userinfo_tricks_and_odd_schemes_are_refused() {
+        for (s, expected) in [
+            (
+                "https://s3.amazonaws.com@169.254.169.254/",
+                PolicyViolation::Userinfo,
+            ),
+            (
+                "https://user:pass@b.s3.amazonaws.com/o",
+                PolicyViolation::Userinfo,
+            ),
+            ("file:///etc/passwd", PolicyViolation::Scheme("file".into())),
+            (
+                "gopher://b.s3.amazonaws.com/",
+                PolicyViolation::Scheme("gopher".into()),
+            ),
+            (
+                "ftp://b.s3.amazonaws.com/o",
+                PolicyViolation::Scheme("ftp".into()),
+            ),
+            (
+                "http://b.s3.amazonaws.com/o",
+                PolicyViolation::Scheme("http".into()),
+            ),
+            ("data:text/plain,hi", PolicyViolation::Scheme("data".into())),
+        ] {
+            assert_eq!(strict().check_url(&url(s)), Err(expected), "{s}");
+        }
+    }
+
     #[tokio::test]
     async fn resolver_drops_internal_addresses() {
         let resolver = PolicyResolver {
             policy: Arc::new(strict()),
+            lookup: system_lookup(),
         };
         let name: Name = "localhost".parse().expect("valid name");
         let error = match resolver.resolve(name).await {
@@ -355,6 +516,7 @@ mod tests {
                 allow_insecure: true,
                 ..strict()
             }),
+            lookup: system_lookup(),
         };
         let name: Name = "localhost".parse().expect("valid name");
         let addrs: Vec<SocketAddr> = match insecure.resolve(name).await {

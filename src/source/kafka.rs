@@ -337,7 +337,7 @@ pub fn response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::Written;
+    use crate::outcome::examples::{failed, written};
 
     fn value(text: &str) -> String {
         BASE64.encode(text)
@@ -359,22 +359,6 @@ mod tests {
             "records": records
         }))
         .expect("valid event")
-    }
-
-    fn written() -> Outcome {
-        Outcome::Written(Written {
-            event_type: "sleep".into(),
-            payload_bytes: 1,
-            ..Written::default()
-        })
-    }
-
-    fn failed() -> Outcome {
-        Outcome::Failed(RecordFailure::new(
-            FailureClass::Fetch,
-            Retry::Transient,
-            "503",
-        ))
     }
 
     #[test]

@@ -86,26 +86,10 @@ pub fn response(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::outcome::Written;
+    use crate::outcome::examples::{failed, written};
 
     fn event(json: serde_json::Value) -> SqsEvent {
         serde_json::from_value(json).expect("valid SqsEvent")
-    }
-
-    fn written() -> Outcome {
-        Outcome::Written(Written {
-            event_type: "activity".into(),
-            payload_bytes: 1,
-            ..Written::default()
-        })
-    }
-
-    fn failed() -> Outcome {
-        Outcome::Failed(RecordFailure::new(
-            FailureClass::Fetch,
-            Retry::Transient,
-            "x",
-        ))
     }
 
     #[test]

@@ -1,0 +1,43 @@
+//! Reading the handlers' JSON log lines.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+/// How a record failed, as its `record failed` log line says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoggedFailure {
+    pub class: String,
+    pub retry: String,
+}
+
+/// The last `record failed` line of each record id (SQS messageId, Kafka
+/// `topic-partition@offset`). The id is a field of the line, or of the span
+/// the line was logged in.
+pub fn record_failures(output: &str) -> BTreeMap<String, LoggedFailure> {
+    let mut last = BTreeMap::new();
+    for line in output.lines() {
+        let Ok(entry) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        let fields = &entry["fields"];
+        if fields["message"] != "record failed" {
+            continue;
+        }
+        let id = fields["id"]
+            .as_str()
+            .or_else(|| entry["span"]["id"].as_str());
+        if let (Some(id), Some(class), Some(retry)) =
+            (id, fields["class"].as_str(), fields["retry"].as_str())
+        {
+            last.insert(
+                id.to_owned(),
+                LoggedFailure {
+                    class: class.to_owned(),
+                    retry: retry.to_owned(),
+                },
+            );
+        }
+    }
+    last
+}
