@@ -5,14 +5,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 
+use crate::fault_proxy::{FaultProxy, FaultSchedule};
 use crate::moto::Moto;
 use crate::runtime_api::{HandlerProcess, RuntimeApi, lambda_environment};
 use crate::sqs_mapping::{MappingSettings, SqsMapping};
-use crate::terra_simulator::{Kind, Sent, TerraSimulator, count_by_kind};
+use crate::terra_simulator::{Kind, MIX, Sent, TerraSimulator, count_by_kind};
 
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -30,6 +32,15 @@ pub struct Scenario {
     pub max_receive_count: u32,
     /// When to stop waiting for the queue to drain.
     pub give_up: Duration,
+    /// The kinds of message Terra sends, in turn.
+    pub mix: Vec<Kind>,
+    /// Faults injected between the handlers and S3/DynamoDB.
+    pub store_faults: Option<FaultSchedule>,
+    /// Kill one handler process this long after the first message is sent
+    /// (mid-batch), and start a new one in its place.
+    pub kill_an_instance_after: Option<Duration>,
+    /// More handler environment (overrides the defaults).
+    pub handler_env: Vec<(String, String)>,
 }
 
 impl Scenario {
@@ -43,6 +54,10 @@ impl Scenario {
             visibility_timeout: Duration::from_secs(6),
             max_receive_count: 3,
             give_up: Duration::from_secs(120),
+            mix: MIX.to_vec(),
+            store_faults: None,
+            kill_an_instance_after: None,
+            handler_env: Vec::new(),
         }
     }
 }
@@ -65,7 +80,13 @@ pub struct DemoReport {
     /// (pk, sk) of every DynamoDB item.
     pub projected: Vec<(String, String)>,
     pub invocations: usize,
+    /// Invocations that failed as a whole (error or timeout).
+    pub failed_invocations: usize,
     pub deliveries: usize,
+    /// Faults the proxy injected into S3 and DynamoDB traffic.
+    pub store_faults_injected: usize,
+    /// Handler processes killed mid-batch.
+    pub instances_killed: usize,
     pub elapsed: Duration,
 }
 
@@ -100,6 +121,18 @@ impl DemoReport {
             .iter()
             .filter(|m| m.kind != Kind::Healthcheck && self.acknowledged.contains(&m.message_id))
             .count()
+    }
+
+    /// The invariant's figures on one line.
+    pub fn figures(&self) -> String {
+        format!(
+            "sent {} / delivered {} / dead-lettered {} / lost {} / duplicates {}",
+            self.sent.len(),
+            self.acknowledged.len(),
+            self.dead_lettered.len(),
+            self.lost().len(),
+            self.duplicates()
+        )
     }
 
     pub fn summary(&self) -> String {
@@ -159,6 +192,13 @@ impl DemoReport {
             }
         );
         let _ = writeln!(out, "  duplicates     {:>4}", self.duplicates());
+        if self.store_faults_injected > 0 || self.instances_killed > 0 {
+            let _ = writeln!(
+                out,
+                "  faults         {:>4}  injected into S3/DynamoDB traffic; {} handler(s) killed mid-batch",
+                self.store_faults_injected, self.instances_killed
+            );
+        }
         let _ = writeln!(out, "  lost           {:>4}", self.lost().len());
         for message in self.lost() {
             let _ = writeln!(
@@ -224,11 +264,18 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .expect("queue URL")
         .to_owned();
 
+    let proxy = match &scenario.store_faults {
+        Some(schedule) => Some(FaultProxy::start(&moto.endpoint, schedule.clone()).await),
+        None => None,
+    };
+    let store_endpoint = proxy
+        .as_ref()
+        .map_or(moto.endpoint.as_str(), |p| p.endpoint.as_str());
     let terra = TerraSimulator::start().await;
     let runtime = RuntimeApi::start().await;
     let mut env = lambda_environment(runtime.addr);
     for (name, value) in [
-        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("AWS_ENDPOINT_URL", store_endpoint),
         ("TERRA_S3_BUCKET", BUCKET),
         ("TERRA_S3_PREFIX", PREFIX),
         ("TERRA_DYNAMODB_TABLE", TABLE),
@@ -239,11 +286,19 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
     ] {
         env.push((name.to_owned(), value.to_owned()));
     }
-    let handlers: Vec<HandlerProcess> = (0..scenario.instances.max(1))
-        .map(|_| HandlerProcess::spawn(&scenario.handler_binary, &env))
-        .collect();
+    for (name, value) in &scenario.handler_env {
+        env.retain(|(existing, _)| existing != name);
+        env.push((name.clone(), value.clone()));
+    }
+    let handlers: Mutex<Vec<HandlerProcess>> = Mutex::new(
+        (0..scenario.instances.max(1))
+            .map(|_| HandlerProcess::spawn(&scenario.handler_binary, &env))
+            .collect(),
+    );
 
-    let sent = terra.send(&sqs, &queue_url, scenario.messages).await;
+    let sent = terra
+        .send(&sqs, &queue_url, &scenario.mix, scenario.messages)
+        .await;
     let mapping = SqsMapping::new(
         sqs.clone(),
         &queue_url,
@@ -254,7 +309,18 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         },
     )
     .await;
-    let stats = mapping.run_until_drained(&runtime, scenario.give_up).await;
+    let chaos = async {
+        let Some(after) = scenario.kill_an_instance_after else {
+            return 0;
+        };
+        tokio::time::sleep(after).await;
+        let mut handlers = handlers.lock().expect("not poisoned");
+        handlers[0].kill();
+        handlers.push(HandlerProcess::spawn(&scenario.handler_binary, &env));
+        1
+    };
+    let (stats, instances_killed) =
+        tokio::join!(mapping.run_until_drained(&runtime, scenario.give_up), chaos);
 
     let dead_lettered: BTreeSet<String> = moto
         .drain(&dlq_url)
@@ -269,7 +335,12 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .map(|o| o.key)
         .collect();
     let projected = moto.items(TABLE).await.into_keys().collect();
-    let output: String = handlers.iter().map(HandlerProcess::output).collect();
+    let output: String = handlers
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(HandlerProcess::output)
+        .collect();
     DemoReport {
         sent,
         acknowledged: stats.acknowledged,
@@ -281,7 +352,10 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         archived_keys,
         projected,
         invocations: stats.invocations,
+        failed_invocations: stats.failed_invocations,
         deliveries: stats.deliveries,
+        store_faults_injected: proxy.as_ref().map_or(0, FaultProxy::injected),
+        instances_killed,
         elapsed: started.elapsed(),
     }
 }

@@ -7,6 +7,7 @@
 //! Test code: it panics on broken setup rather than returning errors.
 
 pub mod demo;
+pub mod fault_proxy;
 pub mod logs;
 pub mod moto;
 pub mod payload_server;

@@ -44,6 +44,9 @@ pub enum Behaviour {
     DeclaredLength { declared: u64, body: Vec<u8> },
     /// 200 with `body`'s first half, then the connection is cut.
     ResetMidBody(Vec<u8>),
+    /// The n-th request gets the n-th behaviour; once they run out, the last
+    /// one again. (Not nested.)
+    Sequence(Vec<Behaviour>),
 }
 
 #[derive(Default)]
@@ -128,6 +131,13 @@ async fn serve(State(routes): State<Arc<Mutex<Routes>>>, request: Request<Body>)
     let Some((behaviour, hit)) = behaviour else {
         return status(404);
     };
+    let behaviour = match behaviour {
+        Behaviour::Sequence(steps) => match steps.get(hit - 1).or(steps.last()) {
+            Some(Behaviour::Sequence(_)) | None => return status(500),
+            Some(step) => step.clone(),
+        },
+        other => other,
+    };
     match behaviour {
         Behaviour::Ok(body) => ok(body),
         Behaviour::Gzip(body) => gzip_encoded(gzip(&body)),
@@ -191,6 +201,7 @@ async fn serve(State(routes): State<Arc<Mutex<Routes>>>, request: Request<Body>)
             ]);
             Response::new(Body::from_stream(chunks))
         }
+        Behaviour::Sequence(_) => status(500),
         Behaviour::Redirect(location) => {
             let mut response = status(302);
             response.headers_mut().insert(

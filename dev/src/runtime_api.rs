@@ -222,6 +222,13 @@ impl HandlerProcess {
         self.output.lock().expect("not poisoned").clone()
     }
 
+    /// Kills the process, as Lambda does with an instance that crashed or ran
+    /// out of memory; its output stays readable.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Waits for the process to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
         let started = std::time::Instant::now();

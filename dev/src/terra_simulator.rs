@@ -4,6 +4,7 @@
 //! messages to an SQS queue as Terra does.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
@@ -29,12 +30,23 @@ pub enum Kind {
     Expired,
     /// A healthcheck message, no URL.
     Healthcheck,
+    /// The first response takes 3 s (beyond a 2 s fetch timeout), then fast.
+    LatencySpike,
+    /// The first response is cut mid-body, then served.
+    Reset,
+    /// The first body is shorter than its Content-Length, then served.
+    ShortBody,
+    /// `expires_in` 2 s, and the message only becomes visible after 4 s:
+    /// expired before anyone can fetch it. Ends dead-lettered.
+    ExpiresWhileWaiting,
+    /// Every response takes 700 ms: a batch of them outlasts a short deadline.
+    Slow,
 }
 
 impl Kind {
     /// Whether the message can end written (else dead-lettered).
     pub fn deliverable(self) -> bool {
-        self != Kind::Expired
+        !matches!(self, Kind::Expired | Kind::ExpiresWhileWaiting)
     }
 
     pub fn as_str(self) -> &'static str {
@@ -47,12 +59,17 @@ impl Kind {
             Kind::Large => "large",
             Kind::Expired => "expired",
             Kind::Healthcheck => "healthcheck",
+            Kind::LatencySpike => "latency-spike",
+            Kind::Reset => "reset",
+            Kind::ShortBody => "short-body",
+            Kind::ExpiresWhileWaiting => "expires-while-waiting",
+            Kind::Slow => "slow",
         }
     }
 }
 
-/// The mix `plan` cycles through: mostly good payloads, a few of each fault.
-const MIX: [Kind; 12] = [
+/// The usual mix: mostly good payloads, a few of each fault.
+pub const MIX: [Kind; 12] = [
     Kind::Good,
     Kind::Good,
     Kind::Gzip,
@@ -101,20 +118,27 @@ impl TerraSimulator {
         }
     }
 
-    /// Serves `count` payloads of the usual mix and sends a pointer message
-    /// for each to `queue_url`.
+    /// Serves `count` payloads, cycling through `mix`, and sends a pointer
+    /// message for each to `queue_url`.
     pub async fn send(
         &self,
         sqs: &aws_sdk_sqs::Client,
         queue_url: &str,
+        mix: &[Kind],
         count: usize,
     ) -> Vec<Sent> {
         let mut sent = Vec::with_capacity(count);
         for n in 0..count {
-            let kind = MIX[n % MIX.len()];
+            let kind = mix[n % mix.len()];
             let (body, event_type) = self.message(n, kind);
+            let delay = if kind == Kind::ExpiresWhileWaiting {
+                4
+            } else {
+                0
+            };
             let output = sqs
                 .send_message()
+                .delay_seconds(delay)
                 .queue_url(queue_url)
                 .message_body(body)
                 .send()
@@ -149,7 +173,23 @@ impl TerraSimulator {
         let event_type = payload["type"].as_str().unwrap_or("unknown").to_owned();
         let bytes = serde_json::to_vec(&payload).expect("serialisable payload");
         let behaviour = match kind {
-            Kind::Good | Kind::Large => Behaviour::Ok(bytes),
+            Kind::Good | Kind::Large | Kind::ExpiresWhileWaiting => Behaviour::Ok(bytes),
+            Kind::LatencySpike => Behaviour::Sequence(vec![
+                Behaviour::Delay(Duration::from_secs(3), bytes.clone()),
+                Behaviour::Ok(bytes),
+            ]),
+            Kind::Reset => Behaviour::Sequence(vec![
+                Behaviour::ResetMidBody(bytes.clone()),
+                Behaviour::Ok(bytes),
+            ]),
+            Kind::ShortBody => Behaviour::Sequence(vec![
+                Behaviour::DeclaredLength {
+                    declared: bytes.len() as u64 + 1000,
+                    body: bytes[..bytes.len() / 2].to_vec(),
+                },
+                Behaviour::Ok(bytes),
+            ]),
+            Kind::Slow => Behaviour::Delay(Duration::from_millis(700), bytes),
             Kind::Gzip => Behaviour::Gzip(bytes),
             Kind::Flaky => Behaviour::FailThenOk {
                 failures: 1,
@@ -176,11 +216,16 @@ impl TerraSimulator {
             &format!("/payloads/{n:04}-{}.json", kind.as_str()),
             behaviour,
         );
+        let expires_in = if kind == Kind::ExpiresWhileWaiting {
+            2
+        } else {
+            600
+        };
         let pointer = json!({
             "status": "success",
             "type": "s3_payload",
             "url": url,
-            "expires_in": 600,
+            "expires_in": expires_in,
             "payload_reference": format!("sim-{n:04}-{}", kind.as_str())
         });
         (pointer.to_string(), event_type)
