@@ -128,3 +128,139 @@ async fn a_deadline_too_short_for_the_batch() {
         report.summary()
     );
 }
+
+/// `kafka-handler` behind the local Kafka mapping, in both response modes,
+/// with transient faults and poison records (dead-lettered by the function).
+async fn kafka_scenario(report_batch_item_failures: bool) {
+    use std::collections::BTreeSet;
+    use terra_sink_dev::kafka_mapping::{self, KafkaMappingSettings, TopicRecord};
+    use terra_sink_dev::moto::Moto;
+    use terra_sink_dev::runtime_api::{HandlerProcess, RuntimeApi, lambda_environment};
+    use terra_sink_dev::terra_simulator::TerraSimulator;
+
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let moto = Moto::start().await;
+    moto.create_bucket(demo::BUCKET).await;
+    let dlq = moto.create_queue("terra-kafka-dlq").await;
+    let terra = TerraSimulator::start().await;
+    let runtime = RuntimeApi::start().await;
+    let mix = [
+        Kind::Good,
+        Kind::Outage,
+        Kind::Expired,
+        Kind::Flaky,
+        Kind::Reset,
+        Kind::Large,
+        Kind::ShortBody,
+        Kind::Good,
+    ];
+    let now = terra_sink_dev::now_ms();
+    let mut records = Vec::new();
+    let mut kinds = Vec::new();
+    for n in 0..24 {
+        let kind = mix[n % mix.len()];
+        let (pointer, _) = terra.message(n, kind);
+        records.push(TopicRecord {
+            partition: (n % 3) as i64,
+            offset: 100 + (n / 3) as i64,
+            value: kafka_mapping::encode_value(&pointer),
+            timestamp_ms: now,
+        });
+        kinds.push((n, kind));
+    }
+    let mut env = lambda_environment(runtime.addr);
+    for (name, value) in [
+        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("TERRA_S3_BUCKET", demo::BUCKET),
+        ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
+        ("TERRA_ALLOW_INSECURE_URLS", "true"),
+        ("TERRA_FETCH_TIMEOUT_SECS", "2"),
+        ("TERRA_FETCH_MAX_ATTEMPTS", "2"),
+        ("TERRA_DEAD_LETTER_QUEUE_URL", dlq.as_str()),
+        (
+            "TERRA_KAFKA_PARTIAL_BATCH",
+            if report_batch_item_failures {
+                "true"
+            } else {
+                "false"
+            },
+        ),
+    ] {
+        env.push((name.to_owned(), value.to_owned()));
+    }
+    let handler = HandlerProcess::spawn(env!("CARGO_BIN_EXE_kafka-handler"), &env);
+    let stats = kafka_mapping::run(
+        &runtime,
+        &records,
+        &KafkaMappingSettings {
+            topic: "terra-events".into(),
+            batch_size: 4,
+            function_timeout: Duration::from_secs(10),
+            report_batch_item_failures,
+            max_retry_attempts: 5,
+        },
+        Duration::from_secs(180),
+    )
+    .await;
+
+    let archived: BTreeSet<String> = moto
+        .objects(demo::BUCKET)
+        .await
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    let mut dead_lettered: BTreeSet<(i64, i64)> = stats.discarded.clone();
+    for letter in moto.drain(&dlq).await {
+        let body: serde_json::Value =
+            serde_json::from_str(letter.body().expect("body")).expect("JSON letter");
+        dead_lettered.insert((
+            body["partition"].as_i64().expect("partition"),
+            body["offset"].as_i64().expect("offset"),
+        ));
+    }
+    let (mut lost, mut duplicates, mut unexpected) = (0, 0, Vec::new());
+    for ((n, kind), record) in kinds.iter().zip(&records) {
+        let is_archived = archived
+            .iter()
+            .any(|key| key.ends_with(&format!("/sim-{n:04}-{}.json", kind.as_str())));
+        let is_dead = dead_lettered.contains(&(record.partition, record.offset));
+        lost += usize::from(!is_archived && !is_dead);
+        duplicates += usize::from(is_archived && is_dead);
+        if is_archived != kind.deliverable() {
+            unexpected.push(format!("{n} ({})", kind.as_str()));
+        }
+    }
+    let name = if report_batch_item_failures {
+        "kafka, partial batch"
+    } else {
+        "kafka, whole batch"
+    };
+    println!(
+        "{name}: sent {} / delivered {} / dead-lettered {} / lost {lost} / duplicates {duplicates} ({} invocations, {} failed, {} discarded by the mapping)",
+        records.len(),
+        archived.len(),
+        dead_lettered.len(),
+        stats.invocations,
+        stats.failed_invocations,
+        stats.discarded.len()
+    );
+    let output = handler.output();
+    assert_eq!((lost, duplicates), (0, 0), "{output}");
+    assert!(unexpected.is_empty(), "{unexpected:?}\n{output}");
+    assert!(
+        stats.discarded.is_empty(),
+        "the function handled its poison itself"
+    );
+    let expired = kinds.iter().filter(|(_, k)| *k == Kind::Expired).count();
+    assert_eq!(dead_lettered.len(), expired);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_with_partial_batch_responses() {
+    kafka_scenario(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_with_whole_batch_retries() {
+    kafka_scenario(false).await;
+}

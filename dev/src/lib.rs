@@ -8,6 +8,7 @@
 
 pub mod demo;
 pub mod fault_proxy;
+pub mod kafka_mapping;
 pub mod logs;
 pub mod moto;
 pub mod payload_server;

@@ -153,8 +153,9 @@ impl TerraSimulator {
         sent
     }
 
-    /// The pointer message for the `n`th payload, and the payload's type.
-    fn message(&self, n: usize, kind: Kind) -> (String, String) {
+    /// Serves the `n`th payload as `kind` says and returns its pointer
+    /// message and the payload's type.
+    pub fn message(&self, n: usize, kind: Kind) -> (String, String) {
         if kind == Kind::Healthcheck {
             let body = json!({
                 "type": "healthcheck",

@@ -114,6 +114,59 @@ fn utc_date(ms: u64) -> String {
 }
 
 #[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use url::Url;
+
+    fn is_safe_key_text(text: &str) -> bool {
+        text.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./=".contains(&b))
+            && !text.split('/').any(|s| s == "." || s == "..")
+    }
+
+    proptest! {
+        /// Whatever a message holds, its object lands under the prefix with a
+        /// valid S3 key made of safe characters only.
+        #[test]
+        fn no_message_names_a_key_outside_the_prefix(
+            raw_prefix in "[a-z0-9/._=-]{0,40}",
+            reference in proptest::option::of(any::<String>()),
+            path in any::<String>(),
+            sent_at_ms in any::<u64>(),
+            gzip in any::<bool>(),
+        ) {
+            let Ok(prefix) = KeyPrefix::parse(&raw_prefix) else {
+                return Ok(());
+            };
+            prop_assert!(is_safe_key_text(prefix.as_str()));
+            let mut url = Url::parse("https://bucket.s3.amazonaws.com/").expect("base URL");
+            url.set_path(&path);
+            let pointer = PayloadPointer { url, expires_in: None, payload_reference: reference };
+            let key = ArchiveName::for_message(&pointer, sent_at_ms)
+                .key(&prefix, if gzip { ".gz" } else { "" });
+            let rest = key.strip_prefix(prefix.as_str()).expect("under the prefix");
+            prop_assert!(rest.starts_with("dt="), "{}", key);
+            prop_assert!(!rest.starts_with('/'));
+            prop_assert!(is_safe_key_text(rest), "{}", key);
+            prop_assert_eq!(rest.matches('/').count(), 1, "{}", key);
+            prop_assert!(key.len() <= 1024);
+        }
+
+        /// Any prefix the parser accepts is safe; anything with a dot segment
+        /// or a leading slash is refused.
+        #[test]
+        fn accepted_prefixes_are_safe(raw in any::<String>()) {
+            if let Ok(prefix) = KeyPrefix::parse(&raw) {
+                prop_assert!(is_safe_key_text(prefix.as_str()));
+                prop_assert!(prefix.as_str().is_empty() || prefix.as_str().ends_with('/'));
+                prop_assert!(!prefix.as_str().starts_with('/'));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use url::Url;

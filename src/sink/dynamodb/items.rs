@@ -5,6 +5,8 @@
 //! supersets of earlier data) replaces the earlier version. Lifecycle events
 //! become an event item plus an upsert of the user's `PROFILE` item.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -61,10 +63,28 @@ fn record_key(event_type: &str, record: &Value) -> Option<String> {
     }
 }
 
+/// Longest id used verbatim in a key; longer ones (never Terra's, which are
+/// UUIDs and timestamps) are hashed, so every key stays far inside DynamoDB's
+/// limits (partition key 2048 bytes, sort key 1024) whatever a payload holds.
+const MAX_KEY_PART: usize = 256;
+
+/// `text`, or `sha256:{hex}` of it when it is too long for a key.
+fn key_part(text: &str) -> Cow<'_, str> {
+    if text.len() <= MAX_KEY_PART {
+        Cow::Borrowed(text)
+    } else {
+        Cow::Owned(format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(text.as_bytes()))
+        ))
+    }
+}
+
 /// `sk` type tag: `ACTIVITY`, `LAB_REPORT_COMPLETED`…
 fn type_tag(event_type: &str) -> String {
     event_type
         .chars()
+        .take(64)
         .map(|c| {
             if c.is_ascii_alphanumeric() {
                 c.to_ascii_uppercase()
@@ -132,8 +152,8 @@ pub fn plan(payload: &Value, sent_at_ms: u64) -> Vec<PlannedItem> {
             .map(|(index, record)| {
                 let id = record_key(&event_type, record).unwrap_or_else(|| stable_hash(record));
                 let mut item = base(
-                    format!("USER#{user_id}"),
-                    format!("{tag}#{id}"),
+                    format!("USER#{}", key_part(user_id)),
+                    format!("{tag}#{}", key_part(&id)),
                     user,
                     record.clone(),
                 );
@@ -144,7 +164,7 @@ pub fn plan(payload: &Value, sent_at_ms: u64) -> Vec<PlannedItem> {
     }
     if let (Some(user_id), Some(athlete)) = (&user_id, payload.get("athlete")) {
         return vec![base(
-            format!("USER#{user_id}"),
+            format!("USER#{}", key_part(user_id)),
             "ATHLETE".into(),
             user,
             athlete.clone(),
@@ -162,7 +182,7 @@ pub fn plan(payload: &Value, sent_at_ms: u64) -> Vec<PlannedItem> {
         );
         return vec![base(NO_USER_PK.into(), sk, None, payload.clone())];
     };
-    let pk = format!("USER#{subject_id}");
+    let pk = format!("USER#{}", key_part(&subject_id));
     let mut items = vec![base(
         pk.clone(),
         format!("EVENT#{}#{tag}", sent_time(sent_at_ms)),
@@ -185,7 +205,7 @@ pub fn plan(payload: &Value, sent_at_ms: u64) -> Vec<PlannedItem> {
     {
         items.push(profile(
             &base,
-            format!("USER#{old_id}"),
+            format!("USER#{}", key_part(&old_id)),
             Some(old_user),
             &event_type,
             sent_at_ms,
@@ -221,7 +241,7 @@ fn profile(
         extra["scopes"] = Value::String(scopes);
     }
     if let Some(reference_id) = &item.reference_id {
-        extra["gsi1pk"] = Value::String(format!("REF#{reference_id}"));
+        extra["gsi1pk"] = Value::String(format!("REF#{}", key_part(reference_id)));
     }
     if let Some(new_id) = replaced_by {
         extra["replaced_by"] = Value::String(new_id.to_owned());
@@ -230,6 +250,63 @@ fn profile(
         item.extra = extra;
     }
     item
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn assert_valid_keys(items: &[PlannedItem]) -> Result<(), TestCaseError> {
+        for item in items {
+            prop_assert!(
+                !item.pk.is_empty() && item.pk.len() <= 2048,
+                "pk {}",
+                item.pk.len()
+            );
+            prop_assert!(
+                !item.sk.is_empty() && item.sk.len() <= 1024,
+                "sk {}",
+                item.sk.len()
+            );
+            if let Some(Value::String(gsi1pk)) = item.extra.get("gsi1pk") {
+                prop_assert!(!gsi1pk.is_empty() && gsi1pk.len() <= 2048);
+            }
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// Whatever ids and types a payload carries, every planned item has
+        /// keys DynamoDB accepts.
+        #[test]
+        fn every_item_key_is_valid(
+            event_type in prop_oneof![
+                Just("activity".to_owned()), Just("sleep".to_owned()), Just("daily".to_owned()),
+                Just("auth".to_owned()), Just("user_reauth".to_owned()), any::<String>(),
+            ],
+            user_id in any::<String>(),
+            reference_id in any::<String>(),
+            record_id in any::<String>(),
+            long in "[a-z]{3000}",
+            use_long in any::<bool>(),
+            sent_at_ms in any::<u64>(),
+        ) {
+            let user_id = if use_long { long.clone() } else { user_id };
+            let record_id = if use_long { long.clone() } else { record_id };
+            let user = json!({"user_id": user_id, "reference_id": reference_id, "provider": "X"});
+            let with_data = json!({
+                "type": event_type, "user": user,
+                "data": [{"metadata": {"summary_id": record_id, "start_time": record_id, "end_time": record_id}}]
+            });
+            assert_valid_keys(&plan(&with_data, sent_at_ms))?;
+            let lifecycle = json!({
+                "type": event_type, "user": user,
+                "old_user": {"user_id": record_id}, "new_user": user,
+            });
+            assert_valid_keys(&plan(&lifecycle, sent_at_ms))?;
+        }
+    }
 }
 
 #[cfg(test)]
