@@ -8,10 +8,15 @@ VENV_STAMP := $(VENV)/.installed
 # cargo-lambda (and the zig it brings) must be on PATH for `sam build`.
 TOOLS := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0
 HANDLER_ARTIFACT := target/lambda/sqs-handler/bootstrap
+# cargo-fuzz, installed into the project; the fuzz targets build with nightly.
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ := .tools/bin/cargo-fuzz
+FUZZ_TARGETS := sqs_body kafka_event payload
+FUZZ_SECONDS ?= 20
 
-.PHONY: test lint unit-and-integration template demo venv clean
+.PHONY: test lint unit-and-integration template fuzz demo venv clean
 
-test: lint unit-and-integration template
+test: lint unit-and-integration template fuzz
 
 venv: $(VENV_STAMP)
 
@@ -35,6 +40,19 @@ template: $(VENV_STAMP)
 	$(TOOLS) sam validate --lint
 	$(TOOLS) sam build --parameter-overrides Architecture=x86_64
 
+# Each fuzz target for FUZZ_SECONDS, from the seeds plus what earlier runs
+# found (fuzz/corpus, not committed). A crash fails the run and is left in
+# fuzz/artifacts/; keep it in fuzz/regressions/ once fixed.
+fuzz: $(CARGO_FUZZ)
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$target && \
+	  PATH="$(CURDIR)/.tools/bin:$$PATH" cargo +nightly fuzz run --sanitizer none $$target \
+	    corpus/$$target seeds/$$target -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
+
+$(CARGO_FUZZ):
+	cargo install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked --root $(CURDIR)/.tools
+
 # The whole flow locally: moto as S3, DynamoDB and SQS, the Terra simulator,
 # the local SQS mapping and the Lambda artifact of sqs-handler.
 demo: $(VENV_STAMP)
@@ -42,4 +60,4 @@ demo: $(VENV_STAMP)
 	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server cargo run --locked -p terra-sink-dev --bin demo -- $(HANDLER_ARTIFACT)
 
 clean:
-	rm -rf $(VENV) target .aws-sam
+	rm -rf $(VENV) target .aws-sam .tools fuzz/target fuzz/corpus

@@ -120,6 +120,10 @@ pub fn decode(body: &[u8]) -> Result<TerraMessage, MessageError> {
     }
 }
 
+/// The longest lifetime a pre-signed URL can have (S3's limit is 7 days);
+/// a larger `expires_in` is nonsense and treated as unknown.
+const MAX_URL_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// `expires_in` as Terra sends it: whole seconds, occasionally as a string or
 /// a float. Anything else means "unknown", and the URL host decides.
 fn seconds(value: &Value) -> Option<Duration> {
@@ -128,7 +132,9 @@ fn seconds(value: &Value) -> Option<Duration> {
         Value::String(s) => s.trim().parse::<f64>().ok()?,
         _ => return None,
     };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|lifetime| *lifetime <= MAX_URL_LIFETIME)
 }
 
 /// Describes a serde_json error by category and position only.
@@ -174,6 +180,19 @@ mod tests {
         );
         assert_eq!(p.payload_reference.as_deref(), Some("bb0a8574"));
         assert_eq!(p.expires_in, Some(Duration::from_secs(300)));
+        for odd in [
+            r#""-5""#,
+            "1e300",
+            r#""NaN""#,
+            "6222222000000000014554249",
+            "604801",
+        ] {
+            let body = format!(r#"{{"type":"s3_payload","url":"https://h/p","expires_in":{odd}}}"#);
+            let Ok(TerraMessage::Payload(p)) = decode(body.as_bytes()) else {
+                panic!("{odd}: still a pointer");
+            };
+            assert_eq!(p.expires_in, None, "{odd} is not a lifetime");
+        }
     }
 
     #[test]

@@ -165,11 +165,21 @@ fn now_ms() -> u64 {
 }
 
 /// The instant a URL sent at `sent_at_ms` with `lifetime` stops working, or
-/// `None` when that has already happened.
+/// `None` when that has already happened. A send time in the future (clock
+/// skew, or a hostile Kafka timestamp) leaves at most `lifetime`.
 fn url_expiry(sent_at_ms: u64, lifetime: Duration) -> Option<Instant> {
-    let expires_at = UNIX_EPOCH + Duration::from_millis(sent_at_ms) + lifetime;
-    let remaining = expires_at.duration_since(SystemTime::now()).ok()?;
-    (!remaining.is_zero()).then(|| Instant::now() + remaining)
+    let sent_at = UNIX_EPOCH
+        .checked_add(Duration::from_millis(sent_at_ms))
+        .unwrap_or(SystemTime::now());
+    let expires_at = sent_at.checked_add(lifetime)?;
+    let remaining = expires_at
+        .duration_since(SystemTime::now())
+        .ok()?
+        .min(lifetime);
+    if remaining.is_zero() {
+        return None;
+    }
+    Instant::now().checked_add(remaining)
 }
 
 #[async_trait]
@@ -212,6 +222,12 @@ mod tests {
             .expect("clock after 1970")
             .as_millis() as u64;
         assert!(url_expiry(now_ms - 601_000, Duration::from_secs(600)).is_none());
+        for future in [now_ms + 3_600_000, u64::MAX] {
+            let remaining = url_expiry(future, Duration::from_secs(600))
+                .expect("not expired")
+                .duration_since(Instant::now());
+            assert!(remaining <= Duration::from_secs(600), "{future}");
+        }
         let remaining = url_expiry(now_ms - 300_000, Duration::from_secs(600))
             .expect("still valid")
             .duration_since(Instant::now());

@@ -55,6 +55,22 @@ fn assert_nothing_lost(report: &DemoReport) {
     }
 }
 
+/// The `make demo` flow: the usual mix of good, gzip, flaky, outage,
+/// rate-limited, large, expired and healthcheck messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_mix() {
+    let mut demo_mix = Scenario::new(SQS_HANDLER);
+    demo_mix.messages = 24;
+    let report = run("demo mix", demo_mix).await;
+    assert_nothing_lost(&report);
+    assert!(!report.dead_lettered.is_empty(), "the mix has expired URLs");
+    assert!(
+        report.projected.len() >= report.acknowledged_payloads(),
+        "{}",
+        report.summary()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payload_server_faults() {
     let report = run(

@@ -1,0 +1,58 @@
+//! Every input kept under `fuzz/seeds/` and `fuzz/regressions/` (crashes the
+//! fuzzer found, once fixed) still passes the fuzz targets' checks.
+
+#[path = "support/fuzz_checks.rs"]
+mod fuzz_checks;
+
+use std::path::Path;
+
+fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");
+    let mut found = Vec::new();
+    for dir in [
+        root.join("seeds").join(target),
+        root.join("regressions").join(target),
+    ] {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_file() && path.extension().is_none_or(|e| e != "md") {
+                let bytes = std::fs::read(&path).expect("readable input");
+                found.push((path.display().to_string(), bytes));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn sqs_body_inputs() {
+    let inputs = inputs("sqs_body");
+    assert!(!inputs.is_empty(), "seeds exist");
+    for (name, bytes) in inputs {
+        println!("{name}");
+        fuzz_checks::sqs_body(&bytes);
+    }
+}
+
+#[test]
+fn kafka_event_inputs() {
+    let inputs = inputs("kafka_event");
+    assert!(!inputs.is_empty(), "seeds exist");
+    for (name, bytes) in inputs {
+        println!("{name}");
+        fuzz_checks::kafka_event(&bytes);
+    }
+}
+
+#[test]
+fn payload_inputs() {
+    let inputs = inputs("payload");
+    assert!(!inputs.is_empty(), "seeds exist");
+    for (name, bytes) in inputs {
+        println!("{name}");
+        fuzz_checks::payload(&bytes);
+    }
+}
