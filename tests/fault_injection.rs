@@ -95,6 +95,28 @@ async fn payload_server_faults() {
     assert_eq!(report.dead_lettered.len(), 4, "{}", report.summary());
 }
 
+/// An older version redelivered after a newer one was written: DynamoDB
+/// keeps the newer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_newest_version_wins() {
+    let report = run(
+        "newest version wins",
+        scenario(&[Kind::Outage, Kind::Revision], 20),
+    )
+    .await;
+    assert_nothing_lost(&report);
+    assert!(
+        !report.stored_revisions.is_empty(),
+        "revised records are stored: {}",
+        report.summary()
+    );
+    assert!(
+        report.stored_revisions.iter().all(|r| *r == 2),
+        "an older version overwrote a newer one: {:?}",
+        report.stored_revisions
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_and_dynamodb_faults() {
     let mut faulty = scenario(&[Kind::Good, Kind::Gzip, Kind::Large, Kind::Good], 16);

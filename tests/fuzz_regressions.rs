@@ -27,32 +27,27 @@ fn inputs(target: &str) -> Vec<(String, Vec<u8>)> {
     found
 }
 
-#[test]
-fn sqs_body_inputs() {
-    let inputs = inputs("sqs_body");
-    assert!(!inputs.is_empty(), "seeds exist");
+/// Runs `check` over every kept input of `target`.
+fn replay(target: &str, check: fn(&[u8])) {
+    let inputs = inputs(target);
+    assert!(!inputs.is_empty(), "seeds exist for {target}");
     for (name, bytes) in inputs {
         println!("{name}");
-        fuzz_checks::sqs_body(&bytes);
+        check(&bytes);
     }
+}
+
+#[test]
+fn sqs_body_inputs() {
+    replay("sqs_body", fuzz_checks::sqs_body);
 }
 
 #[test]
 fn kafka_event_inputs() {
-    let inputs = inputs("kafka_event");
-    assert!(!inputs.is_empty(), "seeds exist");
-    for (name, bytes) in inputs {
-        println!("{name}");
-        fuzz_checks::kafka_event(&bytes);
-    }
+    replay("kafka_event", fuzz_checks::kafka_event);
 }
 
 #[test]
 fn payload_inputs() {
-    let inputs = inputs("payload");
-    assert!(!inputs.is_empty(), "seeds exist");
-    for (name, bytes) in inputs {
-        println!("{name}");
-        fuzz_checks::payload(&bytes);
-    }
+    replay("payload", fuzz_checks::payload);
 }

@@ -79,6 +79,9 @@ pub struct DemoReport {
     pub archived_keys: Vec<String>,
     /// (pk, sk) of every DynamoDB item.
     pub projected: Vec<(String, String)>,
+    /// The `terra_sim_revision` of every stored record that has one (see
+    /// `Kind::Revision`).
+    pub stored_revisions: Vec<u64>,
     pub invocations: usize,
     /// Invocations that failed as a whole (error or timeout).
     pub failed_invocations: usize,
@@ -334,7 +337,21 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .into_iter()
         .map(|o| o.key)
         .collect();
-    let projected = moto.items(TABLE).await.into_keys().collect();
+    let items = moto.items(TABLE).await;
+    let stored_revisions = items
+        .values()
+        .filter_map(|item| {
+            item.get("data")?
+                .as_m()
+                .ok()?
+                .get("terra_sim_revision")?
+                .as_n()
+                .ok()?
+                .parse()
+                .ok()
+        })
+        .collect();
+    let projected = items.into_keys().collect();
     let output: String = handlers
         .lock()
         .expect("not poisoned")
@@ -351,6 +368,7 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
             .collect(),
         archived_keys,
         projected,
+        stored_revisions,
         invocations: stats.invocations,
         failed_invocations: stats.failed_invocations,
         deliveries: stats.deliveries,

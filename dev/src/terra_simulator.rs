@@ -41,6 +41,10 @@ pub enum Kind {
     ExpiresWhileWaiting,
     /// Every response takes 700 ms: a batch of them outlasts a short deadline.
     Slow,
+    /// A newer version (`terra_sim_revision` 2) of the previous message's
+    /// records, sent after it. When the previous one is an `Outage`, this one
+    /// is written first and the older version must not overwrite it.
+    Revision,
 }
 
 impl Kind {
@@ -64,6 +68,7 @@ impl Kind {
             Kind::ShortBody => "short-body",
             Kind::ExpiresWhileWaiting => "expires-while-waiting",
             Kind::Slow => "slow",
+            Kind::Revision => "revision",
         }
     }
 }
@@ -136,6 +141,11 @@ impl TerraSimulator {
             } else {
                 0
             };
+            if kind == Kind::Revision {
+                // SentTimestamp has millisecond precision: keep the newer
+                // version strictly newer.
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             let output = sqs
                 .send_message()
                 .delay_seconds(delay)
@@ -166,15 +176,18 @@ impl TerraSimulator {
             });
             return (body.to_string(), "healthcheck".into());
         }
-        let payload = if kind == Kind::Large {
-            large_activity(n, 40_000)
-        } else {
-            unique_example(n)
+        let payload = match kind {
+            Kind::Large => large_activity(n, 40_000),
+            Kind::Revision => with_revision(unique_example(n.saturating_sub(1)), 2),
+            Kind::Outage => with_revision(unique_example(n), 1),
+            _ => unique_example(n),
         };
         let event_type = payload["type"].as_str().unwrap_or("unknown").to_owned();
         let bytes = serde_json::to_vec(&payload).expect("serialisable payload");
         let behaviour = match kind {
-            Kind::Good | Kind::Large | Kind::ExpiresWhileWaiting => Behaviour::Ok(bytes),
+            Kind::Good | Kind::Large | Kind::ExpiresWhileWaiting | Kind::Revision => {
+                Behaviour::Ok(bytes)
+            }
             Kind::LatencySpike => Behaviour::Sequence(vec![
                 Behaviour::Delay(Duration::from_secs(3), bytes.clone()),
                 Behaviour::Ok(bytes),
@@ -253,6 +266,17 @@ pub fn unique_example(n: usize) -> Value {
                     start.replace_range(8..10, &format!("{day:02}"));
                 }
             }
+        }
+    }
+    payload
+}
+
+/// Marks each `data[]` record with `terra_sim_revision`, so a test can see
+/// which version a store kept.
+fn with_revision(mut payload: Value, revision: u64) -> Value {
+    if let Some(records) = payload.get_mut("data").and_then(Value::as_array_mut) {
+        for record in records.iter_mut().filter(|r| r.is_object()) {
+            record["terra_sim_revision"] = json!(revision);
         }
     }
     payload
