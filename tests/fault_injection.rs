@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use terra_sink_dev::demo::{self, DemoReport, Scenario};
-use terra_sink_dev::fault_proxy::{Fault, FaultSchedule};
+use terra_sink_dev::fault_proxy::{Fault, FaultProxy, FaultSchedule};
 use terra_sink_dev::terra_simulator::Kind;
 
 const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
@@ -167,9 +167,18 @@ async fn a_deadline_too_short_for_the_batch() {
     );
 }
 
+/// Faults for a Kafka scenario besides the payload server's.
+#[derive(Default)]
+struct KafkaFaults {
+    /// S3 and SQS (dead letters) traffic through the fault proxy.
+    stores: bool,
+    /// Kill the handler this long after the start, and start a new one.
+    kill_after: Option<Duration>,
+}
+
 /// `kafka-handler` behind the local Kafka mapping, in both response modes,
 /// with transient faults and poison records (dead-lettered by the function).
-async fn kafka_scenario(report_batch_item_failures: bool) {
+async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
     use std::collections::BTreeSet;
     use terra_sink_dev::kafka_mapping::{self, KafkaMappingSettings, TopicRecord};
     use terra_sink_dev::moto::Moto;
@@ -206,9 +215,26 @@ async fn kafka_scenario(report_batch_item_failures: bool) {
         });
         kinds.push((n, kind));
     }
+    let proxy = if faults.stores {
+        Some(
+            FaultProxy::start(
+                &moto.endpoint,
+                FaultSchedule {
+                    every: 4,
+                    faults: vec![Fault::Throttle, Fault::DropAfterForward, Fault::Internal],
+                },
+            )
+            .await,
+        )
+    } else {
+        None
+    };
+    let endpoint = proxy
+        .as_ref()
+        .map_or(moto.endpoint.as_str(), |p| p.endpoint.as_str());
     let mut env = lambda_environment(runtime.addr);
     for (name, value) in [
-        ("AWS_ENDPOINT_URL", moto.endpoint.as_str()),
+        ("AWS_ENDPOINT_URL", endpoint),
         ("TERRA_S3_BUCKET", demo::BUCKET),
         ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
         ("TERRA_ALLOW_INSECURE_URLS", "true"),
@@ -226,20 +252,27 @@ async fn kafka_scenario(report_batch_item_failures: bool) {
     ] {
         env.push((name.to_owned(), value.to_owned()));
     }
-    let handler = HandlerProcess::spawn(env!("CARGO_BIN_EXE_kafka-handler"), &env);
-    let stats = kafka_mapping::run(
-        &runtime,
-        &records,
-        &KafkaMappingSettings {
-            topic: "terra-events".into(),
-            batch_size: 4,
-            function_timeout: Duration::from_secs(10),
-            report_batch_item_failures,
-            max_retry_attempts: 5,
-        },
-        Duration::from_secs(180),
-    )
-    .await;
+    let binary = env!("CARGO_BIN_EXE_kafka-handler");
+    let handlers = std::sync::Mutex::new(vec![HandlerProcess::spawn(binary, &env)]);
+    let chaos = async {
+        if let Some(after) = faults.kill_after {
+            tokio::time::sleep(after).await;
+            let mut handlers = handlers.lock().expect("not poisoned");
+            handlers[0].kill();
+            handlers.push(HandlerProcess::spawn(binary, &env));
+        }
+    };
+    let settings = KafkaMappingSettings {
+        topic: "terra-events".into(),
+        batch_size: 4,
+        function_timeout: Duration::from_secs(5),
+        report_batch_item_failures,
+        max_retry_attempts: 10,
+    };
+    let (stats, ()) = tokio::join!(
+        kafka_mapping::run(&runtime, &records, &settings, Duration::from_secs(240)),
+        chaos
+    );
 
     let archived: BTreeSet<String> = moto
         .objects(demo::BUCKET)
@@ -268,11 +301,20 @@ async fn kafka_scenario(report_batch_item_failures: bool) {
             unexpected.push(format!("{n} ({})", kind.as_str()));
         }
     }
-    let name = if report_batch_item_failures {
-        "kafka, partial batch"
-    } else {
-        "kafka, whole batch"
-    };
+    let name = format!(
+        "kafka, {} batch{}{}",
+        if report_batch_item_failures {
+            "partial"
+        } else {
+            "whole"
+        },
+        if faults.stores { ", S3/SQS faults" } else { "" },
+        if faults.kill_after.is_some() {
+            ", handler killed"
+        } else {
+            ""
+        },
+    );
     println!(
         "{name}: sent {} / delivered {} / dead-lettered {} / lost {lost} / duplicates {duplicates} ({} invocations, {} failed, {} discarded by the mapping)",
         records.len(),
@@ -282,7 +324,21 @@ async fn kafka_scenario(report_batch_item_failures: bool) {
         stats.failed_invocations,
         stats.discarded.len()
     );
-    let output = handler.output();
+    let output: String = handlers
+        .lock()
+        .expect("not poisoned")
+        .iter()
+        .map(HandlerProcess::output)
+        .collect();
+    if let Some(proxy) = &proxy {
+        assert!(proxy.injected() > 0, "faults were injected");
+    }
+    if faults.kill_after.is_some() {
+        assert!(
+            stats.failed_invocations > 0,
+            "the killed invocation timed out"
+        );
+    }
     assert_eq!((lost, duplicates), (0, 0), "{output}");
     assert!(unexpected.is_empty(), "{unexpected:?}\n{output}");
     assert!(
@@ -295,10 +351,19 @@ async fn kafka_scenario(report_batch_item_failures: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_with_partial_batch_responses() {
-    kafka_scenario(true).await;
+    kafka_scenario(true, KafkaFaults::default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_with_store_faults_and_a_killed_handler() {
+    let faults = KafkaFaults {
+        stores: true,
+        kill_after: Some(Duration::from_millis(800)),
+    };
+    kafka_scenario(true, faults).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_with_whole_batch_retries() {
-    kafka_scenario(false).await;
+    kafka_scenario(false, KafkaFaults::default()).await;
 }
