@@ -2,12 +2,16 @@
 //! names it is stored under.
 //!
 //! Only the fields needed to describe and name the payload are decoded; the
-//! rest is validated as JSON and skipped, never built into a tree.
+//! rest is checked as strictly as a full parse would, but never built into a
+//! tree.
 
 mod keys;
 
+use std::borrow::Cow;
+use std::fmt;
+
 use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::message::json_error_position;
@@ -52,20 +56,92 @@ impl Classify for PayloadError {
     }
 }
 
-#[derive(Deserialize)]
+/// The fields the summary needs; everything else is walked by [`Checked`].
+#[derive(Default)]
 struct Envelope {
-    #[serde(rename = "type", default)]
     kind: Option<Value>,
-    #[serde(default)]
     user: Option<Value>,
-    #[serde(default, rename = "new_user")]
     new_user: Option<Value>,
-    #[serde(default)]
     reference_id: Option<Value>,
-    // Named so the large fields are skipped explicitly rather than collected.
-    #[serde(default)]
-    #[allow(dead_code)]
-    data: IgnoredAny,
+}
+
+impl<'de> Deserialize<'de> for Envelope {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EnvelopeVisitor;
+        impl<'de> Visitor<'de> for EnvelopeVisitor {
+            type Value = Envelope;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+                let mut envelope = Envelope::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    let slot = match key.as_ref() {
+                        "type" => &mut envelope.kind,
+                        "user" => &mut envelope.user,
+                        "new_user" => &mut envelope.new_user,
+                        "reference_id" => &mut envelope.reference_id,
+                        _ => {
+                            map.next_value::<Checked>()?;
+                            continue;
+                        }
+                    };
+                    *slot = Some(map.next_value()?);
+                }
+                Ok(envelope)
+            }
+        }
+        deserializer.deserialize_map(EnvelopeVisitor)
+    }
+}
+
+/// Any JSON value, checked exactly as parsing it into a `serde_json::Value`
+/// would check it (numbers in range, strings valid), but building nothing:
+/// what the archive accepts, every sink can parse. Recursion is bounded by
+/// the nesting check that runs first.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_any(CheckedVisitor)
+            .map(|()| Checked)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> Visitor<'de> for CheckedVisitor {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(())
+    }
 }
 
 /// Validates the whole payload as a JSON object and extracts its summary.
@@ -147,6 +223,22 @@ mod tests {
     const REAUTH: &str = include_str!("../../tests/fixtures/terra/openapi_user_reauth.json");
     const CANCELLED: &str =
         include_str!("../../tests/fixtures/terra/openapi_auth__authCancelled.json");
+
+    #[test]
+    fn refuses_numbers_no_sink_could_parse_even_in_skipped_fields() {
+        for body in [
+            r#"{"type":"activity","data":[{"distance":1e400}]}"#,
+            r#"{"type":"activity","extra":{"x":-1e999},"data":[]}"#,
+        ] {
+            assert!(
+                matches!(inspect(body.as_bytes()), Err(PayloadError::NotJson(_))),
+                "{body}"
+            );
+        }
+        assert!(
+            inspect(br#"{"type":"activity","data":[{"d":1.5e300,"n":null,"t":true}]}"#).is_ok()
+        );
+    }
 
     #[test]
     fn refuses_invalid_utf8_even_in_skipped_fields() {
