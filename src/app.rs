@@ -118,10 +118,9 @@ impl App {
         &self,
         event: LambdaEvent<KafkaEvent>,
     ) -> Result<KafkaBatchResponse, lambda_runtime::Error> {
-        let decoded = kafka::decode(&event.payload);
-        let limits = self.limits(&event);
-        let mut report =
-            batch::run(Arc::clone(&self.pipeline), decoded.items.clone(), limits).await;
+        let mut decoded = kafka::decode(&event.payload);
+        let items = std::mem::take(&mut decoded.items);
+        let mut report = batch::run(Arc::clone(&self.pipeline), items, self.limits(&event)).await;
         if let Some(queue) = &self.dead_letters {
             let diverted = dead_letter::divert_poison(
                 queue.as_ref(),

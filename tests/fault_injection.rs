@@ -182,7 +182,7 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
     use std::collections::BTreeSet;
     use terra_sink_dev::kafka_mapping::{self, KafkaMappingSettings, TopicRecord};
     use terra_sink_dev::moto::Moto;
-    use terra_sink_dev::runtime_api::{HandlerProcess, RuntimeApi, lambda_environment};
+    use terra_sink_dev::runtime_api::{HandlerPool, RuntimeApi};
     use terra_sink_dev::terra_simulator::TerraSimulator;
 
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -232,34 +232,17 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
     let endpoint = proxy
         .as_ref()
         .map_or(moto.endpoint.as_str(), |p| p.endpoint.as_str());
-    let mut env = lambda_environment(runtime.addr);
-    for (name, value) in [
-        ("AWS_ENDPOINT_URL", endpoint),
-        ("TERRA_S3_BUCKET", demo::BUCKET),
-        ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
-        ("TERRA_ALLOW_INSECURE_URLS", "true"),
-        ("TERRA_FETCH_TIMEOUT_SECS", "2"),
-        ("TERRA_FETCH_MAX_ATTEMPTS", "2"),
-        ("TERRA_DEAD_LETTER_QUEUE_URL", dlq.as_str()),
-        (
-            "TERRA_KAFKA_PARTIAL_BATCH",
-            if report_batch_item_failures {
-                "true"
-            } else {
-                "false"
-            },
-        ),
-    ] {
-        env.push((name.to_owned(), value.to_owned()));
-    }
-    let binary = env!("CARGO_BIN_EXE_kafka-handler");
-    let handlers = std::sync::Mutex::new(vec![HandlerProcess::spawn(binary, &env)]);
+    let mut env = demo::local_function_env(runtime.addr, endpoint);
+    env.push(("TERRA_DEAD_LETTER_QUEUE_URL".into(), dlq.clone()));
+    env.push((
+        "TERRA_KAFKA_PARTIAL_BATCH".into(),
+        report_batch_item_failures.to_string(),
+    ));
+    let handlers = HandlerPool::spawn(env!("CARGO_BIN_EXE_kafka-handler"), &env, 1);
     let chaos = async {
         if let Some(after) = faults.kill_after {
             tokio::time::sleep(after).await;
-            let mut handlers = handlers.lock().expect("not poisoned");
-            handlers[0].kill();
-            handlers.push(HandlerProcess::spawn(binary, &env));
+            handlers.kill_and_replace_one();
         }
     };
     let settings = KafkaMappingSettings {
@@ -324,12 +307,7 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
         stats.failed_invocations,
         stats.discarded.len()
     );
-    let output: String = handlers
-        .lock()
-        .expect("not poisoned")
-        .iter()
-        .map(HandlerProcess::output)
-        .collect();
+    let output = handlers.output();
     if let Some(proxy) = &proxy {
         assert!(proxy.injected() > 0, "faults were injected");
     }

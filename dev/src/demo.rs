@@ -5,14 +5,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::sync::Mutex;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::fault_proxy::{FaultProxy, FaultSchedule};
 use crate::moto::Moto;
-use crate::runtime_api::{HandlerProcess, RuntimeApi, lambda_environment};
+use crate::runtime_api::{HandlerPool, RuntimeApi, lambda_environment};
 use crate::sqs_mapping::{MappingSettings, SqsMapping};
 use crate::terra_simulator::{Kind, MIX, Sent, TerraSimulator, count_by_kind};
 
@@ -276,28 +276,16 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .map_or(moto.endpoint.as_str(), |p| p.endpoint.as_str());
     let terra = TerraSimulator::start().await;
     let runtime = RuntimeApi::start().await;
-    let mut env = lambda_environment(runtime.addr);
-    for (name, value) in [
-        ("AWS_ENDPOINT_URL", store_endpoint),
-        ("TERRA_S3_BUCKET", BUCKET),
-        ("TERRA_S3_PREFIX", PREFIX),
-        ("TERRA_DYNAMODB_TABLE", TABLE),
-        ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
-        ("TERRA_ALLOW_INSECURE_URLS", "true"),
-        ("TERRA_FETCH_TIMEOUT_SECS", "2"),
-        ("TERRA_FETCH_MAX_ATTEMPTS", "2"),
-    ] {
-        env.push((name.to_owned(), value.to_owned()));
+    let mut env = local_function_env(runtime.addr, store_endpoint);
+    for (name, value) in [("TERRA_S3_PREFIX", PREFIX), ("TERRA_DYNAMODB_TABLE", TABLE)]
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .chain(scenario.handler_env.iter().cloned())
+    {
+        env.retain(|(existing, _)| *existing != name);
+        env.push((name, value));
     }
-    for (name, value) in &scenario.handler_env {
-        env.retain(|(existing, _)| existing != name);
-        env.push((name.clone(), value.clone()));
-    }
-    let handlers: Mutex<Vec<HandlerProcess>> = Mutex::new(
-        (0..scenario.instances.max(1))
-            .map(|_| HandlerProcess::spawn(&scenario.handler_binary, &env))
-            .collect(),
-    );
+    let handlers = HandlerPool::spawn(&scenario.handler_binary, &env, scenario.instances);
 
     let sent = terra
         .send(&sqs, &queue_url, &scenario.mix, scenario.messages)
@@ -317,9 +305,7 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
             return 0;
         };
         tokio::time::sleep(after).await;
-        let mut handlers = handlers.lock().expect("not poisoned");
-        handlers[0].kill();
-        handlers.push(HandlerProcess::spawn(&scenario.handler_binary, &env));
+        handlers.kill_and_replace_one();
         1
     };
     let (stats, instances_killed) =
@@ -352,12 +338,7 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         })
         .collect();
     let projected = items.into_keys().collect();
-    let output: String = handlers
-        .lock()
-        .expect("not poisoned")
-        .iter()
-        .map(HandlerProcess::output)
-        .collect();
+    let output = handlers.output();
     DemoReport {
         sent,
         acknowledged: stats.acknowledged,
@@ -376,6 +357,24 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         instances_killed,
         elapsed: started.elapsed(),
     }
+}
+
+/// The environment of a handler in these local runs: Lambda's variables,
+/// the stores at `store_endpoint` with the demo bucket, payload URLs on
+/// 127.0.0.1 over http, and quick fetch retries.
+pub fn local_function_env(runtime_api: SocketAddr, store_endpoint: &str) -> Vec<(String, String)> {
+    let mut env = lambda_environment(runtime_api);
+    for (name, value) in [
+        ("AWS_ENDPOINT_URL", store_endpoint),
+        ("TERRA_S3_BUCKET", BUCKET),
+        ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
+        ("TERRA_ALLOW_INSECURE_URLS", "true"),
+        ("TERRA_FETCH_TIMEOUT_SECS", "2"),
+        ("TERRA_FETCH_MAX_ATTEMPTS", "2"),
+    ] {
+        env.push((name.to_owned(), value.to_owned()));
+    }
+    env
 }
 
 async fn queue_arn(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> String {

@@ -244,6 +244,45 @@ impl HandlerProcess {
     }
 }
 
+/// Handler processes sharing one Runtime API, as a function's instances do.
+pub struct HandlerPool {
+    binary: String,
+    env: Vec<(String, String)>,
+    processes: Mutex<Vec<HandlerProcess>>,
+}
+
+impl HandlerPool {
+    pub fn spawn(binary: &str, env: &[(String, String)], instances: usize) -> HandlerPool {
+        HandlerPool {
+            binary: binary.to_owned(),
+            env: env.to_vec(),
+            processes: Mutex::new(
+                (0..instances.max(1))
+                    .map(|_| HandlerProcess::spawn(binary, env))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Kills the first instance, mid-batch if it is working on one, and
+    /// starts a new one in its place.
+    pub fn kill_and_replace_one(&self) {
+        let mut processes = self.processes.lock().expect("not poisoned");
+        processes[0].kill();
+        processes.push(HandlerProcess::spawn(&self.binary, &self.env));
+    }
+
+    /// Everything every instance printed, killed ones included.
+    pub fn output(&self) -> String {
+        self.processes
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(HandlerProcess::output)
+            .collect()
+    }
+}
+
 fn collect(stream: impl Read + Send + 'static, output: Arc<Mutex<String>>) {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {

@@ -164,6 +164,8 @@ pub struct DecodedBatch {
     pub event_source: Option<String>,
     pub event_source_arn: Option<String>,
     pub records: Vec<KafkaRecord>,
+    /// One per record, in the same order; the batch runner takes them, the
+    /// records stay for the response and dead letters.
     pub items: Vec<SourceItem>,
 }
 
