@@ -14,7 +14,7 @@ CARGO_FUZZ := .tools/bin/cargo-fuzz
 FUZZ_TARGETS := sqs_body kafka_event payload
 FUZZ_SECONDS ?= 20
 
-.PHONY: test lint unit-and-integration template fuzz demo venv clean
+.PHONY: test lint unit-and-integration template fuzz demo bench venv clean
 
 test: lint unit-and-integration template fuzz
 
@@ -58,6 +58,14 @@ $(CARGO_FUZZ):
 demo: $(VENV_STAMP)
 	$(TOOLS) cargo lambda build --release --bin sqs-handler
 	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server cargo run --locked -p terra-sink-dev --bin demo -- $(HANDLER_ARTIFACT)
+
+# A benchmark, not a test: the deployable binaries driven through the Runtime
+# API against local servers; results go into BENCHMARKS.md. The harness is
+# built in release too, so its servers are not what is measured.
+bench: $(VENV_STAMP)
+	$(TOOLS) cargo lambda build --release --bin sqs-handler --bin kafka-handler
+	cargo run --locked --release -p terra-sink-dev --bin bench -- \
+	  $(HANDLER_ARTIFACT) target/lambda/kafka-handler/bootstrap BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) target .aws-sam .tools fuzz/target fuzz/corpus

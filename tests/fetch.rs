@@ -160,7 +160,7 @@ async fn slow_servers_time_out_and_deadlines_stop_retries() {
     let server = PayloadServer::start().await;
     let slow = server.route(
         "/slow",
-        Behaviour::Delay(Duration::from_secs(5), PAYLOAD.to_vec()),
+        Behaviour::Delay(Duration::from_secs(5), PAYLOAD.into()),
     );
     let settings = FetchSettings {
         timeout: Duration::from_millis(300),

@@ -296,7 +296,10 @@ async fn near_the_deadline_unfinished_records_are_reported_in_time() {
     let p = &bed.payloads;
     let slow = p.route(
         "/payloads/slow.json",
-        Behaviour::Delay(Duration::from_secs(20), fixture("openapi_daily.json")),
+        Behaviour::Delay(
+            Duration::from_secs(20),
+            fixture("openapi_daily.json").into(),
+        ),
     );
     let quick = p.route(
         "/payloads/quick.json",

@@ -3,7 +3,6 @@
 //! after the request reached the store (the write may or may not have
 //! happened, and the client cannot know).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -60,13 +59,7 @@ impl FaultProxy {
         let app = Router::new()
             .fallback(forward)
             .with_state(Arc::clone(&shared));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind fault proxy");
-        let addr: SocketAddr = listener.local_addr().expect("bound address");
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("fault proxy runs");
-        });
+        let (addr, task) = crate::serve_on_loopback(app, "fault proxy").await;
         FaultProxy {
             endpoint: format!("http://{addr}"),
             shared,

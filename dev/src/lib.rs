@@ -6,17 +6,19 @@
 //!
 //! Test code: it panics on broken setup rather than returning errors.
 
+pub mod bench;
 pub mod demo;
 pub mod fault_proxy;
 pub mod kafka_mapping;
 pub mod logs;
 pub mod moto;
+pub mod null_store;
 pub mod payload_server;
 pub mod runtime_api;
 pub mod sqs_mapping;
 pub mod terra_simulator;
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 
 /// A port that was free a moment ago, for servers that take a port number.
 pub fn free_port() -> u16 {
@@ -24,6 +26,29 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("the loopback interface accepts a listener")
+}
+
+/// Serves `app` on a new loopback port, as a real server would: with
+/// `TCP_NODELAY`, so small responses are not held back by Nagle's algorithm
+/// (which, against a delayed ACK, adds up to 40 ms to an exchange).
+pub async fn serve_on_loopback(
+    app: axum::Router,
+    what: &'static str,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use axum::serve::ListenerExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("bind {what}: {e}"));
+    let addr = listener.local_addr().expect("bound address");
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .await
+            .unwrap_or_else(|e| panic!("{what} stopped: {e}"));
+    });
+    (addr, task)
 }
 
 pub fn now_ms() -> u64 {

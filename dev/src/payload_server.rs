@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use futures::StreamExt;
@@ -33,8 +33,8 @@ pub enum Behaviour {
     },
     /// Always `status`, with a body like S3's.
     Status(u16),
-    /// Waits, then 200.
-    Delay(Duration, Vec<u8>),
+    /// Waits, then 200. The body is shared, not copied, between requests.
+    Delay(Duration, Bytes),
     /// A redirect to `location`.
     Redirect(String),
     /// 200 whose body never ends: one byte every `interval`.
@@ -68,15 +68,7 @@ impl PayloadServer {
         let app = Router::new()
             .fallback(serve)
             .with_state(Arc::clone(&routes));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind payload server");
-        let addr = listener.local_addr().expect("bound address");
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .await
-                .expect("payload server runs");
-        });
+        let (addr, task) = crate::serve_on_loopback(app, "payload server").await;
         PayloadServer { addr, routes, task }
     }
 
@@ -221,8 +213,8 @@ fn gzip_encoded(bytes: Vec<u8>) -> Response<Body> {
     response
 }
 
-fn ok(body: Vec<u8>) -> Response<Body> {
-    let mut response = Response::new(Body::from(body));
+fn ok(body: impl Into<Body>) -> Response<Body> {
+    let mut response = Response::new(body.into());
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

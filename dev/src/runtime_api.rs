@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -35,6 +35,7 @@ pub enum InvocationResult {
 struct Shared {
     pending: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Invocation>>>,
     waiting: Arc<Mutex<HashMap<String, oneshot::Sender<InvocationResult>>>>,
+    first_poll: Arc<OnceLock<Instant>>,
 }
 
 pub struct RuntimeApi {
@@ -42,6 +43,7 @@ pub struct RuntimeApi {
     queue: mpsc::UnboundedSender<Invocation>,
     waiting: Arc<Mutex<HashMap<String, oneshot::Sender<InvocationResult>>>>,
     counter: Mutex<u64>,
+    first_poll: Arc<OnceLock<Instant>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -49,9 +51,11 @@ impl RuntimeApi {
     pub async fn start() -> RuntimeApi {
         let (queue, pending) = mpsc::unbounded_channel();
         let waiting = Arc::new(Mutex::new(HashMap::new()));
+        let first_poll = Arc::new(OnceLock::new());
         let shared = Shared {
             pending: Arc::new(tokio::sync::Mutex::new(pending)),
             waiting: Arc::clone(&waiting),
+            first_poll: Arc::clone(&first_poll),
         };
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
@@ -61,20 +65,20 @@ impl RuntimeApi {
             )
             .route("/2018-06-01/runtime/invocation/{id}/error", post(fail))
             .with_state(shared);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind runtime API");
-        let addr = listener.local_addr().expect("bound address");
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("runtime API runs");
-        });
+        let (addr, task) = crate::serve_on_loopback(app, "runtime API").await;
         RuntimeApi {
             addr,
             queue,
             waiting,
             counter: Mutex::new(0),
+            first_poll,
             task,
         }
+    }
+
+    /// When a handler first asked for an event: the end of its cold start.
+    pub fn first_poll(&self) -> Option<Instant> {
+        self.first_poll.get().copied()
     }
 
     /// Delivers `event` to the next `/next` call and waits for its result.
@@ -123,6 +127,7 @@ impl Drop for RuntimeApi {
 }
 
 async fn next(State(shared): State<Shared>) -> impl IntoResponse {
+    shared.first_poll.get_or_init(Instant::now);
     let invocation = shared.pending.lock().await.recv().await;
     let Some(invocation) = invocation else {
         return (StatusCode::GONE, HeaderMap::new(), Vec::new());
@@ -215,6 +220,10 @@ impl HandlerProcess {
             Arc::clone(&output),
         );
         HandlerProcess { child, output }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the process printed so far, stdout and stderr interleaved.

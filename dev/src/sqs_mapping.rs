@@ -217,3 +217,23 @@ fn failed_ids(
     }
     Some(failed)
 }
+
+/// The record Lambda delivers for a message with `body`, sent at `sent_at_ms`.
+pub fn sqs_record(message_id: &str, body: &str, sent_at_ms: u64) -> Value {
+    json!({
+        "messageId": message_id,
+        "receiptHandle": format!("rh-{message_id}"),
+        "body": body,
+        "attributes": {
+            "ApproximateReceiveCount": "1",
+            "SentTimestamp": sent_at_ms.to_string(),
+            "SenderId": "AIDAEXAMPLE",
+            "ApproximateFirstReceiveTimestamp": sent_at_ms.to_string()
+        },
+        "messageAttributes": {},
+        "md5OfBody": "",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:terra-events",
+        "awsRegion": "us-east-1"
+    })
+}

@@ -189,7 +189,7 @@ impl TerraSimulator {
                 Behaviour::Ok(bytes)
             }
             Kind::LatencySpike => Behaviour::Sequence(vec![
-                Behaviour::Delay(Duration::from_secs(3), bytes.clone()),
+                Behaviour::Delay(Duration::from_secs(3), bytes.clone().into()),
                 Behaviour::Ok(bytes),
             ]),
             Kind::Reset => Behaviour::Sequence(vec![
@@ -203,7 +203,7 @@ impl TerraSimulator {
                 },
                 Behaviour::Ok(bytes),
             ]),
-            Kind::Slow => Behaviour::Delay(Duration::from_millis(700), bytes),
+            Kind::Slow => Behaviour::Delay(Duration::from_millis(700), bytes.into()),
             Kind::Gzip => Behaviour::Gzip(bytes),
             Kind::Flaky => Behaviour::FailThenOk {
                 failures: 1,

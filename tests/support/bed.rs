@@ -8,29 +8,11 @@ use serde_json::{Value, json};
 use super::moto::Moto;
 use super::payload_server::PayloadServer;
 use super::runtime_api::{HandlerProcess, InvocationResult, RuntimeApi, lambda_environment};
+pub use super::sqs_mapping::sqs_record;
 
 /// What the payload server's URLs carry in their query string: none of it may
 /// appear in any output.
 pub const SECRETS: [&str; 3] = ["X-Amz-Signature", "5ec7e7516a7c0ffee", "AKIASECRETKEYID"];
-
-pub fn sqs_record(message_id: &str, body: &str, sent_at_ms: u64) -> Value {
-    json!({
-        "messageId": message_id,
-        "receiptHandle": format!("rh-{message_id}"),
-        "body": body,
-        "attributes": {
-            "ApproximateReceiveCount": "1",
-            "SentTimestamp": sent_at_ms.to_string(),
-            "SenderId": "AIDAEXAMPLE",
-            "ApproximateFirstReceiveTimestamp": sent_at_ms.to_string()
-        },
-        "messageAttributes": {},
-        "md5OfBody": "",
-        "eventSource": "aws:sqs",
-        "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:terra-events",
-        "awsRegion": "us-east-1"
-    })
-}
 
 /// One record of a Kafka event: topic, partition, offset, the value already
 /// base64-encoded (as Lambda delivers it), and the record timestamp.

@@ -4,4 +4,6 @@
 
 pub mod bed;
 
-pub use terra_sink_dev::{fixture, free_port, moto, now_ms, payload_server, runtime_api};
+pub use terra_sink_dev::{
+    fixture, free_port, moto, now_ms, payload_server, runtime_api, sqs_mapping,
+};

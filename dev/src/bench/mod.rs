@@ -1,0 +1,336 @@
+//! `make bench`: the compiled `sqs-handler` driven through the Runtime API
+//! against a payload server with set latency and payload size, writing to a
+//! [`NullStore`]. Measures what a Lambda bill and Terra's URL lifetime
+//! depend on: batch wall time against the I/O lower bound, CPU per record
+//! and per MB, peak memory, cold-start time and binary size.
+//!
+//! Figures come from the handler process itself (`/proc/<pid>`), so the
+//! servers sharing the machine do not count against it (though they do share
+//! its two cores, which wall times include).
+
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use serde_json::{Value, json};
+
+pub mod report;
+
+use crate::null_store::{NullStore, Received};
+use crate::payload_server::{Behaviour, PayloadServer};
+use crate::runtime_api::{HandlerProcess, InvocationResult, RuntimeApi, lambda_environment};
+use crate::sqs_mapping::sqs_record;
+use crate::terra_simulator::large_activity;
+
+pub const KB: usize = 1024;
+pub const MB: usize = 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sinks {
+    S3,
+    DynamoDb,
+    S3AndDynamoDb,
+}
+
+impl Sinks {
+    fn label(self) -> &'static str {
+        match self {
+            Sinks::S3 => "S3",
+            Sinks::DynamoDb => "DynamoDB",
+            Sinks::S3AndDynamoDb => "S3 + DynamoDB",
+        }
+    }
+
+    fn env(self) -> Vec<(&'static str, &'static str)> {
+        let bucket = ("TERRA_S3_BUCKET", "terra-bench");
+        let table = ("TERRA_DYNAMODB_TABLE", "terra-bench");
+        match self {
+            Sinks::S3 => vec![bucket],
+            Sinks::DynamoDb => vec![table],
+            Sinks::S3AndDynamoDb => vec![bucket, table],
+        }
+    }
+}
+
+/// One batch shape, invoked `batches` times on one warm handler process.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub records: usize,
+    pub payload_bytes: usize,
+    pub latency: Duration,
+    pub concurrency: usize,
+    pub sinks: Sinks,
+    /// Measured invocations, after one unmeasured warm-up invocation.
+    pub batches: usize,
+}
+
+impl Workload {
+    pub fn new(records: usize, payload_bytes: usize) -> Workload {
+        Workload {
+            records,
+            payload_bytes,
+            latency: Duration::from_millis(50),
+            concurrency: 32,
+            sinks: Sinks::S3,
+            batches: 3,
+        }
+    }
+
+    /// ⌈N / concurrency⌉ × latency: the batch time if only fetch latency
+    /// counted and every slot were always busy.
+    pub fn io_lower_bound(&self) -> Duration {
+        self.latency * self.records.div_ceil(self.concurrency) as u32
+    }
+
+    fn payload_mb(&self) -> f64 {
+        (self.records * self.payload_bytes) as f64 / MB as f64
+    }
+}
+
+/// What one [`Workload`] measured.
+#[derive(Debug, Clone)]
+pub struct Run {
+    pub workload: Workload,
+    /// Wall time of each measured invocation: event handed out to response.
+    pub walls: Vec<Duration>,
+    /// User + system CPU of the handler over the measured invocations.
+    pub cpu: Duration,
+    pub rss_after_init: u64,
+    /// The handler's peak resident memory (VmHWM) over its whole life.
+    pub peak_rss: u64,
+    /// What the store received over all invocations, warm-up included.
+    pub received: Received,
+    /// Records the handler reported failed, over all invocations.
+    pub failed_records: usize,
+    pub payload_bytes_actual: usize,
+}
+
+impl Run {
+    pub fn median_wall(&self) -> Duration {
+        let mut walls = self.walls.clone();
+        walls.sort();
+        walls[walls.len() / 2]
+    }
+
+    pub fn times_lower_bound(&self) -> f64 {
+        self.median_wall().as_secs_f64() / self.workload.io_lower_bound().as_secs_f64()
+    }
+
+    fn measured_records(&self) -> usize {
+        self.workload.records * self.walls.len()
+    }
+
+    pub fn cpu_per_record(&self) -> Duration {
+        self.cpu / self.measured_records() as u32
+    }
+
+    pub fn cpu_ms_per_mb(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1000.0 / (self.workload.payload_mb() * self.walls.len() as f64)
+    }
+
+    pub fn records_per_second(&self) -> f64 {
+        self.workload.records as f64 / self.median_wall().as_secs_f64()
+    }
+
+    /// Peak memory above the idle process.
+    pub fn growth(&self) -> u64 {
+        self.peak_rss.saturating_sub(self.rss_after_init)
+    }
+
+    /// Payload bytes the concurrency allows in flight at once.
+    pub fn in_flight_bytes(&self) -> u64 {
+        (self.workload.concurrency.min(self.workload.records) * self.payload_bytes_actual) as u64
+    }
+}
+
+/// A Terra activity of about `bytes` bytes (heart-rate samples make up the
+/// size), unique to `n`.
+pub fn activity_of_size(n: usize, bytes: usize) -> Bytes {
+    let size = |samples| serde_json::to_vec(&large_activity(n, samples)).map_or(0, |v| v.len());
+    let base = size(0);
+    let per_sample = (size(1000) - base) as f64 / 1000.0;
+    let samples = (bytes.saturating_sub(base) as f64 / per_sample).round() as usize;
+    Bytes::from(serde_json::to_vec(&large_activity(n, samples)).expect("serialisable payload"))
+}
+
+/// Runs `workload` against a fresh handler process and measures it.
+pub async fn measure(handler: &str, workload: &Workload) -> Run {
+    let store = NullStore::start().await;
+    let payloads = PayloadServer::start().await;
+    let runtime = RuntimeApi::start().await;
+    let mut actual_size = 0;
+    let urls: Vec<String> = (0..workload.records)
+        .map(|n| {
+            let body = activity_of_size(n, workload.payload_bytes);
+            actual_size = body.len();
+            payloads.route(
+                &format!("/bench/{n}.json"),
+                Behaviour::Delay(workload.latency, body),
+            )
+        })
+        .collect();
+
+    let mut env = bench_env(&runtime, &store);
+    env.push((
+        "TERRA_FETCH_CONCURRENCY".into(),
+        workload.concurrency.to_string(),
+    ));
+    env.extend(
+        workload
+            .sinks
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
+    let handler = HandlerProcess::spawn(handler, &env);
+    wait_for_first_poll(&runtime, &handler).await;
+    let rss_after_init = proc_status(handler.pid(), "VmRSS");
+
+    let mut failed_records = 0;
+    failed_records += invoke_batch(&runtime, &handler, &urls, "warmup").await.1;
+    let cpu_before = cpu_time(handler.pid());
+    let mut walls = Vec::new();
+    for batch in 0..workload.batches {
+        let (wall, failed) = invoke_batch(&runtime, &handler, &urls, &format!("b{batch}")).await;
+        walls.push(wall);
+        failed_records += failed;
+    }
+    let cpu = cpu_time(handler.pid()).saturating_sub(cpu_before);
+    let peak_rss = proc_status(handler.pid(), "VmHWM");
+    Run {
+        workload: workload.clone(),
+        walls,
+        cpu,
+        rss_after_init,
+        peak_rss,
+        received: store.received(),
+        failed_records,
+        payload_bytes_actual: actual_size,
+    }
+}
+
+/// The function's configuration: every sink pointed at `store`, payload URLs
+/// allowed on loopback, and the log level a deployment has.
+fn bench_env(runtime: &RuntimeApi, store: &NullStore) -> Vec<(String, String)> {
+    let mut env = lambda_environment(runtime.addr);
+    for (name, value) in [
+        ("AWS_ENDPOINT_URL", store.endpoint().as_str()),
+        ("AWS_SESSION_TOKEN", "bench-session-token"),
+        ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
+        ("TERRA_ALLOW_INSECURE_URLS", "true"),
+    ] {
+        env.push((name.to_owned(), value.to_owned()));
+    }
+    env
+}
+
+async fn invoke_batch(
+    runtime: &RuntimeApi,
+    handler: &HandlerProcess,
+    urls: &[String],
+    batch: &str,
+) -> (Duration, usize) {
+    let sent_at = crate::now_ms();
+    let records: Vec<Value> = urls
+        .iter()
+        .enumerate()
+        .map(|(n, url)| {
+            let pointer = json!({"type": "s3_payload", "url": url, "expires_in": 600});
+            sqs_record(&format!("{batch}-{n}"), &pointer.to_string(), sent_at)
+        })
+        .collect();
+    let event = json!({ "Records": records });
+    let started = Instant::now();
+    let result = runtime.invoke(&event, Duration::from_secs(300)).await;
+    let wall = started.elapsed();
+    let InvocationResult::Response(response) = result else {
+        panic!(
+            "the handler failed the invocation: {result:?}\n{}",
+            handler.output()
+        );
+    };
+    let failed = response["batchItemFailures"].as_array().map_or(0, Vec::len);
+    (wall, failed)
+}
+
+async fn wait_for_first_poll(runtime: &RuntimeApi, handler: &HandlerProcess) -> Instant {
+    let started = Instant::now();
+    loop {
+        if let Some(polled) = runtime.first_poll() {
+            return polled;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the handler never asked for an event:\n{}",
+            handler.output()
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Cold start, `runs` times: process start to the first request for an
+/// event, with both sinks configured. The fastest run is the fairest figure
+/// on a shared machine; the median is reported too.
+pub async fn cold_starts(handler: &str, runs: usize) -> Vec<(Duration, u64)> {
+    let store = NullStore::start().await;
+    let mut starts = Vec::new();
+    for _ in 0..runs {
+        let runtime = RuntimeApi::start().await;
+        let mut env = bench_env(&runtime, &store);
+        env.extend(
+            Sinks::S3AndDynamoDb
+                .env()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned())),
+        );
+        let spawned = Instant::now();
+        let handler = HandlerProcess::spawn(handler, &env);
+        let polled = wait_for_first_poll(&runtime, &handler).await;
+        starts.push((
+            polled.duration_since(spawned),
+            proc_status(handler.pid(), "VmRSS"),
+        ));
+    }
+    starts
+}
+
+/// A field of `/proc/<pid>/status` given in kB, in bytes.
+fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|value| {
+            value
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// User + system CPU time of a process, all its threads (living and ended).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {e}"));
+    // The command name (field 2) may hold spaces; fields count from after it.
+    let after_name = &stat[stat.rfind(')').expect("stat has a command name") + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second() as f64)
+}
+
+fn clock_ticks_per_second() -> u64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(100)
+}

@@ -1,0 +1,384 @@
+//! The results as Markdown, written into `BENCHMARKS.md` between two markers
+//! so the hand-written analysis around them survives a re-run.
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use super::{KB, MB, Run};
+
+pub const START_MARKER: &str = "<!-- bench:results:start -->";
+pub const END_MARKER: &str = "<!-- bench:results:end -->";
+
+/// Everything one `make bench` measured.
+pub struct Results {
+    /// The same workload at growing batch sizes (the wall-time table).
+    pub by_batch_size: Vec<Run>,
+    /// Workloads for peak memory.
+    pub memory: Vec<Run>,
+    /// Workloads with DynamoDB as a sink.
+    pub dynamodb: Vec<Run>,
+    /// (time to first poll, RSS then) per cold start.
+    pub cold_starts: Vec<(Duration, u64)>,
+    /// (name, path) of each deployable binary.
+    pub binaries: Vec<(String, String)>,
+}
+
+/// A target from issue #7, and whether this run met it.
+struct Verdict {
+    met: bool,
+    target: &'static str,
+    evidence: String,
+}
+
+impl Results {
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{START_MARKER}");
+        let _ = writeln!(out, "## Results\n\n{}\n", machine());
+        self.targets_section(&mut out);
+        self.wall_time_section(&mut out);
+        self.memory_section(&mut out);
+        self.dynamodb_section(&mut out);
+        self.cold_start_section(&mut out);
+        self.binary_section(&mut out);
+        let _ = writeln!(out, "{END_MARKER}");
+        out
+    }
+
+    fn targets_section(&self, out: &mut String) {
+        let _ = writeln!(out, "### Targets\n");
+        for verdict in self.verdicts() {
+            let mark = if verdict.met { "met" } else { "**missed**" };
+            let _ = writeln!(out, "- {mark}: {}. {}", verdict.target, verdict.evidence);
+        }
+        let _ = writeln!(out);
+    }
+
+    fn verdicts(&self) -> Vec<Verdict> {
+        let mut verdicts = Vec::new();
+        if let Some(largest) = self.by_batch_size.iter().max_by_key(|r| r.workload.records) {
+            verdicts.push(Verdict {
+                met: largest.times_lower_bound() <= 1.2,
+                target: "batch wall time within 1.2× the I/O lower bound at the largest batch",
+                evidence: format!(
+                    "N = {}: {} against {} ({:.2}×).",
+                    largest.workload.records,
+                    ms(largest.median_wall()),
+                    ms(largest.workload.io_lower_bound()),
+                    largest.times_lower_bound()
+                ),
+            });
+        }
+        if let (Some(smallest), Some(largest)) = (
+            self.by_batch_size.iter().min_by_key(|r| r.workload.records),
+            self.by_batch_size.iter().max_by_key(|r| r.workload.records),
+        ) {
+            // The smaller batch already fills every concurrency slot; allow
+            // allocator noise of a few MB on top.
+            let allowance = smallest.growth() + smallest.growth() / 2 + 8 * MB as u64;
+            verdicts.push(Verdict {
+                met: largest.growth() <= allowance,
+                target: "peak memory does not grow with batch size",
+                evidence: format!(
+                    "growth over the idle process: {} at N = {}, {} at N = {}.",
+                    mib(smallest.growth()),
+                    smallest.workload.records,
+                    mib(largest.growth()),
+                    largest.workload.records
+                ),
+            });
+        }
+        if let Some(widest) = self.memory.iter().max_by_key(|r| r.in_flight_bytes()) {
+            let ratio = widest.growth() as f64 / widest.in_flight_bytes() as f64;
+            verdicts.push(Verdict {
+                met: ratio <= 1.5,
+                target: "archiving does not hold a payload twice (growth ≤ 1.5 × bytes in flight)",
+                evidence: format!(
+                    "{} × {} at concurrency {}: {} in flight, growth {} ({ratio:.2}×).",
+                    widest.workload.records,
+                    size(widest.payload_bytes_actual),
+                    widest.workload.concurrency,
+                    mib(widest.in_flight_bytes()),
+                    mib(widest.growth())
+                ),
+            });
+        }
+        if !self.cold_starts.is_empty() {
+            let median = median(self.cold_starts.iter().map(|(d, _)| *d).collect());
+            verdicts.push(Verdict {
+                met: median < Duration::from_millis(50),
+                target: "init under 50 ms (median)",
+                evidence: format!(
+                    "median {} over {} cold starts.",
+                    ms(median),
+                    self.cold_starts.len()
+                ),
+            });
+        }
+        let per_mb = |run: &Run| run.cpu_ms_per_mb();
+        if let (Some(small), Some(large)) = (
+            self.by_batch_size.iter().max_by_key(|r| r.workload.records),
+            self.memory.iter().max_by_key(|r| r.payload_bytes_actual),
+        ) {
+            verdicts.push(Verdict {
+                met: per_mb(small) <= 2.0 * per_mb(large),
+                target: "CPU dominated by bytes moved (CPU per MB at 100 KB payloads ≤ 2× that at the largest payloads)",
+                evidence: format!(
+                    "{:.1} ms/MB at {}, {:.1} ms/MB at {}.",
+                    per_mb(small),
+                    size(small.payload_bytes_actual),
+                    per_mb(large),
+                    size(large.payload_bytes_actual)
+                ),
+            });
+        }
+        verdicts
+    }
+
+    fn wall_time_section(&self, out: &mut String) {
+        let Some(first) = self.by_batch_size.first() else {
+            return;
+        };
+        let w = &first.workload;
+        let _ = writeln!(
+            out,
+            "### Batch wall time\n\n{} payloads of {}, {} fetch latency, concurrency {}, \
+             archived to S3. Wall time is from the event handed out on `next` to the \
+             response; the median of the measured invocations after one warm-up.\n",
+            w.sinks.label(),
+            size(first.payload_bytes_actual),
+            ms(w.latency),
+            w.concurrency
+        );
+        let _ = writeln!(
+            out,
+            "| Records | Invocations | I/O lower bound | Wall time | × lower bound | CPU per record | CPU per MB | Peak RSS |\n|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for run in &self.by_batch_size {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {:.2} | {} | {:.1} ms | {} |",
+                run.workload.records,
+                run.walls.len(),
+                ms(run.workload.io_lower_bound()),
+                ms(run.median_wall()),
+                run.times_lower_bound(),
+                micros(run.cpu_per_record()),
+                run.cpu_ms_per_mb(),
+                mib(run.peak_rss)
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    fn memory_section(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "### Peak memory\n\nPeak RSS (VmHWM) of the handler over a warm-up and the measured \
+             invocations; growth is over the idle process after init. In flight is \
+             min(concurrency, records) × payload size.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| Records × payload | Concurrency | In flight | RSS after init | Peak RSS | Growth | Growth ÷ in flight |\n|---|---:|---:|---:|---:|---:|---:|"
+        );
+        for run in self.by_batch_size.iter().chain(&self.memory) {
+            let _ = writeln!(
+                out,
+                "| {} × {} | {} | {} | {} | {} | {} | {:.2} |",
+                run.workload.records,
+                size(run.payload_bytes_actual),
+                run.workload.concurrency,
+                mib(run.in_flight_bytes()),
+                mib(run.rss_after_init),
+                mib(run.peak_rss),
+                mib(run.growth()),
+                run.growth() as f64 / run.in_flight_bytes() as f64
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    fn dynamodb_section(&self, out: &mut String) {
+        if self.dynamodb.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "### DynamoDB path\n\nEach payload is one activity record, projected into one item \
+             (a native map of the record) and written with a conditional `PutItem`.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| Sinks | Records × payload | Fetch latency | Concurrency | Wall time | Records/s | Items/s | CPU per record | Peak RSS |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for run in &self.dynamodb {
+            let items_per_batch = run.received.items as f64 / (run.walls.len() + 1) as f64;
+            let _ = writeln!(
+                out,
+                "| {} | {} × {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |",
+                run.workload.sinks.label(),
+                run.workload.records,
+                size(run.payload_bytes_actual),
+                ms(run.workload.latency),
+                run.workload.concurrency,
+                ms(run.median_wall()),
+                run.records_per_second(),
+                items_per_batch / run.median_wall().as_secs_f64(),
+                micros(run.cpu_per_record()),
+                mib(run.peak_rss)
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    fn cold_start_section(&self, out: &mut String) {
+        if self.cold_starts.is_empty() {
+            return;
+        }
+        let durations: Vec<Duration> = self.cold_starts.iter().map(|(d, _)| *d).collect();
+        let fastest = durations.iter().min().copied().unwrap_or_default();
+        let slowest = durations.iter().max().copied().unwrap_or_default();
+        let rss = median(self.cold_starts.iter().map(|(_, r)| *r).collect());
+        let _ = writeln!(
+            out,
+            "### Cold start\n\nProcess start to the first `next` request, with S3 and DynamoDB \
+             configured (config validated, every client built).\n\n\
+             | Runs | Fastest | Median | Slowest | RSS at first `next` |\n|---:|---:|---:|---:|---:|\n\
+             | {} | {} | {} | {} | {} |\n",
+            durations.len(),
+            ms(fastest),
+            ms(median(durations.clone())),
+            ms(slowest),
+            mib(rss)
+        );
+    }
+
+    fn binary_section(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "### Binary size\n\nThe `bootstrap` files `cargo lambda build --release` makes \
+             (what `sam build` packages).\n\n| Binary | Size | Stripped |\n|---|---:|---|"
+        );
+        for (name, path) in &self.binaries {
+            let (bytes, stripped) = match std::fs::read(path) {
+                Ok(contents) => (contents.len() as u64, !has_symbol_table(&contents)),
+                Err(_) => continue,
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {} | {} |",
+                mib(bytes),
+                if stripped { "yes" } else { "no" }
+            );
+        }
+        let _ = writeln!(out);
+    }
+}
+
+/// Replaces the results between the markers in `existing`, or appends them.
+pub fn splice(existing: &str, results: &str) -> String {
+    match (existing.find(START_MARKER), existing.find(END_MARKER)) {
+        (Some(start), Some(end)) if start < end => format!(
+            "{}{}{}",
+            &existing[..start],
+            results.trim_end_matches('\n'),
+            &existing[end + END_MARKER.len()..]
+        ),
+        _ => format!("{}\n\n{results}", existing.trim_end()),
+    }
+}
+
+/// An ELF file names its sections in `.shstrtab`; a stripped one has no
+/// `.symtab` among them.
+fn has_symbol_table(elf: &[u8]) -> bool {
+    elf.windows(8).any(|w| w == b".symtab\0")
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split(':').nth(1))
+        .map_or("unknown CPU".to_owned(), |m| m.trim().to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or("unknown".to_owned(), |kb| {
+            format!("{:.0} GiB", kb as f64 / (1024.0 * 1024.0))
+        });
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or("unknown".to_owned(), |k| k.trim().to_owned());
+    let commit = command("git", &["rev-parse", "--short", "HEAD"]);
+    let dirty = !command("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    format!(
+        "Measured {} at commit {commit}{} on {cpu}, {cores} cores, {memory} memory, Linux {kernel}; {}.",
+        command("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        },
+        command("rustc", &["--version"]),
+    )
+}
+
+fn command(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok())
+        .map(|text| text.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn median<T: Ord + Copy + Default>(mut values: Vec<T>) -> T {
+    values.sort();
+    values.get(values.len() / 2).copied().unwrap_or_default()
+}
+
+fn ms(duration: Duration) -> String {
+    format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
+}
+
+fn micros(duration: Duration) -> String {
+    format!("{:.0} µs", duration.as_secs_f64() * 1_000_000.0)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MB as f64)
+}
+
+fn size(bytes: usize) -> String {
+    if bytes >= MB {
+        format!("{:.0} MB", bytes as f64 / MB as f64)
+    } else {
+        format!("{:.0} KB", bytes as f64 / KB as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splice_replaces_only_the_results() {
+        let existing = format!("# Head\n\n{START_MARKER}\nold\n{END_MARKER}\n\n## Analysis\n");
+        let new = format!("{START_MARKER}\nnew\n{END_MARKER}\n");
+        assert_eq!(
+            splice(&existing, &new),
+            format!("# Head\n\n{START_MARKER}\nnew\n{END_MARKER}\n\n## Analysis\n")
+        );
+        assert_eq!(
+            splice("# Head\n", &new),
+            format!("# Head\n\n{START_MARKER}\nnew\n{END_MARKER}\n")
+        );
+    }
+}
