@@ -45,6 +45,7 @@ impl App {
     /// named in the log, before any event is taken.
     pub async fn start() -> Self {
         lambda_runtime::tracing::init_default_subscriber();
+        release_large_buffers_when_freed();
         match Self::from_env().await {
             Ok(app) => app,
             Err(error) => {
@@ -151,6 +152,24 @@ impl App {
         BatchLimits {
             concurrency: self.concurrency,
             cutoff: cutoff_before(event.context.deadline()),
+        }
+    }
+}
+
+/// Payload buffers are large and short-lived. By default glibc raises its mmap
+/// threshold to the largest buffer freed so far, after which such buffers come
+/// from per-thread heaps that keep them once freed: peak memory grew with the
+/// threads that had held a payload (3.2x one 20 MB payload at concurrency 1;
+/// see BENCHMARKS.md). A fixed threshold gives every buffer over 1 MiB back to
+/// the system when it is freed.
+fn release_large_buffers_when_freed() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const LARGE_BUFFER: libc::c_int = 1024 * 1024;
+        // SAFETY: mallopt only sets an allocator parameter; it takes the
+        // allocator's own locks and may be called at any time.
+        if unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE_BUFFER) } != 1 {
+            tracing::warn!("could not set the allocator's mmap threshold");
         }
     }
 }

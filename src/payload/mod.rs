@@ -9,9 +9,10 @@ mod keys;
 
 use std::borrow::Cow;
 use std::fmt;
+use std::marker::PhantomData;
 
 use serde::Deserialize;
-use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 use crate::message::json_error_position;
@@ -56,7 +57,7 @@ impl Classify for PayloadError {
     }
 }
 
-/// The fields the summary needs; everything else is walked by [`Checked`].
+/// The fields the summary needs; everything else is skipped as `Skip`.
 #[derive(Default)]
 struct Envelope {
     kind: Option<Value>,
@@ -65,34 +66,39 @@ struct Envelope {
     reference_id: Option<Value>,
 }
 
-impl<'de> Deserialize<'de> for Envelope {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct EnvelopeVisitor;
-        impl<'de> Visitor<'de> for EnvelopeVisitor {
-            type Value = Envelope;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
-                let mut envelope = Envelope::default();
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    let slot = match key.as_ref() {
-                        "type" => &mut envelope.kind,
-                        "user" => &mut envelope.user,
-                        "new_user" => &mut envelope.new_user,
-                        "reference_id" => &mut envelope.reference_id,
-                        _ => {
-                            map.next_value::<Checked>()?;
-                            continue;
-                        }
-                    };
-                    *slot = Some(map.next_value()?);
-                }
-                Ok(envelope)
-            }
-        }
-        deserializer.deserialize_map(EnvelopeVisitor)
+struct EnvelopeVisitor<Skip>(PhantomData<Skip>);
+
+impl<'de, Skip: Deserialize<'de>> Visitor<'de> for EnvelopeVisitor<Skip> {
+    type Value = Envelope;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
     }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Envelope, A::Error> {
+        let mut envelope = Envelope::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match key.as_ref() {
+                "type" => &mut envelope.kind,
+                "user" => &mut envelope.user,
+                "new_user" => &mut envelope.new_user,
+                "reference_id" => &mut envelope.reference_id,
+                _ => {
+                    map.next_value::<Skip>()?;
+                    continue;
+                }
+            };
+            *slot = Some(map.next_value()?);
+        }
+        Ok(envelope)
+    }
+}
+
+/// Reads the envelope of a whole JSON document, skipping the other fields
+/// as `Skip`.
+fn read_envelope<'de, Skip: Deserialize<'de>>(body: &'de [u8]) -> serde_json::Result<Envelope> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let envelope = deserializer.deserialize_map(EnvelopeVisitor::<Skip>(PhantomData))?;
+    deserializer.end()?;
+    Ok(envelope)
 }
 
 /// Any JSON value, checked exactly as parsing it into a `serde_json::Value`
@@ -150,17 +156,24 @@ pub fn inspect(body: &[u8]) -> Result<PayloadSummary, PayloadError> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(PayloadError::NotJson("not a JSON object".into()));
     }
-    // The skipped fields are walked without checking their text or depth,
-    // so both are checked here, before anything else parses the payload:
-    // what the archive accepts, every sink can parse.
+    // serde_json skips fields without checking their text, their depth, or
+    // that their numbers fit an f64, all of which a sink parsing the payload
+    // would trip on: what the archive accepts, every sink can parse. UTF-8
+    // and depth are checked here; the rare payload whose numbers or escapes
+    // could fail a full parse is walked the slow way, by [`Checked`].
     if let Err(error) = std::str::from_utf8(body) {
         return Err(PayloadError::NotUtf8(error.valid_up_to()));
     }
-    if nesting_exceeds(body, MAX_NESTING) {
+    let scan = scan(body, MAX_NESTING);
+    if scan.too_deep {
         return Err(PayloadError::TooDeep { limit: MAX_NESTING });
     }
-    let envelope: Envelope =
-        serde_json::from_slice(body).map_err(|e| PayloadError::NotJson(json_error_position(&e)))?;
+    let envelope = if scan.needs_full_checks {
+        read_envelope::<Checked>(body)
+    } else {
+        read_envelope::<IgnoredAny>(body)
+    }
+    .map_err(|e| PayloadError::NotJson(json_error_position(&e)))?;
     let event_type = match envelope.kind {
         Some(Value::String(kind)) if !kind.is_empty() => kind,
         _ => return Err(PayloadError::MissingType),
@@ -184,35 +197,72 @@ pub fn inspect(body: &[u8]) -> Result<PayloadSummary, PayloadError> {
     })
 }
 
-/// Whether brackets outside strings nest deeper than `limit`. Only depth is
-/// judged; the JSON parse that follows judges validity.
-fn nesting_exceeds(body: &[u8], limit: usize) -> bool {
+/// What one pass over the bytes finds. Only valid JSON is judged correctly;
+/// the parse that follows rejects the rest.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Scan {
+    /// Brackets outside strings nest deeper than the limit.
+    too_deep: bool,
+    /// A `\u` escape (a lone surrogate fails a full parse), a number with an
+    /// exponent, or one of [`LONG_NUMBER`] digits or more (either may be out
+    /// of an f64's range).
+    needs_full_checks: bool,
+}
+
+/// Digits from which an integer may exceed an f64 (about 1.8e308).
+const LONG_NUMBER: usize = 300;
+
+fn scan(body: &[u8], limit: usize) -> Scan {
+    let mut found = Scan::default();
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &byte in body {
-        if in_string {
-            match (escaped, byte) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let mut digits = 0usize;
+    let mut at = 0;
+    while let Some(&byte) = body.get(at) {
+        at += 1;
+        let after_digit = digits > 0;
+        digits = if byte.is_ascii_digit() { digits + 1 } else { 0 };
         match byte {
-            b'"' => in_string = true,
+            b'"' => {
+                // Most of a payload is string contents: jump through them.
+                at = match string_end(&body[at..], &mut found) {
+                    Some(length) => at + length,
+                    None => body.len(),
+                };
+            }
             b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {
-                    return true;
+                    found.too_deep = true;
+                    return found;
                 }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
+            b'e' | b'E' if after_digit => found.needs_full_checks = true,
+            _ if digits >= LONG_NUMBER => found.needs_full_checks = true,
             _ => {}
         }
     }
-    false
+    found
+}
+
+/// The length of a string's contents and closing quote, given the bytes after
+/// its opening quote; `None` when it never closes.
+fn string_end(rest: &[u8], found: &mut Scan) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        at += memchr::memchr2(b'"', b'\\', &rest[at..])?;
+        if rest[at] == b'"' {
+            return Some(at + 1);
+        }
+        // An escape: the backslash and the character it escapes.
+        if rest.get(at + 1) == Some(&b'u') {
+            found.needs_full_checks = true;
+        }
+        at += 2;
+        if at >= rest.len() {
+            return None;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +288,35 @@ mod tests {
         assert!(
             inspect(br#"{"type":"activity","data":[{"d":1.5e300,"n":null,"t":true}]}"#).is_ok()
         );
+    }
+
+    #[test]
+    fn refuses_lone_surrogates_no_sink_could_parse_even_in_skipped_fields() {
+        let body = br#"{"type":"activity","data":[{"name":"\ud800"}]}"#;
+        assert!(serde_json::from_slice::<Value>(body).is_err());
+        assert!(matches!(inspect(body), Err(PayloadError::NotJson(_))));
+        assert!(
+            inspect(br#"{"type":"activity","data":[{"name":"caf\u00e9 \ud83d\ude00"}]}"#).is_ok()
+        );
+    }
+
+    #[test]
+    fn only_numbers_and_escapes_that_could_fail_a_full_parse_need_full_checks() {
+        let needs_full_checks = |body: &str| scan(body.as_bytes(), MAX_NESTING).needs_full_checks;
+        for risky in [
+            r#"{"d":1e5}"#,
+            r#"{"d":[1.5E-7]}"#,
+            r#"{"s":"\u0041"}"#,
+            &format!(r#"{{"n":{}}}"#, "9".repeat(LONG_NUMBER)),
+        ] {
+            assert!(needs_full_checks(risky), "{risky}");
+        }
+        for plain in [
+            r#"{"t":true,"f":false,"n":null,"x":-12.5,"s":"1e400 \" \\u0041"}"#,
+            &format!(r#"{{"n":{}}}"#, "9".repeat(LONG_NUMBER - 1)),
+        ] {
+            assert!(!needs_full_checks(plain), "{plain}");
+        }
     }
 
     #[test]

@@ -116,8 +116,15 @@ fn sent_time(sent_at_ms: u64) -> String {
         .unwrap_or_else(|| sent_at_ms.to_string())
 }
 
-/// Plans the items for one payload. `payload` is the whole Terra event.
-pub fn plan(payload: &Value, sent_at_ms: u64) -> Vec<PlannedItem> {
+/// Plans the items for one payload. `payload` is the whole Terra event; its
+/// records move into the items rather than being copied (they can be large).
+pub fn plan(mut payload: Value, sent_at_ms: u64) -> Vec<PlannedItem> {
+    let user_id = user_text(payload.get("user").filter(|u| u.is_object()), "user_id");
+    let records = match (&user_id, payload.get_mut("data")) {
+        (Some(_), Some(Value::Array(records))) => Some(std::mem::take(records)),
+        _ => None,
+    };
+    let payload = &payload;
     let event_type = payload
         .get("type")
         .and_then(Value::as_str)
@@ -125,7 +132,6 @@ pub fn plan(payload: &Value, sent_at_ms: u64) -> Vec<PlannedItem> {
         .to_owned();
     let tag = type_tag(&event_type);
     let user = payload.get("user").filter(|u| u.is_object());
-    let user_id = user_text(user, "user_id");
     let base = |pk: String, sk: String, user: Option<&Value>, data: Value| PlannedItem {
         pk,
         sk,
@@ -143,19 +149,17 @@ pub fn plan(payload: &Value, sent_at_ms: u64) -> Vec<PlannedItem> {
         extra: Map::new(),
     };
 
-    if let (Some(user_id), Some(records)) =
-        (&user_id, payload.get("data").and_then(Value::as_array))
-    {
+    if let (Some(user_id), Some(records)) = (&user_id, records) {
         return records
-            .iter()
+            .into_iter()
             .enumerate()
             .map(|(index, record)| {
-                let id = record_key(&event_type, record).unwrap_or_else(|| stable_hash(record));
+                let id = record_key(&event_type, &record).unwrap_or_else(|| stable_hash(&record));
                 let mut item = base(
                     format!("USER#{}", key_part(user_id)),
                     format!("{tag}#{}", key_part(&id)),
                     user,
-                    record.clone(),
+                    record,
                 );
                 item.data_index = Some(index);
                 item
@@ -299,12 +303,12 @@ mod properties {
                 "type": event_type, "user": user,
                 "data": [{"metadata": {"summary_id": record_id, "start_time": record_id, "end_time": record_id}}]
             });
-            assert_valid_keys(&plan(&with_data, sent_at_ms))?;
+            assert_valid_keys(&plan(with_data.clone(), sent_at_ms))?;
             let lifecycle = json!({
                 "type": event_type, "user": user,
                 "old_user": {"user_id": record_id}, "new_user": user,
             });
-            assert_valid_keys(&plan(&lifecycle, sent_at_ms))?;
+            assert_valid_keys(&plan(lifecycle.clone(), sent_at_ms))?;
         }
     }
 }
@@ -347,7 +351,7 @@ mod tests {
             ("openapi_athlete.json", "ATHLETE"),
         ];
         for (name, sk) in cases {
-            let items = plan(&fixture(name), SENT);
+            let items = plan(fixture(name), SENT);
             assert_eq!(keys(&items), [key(USER, sk)], "{name}");
             let item = &items[0];
             assert_eq!(item.provider.as_deref(), Some("GARMIN"), "{name}");
@@ -364,17 +368,17 @@ mod tests {
         let user = json!({"user_id": "u1", "provider": "OURA"});
         let hormone = json!({"type": "hormone", "user": user, "data": [{"timestamp": "2026-07-01T08:00:00Z", "lh": 3}]});
         assert_eq!(
-            keys(&plan(&hormone, SENT)),
+            keys(&plan(hormone.clone(), SENT)),
             [key("USER#u1", "HORMONE#2026-07-01T08:00:00Z")]
         );
         let workout = json!({"type": "planned_workout", "user": user, "data": [{"planned_workout_id": "pw-9"}]});
         assert_eq!(
-            keys(&plan(&workout, SENT)),
+            keys(&plan(workout.clone(), SENT)),
             [key("USER#u1", "PLANNED_WORKOUT#pw-9")]
         );
         let observation = json!({"type": "health_observation", "user": user, "data": [{"metadata": {"summary_id": "s1"}}]});
         assert_eq!(
-            keys(&plan(&observation, SENT)),
+            keys(&plan(observation.clone(), SENT)),
             [key("USER#u1", "HEALTH_OBSERVATION#s1")]
         );
     }
@@ -383,7 +387,7 @@ mod tests {
     fn unknown_types_and_records_without_identity_are_hashed_not_dropped() {
         let payload =
             json!({"type": "glucose", "user": {"user_id": "u1"}, "data": [{"v": 1}, {"v": 2}]});
-        let items = plan(&payload, SENT);
+        let items = plan(payload.clone(), SENT);
         assert_eq!(items.len(), 2);
         assert!(
             items
@@ -392,18 +396,18 @@ mod tests {
         );
         assert_ne!(items[0].sk, items[1].sk);
         assert_eq!(
-            plan(&payload, SENT + 1)[0].sk,
+            plan(payload.clone(), SENT + 1)[0].sk,
             items[0].sk,
             "stable across deliveries"
         );
         let activity =
             json!({"type": "activity", "user": {"user_id": "u1"}, "data": [{"metadata": {}}]});
-        assert!(plan(&activity, SENT)[0].sk.starts_with("ACTIVITY#"));
+        assert!(plan(activity.clone(), SENT)[0].sk.starts_with("ACTIVITY#"));
     }
 
     #[test]
     fn lifecycle_events_write_an_event_and_the_profile() {
-        let items = plan(&fixture("openapi_auth__authSuccess.json"), SENT);
+        let items = plan(fixture("openapi_auth__authSuccess.json"), SENT);
         assert_eq!(
             keys(&items),
             [
@@ -418,16 +422,16 @@ mod tests {
         assert_eq!(profile.extra["last_event_type"], "auth");
 
         for name in ["openapi_deauth.json", "openapi_access_revoked.json"] {
-            let items = plan(&fixture(name), SENT);
+            let items = plan(fixture(name), SENT);
             assert_eq!(items[1].extra["active"], false, "{name}");
         }
-        let connection = plan(&fixture("openapi_connection_error.json"), SENT);
+        let connection = plan(fixture("openapi_connection_error.json"), SENT);
         assert_eq!(connection[1].extra["active"], true);
     }
 
     #[test]
     fn reauth_creates_the_new_profile_and_retires_the_old() {
-        let items = plan(&fixture("openapi_user_reauth.json"), SENT);
+        let items = plan(fixture("openapi_user_reauth.json"), SENT);
         let new = "USER#9c8b7a65-4321-4fed-a0b9-87c6d5e4f321";
         assert_eq!(
             keys(&items),
@@ -451,7 +455,7 @@ mod tests {
             "openapi_auth__authCancelled.json",
             "openapi_lab_report__completed.json",
         ] {
-            let items = plan(&fixture(name), SENT);
+            let items = plan(fixture(name), SENT);
             assert_eq!(items.len(), 1, "{name}");
             assert_eq!(items[0].pk, NO_USER_PK, "{name}");
             assert!(
@@ -459,7 +463,7 @@ mod tests {
                 "{name}"
             );
         }
-        let cancelled = plan(&fixture("openapi_auth__authCancelled.json"), SENT);
+        let cancelled = plan(fixture("openapi_auth__authCancelled.json"), SENT);
         assert_eq!(cancelled[0].reference_id.as_deref(), Some("your-user-123"));
     }
 }

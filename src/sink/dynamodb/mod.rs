@@ -71,7 +71,7 @@ impl DynamoDbSink {
     /// archive, moving on only when DynamoDB rejects the item itself.
     async fn write_item(
         &self,
-        item: PlannedItem,
+        mut item: PlannedItem,
         delivery: &Delivery,
         received_at: u64,
     ) -> Result<Put, SinkError> {
@@ -84,7 +84,8 @@ impl DynamoDbSink {
         for form in [RecordForm::Map, RecordForm::Gzip, RecordForm::Pointer] {
             let record = match form {
                 RecordForm::Map if record_json.len() <= MAP_FORM_MAX_JSON => {
-                    vec![("data", to_attribute(&item.data))]
+                    // Tried once, first: the record can move into it.
+                    vec![("data", to_attribute(item.data.take()))]
                 }
                 RecordForm::Map => continue,
                 RecordForm::Gzip => {
@@ -232,23 +233,23 @@ fn common_attributes(
         AttributeValue::N(received_at.to_string()),
     );
     for (name, value) in &item.extra {
-        attributes.insert(name.clone(), to_attribute(value));
+        attributes.insert(name.clone(), to_attribute(value.clone()));
     }
     attributes
 }
 
 /// JSON to DynamoDB's native types: objects become maps, arrays lists.
-pub fn to_attribute(value: &Value) -> AttributeValue {
+pub fn to_attribute(value: Value) -> AttributeValue {
     match value {
         Value::Null => AttributeValue::Null(true),
-        Value::Bool(b) => AttributeValue::Bool(*b),
+        Value::Bool(b) => AttributeValue::Bool(b),
         Value::Number(n) => AttributeValue::N(n.to_string()),
-        Value::String(s) => AttributeValue::S(s.clone()),
-        Value::Array(items) => AttributeValue::L(items.iter().map(to_attribute).collect()),
+        Value::String(s) => AttributeValue::S(s),
+        Value::Array(items) => AttributeValue::L(items.into_iter().map(to_attribute).collect()),
         Value::Object(fields) => AttributeValue::M(
             fields
-                .iter()
-                .map(|(k, v)| (k.clone(), to_attribute(v)))
+                .into_iter()
+                .map(|(k, v)| (k, to_attribute(v)))
                 .collect(),
         ),
     }
@@ -282,7 +283,7 @@ impl Sink for DynamoDbSink {
         // Building the full tree of a large payload is CPU work: keep it off the
         // threads that drive I/O.
         let planned = tokio::task::spawn_blocking(move || {
-            serde_json::from_slice::<Value>(&payload).map(|payload| plan(&payload, sent_at_ms))
+            serde_json::from_slice::<Value>(&payload).map(|payload| plan(payload, sent_at_ms))
         })
         .await
         .map_err(|e| transient(format!("planning task failed: {e}")))?
@@ -330,6 +331,6 @@ mod tests {
     #[test]
     fn attributes_round_trip_json() {
         let value = json!({"a": [1, 2.5, "x", null, true, {"b": []}], "c": {}, "d": "", "e": -3});
-        assert_eq!(from_attribute(&to_attribute(&value)), value);
+        assert_eq!(from_attribute(&to_attribute(value.clone())), value);
     }
 }
