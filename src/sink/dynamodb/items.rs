@@ -303,12 +303,12 @@ mod properties {
                 "type": event_type, "user": user,
                 "data": [{"metadata": {"summary_id": record_id, "start_time": record_id, "end_time": record_id}}]
             });
-            assert_valid_keys(&plan(with_data.clone(), sent_at_ms))?;
+            assert_valid_keys(&plan(with_data, sent_at_ms))?;
             let lifecycle = json!({
                 "type": event_type, "user": user,
                 "old_user": {"user_id": record_id}, "new_user": user,
             });
-            assert_valid_keys(&plan(lifecycle.clone(), sent_at_ms))?;
+            assert_valid_keys(&plan(lifecycle, sent_at_ms))?;
         }
     }
 }
@@ -368,17 +368,17 @@ mod tests {
         let user = json!({"user_id": "u1", "provider": "OURA"});
         let hormone = json!({"type": "hormone", "user": user, "data": [{"timestamp": "2026-07-01T08:00:00Z", "lh": 3}]});
         assert_eq!(
-            keys(&plan(hormone.clone(), SENT)),
+            keys(&plan(hormone, SENT)),
             [key("USER#u1", "HORMONE#2026-07-01T08:00:00Z")]
         );
         let workout = json!({"type": "planned_workout", "user": user, "data": [{"planned_workout_id": "pw-9"}]});
         assert_eq!(
-            keys(&plan(workout.clone(), SENT)),
+            keys(&plan(workout, SENT)),
             [key("USER#u1", "PLANNED_WORKOUT#pw-9")]
         );
         let observation = json!({"type": "health_observation", "user": user, "data": [{"metadata": {"summary_id": "s1"}}]});
         assert_eq!(
-            keys(&plan(observation.clone(), SENT)),
+            keys(&plan(observation, SENT)),
             [key("USER#u1", "HEALTH_OBSERVATION#s1")]
         );
     }
@@ -396,13 +396,13 @@ mod tests {
         );
         assert_ne!(items[0].sk, items[1].sk);
         assert_eq!(
-            plan(payload.clone(), SENT + 1)[0].sk,
+            plan(payload, SENT + 1)[0].sk,
             items[0].sk,
             "stable across deliveries"
         );
         let activity =
             json!({"type": "activity", "user": {"user_id": "u1"}, "data": [{"metadata": {}}]});
-        assert!(plan(activity.clone(), SENT)[0].sk.starts_with("ACTIVITY#"));
+        assert!(plan(activity, SENT)[0].sk.starts_with("ACTIVITY#"));
     }
 
     #[test]
