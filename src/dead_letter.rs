@@ -79,8 +79,7 @@ impl DeadLetterQueue for SqsDeadLetterQueue {
 
 /// FIFO deduplication ids allow at most 128 characters of a limited set.
 fn dedup_token(id: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(id.as_bytes()))
+    crate::payload::sha256_hex(id.as_bytes())
 }
 
 /// Sends every poison failure in `outcomes` to `queue` and marks it

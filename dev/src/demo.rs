@@ -359,16 +359,30 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
     }
 }
 
-/// The environment of a handler in these local runs: Lambda's variables,
-/// the stores at `store_endpoint` with the demo bucket, payload URLs on
-/// 127.0.0.1 over http, and quick fetch retries.
-pub fn local_function_env(runtime_api: SocketAddr, store_endpoint: &str) -> Vec<(String, String)> {
+/// What every local run of a handler shares: Lambda's variables, the stores
+/// at `store_endpoint`, and payload URLs allowed on 127.0.0.1 over http.
+/// No sink is configured.
+pub fn loopback_function_env(
+    runtime_api: SocketAddr,
+    store_endpoint: &str,
+) -> Vec<(String, String)> {
     let mut env = lambda_environment(runtime_api);
     for (name, value) in [
         ("AWS_ENDPOINT_URL", store_endpoint),
-        ("TERRA_S3_BUCKET", BUCKET),
         ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
         ("TERRA_ALLOW_INSECURE_URLS", "true"),
+    ] {
+        env.push((name.to_owned(), value.to_owned()));
+    }
+    env
+}
+
+/// The environment of a handler in the demo and fault runs: the loopback
+/// environment with the demo bucket, and quick fetch retries.
+pub fn local_function_env(runtime_api: SocketAddr, store_endpoint: &str) -> Vec<(String, String)> {
+    let mut env = loopback_function_env(runtime_api, store_endpoint);
+    for (name, value) in [
+        ("TERRA_S3_BUCKET", BUCKET),
         ("TERRA_FETCH_TIMEOUT_SECS", "2"),
         ("TERRA_FETCH_MAX_ATTEMPTS", "2"),
     ] {

@@ -18,6 +18,7 @@ use serde_json::Value;
 use crate::message::json_error_position;
 use crate::outcome::{Classify, FailureClass, Retry};
 
+pub(crate) use keys::sha256_hex;
 pub use keys::{ArchiveName, KeyPrefix, KeyPrefixError};
 
 /// What the sinks need to know about a payload besides its bytes.

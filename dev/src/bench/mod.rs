@@ -15,9 +15,10 @@ use serde_json::{Value, json};
 
 pub mod report;
 
+use crate::demo::loopback_function_env;
 use crate::null_store::{NullStore, Received};
 use crate::payload_server::{Behaviour, PayloadServer};
-use crate::runtime_api::{HandlerProcess, InvocationResult, RuntimeApi, lambda_environment};
+use crate::runtime_api::{HandlerProcess, InvocationResult, RuntimeApi};
 use crate::sqs_mapping::sqs_record;
 use crate::terra_simulator::large_activity;
 
@@ -80,10 +81,6 @@ impl Workload {
     pub fn io_lower_bound(&self) -> Duration {
         self.latency * self.records.div_ceil(self.concurrency) as u32
     }
-
-    fn payload_mb(&self) -> f64 {
-        (self.records * self.payload_bytes) as f64 / MB as f64
-    }
 }
 
 /// What one [`Workload`] measured.
@@ -124,7 +121,8 @@ impl Run {
     }
 
     pub fn cpu_ms_per_mb(&self) -> f64 {
-        self.cpu.as_secs_f64() * 1000.0 / (self.workload.payload_mb() * self.walls.len() as f64)
+        let measured_mb = (self.measured_records() * self.payload_bytes_actual) as f64 / MB as f64;
+        self.cpu.as_secs_f64() * 1000.0 / measured_mb
     }
 
     pub fn records_per_second(&self) -> f64 {
@@ -169,18 +167,11 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
         })
         .collect();
 
-    let mut env = bench_env(&runtime, &store);
+    let mut env = bench_env(&runtime, &store, workload.sinks);
     env.push((
         "TERRA_FETCH_CONCURRENCY".into(),
         workload.concurrency.to_string(),
     ));
-    env.extend(
-        workload
-            .sinks
-            .env()
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned())),
-    );
     let handler = HandlerProcess::spawn(handler, &env);
     wait_for_first_poll(&runtime, &handler).await;
     let rss_after_init = proc_status(handler.pid(), "VmRSS");
@@ -208,18 +199,18 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
     }
 }
 
-/// The function's configuration: every sink pointed at `store`, payload URLs
-/// allowed on loopback, and the log level a deployment has.
-fn bench_env(runtime: &RuntimeApi, store: &NullStore) -> Vec<(String, String)> {
-    let mut env = lambda_environment(runtime.addr);
-    for (name, value) in [
-        ("AWS_ENDPOINT_URL", store.endpoint().as_str()),
-        ("AWS_SESSION_TOKEN", "bench-session-token"),
-        ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
-        ("TERRA_ALLOW_INSECURE_URLS", "true"),
-    ] {
-        env.push((name.to_owned(), value.to_owned()));
-    }
+/// The function's configuration: `sinks` at `store`, payload URLs allowed on
+/// loopback, credentials as Lambda passes them (a session token included),
+/// and otherwise the defaults a deployment has.
+fn bench_env(runtime: &RuntimeApi, store: &NullStore, sinks: Sinks) -> Vec<(String, String)> {
+    let mut env = loopback_function_env(runtime.addr, &store.endpoint());
+    env.push(("AWS_SESSION_TOKEN".into(), "bench-session-token".into()));
+    env.extend(
+        sinks
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned())),
+    );
     env
 }
 
@@ -268,20 +259,13 @@ async fn wait_for_first_poll(runtime: &RuntimeApi, handler: &HandlerProcess) -> 
 }
 
 /// Cold start, `runs` times: process start to the first request for an
-/// event, with both sinks configured. The fastest run is the fairest figure
-/// on a shared machine; the median is reported too.
+/// event, with both sinks configured, and the RSS then.
 pub async fn cold_starts(handler: &str, runs: usize) -> Vec<(Duration, u64)> {
     let store = NullStore::start().await;
     let mut starts = Vec::new();
     for _ in 0..runs {
         let runtime = RuntimeApi::start().await;
-        let mut env = bench_env(&runtime, &store);
-        env.extend(
-            Sinks::S3AndDynamoDb
-                .env()
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned())),
-        );
+        let env = bench_env(&runtime, &store, Sinks::S3AndDynamoDb);
         let spawned = Instant::now();
         let handler = HandlerProcess::spawn(handler, &env);
         let polled = wait_for_first_poll(&runtime, &handler).await;

@@ -8,9 +8,10 @@
 use std::borrow::Cow;
 
 use serde_json::{Map, Value, json};
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+
+use crate::payload::sha256_hex;
 
 /// The partition for events that carry no user (e.g. `auth_cancelled`, lab reports).
 pub const NO_USER_PK: &str = "NO_USER";
@@ -73,10 +74,7 @@ fn key_part(text: &str) -> Cow<'_, str> {
     if text.len() <= MAX_KEY_PART {
         Cow::Borrowed(text)
     } else {
-        Cow::Owned(format!(
-            "sha256:{}",
-            hex::encode(Sha256::digest(text.as_bytes()))
-        ))
+        Cow::Owned(format!("sha256:{}", sha256_hex(text.as_bytes())))
     }
 }
 
@@ -98,7 +96,7 @@ fn type_tag(event_type: &str) -> String {
 /// A stable short hash of a JSON value (serde_json keeps object keys sorted).
 pub fn stable_hash(value: &Value) -> String {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
-    hex::encode(&Sha256::digest(&bytes)[..16])
+    sha256_hex(&bytes)[..32].to_owned()
 }
 
 fn user_text(user: Option<&Value>, field: &str) -> Option<String> {
