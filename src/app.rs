@@ -15,6 +15,7 @@ use crate::dead_letter::{self, DeadLetterQueue, SqsDeadLetterQueue};
 use crate::fetch::{ClientBuildError, Fetcher};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::redelivery::sqs::{Redelivery, SqsQueueControl};
 use crate::sink::{Archive, DynamoDbSink, S3Sink, Sink};
 use crate::source::kafka::{self, KafkaBatchResponse, KafkaEvent, ResponseMode};
 use crate::source::sqs;
@@ -36,6 +37,7 @@ pub struct App {
     concurrency: usize,
     kafka_response: ResponseMode,
     dead_letters: Option<Box<dyn DeadLetterQueue>>,
+    redelivery: Redelivery,
     metrics: Metrics,
 }
 
@@ -84,11 +86,9 @@ impl App {
                 table,
             )));
         }
+        let sqs = aws_sdk_sqs::Client::new(&aws);
         let dead_letters = config.kafka.dead_letter_queue_url.map(|queue_url| {
-            Box::new(SqsDeadLetterQueue::new(
-                aws_sdk_sqs::Client::new(&aws),
-                queue_url,
-            )) as Box<dyn DeadLetterQueue>
+            Box::new(SqsDeadLetterQueue::new(sqs.clone(), queue_url)) as Box<dyn DeadLetterQueue>
         });
         Ok(Self {
             pipeline: Arc::new(Pipeline::new(fetcher, archive, sinks)),
@@ -99,6 +99,7 @@ impl App {
                 ResponseMode::WholeBatch
             },
             dead_letters,
+            redelivery: Redelivery::new(Box::new(SqsQueueControl::new(sqs))),
             metrics: Metrics::new(config.metrics_namespace),
         })
     }
@@ -108,7 +109,28 @@ impl App {
         event: LambdaEvent<SqsEvent>,
     ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
         let items = sqs::decode(&event.payload);
-        let report = batch::run(Arc::clone(&self.pipeline), items, self.limits(&event)).await;
+        let limits = self.limits(&event);
+        let time_left = event
+            .context
+            .deadline()
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
+        let (report, ()) = tokio::join!(
+            batch::run(Arc::clone(&self.pipeline), items, limits),
+            self.redelivery.hold(&event.payload, time_left)
+        );
+        // The response reserve is all that is left: a return not timed by
+        // then falls back to the batch's hold.
+        let by = limits.cutoff + RESPONSE_RESERVE / 2;
+        if tokio::time::timeout_at(
+            by,
+            self.redelivery.schedule(&event.payload, &report.outcomes),
+        )
+        .await
+        .is_err()
+        {
+            tracing::warn!("SQS too slow to time the return of failed messages");
+        }
         report.log_summary();
         self.metrics
             .emit(&event.context.env_config.function_name, "sqs", &report);

@@ -66,12 +66,7 @@ impl Config {
                 1,
                 MAX_TIMEOUT_SECS,
             )?),
-            max_attempts: env.number(
-                "TERRA_FETCH_MAX_ATTEMPTS",
-                defaults.max_attempts,
-                1,
-                MAX_ATTEMPTS,
-            )?,
+            max_attempts: env.optional_number("TERRA_FETCH_MAX_ATTEMPTS", 1, MAX_ATTEMPTS)?,
             max_payload_bytes: env.number(
                 "TERRA_MAX_PAYLOAD_BYTES",
                 defaults.max_payload_bytes,
@@ -172,11 +167,23 @@ impl<F: Fn(&str) -> Option<Result<String, ()>>> Env<'_, F> {
     where
         T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
     {
+        Ok(self.optional_number(var, min, max)?.unwrap_or(default))
+    }
+
+    fn optional_number<T>(
+        &self,
+        var: &'static str,
+        min: T,
+        max: T,
+    ) -> Result<Option<T>, ConfigError>
+    where
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+    {
         let Some(raw) = self.text(var)? else {
-            return Ok(default);
+            return Ok(None);
         };
         match raw.parse::<T>() {
-            Ok(n) if n >= min && n <= max => Ok(n),
+            Ok(n) if n >= min && n <= max => Ok(Some(n)),
             _ => Err(invalid(
                 var,
                 format!("expected a whole number from {min} to {max}, got {raw:?}"),
@@ -369,7 +376,7 @@ mod tests {
             config.fetch,
             FetchSettings {
                 timeout: Duration::from_secs(3),
-                max_attempts: 2,
+                max_attempts: Some(2),
                 max_payload_bytes: 1000
             }
         );

@@ -21,5 +21,6 @@ pub mod metrics;
 pub mod outcome;
 pub mod payload;
 pub mod pipeline;
+pub mod redelivery;
 pub mod sink;
 pub mod source;

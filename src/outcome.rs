@@ -70,6 +70,13 @@ impl fmt::Display for Retry {
 pub trait Classify: fmt::Display {
     fn class(&self) -> FailureClass;
     fn retry(&self) -> Retry;
+    /// Whether the record itself is the cause, rather than the deployment
+    /// (a missing permission or table) or a passing fault. Every class but
+    /// `sink` is about the record; a sink says so when a store refused the
+    /// record's content.
+    fn record_at_fault(&self) -> bool {
+        self.class() != FailureClass::Sink
+    }
 }
 
 /// A classified record failure. `message` never holds a URL query string or
@@ -80,6 +87,8 @@ pub struct RecordFailure {
     pub class: FailureClass,
     pub retry: Retry,
     pub message: String,
+    /// See [`Classify::record_at_fault`].
+    pub record_at_fault: bool,
 }
 
 impl RecordFailure {
@@ -88,19 +97,25 @@ impl RecordFailure {
             class,
             retry,
             message: message.into(),
+            record_at_fault: class != FailureClass::Sink,
         }
     }
 
     pub fn from_error<E: Classify + ?Sized>(error: &E) -> Self {
-        Self::new(error.class(), error.retry(), error.to_string())
+        Self {
+            record_at_fault: error.record_at_fault(),
+            ..Self::new(error.class(), error.retry(), error.to_string())
+        }
     }
 
     /// The record itself can never succeed: expired, malformed, refused, too
-    /// large. A permanent sink failure (access denied, missing table) is a
-    /// fault of the deployment, not of the record, so it is not poison: it
-    /// must block and alarm until fixed rather than set records aside.
+    /// large, or refused by every configured store (too large for DynamoDB
+    /// with no archive to point to). Any other permanent sink failure (access
+    /// denied, missing table) is a fault of the deployment, not of the record,
+    /// so it is not poison: it must block and alarm until fixed rather than
+    /// set records aside.
     pub fn is_poison(&self) -> bool {
-        self.retry == Retry::Permanent && self.class != FailureClass::Sink
+        self.retry == Retry::Permanent && self.record_at_fault
     }
 }
 
@@ -200,5 +215,17 @@ mod tests {
         }
         assert!(!failure(FailureClass::Sink, Retry::Permanent).is_poison());
         assert!(!failure(FailureClass::Deferred, Retry::Transient).is_poison());
+        let refused_by_store = crate::sink::SinkError {
+            sink: "dynamodb",
+            retry: Retry::Permanent,
+            message: "record over 400 KB even compressed".into(),
+            record_at_fault: true,
+        };
+        assert!(RecordFailure::from_error(&refused_by_store).is_poison());
+        let denied = crate::sink::SinkError {
+            record_at_fault: false,
+            ..refused_by_store
+        };
+        assert!(!RecordFailure::from_error(&denied).is_poison());
     }
 }

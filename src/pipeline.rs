@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -11,10 +12,13 @@ use tracing::Instrument;
 use crate::batch::RecordProcessor;
 use crate::fetch::{FetchDeadlines, FetchError, Fetcher, RedactedUrl};
 use crate::message::{self, PayloadPointer, TerraMessage};
-use crate::outcome::{Classify, FailureClass, FetchTiming, Outcome, RecordFailure, Written};
+use crate::outcome::{Classify, FailureClass, FetchTiming, Outcome, RecordFailure, Retry, Written};
 use crate::payload::{self, ArchiveName};
-use crate::sink::{Archive, ArchivedObject, Delivery, Sink};
+use crate::sink::{Archive, ArchiveWrite, ArchivedObject, Delivery, Sink, SinkError};
 use crate::source::InboundRecord;
+
+const STORE_FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const STORE_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Pipeline {
     fetcher: Fetcher,
@@ -80,11 +84,20 @@ impl Pipeline {
             archived: obtained.archived,
         };
         if let (Some(archive), false) = (&self.archive, recovered) {
-            delivery.archived = Some(archive.store(&delivery).await?);
+            let stored = until_stored(give_up_at, || archive.store(&delivery)).await?;
+            if let ArchiveWrite::NewerHeld(object) = &stored {
+                tracing::info!(
+                    object = %object.key,
+                    "a later send is archived under this name; it stays"
+                );
+            }
+            delivery.archived = stored.this_send();
         }
         let mut stale_items = 0;
         for sink in &self.sinks {
-            stale_items += sink.write(&delivery).await?.items_stale;
+            stale_items += until_stored(give_up_at, || sink.write(&delivery))
+                .await?
+                .items_stale;
         }
         tracing::debug!(
             event_type = %delivery.summary.event_type,
@@ -144,7 +157,7 @@ impl Pipeline {
         };
         if error.class() == FailureClass::Expired
             && let Some(archive) = &self.archive
-            && let Some((payload, archived)) = archive.retrieve(name).await?
+            && let Some((payload, archived)) = archive.retrieve(name, sent_at_ms).await?
         {
             tracing::info!(reason = %error, "URL unusable; continuing from the archived copy");
             return Ok(Obtained {
@@ -155,6 +168,36 @@ impl Pipeline {
             });
         }
         Err(error.into())
+    }
+}
+
+/// Retries a store's transient failures with backoff while the invocation
+/// has time, so a short outage costs no redelivery, and a Kafka partition
+/// (retried by its mapping at once) spends its retry attempts over time
+/// rather than in a burst.
+async fn until_stored<T, F, Fut>(give_up_at: Instant, mut write: F) -> Result<T, SinkError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, SinkError>>,
+{
+    let mut backoff = ExponentialBuilder::default()
+        .with_min_delay(STORE_FIRST_BACKOFF)
+        .with_max_delay(STORE_MAX_BACKOFF)
+        .with_jitter()
+        .without_max_times()
+        .build();
+    loop {
+        match write().await {
+            Err(error) if error.retry == Retry::Transient => {
+                let delay = backoff.next().unwrap_or(STORE_MAX_BACKOFF);
+                if Instant::now() + delay >= give_up_at {
+                    return Err(error);
+                }
+                tracing::debug!(%error, delay_ms = delay.as_millis() as u64, "retrying store write");
+                tokio::time::sleep(delay).await;
+            }
+            done => return done,
+        }
     }
 }
 

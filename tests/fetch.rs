@@ -26,7 +26,7 @@ fn fetcher(settings: FetchSettings) -> Fetcher {
 fn quick() -> FetchSettings {
     FetchSettings {
         timeout: Duration::from_secs(2),
-        max_attempts: 3,
+        max_attempts: Some(3),
         max_payload_bytes: 64 * 1024,
     }
 }
@@ -164,7 +164,7 @@ async fn slow_servers_time_out_and_deadlines_stop_retries() {
     );
     let settings = FetchSettings {
         timeout: Duration::from_millis(300),
-        max_attempts: 2,
+        max_attempts: Some(2),
         ..quick()
     };
     let error = fetcher(settings.clone())
@@ -279,7 +279,7 @@ async fn hostile_bodies_end_in_bounded_classified_failures() {
     let server = PayloadServer::start().await;
     let settings = FetchSettings {
         timeout: Duration::from_millis(500),
-        max_attempts: 2,
+        max_attempts: Some(2),
         ..quick()
     };
     let cases = [

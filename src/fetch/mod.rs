@@ -24,10 +24,14 @@ pub use url_policy::{HostPattern, PolicyViolation, UrlPolicy, is_public};
 /// Fetch limits, from configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchSettings {
-    /// Connect timeout and whole-attempt timeout (`TERRA_FETCH_TIMEOUT_SECS`).
+    /// Longest wait to connect, for the response headers, and for the next
+    /// piece of the body (`TERRA_FETCH_TIMEOUT_SECS`). A body that keeps
+    /// coming is bounded by the deadline and the size limit, not by this.
     pub timeout: Duration,
-    /// Attempts per payload, the first included (`TERRA_FETCH_MAX_ATTEMPTS`).
-    pub max_attempts: u32,
+    /// At most this many attempts per payload in one invocation, the first
+    /// included (`TERRA_FETCH_MAX_ATTEMPTS`); `None`: as many as the URL's
+    /// lifetime and the invocation's deadline allow.
+    pub max_attempts: Option<u32>,
     /// Largest payload accepted, after decompression (`TERRA_MAX_PAYLOAD_BYTES`).
     pub max_payload_bytes: u64,
 }
@@ -36,7 +40,7 @@ impl Default for FetchSettings {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(10),
-            max_attempts: 4,
+            max_attempts: None,
             max_payload_bytes: 64 * 1024 * 1024,
         }
     }
@@ -131,6 +135,9 @@ fn is_expired_status(status: u16) -> bool {
 const MAX_REDIRECTS: usize = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The last attempt starts at least this long before the URL expires, so the
+/// request reaches the host while the signature is still good.
+const LAST_CHANCE_BEFORE_EXPIRY: Duration = Duration::from_millis(250);
 /// A `Retry-After` longer than this is not waited for within one invocation.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
@@ -163,7 +170,6 @@ impl Fetcher {
         let client = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(settings.timeout)
-            .timeout(settings.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .dns_resolver(url_policy::PolicyResolver {
                 policy: Arc::clone(&policy),
@@ -188,7 +194,12 @@ impl Fetcher {
     }
 
     /// Downloads the payload, retrying transient failures with exponential
-    /// backoff and jitter, never past the URL's expiry or `give_up_at`.
+    /// backoff and jitter for as long as a new attempt can still reach the
+    /// host before the URL expires and the invocation's deadline allows.
+    ///
+    /// S3 and GCS check a pre-signed URL when the request arrives, so the
+    /// expiry only stops new attempts; one already under way runs on, bounded
+    /// by `give_up_at` and the size limit.
     pub async fn fetch(&self, url: &Url, deadlines: FetchDeadlines) -> Result<Fetched, FetchError> {
         self.policy.check_url(url).map_err(FetchError::Refused)?;
         let shown = RedactedUrl(url).to_string();
@@ -196,52 +207,66 @@ impl Fetcher {
             .with_min_delay(FIRST_BACKOFF)
             .with_max_delay(MAX_BACKOFF)
             .with_jitter()
-            .with_max_times(self.settings.max_attempts.saturating_sub(1) as usize)
+            .without_max_times()
             .build();
-        let stop_at = match deadlines.url_expires_at {
-            Some(expiry) => expiry.min(deadlines.give_up_at),
-            None => deadlines.give_up_at,
-        };
+        let last_start = deadlines.url_expires_at.map(|expiry| {
+            expiry
+                .checked_sub(LAST_CHANCE_BEFORE_EXPIRY)
+                .unwrap_or(expiry)
+        });
         let mut attempts = 0;
         loop {
-            if Instant::now() >= stop_at {
-                return Err(self.out_of_time(deadlines, shown, attempts));
+            let now = Instant::now();
+            if deadlines.url_expires_at.is_some_and(|expiry| now >= expiry) {
+                return Err(expired(shown, attempts));
+            }
+            if now >= deadlines.give_up_at {
+                return Err(FetchError::Deadline {
+                    url: shown,
+                    attempts,
+                });
             }
             attempts += 1;
             let attempt =
-                tokio::time::timeout_at(stop_at, self.attempt(url, &shown, attempts)).await;
+                tokio::time::timeout_at(deadlines.give_up_at, self.attempt(url, &shown, attempts))
+                    .await;
             let failure = match attempt {
                 Ok(Ok(body)) => return Ok(Fetched { body, attempts }),
                 Ok(Err(failure)) => failure,
-                Err(_elapsed) => return Err(self.out_of_time(deadlines, shown, attempts)),
+                Err(_elapsed) => {
+                    return Err(FetchError::Deadline {
+                        url: shown,
+                        attempts,
+                    });
+                }
             };
-            if failure.error.retry() == Retry::Permanent {
+            if failure.error.retry() == Retry::Permanent
+                || self
+                    .settings
+                    .max_attempts
+                    .is_some_and(|max| attempts >= max)
+            {
                 return Err(failure.error);
             }
-            let Some(mut delay) = backoff.next() else {
-                return Err(failure.error);
-            };
+            let mut delay = backoff.next().unwrap_or(MAX_BACKOFF);
             if let Some(asked) = failure.retry_after {
                 delay = delay.max(asked);
             }
-            if Instant::now() + delay >= stop_at {
+            let mut next_start = Instant::now() + delay;
+            if let Some(last_start) = last_start
+                && next_start > last_start
+            {
+                // One more try while the signature still holds, if there is time.
+                if Instant::now() >= last_start {
+                    return Err(expired(shown, attempts));
+                }
+                next_start = last_start;
+            }
+            if next_start >= deadlines.give_up_at {
                 return Err(failure.error);
             }
-            tracing::debug!(url = %shown, attempt = attempts, delay_ms = delay.as_millis() as u64, error = %failure.error, "retrying fetch");
-            tokio::time::sleep(delay).await;
-        }
-    }
-
-    fn out_of_time(&self, deadlines: FetchDeadlines, url: String, attempts: u32) -> FetchError {
-        let expired = deadlines
-            .url_expires_at
-            .is_some_and(|expiry| expiry <= Instant::now() + Duration::from_millis(1));
-        if expired && attempts == 0 {
-            FetchError::ExpiredBeforeFetch
-        } else if expired {
-            FetchError::ExpiredWhileFetching { url, attempts }
-        } else {
-            FetchError::Deadline { url, attempts }
+            tracing::debug!(url = %shown, attempt = attempts, delay_ms = next_start.saturating_duration_since(Instant::now()).as_millis() as u64, error = %failure.error, "retrying fetch");
+            tokio::time::sleep_until(next_start).await;
         }
     }
 
@@ -251,12 +276,16 @@ impl Fetcher {
         shown: &str,
         attempts: u32,
     ) -> Result<Bytes, AttemptFailure> {
-        let response = self
-            .client
-            .get(url.clone())
-            .send()
-            .await
-            .map_err(|e| self.request_error(e, shown, attempts))?;
+        let stalled = || FetchError::Timeout {
+            timeout: self.settings.timeout,
+            url: shown.to_owned(),
+            attempts,
+        };
+        let response =
+            tokio::time::timeout(self.settings.timeout, self.client.get(url.clone()).send())
+                .await
+                .map_err(|_| stalled())?
+                .map_err(|e| self.request_error(e, shown, attempts))?;
         let status = response.status();
         if !status.is_success() {
             return Err(status_failure(&response, status, shown, attempts));
@@ -274,9 +303,9 @@ impl Fetcher {
         let initial = response.content_length().unwrap_or(64 * 1024).min(limit) as usize;
         let mut body = BytesMut::with_capacity(initial);
         let mut response = response;
-        while let Some(chunk) = response
-            .chunk()
+        while let Some(chunk) = tokio::time::timeout(self.settings.timeout, response.chunk())
             .await
+            .map_err(|_| stalled())?
             .map_err(|e| self.request_error(e, shown, attempts))?
         {
             if (body.len() + chunk.len()) as u64 > limit {
@@ -309,6 +338,14 @@ impl Fetcher {
             attempts,
         }
         .into()
+    }
+}
+
+fn expired(url: String, attempts: u32) -> FetchError {
+    if attempts == 0 {
+        FetchError::ExpiredBeforeFetch
+    } else {
+        FetchError::ExpiredWhileFetching { url, attempts }
     }
 }
 

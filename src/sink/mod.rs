@@ -39,6 +39,28 @@ pub struct ArchivedObject {
     pub key: String,
 }
 
+/// What the archive holds under a delivery's name once `store` is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchiveWrite {
+    /// This send's payload, written now.
+    Written(ArchivedObject),
+    /// This send's payload, written by an earlier delivery of the message.
+    AlreadyHeld(ArchivedObject),
+    /// A later send under the same name (a late redelivery of an older
+    /// send): kept, and this payload is not archived.
+    NewerHeld(ArchivedObject),
+}
+
+impl ArchiveWrite {
+    /// Where this send's payload is archived, if it is.
+    pub fn this_send(self) -> Option<ArchivedObject> {
+        match self {
+            ArchiveWrite::Written(object) | ArchiveWrite::AlreadyHeld(object) => Some(object),
+            ArchiveWrite::NewerHeld(_) => None,
+        }
+    }
+}
+
 /// What a sink did with a delivery.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SinkReport {
@@ -48,16 +70,21 @@ pub struct SinkReport {
 }
 
 /// The raw archive: written first, and read back when a retried message's URL
-/// has expired.
+/// has expired. Each object remembers the send it holds (`sent_at_ms`), so a
+/// name reused by another send of the same payload is never mistaken for it.
 #[async_trait]
 pub trait Archive: Send + Sync {
-    /// Stores the payload under the delivery's name; storing it twice leaves one object.
-    async fn store(&self, delivery: &Delivery) -> Result<ArchivedObject, SinkError>;
+    /// Stores the payload under the delivery's name unless the archive
+    /// already holds this send or a later one there; storing it twice leaves
+    /// one object.
+    async fn store(&self, delivery: &Delivery) -> Result<ArchiveWrite, SinkError>;
 
-    /// The payload stored under `name`, if any, as it was fetched.
+    /// The payload stored under `name`, as it was fetched, if it is the one
+    /// sent at `sent_at_ms`.
     async fn retrieve(
         &self,
         name: &ArchiveName,
+        sent_at_ms: u64,
     ) -> Result<Option<(Bytes, ArchivedObject)>, SinkError>;
 }
 
@@ -75,6 +102,9 @@ pub struct SinkError {
     pub sink: &'static str,
     pub retry: Retry,
     pub message: String,
+    /// The store refused the record's content (too large, over its limits):
+    /// no retry and no fix of the deployment can help.
+    pub record_at_fault: bool,
 }
 
 impl Classify for SinkError {
@@ -83,6 +113,9 @@ impl Classify for SinkError {
     }
     fn retry(&self) -> Retry {
         self.retry
+    }
+    fn record_at_fault(&self) -> bool {
+        self.record_at_fault
     }
 }
 

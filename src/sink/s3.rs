@@ -7,7 +7,7 @@ use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-use super::{Archive, ArchivedObject, Delivery, SinkError, gzip};
+use super::{Archive, ArchiveWrite, ArchivedObject, Delivery, SinkError, gzip};
 use crate::outcome::Retry;
 use crate::payload::{ArchiveName, KeyPrefix};
 
@@ -60,13 +60,96 @@ impl S3Sink {
             sink: "s3",
             retry: Retry::Transient,
             message: message.into(),
+            record_at_fault: false,
         }
     }
 }
 
+/// The precondition of one conditional PutObject.
+enum Expect {
+    /// Nothing under the key (`If-None-Match: *`).
+    Absent,
+    /// The object with this ETag, an older send (`If-Match`).
+    Replacing(String),
+}
+
+/// How many times a write re-reads the object after losing a race.
+const CONDITIONAL_ROUNDS: usize = 3;
+const SENT_AT_METADATA: &str = "terra-sent-at";
+
+impl S3Sink {
+    /// One conditional PutObject. `Ok(false)`: the precondition failed (412)
+    /// or a concurrent conditional write won (409).
+    async fn put(
+        &self,
+        key: &str,
+        body: &Bytes,
+        encoding: Option<&str>,
+        delivery: &Delivery,
+        expect: &Expect,
+    ) -> Result<bool, SinkError> {
+        let summary = &delivery.summary;
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .content_type("application/json")
+            .content_length(body.len() as i64)
+            .set_content_encoding(encoding.map(str::to_owned))
+            .metadata("terra-type", metadata_value(&summary.event_type))
+            .metadata(SENT_AT_METADATA, delivery.sent_at_ms.to_string());
+        request = match expect {
+            Expect::Absent => request.if_none_match("*"),
+            Expect::Replacing(etag) => request.if_match(etag),
+        };
+        if let Some(user_id) = &summary.user_id {
+            request = request.metadata("terra-user-id", metadata_value(user_id));
+        }
+        if let Some(provider) = &summary.provider {
+            request = request.metadata("terra-provider", metadata_value(provider));
+        }
+        match request.body(ByteStream::from(body.clone())).send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 409 | 412) => {
+                Ok(false)
+            }
+            Err(e) => Err(self.error(format!("PutObject {key}: {}", describe(&e)))),
+        }
+    }
+
+    /// The send time and ETag of the object under `key`, if there is one.
+    /// An object without the metadata (not written by terra-sink) counts as
+    /// older than any send.
+    async fn stored_send(&self, key: &str) -> Result<Option<(u64, String)>, SinkError> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .send()
+            .await;
+        match head {
+            Ok(head) => Ok(Some((
+                sent_at(head.metadata()).unwrap_or(0),
+                head.e_tag().unwrap_or_default().to_owned(),
+            ))),
+            Err(SdkError::ServiceError(e)) if e.err().is_not_found() => Ok(None),
+            Err(e) => Err(self.error(format!("HeadObject {key}: {}", describe(&e)))),
+        }
+    }
+}
+
+fn sent_at(metadata: Option<&std::collections::HashMap<String, String>>) -> Option<u64> {
+    metadata?.get(SENT_AT_METADATA)?.parse().ok()
+}
+
 #[async_trait]
 impl Archive for S3Sink {
-    async fn store(&self, delivery: &Delivery) -> Result<ArchivedObject, SinkError> {
+    /// Conditional writes keep the newest send under each name: a late
+    /// redelivery of an older send can neither overwrite a newer object nor
+    /// race one being written.
+    async fn store(&self, delivery: &Delivery) -> Result<ArchiveWrite, SinkError> {
         let key = self.key_for(&delivery.name);
         let (body, encoding) = match self.settings.compression {
             S3Compression::None => (delivery.payload.clone(), None),
@@ -79,34 +162,31 @@ impl Archive for S3Sink {
                 (gz, Some("gzip"))
             }
         };
-        let summary = &delivery.summary;
-        let mut request = self
-            .client
-            .put_object()
-            .bucket(&self.settings.bucket)
-            .key(&key)
-            .content_type("application/json")
-            .content_length(body.len() as i64)
-            .set_content_encoding(encoding.map(str::to_owned))
-            .metadata("terra-type", metadata_value(&summary.event_type))
-            .metadata("terra-sent-at", delivery.sent_at_ms.to_string());
-        if let Some(user_id) = &summary.user_id {
-            request = request.metadata("terra-user-id", metadata_value(user_id));
+        let mut expect = Expect::Absent;
+        for _ in 0..CONDITIONAL_ROUNDS {
+            if self.put(&key, &body, encoding, delivery, &expect).await? {
+                return Ok(ArchiveWrite::Written(self.location(key)));
+            }
+            expect = match self.stored_send(&key).await? {
+                None => Expect::Absent,
+                Some((stored, _)) if stored == delivery.sent_at_ms => {
+                    return Ok(ArchiveWrite::AlreadyHeld(self.location(key)));
+                }
+                Some((stored, _)) if stored > delivery.sent_at_ms => {
+                    return Ok(ArchiveWrite::NewerHeld(self.location(key)));
+                }
+                Some((_, etag)) => Expect::Replacing(etag),
+            };
         }
-        if let Some(provider) = &summary.provider {
-            request = request.metadata("terra-provider", metadata_value(provider));
-        }
-        request
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| self.error(format!("PutObject {key}: {}", describe(&e))))?;
-        Ok(self.location(key))
+        Err(self.error(format!(
+            "PutObject {key}: the object kept changing under concurrent writes"
+        )))
     }
 
     async fn retrieve(
         &self,
         name: &ArchiveName,
+        sent_at_ms: u64,
     ) -> Result<Option<(Bytes, ArchivedObject)>, SinkError> {
         let key = self.key_for(name);
         let result = self
@@ -121,6 +201,15 @@ impl Archive for S3Sink {
             Err(SdkError::ServiceError(e)) if e.err().is_no_such_key() => return Ok(None),
             Err(e) => return Err(self.error(format!("GetObject {key}: {}", describe(&e)))),
         };
+        let stored = sent_at(object.metadata());
+        if stored != Some(sent_at_ms) {
+            tracing::info!(
+                object = %key,
+                stored_sent_at = stored,
+                "the archived object under this name is another send's; not used"
+            );
+            return Ok(None);
+        }
         let stored = object
             .body
             .collect()

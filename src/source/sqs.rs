@@ -31,7 +31,17 @@ fn decode_message(index: usize, message: &SqsMessage) -> SourceItem {
         Some(id) if !id.is_empty() => id.to_owned(),
         _ => format!("record#{index}"),
     };
-    let ordering_group = message.attributes.get("MessageGroupId").cloned();
+    // Standard queues with fair-queue message groups carry MessageGroupId
+    // too; only a FIFO queue promises (and needs) order within a group.
+    let from_fifo_queue = message
+        .event_source_arn
+        .as_deref()
+        .is_some_and(|arn| arn.ends_with(".fifo"));
+    let ordering_group = message
+        .attributes
+        .get("MessageGroupId")
+        .filter(|_| from_fifo_queue)
+        .cloned();
     let invalid = |why: &str| RecordFailure::new(FailureClass::Invalid, Retry::Permanent, why);
     let record = match (message.body.as_deref(), sent_timestamp(message)) {
         (None, _) => Err(invalid("message has no body")),
@@ -99,10 +109,13 @@ mod tests {
             {"messageId": "b", "attributes": {"SentTimestamp": "1700000000000"}},
             {"messageId": "c", "body": "  ", "attributes": {"SentTimestamp": "1700000000000"}},
             {"messageId": "d", "body": "{}", "attributes": {}},
-            {"messageId": "e", "body": "{}", "attributes": {"SentTimestamp": "soon", "MessageGroupId": "g"}},
-            {"body": "{}", "attributes": {"SentTimestamp": "1"}}
+            {"messageId": "e", "body": "{}", "attributes": {"SentTimestamp": "soon", "MessageGroupId": "g"},
+             "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:terra.fifo"},
+            {"body": "{}", "attributes": {"SentTimestamp": "1"}},
+            {"messageId": "f", "body": "{}", "attributes": {"SentTimestamp": "1", "MessageGroupId": "fair"},
+             "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:terra"}
         ]})));
-        assert_eq!(items.len(), 6);
+        assert_eq!(items.len(), 7);
         let ok = items[0].record.as_ref().expect("a decodes");
         assert_eq!(
             (ok.sent_at_ms, &ok.body[..]),
@@ -114,6 +127,10 @@ mod tests {
         }
         assert_eq!(items[4].ordering_group.as_deref(), Some("g"));
         assert_eq!(items[5].log_id, "record#5");
+        assert_eq!(
+            items[6].ordering_group, None,
+            "a standard queue's fair-queue group imposes no order"
+        );
     }
 
     #[test]

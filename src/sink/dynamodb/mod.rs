@@ -126,15 +126,22 @@ impl DynamoDbSink {
                 }
             }
         }
-        Err(permanent(match (&delivery.archived, rejection) {
-            (Some(_), Some(why)) => format!("{what}: even the S3 pointer was rejected: {why}"),
-            _ => format!(
-                "{what}: record is {} bytes ({} compressed), over DynamoDB's 400 KB item limit; \
+        match (&delivery.archived, rejection) {
+            // The pointer is tiny: refusing it is the table's doing (its key
+            // schema, say), not the record's.
+            (Some(_), Some(why)) => Err(permanent(format!(
+                "{what}: even the S3 pointer was rejected: {why}"
+            ))),
+            (None, Some(why)) if !is_item_limit(&why) => {
+                Err(permanent(format!("{what}: rejected: {why}")))
+            }
+            _ => Err(refused_record(format!(
+                "{what}: record is {} bytes ({} compressed), over DynamoDB's item limits; \
                  enable the S3 archive (TERRA_S3_BUCKET) to store such records as pointers",
                 record_json.len(),
                 compressed_len.unwrap_or_default()
-            ),
-        }))
+            ))),
+        }
     }
 
     async fn put(
@@ -164,6 +171,7 @@ fn classify(error: SdkError<PutItemError>) -> Result<Put, PutFailure> {
             sink: "dynamodb",
             retry,
             message: format!("PutItem: {}", DisplayErrorContext(&error)),
+            record_at_fault: false,
         })
     };
     let SdkError::ServiceError(service) = &error else {
@@ -191,11 +199,26 @@ fn classify(error: SdkError<PutItemError>) -> Result<Put, PutFailure> {
     }
 }
 
+/// DynamoDB's words for an item over its limits (size, nesting, number
+/// range), as opposed to a request the table cannot take at all.
+fn is_item_limit(why: &str) -> bool {
+    let why = why.to_ascii_lowercase();
+    [
+        "item size",
+        "nesting levels",
+        "number overflow",
+        "exceeded the maximum",
+    ]
+    .iter()
+    .any(|limit| why.contains(limit))
+}
+
 fn transient(message: String) -> SinkError {
     SinkError {
         sink: "dynamodb",
         retry: Retry::Transient,
         message,
+        record_at_fault: false,
     }
 }
 
@@ -204,6 +227,17 @@ fn permanent(message: String) -> SinkError {
         sink: "dynamodb",
         retry: Retry::Permanent,
         message,
+        record_at_fault: false,
+    }
+}
+
+/// DynamoDB refused every form of the record itself (its size or content),
+/// and no archive copy is there to point to: a Kafka dead letter, not a
+/// blocked partition.
+fn refused_record(message: String) -> SinkError {
+    SinkError {
+        record_at_fault: true,
+        ..permanent(message)
     }
 }
 
@@ -288,7 +322,7 @@ impl Sink for DynamoDbSink {
         .await
         .map_err(|e| transient(format!("planning task failed: {e}")))?
         .map_err(|e| {
-            permanent(format!(
+            refused_record(format!(
                 "payload cannot be projected ({})",
                 crate::message::json_error_position(&e)
             ))
@@ -327,6 +361,19 @@ impl Sink for DynamoDbSink {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn only_item_limits_put_the_record_at_fault() {
+        assert!(is_item_limit(
+            "Item size has exceeded the maximum allowed size"
+        ));
+        assert!(is_item_limit(
+            "Nesting Levels have exceeded supported limits"
+        ));
+        assert!(!is_item_limit(
+            "One or more parameter values were invalid: Missing the key pk in the item"
+        ));
+    }
 
     #[test]
     fn attributes_round_trip_json() {

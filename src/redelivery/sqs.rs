@@ -1,0 +1,473 @@
+//! SQS: hiding a batch for its invocation, and timing each failed message's
+//! return with `ChangeMessageVisibility`. A visibility change that fails is
+//! logged and changes no outcome: the queue's own timeout still returns the
+//! message.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
+use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, QueueAttributeName};
+use futures::future::join_all;
+
+use super::{QueueSettings, hold_for_invocation, return_after};
+use crate::message::{self, TerraMessage};
+use crate::outcome::Outcome;
+
+/// SQS's limit of entries per batch call.
+const BATCH_ENTRIES: usize = 10;
+
+/// One message's new visibility timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VisibilityChange {
+    /// The message's name in logs (its messageId).
+    pub id: String,
+    pub receipt_handle: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct QueueError(pub String);
+
+/// The two queue calls the SQS handler makes itself.
+#[async_trait]
+pub trait QueueControl: Send + Sync {
+    /// The queue's visibility timeout and redrive policy.
+    async fn settings(&self, queue_url: &str) -> Result<QueueSettings, QueueError>;
+    /// Applies `changes`; the error lists the ones that failed.
+    async fn change_visibility(
+        &self,
+        queue_url: &str,
+        changes: &[VisibilityChange],
+    ) -> Result<(), QueueError>;
+}
+
+/// [`QueueControl`] on SQS. Queue settings are read once per queue and
+/// instance: they change only with a deployment.
+pub struct SqsQueueControl {
+    client: aws_sdk_sqs::Client,
+    settings: Mutex<HashMap<String, QueueSettings>>,
+}
+
+impl SqsQueueControl {
+    pub fn new(client: aws_sdk_sqs::Client) -> Self {
+        Self {
+            client,
+            settings: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn cached(&self, queue_url: &str) -> Option<QueueSettings> {
+        self.settings.lock().ok()?.get(queue_url).copied()
+    }
+}
+
+#[async_trait]
+impl QueueControl for SqsQueueControl {
+    async fn settings(&self, queue_url: &str) -> Result<QueueSettings, QueueError> {
+        if let Some(known) = self.cached(queue_url) {
+            return Ok(known);
+        }
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(queue_url)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .map_err(|e| QueueError(format!("GetQueueAttributes: {}", DisplayErrorContext(&e))))?;
+        let attributes = output.attributes();
+        let attribute = |name| attributes.and_then(|a| a.get(&name)).map(String::as_str);
+        let visibility_timeout = attribute(QueueAttributeName::VisibilityTimeout)
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .ok_or_else(|| QueueError("GetQueueAttributes: no VisibilityTimeout".into()))?;
+        let settings = QueueSettings {
+            visibility_timeout,
+            max_receive_count: attribute(QueueAttributeName::RedrivePolicy)
+                .and_then(max_receive_count),
+        };
+        if let Ok(mut cache) = self.settings.lock() {
+            cache.insert(queue_url.to_owned(), settings);
+        }
+        Ok(settings)
+    }
+
+    async fn change_visibility(
+        &self,
+        queue_url: &str,
+        changes: &[VisibilityChange],
+    ) -> Result<(), QueueError> {
+        let calls = changes.chunks(BATCH_ENTRIES).map(|chunk| async move {
+            let entries = chunk
+                .iter()
+                .enumerate()
+                .map(|(n, change)| {
+                    ChangeMessageVisibilityBatchRequestEntry::builder()
+                        .id(format!("m{n}"))
+                        .receipt_handle(&change.receipt_handle)
+                        .visibility_timeout(change.timeout.as_secs().min(i32::MAX as u64) as i32)
+                        .build()
+                        .map_err(|e| QueueError(e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let output = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(queue_url)
+                .set_entries(Some(entries))
+                .send()
+                .await
+                .map_err(|e| {
+                    QueueError(format!(
+                        "ChangeMessageVisibilityBatch: {}",
+                        DisplayErrorContext(&e)
+                    ))
+                })?;
+            let failed: Vec<String> = output
+                .failed()
+                .iter()
+                .map(|f| {
+                    let id = f.id().trim_start_matches('m').parse::<usize>().ok();
+                    let name = id.and_then(|n| chunk.get(n)).map_or("?", |c| c.id.as_str());
+                    format!("{name}: {}", f.code())
+                })
+                .collect();
+            if failed.is_empty() {
+                Ok(())
+            } else {
+                Err(QueueError(format!(
+                    "ChangeMessageVisibilityBatch refused {}",
+                    failed.join(", ")
+                )))
+            }
+        });
+        let errors: Vec<String> = join_all(calls)
+            .await
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| e.0))
+            .collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(QueueError(errors.join("; ")))
+        }
+    }
+}
+
+/// `maxReceiveCount` from a redrive policy, a number or a numeric string.
+fn max_receive_count(policy: &str) -> Option<u32> {
+    let policy: serde_json::Value = serde_json::from_str(policy).ok()?;
+    match &policy["maxReceiveCount"] {
+        serde_json::Value::Number(n) => n.as_u64()?.try_into().ok(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// The queue URL an SQS ARN names (`arn:aws:sqs:us-east-1:123456789012:q` to
+/// `https://sqs.us-east-1.amazonaws.com/123456789012/q`). The SDK sends the
+/// request to its own endpoint; the URL names the queue.
+pub fn queue_url_from_arn(arn: &str) -> Option<String> {
+    let mut parts = arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("sqs"), Some(region), Some(account), Some(name)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    let domain = match partition {
+        "aws-cn" => "amazonaws.com.cn",
+        _ => "amazonaws.com",
+    };
+    let plain = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    (plain(region) && plain(account) && plain(name))
+        .then(|| format!("https://sqs.{region}.{domain}/{account}/{name}"))
+}
+
+/// Sets the visibility of the batch's messages on their queues.
+pub struct Redelivery {
+    control: Box<dyn QueueControl>,
+}
+
+impl Redelivery {
+    pub fn new(control: Box<dyn QueueControl>) -> Self {
+        Self { control }
+    }
+
+    /// Hides every message of the batch for the invocation's remaining time
+    /// plus a margin, and learns each queue's settings for [`Self::schedule`].
+    pub async fn hold(&self, event: &SqsEvent, time_left: Duration) {
+        let timeout = hold_for_invocation(time_left);
+        let by_queue = by_queue(event.records.iter().map(|m| (m, timeout)));
+        let calls = by_queue.into_iter().map(|(queue_url, changes)| async move {
+            let (settings, changed) = tokio::join!(
+                self.control.settings(&queue_url),
+                self.control.change_visibility(&queue_url, &changes)
+            );
+            if let Err(error) = settings {
+                tracing::warn!(queue = %queue_url, %error, "queue settings unknown; failed messages keep this invocation's hold");
+            }
+            if let Err(error) = changed {
+                tracing::warn!(queue = %queue_url, %error, "could not hold the batch; a crash would leave it to the queue's visibility timeout");
+            }
+        });
+        join_all(calls).await;
+    }
+
+    /// Makes each failed message visible again when [`return_after`] says.
+    pub async fn schedule(&self, event: &SqsEvent, outcomes: &[Outcome]) {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut failed_by_queue: BTreeMap<
+            String,
+            Vec<(&SqsMessage, &crate::outcome::RecordFailure)>,
+        > = BTreeMap::new();
+        for (message, outcome) in event.records.iter().zip(outcomes) {
+            let (Some(failure), Some(queue_url)) = (
+                outcome.failure(),
+                message
+                    .event_source_arn
+                    .as_deref()
+                    .and_then(queue_url_from_arn),
+            ) else {
+                continue;
+            };
+            failed_by_queue
+                .entry(queue_url)
+                .or_default()
+                .push((message, failure));
+        }
+        let calls = failed_by_queue.into_iter().map(|(queue_url, failed)| async move {
+            let settings = self.control.settings(&queue_url).await.ok();
+            let changes: Vec<VisibilityChange> = failed
+                .into_iter()
+                .filter_map(|(message, failure)| {
+                    let timeout = return_after(
+                        failure,
+                        receive_count(message),
+                        settings.as_ref(),
+                        url_life_left(message, now_ms),
+                    )?;
+                    let change = visibility_change(message, timeout)?;
+                    tracing::info!(id = %change.id, class = %failure.class, retry = %failure.retry, back_in_secs = timeout.as_secs(), "failed message returns");
+                    Some(change)
+                })
+                .collect();
+            if changes.is_empty() {
+                return;
+            }
+            if let Err(error) = self.control.change_visibility(&queue_url, &changes).await {
+                tracing::warn!(queue = %queue_url, %error, "could not time the return of failed messages; the queue's timeout applies");
+            }
+        });
+        join_all(calls).await;
+    }
+}
+
+fn by_queue<'a>(
+    messages: impl Iterator<Item = (&'a SqsMessage, Duration)>,
+) -> BTreeMap<String, Vec<VisibilityChange>> {
+    let mut by_queue: BTreeMap<String, Vec<VisibilityChange>> = BTreeMap::new();
+    for (message, timeout) in messages {
+        let queue_url = message
+            .event_source_arn
+            .as_deref()
+            .and_then(queue_url_from_arn);
+        if let (Some(queue_url), Some(change)) = (queue_url, visibility_change(message, timeout)) {
+            by_queue.entry(queue_url).or_default().push(change);
+        }
+    }
+    by_queue
+}
+
+fn visibility_change(message: &SqsMessage, timeout: Duration) -> Option<VisibilityChange> {
+    Some(VisibilityChange {
+        id: message.message_id.clone().unwrap_or_default(),
+        receipt_handle: message.receipt_handle.clone().filter(|h| !h.is_empty())?,
+        timeout,
+    })
+}
+
+fn receive_count(message: &SqsMessage) -> u32 {
+    message
+        .attributes
+        .get("ApproximateReceiveCount")
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(1)
+}
+
+/// How long the message's URL still works, when its lifetime is known.
+fn url_life_left(message: &SqsMessage, now_ms: u64) -> Option<Duration> {
+    let sent_at_ms: u64 = message
+        .attributes
+        .get("SentTimestamp")?
+        .trim()
+        .parse()
+        .ok()?;
+    let TerraMessage::Payload(pointer) =
+        message::decode(message.body.as_deref()?.as_bytes()).ok()?
+    else {
+        return None;
+    };
+    let expires_at_ms = sent_at_ms.checked_add(pointer.expires_in?.as_millis() as u64)?;
+    Some(Duration::from_millis(expires_at_ms.saturating_sub(now_ms)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::examples::written;
+    use crate::outcome::{FailureClass, RecordFailure, Retry};
+    use serde_json::json;
+
+    #[derive(Default)]
+    struct MemoryQueue {
+        changes: Mutex<Vec<(String, VisibilityChange)>>,
+    }
+
+    #[async_trait]
+    impl QueueControl for MemoryQueue {
+        async fn settings(&self, _queue_url: &str) -> Result<QueueSettings, QueueError> {
+            Ok(QueueSettings {
+                visibility_timeout: Duration::from_secs(1020),
+                max_receive_count: Some(5),
+            })
+        }
+
+        async fn change_visibility(
+            &self,
+            queue_url: &str,
+            changes: &[VisibilityChange],
+        ) -> Result<(), QueueError> {
+            let mut log = self.changes.lock().expect("not poisoned");
+            log.extend(changes.iter().map(|c| (queue_url.to_owned(), c.clone())));
+            Ok(())
+        }
+    }
+
+    fn event(now_ms: u64) -> SqsEvent {
+        let pointer =
+            json!({"type": "s3_payload", "url": "https://h/p", "expires_in": 600}).to_string();
+        let record = |id: &str, sent_ms: u64, count: u32| {
+            json!({
+                "messageId": id, "receiptHandle": format!("rh-{id}"), "body": pointer,
+                "attributes": {"SentTimestamp": sent_ms.to_string(), "ApproximateReceiveCount": count.to_string()},
+                "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:terra-events"
+            })
+        };
+        serde_json::from_value(json!({"Records": [
+            record("ok", now_ms, 1),
+            record("outage", now_ms - 119_000, 1),
+            record("expired", now_ms - 700_000, 2),
+            record("last", now_ms - 300_000, 5),
+        ]}))
+        .expect("valid event")
+    }
+
+    #[test]
+    fn queue_urls_follow_from_arns() {
+        assert_eq!(
+            queue_url_from_arn("arn:aws:sqs:eu-west-1:123456789012:terra-events.fifo").as_deref(),
+            Some("https://sqs.eu-west-1.amazonaws.com/123456789012/terra-events.fifo")
+        );
+        assert_eq!(
+            queue_url_from_arn("arn:aws-cn:sqs:cn-north-1:123456789012:q").as_deref(),
+            Some("https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q")
+        );
+        for bad in [
+            "",
+            "arn:aws:sns:us-east-1:1:t",
+            "arn:aws:sqs:us-east-1:1:a/b",
+            "arn:aws:sqs:us-east-1::q",
+        ] {
+            assert_eq!(queue_url_from_arn(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn redrive_policies_give_their_max_receive_count() {
+        assert_eq!(
+            max_receive_count(r#"{"deadLetterTargetArn":"x","maxReceiveCount":5}"#),
+            Some(5)
+        );
+        assert_eq!(max_receive_count(r#"{"maxReceiveCount":"7"}"#), Some(7));
+        assert_eq!(max_receive_count("{}"), None);
+    }
+
+    #[tokio::test]
+    async fn the_batch_is_held_and_each_failure_timed_by_its_url() {
+        let queue = std::sync::Arc::new(MemoryQueue::default());
+        struct Shared(std::sync::Arc<MemoryQueue>);
+        #[async_trait]
+        impl QueueControl for Shared {
+            async fn settings(&self, q: &str) -> Result<QueueSettings, QueueError> {
+                self.0.settings(q).await
+            }
+            async fn change_visibility(
+                &self,
+                q: &str,
+                c: &[VisibilityChange],
+            ) -> Result<(), QueueError> {
+                self.0.change_visibility(q, c).await
+            }
+        }
+        let redelivery = Redelivery::new(Box::new(Shared(std::sync::Arc::clone(&queue))));
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64;
+        let event = event(now_ms);
+        redelivery.hold(&event, Duration::from_secs(119)).await;
+        let held = std::mem::take(&mut *queue.changes.lock().expect("not poisoned"));
+        assert_eq!(held.len(), 4);
+        assert!(held.iter().all(|(url, c)| url
+            == "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-events"
+            && c.timeout == Duration::from_secs(149)));
+
+        let transient = Outcome::Failed(RecordFailure::new(
+            FailureClass::Fetch,
+            Retry::Transient,
+            "500",
+        ));
+        let expired = Outcome::Failed(RecordFailure::new(
+            FailureClass::Expired,
+            Retry::Permanent,
+            "gone",
+        ));
+        redelivery
+            .schedule(&event, &[written(), transient.clone(), expired, transient])
+            .await;
+        let timed: BTreeMap<String, u64> = queue
+            .changes
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|(_, c)| (c.id.clone(), c.timeout.as_secs()))
+            .collect();
+        // 480 s of URL left over 4 receipts left + 1; the permanent failure
+        // keeps the queue's 1020 s; the fifth receipt goes straight on.
+        assert_eq!(
+            timed,
+            BTreeMap::from([
+                ("outage".into(), 96),
+                ("expired".into(), 1020),
+                ("last".into(), 0)
+            ])
+        );
+    }
+}
