@@ -10,12 +10,18 @@
 use std::time::Duration;
 
 use terra_sink_dev::demo::{self, DemoReport, Scenario};
+use terra_sink_dev::deployed::Deployed;
 use terra_sink_dev::fault_proxy::{Fault, FaultProxy, FaultSchedule};
 use terra_sink_dev::terra_simulator::Kind;
 
 const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Production-ratio runs divide every duration `template.yaml` deploys (and
+/// Terra's URL lifetime) by this: with the defaults, a 30 s URL, a 6 s
+/// function timeout and a 51 s visibility timeout.
+const TIME_SCALE: u32 = 20;
 
 fn scenario(mix: &[Kind], messages: usize) -> Scenario {
     let mut scenario = Scenario::new(SQS_HANDLER);
@@ -174,6 +180,13 @@ struct KafkaFaults {
     stores: bool,
     /// Kill the handler this long after the start, and start a new one.
     kill_after: Option<Duration>,
+    /// The payload host answers 500 to everything for this long from the
+    /// start.
+    host_outage: Option<Duration>,
+    /// The template's deployment, durations scaled down by [`TIME_SCALE`]:
+    /// its function timeout, Kafka batch size and retry limit, its function
+    /// environment, and a URL lifetime scaled the same way.
+    production_ratios: bool,
 }
 
 /// `kafka-handler` behind the local Kafka mapping, in both response modes,
@@ -189,7 +202,14 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
     let moto = Moto::start().await;
     moto.create_bucket(demo::BUCKET).await;
     let dlq = moto.create_queue("terra-kafka-dlq").await;
-    let terra = TerraSimulator::start().await;
+    let mut terra = TerraSimulator::start().await;
+    let deployed = Deployed::from_template().scaled_down(TIME_SCALE);
+    if faults.production_ratios {
+        terra.url_lifetime = deployed.url_lifetime;
+    }
+    if let Some(lasting) = faults.host_outage {
+        terra.payloads.outage(tokio::time::Instant::now(), lasting);
+    }
     let runtime = RuntimeApi::start().await;
     let mix = [
         Kind::Good,
@@ -232,7 +252,20 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
     let endpoint = proxy
         .as_ref()
         .map_or(moto.endpoint.as_str(), |p| p.endpoint.as_str());
-    let mut env = demo::local_function_env(runtime.addr, endpoint);
+    let mut env = if faults.production_ratios {
+        let mut env = demo::loopback_function_env(runtime.addr, endpoint);
+        env.push(("TERRA_S3_BUCKET".into(), demo::BUCKET.into()));
+        env.extend(
+            deployed
+                .environment
+                .iter()
+                .filter(|(name, _)| name != "TERRA_ALLOWED_URL_HOSTS")
+                .cloned(),
+        );
+        env
+    } else {
+        demo::local_function_env(runtime.addr, endpoint)
+    };
     env.push(("TERRA_DEAD_LETTER_QUEUE_URL".into(), dlq.clone()));
     env.push((
         "TERRA_KAFKA_PARTIAL_BATCH".into(),
@@ -245,12 +278,28 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
             handlers.kill_and_replace_one();
         }
     };
-    let settings = KafkaMappingSettings {
-        topic: "terra-events".into(),
-        batch_size: 4,
-        function_timeout: Duration::from_secs(5),
-        report_batch_item_failures,
-        max_retry_attempts: 10,
+    let settings = if faults.production_ratios {
+        KafkaMappingSettings {
+            topic: "terra-events".into(),
+            batch_size: deployed.kafka_batch_size,
+            function_timeout: deployed.function_timeout,
+            report_batch_item_failures,
+            // Without partial batch responses the mapping retries until the
+            // record leaves the topic.
+            max_retry_attempts: if report_batch_item_failures {
+                deployed.kafka_maximum_retry_attempts
+            } else {
+                u32::MAX
+            },
+        }
+    } else {
+        KafkaMappingSettings {
+            topic: "terra-events".into(),
+            batch_size: 4,
+            function_timeout: Duration::from_secs(5),
+            report_batch_item_failures,
+            max_retry_attempts: 10,
+        }
     };
     let (stats, ()) = tokio::join!(
         kafka_mapping::run(&runtime, &records, &settings, Duration::from_secs(240)),
@@ -278,14 +327,15 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
             .iter()
             .any(|key| key.ends_with(&format!("/sim-{n:04}-{}.json", kind.as_str())));
         let is_dead = dead_lettered.contains(&(record.partition, record.offset));
-        lost += usize::from(!is_archived && !is_dead);
+        // A deliverable record that was dead-lettered is lost all the same.
+        lost += usize::from(!is_archived && (kind.deliverable() || !is_dead));
         duplicates += usize::from(is_archived && is_dead);
         if is_archived != kind.deliverable() {
             unexpected.push(format!("{n} ({})", kind.as_str()));
         }
     }
     let name = format!(
-        "kafka, {} batch{}{}",
+        "kafka, {} batch{}{}{}{}",
         if report_batch_item_failures {
             "partial"
         } else {
@@ -294,6 +344,16 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
         if faults.stores { ", S3/SQS faults" } else { "" },
         if faults.kill_after.is_some() {
             ", handler killed"
+        } else {
+            ""
+        },
+        if faults.host_outage.is_some() {
+            ", payload host outage"
+        } else {
+            ""
+        },
+        if faults.production_ratios {
+            ", production ratios"
         } else {
             ""
         },
@@ -337,6 +397,7 @@ async fn kafka_with_store_faults_and_a_killed_handler() {
     let faults = KafkaFaults {
         stores: true,
         kill_after: Some(Duration::from_millis(800)),
+        ..KafkaFaults::default()
     };
     kafka_scenario(true, faults).await;
 }
@@ -344,4 +405,136 @@ async fn kafka_with_store_faults_and_a_killed_handler() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_with_whole_batch_retries() {
     kafka_scenario(false, KafkaFaults::default()).await;
+}
+
+// --- At the deployed template's own ratios ---------------------------------
+//
+// Every duration below comes from `template.yaml` (and Terra's 600 s URL
+// lifetime), divided by TIME_SCALE; batch size, maxReceiveCount and the
+// function's environment are the template's too.
+
+fn at_production_ratios(mix: &[Kind], messages: usize) -> Scenario {
+    let mut scenario = Scenario::at_production_ratios(SQS_HANDLER, TIME_SCALE);
+    scenario.mix = mix.to_vec();
+    scenario.messages = messages;
+    scenario.give_up = Duration::from_secs(300);
+    scenario
+}
+
+fn assert_all_delivered(report: &DemoReport) {
+    assert_nothing_lost(report);
+    assert!(
+        report.dead_lettered.is_empty(),
+        "every message could be delivered:\n{}",
+        report.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_ratios_payload_host_outage_of_5s() {
+    let mut outage = at_production_ratios(&[Kind::Good], 20);
+    outage.host_outage = Some((Duration::ZERO, Duration::from_secs(5)));
+    let report = run("production ratios, payload host down 5 s", outage).await;
+    assert_all_delivered(&report);
+}
+
+/// Longer than one invocation: the messages must come back, while their
+/// URLs live, more than once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_ratios_payload_host_outage_longer_than_an_invocation() {
+    let mut outage = at_production_ratios(&[Kind::Good], 20);
+    outage.host_outage = Some((Duration::ZERO, Duration::from_secs(20)));
+    let report = run("production ratios, payload host down 20 s", outage).await;
+    assert_all_delivered(&report);
+    assert!(
+        report.deliveries >= 2 * report.sent.len(),
+        "the outage outlasts an invocation: {}",
+        report.summary()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_ratios_s3_outage_of_10s() {
+    let mut outage = at_production_ratios(&[Kind::Good, Kind::Gzip, Kind::Large], 20);
+    outage.s3_outage = Some((Duration::ZERO, Duration::from_secs(10)));
+    let report = run("production ratios, S3 down 10 s", outage).await;
+    assert_all_delivered(&report);
+    assert!(report.store_faults_injected > 0, "{}", report.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_ratios_a_batch_too_long_for_its_deadline() {
+    let report = run(
+        "production ratios, first answers slower than an invocation",
+        at_production_ratios(&[Kind::SlowFirst, Kind::Good], 20),
+    )
+    .await;
+    assert_all_delivered(&report);
+    assert!(
+        report.deliveries > report.sent.len(),
+        "deferred records come back: {}",
+        report.summary()
+    );
+}
+
+/// The killed invocation's messages come back soon after its deadline, not
+/// after the queue's visibility timeout (51 s here, past the 30 s URLs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_ratios_a_handler_killed_mid_batch() {
+    // Every first answer is slower than an invocation, so the kill lands
+    // before anything is archived: only a quick return can save the batch.
+    let mut killed = at_production_ratios(&[Kind::SlowFirst], 20);
+    killed.kill_an_instance_after = Some(Duration::from_millis(1500));
+    let report = run("production ratios, handler killed mid-batch", killed).await;
+    assert_all_delivered(&report);
+    assert_eq!(report.instances_killed, 1);
+    assert!(
+        report.failed_invocations >= 1,
+        "the killed instance's invocation timed out: {}",
+        report.summary()
+    );
+}
+
+/// Down for longer than a URL lives: nothing can be fetched, every message
+/// ends dead-lettered as `expired`, and the metrics count it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_ratios_outage_longer_than_the_url_lives() {
+    let mut outage = at_production_ratios(&[Kind::Good], 4);
+    outage.host_outage = Some((Duration::ZERO, Duration::from_secs(120)));
+    outage.undeliverable = true;
+    let report = run(
+        "production ratios, payload host down past URL expiry",
+        outage,
+    )
+    .await;
+    assert_nothing_lost(&report);
+    assert_eq!(report.dead_lettered.len(), 4, "{}", report.summary());
+    assert!(
+        report.expired_in_metrics >= 4,
+        "RecordsFailedExpired counted {}",
+        report.expired_in_metrics
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_ratios_kafka_payload_host_outage_longer_than_an_invocation() {
+    let deployed = Deployed::from_template();
+    let faults = KafkaFaults {
+        host_outage: Some(Duration::from_secs(20)),
+        production_ratios: true,
+        ..KafkaFaults::default()
+    };
+    kafka_scenario(deployed.kafka_partial_batch, faults).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_ratios_kafka_handler_killed_and_s3_faults() {
+    let deployed = Deployed::from_template();
+    let faults = KafkaFaults {
+        stores: true,
+        kill_after: Some(Duration::from_millis(1500)),
+        production_ratios: true,
+        ..KafkaFaults::default()
+    };
+    kafka_scenario(deployed.kafka_partial_batch, faults).await;
 }

@@ -211,6 +211,81 @@ async fn slow_servers_time_out_and_deadlines_stop_retries() {
     );
 }
 
+/// Without an attempt limit a fetch retries for as long as a new request can
+/// reach the host before the URL expires, and then says the URL expired.
+#[tokio::test]
+async fn retries_while_the_url_lives() {
+    let server = PayloadServer::start().await;
+    let outage = server.route(
+        "/outage",
+        Behaviour::FailThenOk {
+            failures: 6,
+            status: 500,
+            retry_after: None,
+            body: PAYLOAD.to_vec(),
+        },
+    );
+    let unlimited = FetchSettings {
+        max_attempts: None,
+        ..quick()
+    };
+    let fetched = fetcher(unlimited.clone())
+        .fetch(
+            &url(&outage),
+            FetchDeadlines {
+                url_expires_at: Some(Instant::now() + Duration::from_secs(20)),
+                give_up_at: Instant::now() + Duration::from_secs(25),
+            },
+        )
+        .await
+        .expect("served once the outage is over");
+    assert_eq!(fetched.attempts, 7);
+
+    let down = server.route("/down-for-good", Behaviour::Status(503));
+    let started = Instant::now();
+    let error = fetcher(unlimited)
+        .fetch(
+            &url(&down),
+            FetchDeadlines {
+                url_expires_at: Some(started + Duration::from_secs(3)),
+                give_up_at: started + Duration::from_secs(25),
+            },
+        )
+        .await
+        .expect_err("the URL expires first");
+    assert!(
+        matches!(error, FetchError::ExpiredWhileFetching { .. }),
+        "{error}"
+    );
+    assert!(server.hits("/down-for-good") >= 4, "kept trying");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "stopped when the URL expired"
+    );
+}
+
+/// S3 and GCS check a pre-signed URL when the request arrives: a download
+/// that started in time is not cut at the URL's expiry.
+#[tokio::test]
+async fn a_download_under_way_when_the_url_expires_finishes() {
+    let server = PayloadServer::start().await;
+    let slow = server.route(
+        "/slow-start",
+        Behaviour::Delay(Duration::from_millis(800), PAYLOAD.into()),
+    );
+    let fetched = fetcher(quick())
+        .fetch(
+            &url(&slow),
+            FetchDeadlines {
+                url_expires_at: Some(Instant::now() + Duration::from_millis(200)),
+                give_up_at: Instant::now() + Duration::from_secs(30),
+            },
+        )
+        .await
+        .expect("started in time, so it finishes");
+    assert_eq!((fetched.attempts, &fetched.body[..]), (1, PAYLOAD));
+}
+
 #[tokio::test]
 async fn redirects_must_pass_the_policy() {
     let server = PayloadServer::start().await;
@@ -310,12 +385,13 @@ async fn hostile_bodies_end_in_bounded_classified_failures() {
             Retry::Transient,
             2,
         ),
+        // A body that keeps coming is not stalled: the deadline ends it.
         (
             "/endless",
             Behaviour::Trickle(Duration::from_millis(50)),
-            FailureClass::Fetch,
+            FailureClass::Deferred,
             Retry::Transient,
-            2,
+            1,
         ),
     ];
     for (path, behaviour, class, retry, hits) in cases {
@@ -323,7 +399,7 @@ async fn hostile_bodies_end_in_bounded_classified_failures() {
         let started = Instant::now();
         let fetched = tokio::time::timeout(
             Duration::from_secs(20),
-            fetcher(settings.clone()).fetch(&url(&target), within(30)),
+            fetcher(settings.clone()).fetch(&url(&target), within(3)),
         )
         .await
         .unwrap_or_else(|_| panic!("{path}: the fetch must end"));
@@ -337,7 +413,7 @@ async fn hostile_bodies_end_in_bounded_classified_failures() {
         assert_no_secret(&error);
         assert!(
             started.elapsed() < Duration::from_secs(10),
-            "{path}: bounded by the timeout and attempts"
+            "{path}: bounded by the timeout, attempts and deadline"
         );
     }
 }

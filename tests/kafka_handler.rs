@@ -412,3 +412,139 @@ async fn kafka_records_are_projected_to_dynamodb_as_of_their_record_timestamp() 
     );
     assert_eq!(bed.moto.objects(&bed.bucket).await.len(), 1);
 }
+
+/// A record no configured sink can ever take (too large for DynamoDB even
+/// compressed, with no archive to point to) is poison: dead-lettered, so it
+/// does not block its partition. A table that does not exist is the
+/// deployment's fault: that blocks, and alarms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_no_sink_can_take_are_dead_lettered_but_a_missing_table_blocks() {
+    let bed = Bed::start("terra-kafka-unstorable").await;
+    bed.moto.create_table("terra-records").await;
+    let dlq = bed.moto.create_queue("terra-kafka-dlq").await;
+    let huge = support::bed::big_activity("noisy-run", 60_000, true)
+        .to_string()
+        .into_bytes();
+    let now = now_ms();
+    let event = kafka_event(
+        false,
+        &[
+            record(
+                TOPIC,
+                0,
+                10,
+                base64(&pointer(
+                    &bed.payloads.route("/huge.json", Behaviour::Ok(huge)),
+                )),
+                now,
+            ),
+            record(
+                TOPIC,
+                0,
+                11,
+                base64(&pointer(&bed.payloads.route(
+                    "/daily.json",
+                    Behaviour::Ok(fixture("openapi_daily.json")),
+                ))),
+                now,
+            ),
+        ],
+    );
+    for (table, expected, letters) in [
+        ("terra-records", json!({"batchItemFailures": []}), 1),
+        // The huge record never reaches the table: it is poison whatever
+        // the table. The daily one fails on the table, and blocks.
+        (
+            "terra-missing",
+            json!({"batchItemFailures": [{"itemIdentifier": {"partition": "terra-events-0", "offset": 11}}]}),
+            1,
+        ),
+    ] {
+        let mut env = bed.env(&[
+            ("TERRA_KAFKA_PARTIAL_BATCH", "true"),
+            ("TERRA_DEAD_LETTER_QUEUE_URL", &dlq),
+            ("TERRA_DYNAMODB_TABLE", table),
+        ]);
+        env.retain(|(name, _)| name != "TERRA_S3_BUCKET");
+        let handler = HandlerProcess::spawn(KAFKA_HANDLER, &env);
+        let result = bed.runtime.invoke(&event, Duration::from_secs(60)).await;
+        assert_eq!(response(&result, &handler), expected, "{table}");
+        let sent = bed.moto.drain(&dlq).await;
+        assert_eq!(sent.len(), letters, "{table}:\n{}", handler.output());
+        for letter in sent {
+            let body: Value = serde_json::from_str(letter.body().expect("body")).expect("JSON");
+            assert_eq!(
+                (body["offset"].as_i64(), body["failure"]["class"].as_str()),
+                (Some(10), Some("sink"))
+            );
+        }
+    }
+    let items = bed.moto.items("terra-records").await;
+    assert!(
+        items.keys().any(|(_, sk)| sk.starts_with("DAILY#")),
+        "the partition went on past the dead letter: {:?}",
+        items.keys().collect::<Vec<_>>()
+    );
+}
+
+/// However large the record's key, headers and value, and whatever they
+/// hold, its dead letter fits one SQS message and holds no query string,
+/// searched for in the decoded key and headers as well as the value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_fit_one_sqs_message_whatever_the_record_holds() {
+    let bed = Bed::start("terra-kafka-big-letters").await;
+    let sqs = bed.moto.sqs();
+    // The classic limit: queues made before SQS allowed 1 MiB keep it.
+    let dlq = sqs
+        .create_queue()
+        .queue_name("terra-kafka-dlq-256k")
+        .attributes(
+            aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
+            "262144",
+        )
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url()
+        .expect("queue URL")
+        .to_owned();
+    let url = bed.payloads.route("/p.json", Behaviour::Status(404));
+    let filler = "\u{1}\"\\".repeat(60_000);
+    let text = format!("{url} {filler}");
+    let bytes: Vec<Value> = text.bytes().map(|b| json!(b as i8)).collect();
+    let mut event = kafka_event(false, &[record(TOPIC, 0, 7, base64(&text), now_ms())]);
+    let first = &mut event["records"]["terra-events-0"][0];
+    first["key"] = json!(base64(&text));
+    first["headers"] = json!([{"x-terra-url": bytes.clone()}, {"x-more": bytes}]);
+    let env = bed.env(&[
+        ("TERRA_KAFKA_PARTIAL_BATCH", "true"),
+        ("TERRA_DEAD_LETTER_QUEUE_URL", &dlq),
+    ]);
+    let handler = HandlerProcess::spawn(KAFKA_HANDLER, &env);
+    let result = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
+    assert_eq!(
+        response(&result, &handler),
+        json!({"batchItemFailures": []}),
+        "the letter was sent, so the record counts as handled"
+    );
+    let letters = bed.moto.drain(&dlq).await;
+    assert_eq!(letters.len(), 1, "{}", handler.output());
+    let text = letters[0].body().expect("body");
+    assert!(text.len() <= 256 * 1024, "{} bytes", text.len());
+    assert_no_secrets(text);
+    let body: Value = serde_json::from_str(text).expect("JSON letter");
+    let stripped = url.split('?').next().expect("path");
+    assert!(
+        body["key"]
+            .as_str()
+            .expect("key as text")
+            .starts_with(stripped)
+    );
+    assert!(
+        body["headers"][0]["x-terra-url"]
+            .as_str()
+            .expect("header as text")
+            .starts_with(stripped)
+    );
+    assert_eq!(body["failure"]["class"], "invalid");
+}

@@ -335,3 +335,137 @@ async fn near_the_deadline_unfinished_records_are_reported_in_time() {
     );
     assert!(handler.output().contains(r#""class":"deferred""#));
 }
+
+/// S3 and GCS check a pre-signed URL when the request arrives: a download
+/// that started while the URL lived finishes after it expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_under_way_when_its_url_expires_finishes() {
+    let bed = Bed::start("terra-started-download").await;
+    let activity = fixture("openapi_activity.json");
+    let url = bed.payloads.route(
+        "/payloads/slow.json",
+        Behaviour::Delay(Duration::from_millis(2_500), activity.clone().into()),
+    );
+    // Sent 598.5 s ago with a 600 s lifetime: the request goes out with
+    // 1.5 s to spare, and the answer comes a second after the expiry.
+    let event = json!({"Records": [sqs_record("m-slow", &pointer(&url), now_ms() - 598_500)]});
+    let handler =
+        HandlerProcess::spawn(SQS_HANDLER, &bed.env(&[("TERRA_FETCH_TIMEOUT_SECS", "5")]));
+    let result = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
+    assert_all_succeeded(&result, &handler);
+    assert_eq!(bed.payloads.hits("/payloads/slow.json"), 1);
+    let objects = bed.moto.objects(&bed.bucket).await;
+    assert_eq!(objects.len(), 1);
+    assert_eq!(objects[0].body, activity);
+}
+
+/// Two sends of one payload share an archive name (the same
+/// `payload_reference`, the same day). The archive keeps the later send, and
+/// recovery after expiry uses an archived object only if it is this send's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_archive_keeps_the_latest_send_and_recovers_only_the_same_send() {
+    let bed = Bed::start("terra-same-send").await;
+    let p = &bed.payloads;
+    let day_ms = 86_400_000;
+    let now = now_ms();
+    // Three sends a second apart, on one UTC day.
+    let newest = (now - 1_000).max(now - now % day_ms + 2_000);
+    let (older, oldest) = (newest - 1_000, newest - 2_000);
+    let sleep_v1 = fixture("openapi_sleep.json");
+    let sleep_v2 = fixture("openapi_daily.json");
+    let to = |url: String| {
+        json!({"type": "s3_payload", "url": url, "expires_in": 600, "payload_reference": "sleep-4711"})
+            .to_string()
+    };
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &bed.env(&[]));
+    let runtime = &bed.runtime;
+    let invoke = |records: Vec<Value>| {
+        let event = json!({ "Records": records });
+        async move { runtime.invoke(&event, Duration::from_secs(30)).await }
+    };
+
+    // The newest send lands first.
+    let first = invoke(vec![sqs_record(
+        "m-newest",
+        &to(p.route("/v2.json", Behaviour::Ok(sleep_v2.clone()))),
+        newest,
+    )])
+    .await;
+    assert_all_succeeded(&first, &handler);
+
+    // A late redelivery of an older send, its URL still good, must not
+    // replace it; a still older send whose URL expired must not be
+    // completed from it; a redelivery of the newest send whose URL expired
+    // is completed from its own copy.
+    let late = invoke(vec![
+        sqs_record(
+            "m-older",
+            &to(p.route("/v1.json", Behaviour::Ok(sleep_v1.clone()))),
+            older,
+        ),
+        sqs_record(
+            "m-oldest-expired",
+            &to(p.route("/v0.json", Behaviour::Status(403))),
+            oldest,
+        ),
+        sqs_record(
+            "m-newest-expired",
+            &to(p.route("/v2-gone.json", Behaviour::Status(403))),
+            newest,
+        ),
+    ])
+    .await;
+    assert_eq!(
+        failed_ids(&late),
+        BTreeSet::from(["m-oldest-expired".to_owned()]),
+        "{}",
+        handler.output()
+    );
+    let logged = support::logs::record_failures(&handler.output());
+    assert_eq!(logged["m-oldest-expired"].class, "expired");
+    assert_eq!(p.hits("/v1.json"), 1, "the older send was fetched");
+
+    let objects = bed.moto.objects(&bed.bucket).await;
+    assert_eq!(objects.len(), 1, "one name, one object");
+    assert_eq!(objects[0].body, sleep_v2, "the newest send's payload stays");
+    assert_eq!(objects[0].metadata["terra-sent-at"], newest.to_string());
+}
+
+/// Only a FIFO queue (its ARN ends in `.fifo`) orders a message group: a
+/// standard queue with fair-queue groups carries `MessageGroupId` too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_groups_are_ordered_only_on_fifo_queues() {
+    let bed = Bed::start("terra-fifo-source").await;
+    let p = &bed.payloads;
+    let daily = fixture("openapi_daily.json");
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &bed.env(&[]));
+    for (queue, expected_failures) in [
+        ("terra-events", vec!["a-gone"]),
+        ("terra-events.fifo", vec!["a-gone", "b-after"]),
+    ] {
+        let grouped = |id: &str, path: &str, behaviour: Behaviour| {
+            let mut record = sqs_record(id, &pointer(&p.route(path, behaviour)), now_ms());
+            record["attributes"]["MessageGroupId"] = json!("user-1");
+            record["eventSourceARN"] = json!(format!("arn:aws:sqs:us-east-1:123456789012:{queue}"));
+            record
+        };
+        let event = json!({"Records": [
+            grouped("a-gone", &format!("/{queue}/a.json"), Behaviour::Status(404)),
+            grouped("b-after", &format!("/{queue}/b.json"), Behaviour::Ok(daily.clone())),
+        ]});
+        let result = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
+        let expected: BTreeSet<String> = expected_failures.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            failed_ids(&result),
+            expected,
+            "{queue}:\n{}",
+            handler.output()
+        );
+        let fetched_after = p.hits(&format!("/{queue}/b.json"));
+        assert_eq!(
+            fetched_after,
+            usize::from(!queue.ends_with(".fifo")),
+            "{queue}"
+        );
+    }
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 
+use crate::deployed::Deployed;
 use crate::fault_proxy::{FaultProxy, FaultSchedule};
 use crate::moto::Moto;
 use crate::runtime_api::{HandlerPool, RuntimeApi, lambda_environment};
@@ -41,6 +42,22 @@ pub struct Scenario {
     pub kill_an_instance_after: Option<Duration>,
     /// More handler environment (overrides the defaults).
     pub handler_env: Vec<(String, String)>,
+    /// Quick fetch retries (2 s timeout, 2 attempts) instead of the
+    /// configuration's defaults.
+    pub quick_fetch: bool,
+    /// Terra's URL lifetime: `expires_in`, and when the payload server
+    /// starts refusing a URL.
+    pub url_lifetime: Duration,
+    /// How long a `Kind::SlowFirst` payload's first answer takes.
+    pub slow_first_answer: Duration,
+    /// The payload host answers 500 to everything from this long after the
+    /// first message is sent, for the second duration.
+    pub host_outage: Option<(Duration, Duration)>,
+    /// S3 answers 500 to everything, the same way (DynamoDB and SQS stay up).
+    pub s3_outage: Option<(Duration, Duration)>,
+    /// No message can be delivered: the payload host stays down longer than
+    /// the URLs live. Each must end dead-lettered as `expired`.
+    pub undeliverable: bool,
 }
 
 impl Scenario {
@@ -58,7 +75,35 @@ impl Scenario {
             store_faults: None,
             kill_an_instance_after: None,
             handler_env: Vec::new(),
+            quick_fetch: true,
+            url_lifetime: crate::deployed::TERRA_URL_LIFETIME,
+            slow_first_answer: Duration::from_secs(10),
+            host_outage: None,
+            s3_outage: None,
+            undeliverable: false,
         }
+    }
+
+    /// The deployment `template.yaml` makes by default, with every duration
+    /// divided by `factor`: URL lifetime, function timeout, visibility
+    /// timeout, and the template's batch size, `maxReceiveCount` and function
+    /// environment (the payload host allowed is the local one).
+    pub fn at_production_ratios(handler_binary: impl Into<String>, factor: u32) -> Scenario {
+        let deployed = Deployed::from_template().scaled_down(factor);
+        let mut scenario = Scenario::new(handler_binary);
+        scenario.batch_size = deployed.sqs_batch_size;
+        scenario.function_timeout = deployed.function_timeout;
+        scenario.visibility_timeout = deployed.visibility_timeout;
+        scenario.max_receive_count = deployed.max_receive_count;
+        scenario.url_lifetime = deployed.url_lifetime;
+        scenario.slow_first_answer = deployed.function_timeout * 2;
+        scenario.quick_fetch = false;
+        scenario.handler_env = deployed
+            .environment
+            .into_iter()
+            .filter(|(name, _)| name != "TERRA_ALLOWED_URL_HOSTS")
+            .collect();
+        scenario
     }
 }
 
@@ -90,17 +135,24 @@ pub struct DemoReport {
     pub store_faults_injected: usize,
     /// Handler processes killed mid-batch.
     pub instances_killed: usize,
+    /// `RecordsFailedExpired` summed over every invocation's metrics.
+    pub expired_in_metrics: u64,
+    /// Messages that can end delivered (else they must be dead-lettered).
+    pub deliverable: BTreeSet<String>,
     pub elapsed: Duration,
 }
 
 impl DemoReport {
-    /// Sent but neither acknowledged nor dead-lettered.
+    /// Deliverable but not delivered (a dead letter of a message that
+    /// could have been fetched in time is lost all the same), or neither
+    /// delivered nor dead-lettered.
     pub fn lost(&self) -> Vec<&Sent> {
         self.sent
             .iter()
             .filter(|m| {
                 !self.acknowledged.contains(&m.message_id)
-                    && !self.dead_lettered.contains(&m.message_id)
+                    && (self.deliverable.contains(&m.message_id)
+                        || !self.dead_lettered.contains(&m.message_id))
             })
             .collect()
     }
@@ -114,7 +166,10 @@ impl DemoReport {
     pub fn unexpected(&self) -> Vec<&Sent> {
         self.sent
             .iter()
-            .filter(|m| m.kind.deliverable() != self.acknowledged.contains(&m.message_id))
+            .filter(|m| {
+                self.deliverable.contains(&m.message_id)
+                    != self.acknowledged.contains(&m.message_id)
+            })
             .collect()
     }
 
@@ -267,16 +322,25 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .expect("queue URL")
         .to_owned();
 
-    let proxy = match &scenario.store_faults {
-        Some(schedule) => Some(FaultProxy::start(&moto.endpoint, schedule.clone()).await),
-        None => None,
+    let proxy = match (&scenario.store_faults, scenario.s3_outage) {
+        (Some(schedule), _) => Some(FaultProxy::start(&moto.endpoint, schedule.clone()).await),
+        (None, Some(_)) => Some(FaultProxy::start(&moto.endpoint, FaultSchedule::none()).await),
+        (None, None) => None,
     };
     let store_endpoint = proxy
         .as_ref()
         .map_or(moto.endpoint.as_str(), |p| p.endpoint.as_str());
-    let terra = TerraSimulator::start().await;
+    let mut terra = TerraSimulator::start().await;
+    terra.url_lifetime = scenario.url_lifetime;
+    terra.slow_first_answer = scenario.slow_first_answer;
     let runtime = RuntimeApi::start().await;
-    let mut env = local_function_env(runtime.addr, store_endpoint);
+    let mut env = if scenario.quick_fetch {
+        local_function_env(runtime.addr, store_endpoint)
+    } else {
+        let mut env = loopback_function_env(runtime.addr, store_endpoint);
+        env.push(("TERRA_S3_BUCKET".into(), BUCKET.into()));
+        env
+    };
     for (name, value) in [("TERRA_S3_PREFIX", PREFIX), ("TERRA_DYNAMODB_TABLE", TABLE)]
         .iter()
         .map(|(n, v)| (n.to_string(), v.to_string()))
@@ -287,9 +351,21 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
     }
     let handlers = HandlerPool::spawn(&scenario.handler_binary, &env, scenario.instances);
 
+    let first_sent = tokio::time::Instant::now();
+    if let Some((after, lasting)) = scenario.host_outage {
+        terra.payloads.outage(first_sent + after, lasting);
+    }
+    if let (Some(proxy), Some((after, lasting))) = (&proxy, scenario.s3_outage) {
+        proxy.s3_outage(first_sent + after, lasting);
+    }
     let sent = terra
         .send(&sqs, &queue_url, &scenario.mix, scenario.messages)
         .await;
+    let deliverable = sent
+        .iter()
+        .filter(|m| m.kind.deliverable() && !scenario.undeliverable)
+        .map(|m| m.message_id.clone())
+        .collect();
     let mapping = SqsMapping::new(
         sqs.clone(),
         &queue_url,
@@ -339,14 +415,15 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .collect();
     let projected = items.into_keys().collect();
     let output = handlers.output();
+    let last_failure = crate::logs::record_failures(&output)
+        .into_iter()
+        .map(|(id, failure)| (id, failure.class))
+        .collect();
     DemoReport {
         sent,
         acknowledged: stats.acknowledged,
         dead_lettered,
-        last_failure: crate::logs::record_failures(&output)
-            .into_iter()
-            .map(|(id, failure)| (id, failure.class))
-            .collect(),
+        last_failure,
         archived_keys,
         projected,
         stored_revisions,
@@ -355,6 +432,8 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         deliveries: stats.deliveries,
         store_faults_injected: proxy.as_ref().map_or(0, FaultProxy::injected),
         instances_killed,
+        expired_in_metrics: crate::logs::metric_total(&output, "RecordsFailedExpired"),
+        deliverable,
         elapsed: started.elapsed(),
     }
 }

@@ -30,10 +30,22 @@ pub struct FaultSchedule {
     pub faults: Vec<Fault>,
 }
 
+impl FaultSchedule {
+    /// No faults by turn (outages only).
+    pub fn none() -> FaultSchedule {
+        FaultSchedule {
+            every: 0,
+            faults: Vec::new(),
+        }
+    }
+}
+
 struct Shared {
     upstream: String,
     client: reqwest::Client,
     schedule: FaultSchedule,
+    /// Spans of time in which every S3 request gets 500 InternalError.
+    s3_outages: std::sync::Mutex<Vec<(tokio::time::Instant, tokio::time::Instant)>>,
     requests: AtomicUsize,
     injected: AtomicUsize,
 }
@@ -53,6 +65,7 @@ impl FaultProxy {
                 .build()
                 .expect("proxy client"),
             schedule,
+            s3_outages: std::sync::Mutex::new(Vec::new()),
             requests: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
         });
@@ -65,6 +78,16 @@ impl FaultProxy {
             shared,
             task,
         }
+    }
+
+    /// S3 is down (500 InternalError to every request; DynamoDB and SQS
+    /// unaffected) from `from` for `lasting`.
+    pub fn s3_outage(&self, from: tokio::time::Instant, lasting: Duration) {
+        self.shared
+            .s3_outages
+            .lock()
+            .expect("not poisoned")
+            .push((from, from + lasting));
     }
 
     /// Faults injected so far.
@@ -88,10 +111,20 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request<Body>) -> R
     let schedule = &shared.schedule;
     let fault = (schedule.every > 0 && n % schedule.every == 0 && !schedule.faults.is_empty())
         .then(|| schedule.faults[(n / schedule.every - 1) % schedule.faults.len()]);
-    let dynamodb = request
-        .headers()
-        .get("x-amz-target")
-        .is_some_and(|t| t.as_bytes().starts_with(b"DynamoDB"));
+    let target = request.headers().get("x-amz-target");
+    let dynamodb = target.is_some_and(|t| t.as_bytes().starts_with(b"DynamoDB"));
+    let now = tokio::time::Instant::now();
+    let s3_down = target.is_none()
+        && shared
+            .s3_outages
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .any(|(from, to)| (*from..*to).contains(&now));
+    if s3_down {
+        shared.injected.fetch_add(1, Ordering::SeqCst);
+        return error_response(false, StatusCode::INTERNAL_SERVER_ERROR, "InternalError");
+    }
     match fault {
         Some(Fault::Internal) => {
             shared.injected.fetch_add(1, Ordering::SeqCst);

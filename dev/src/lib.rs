@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod deployed;
 pub mod fault_proxy;
 pub mod kafka_mapping;
 pub mod logs;

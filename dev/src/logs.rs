@@ -41,3 +41,15 @@ pub fn record_failures(output: &str) -> BTreeMap<String, LoggedFailure> {
     }
     last
 }
+
+/// The sum of one EMF metric over every metrics document the handlers
+/// printed.
+pub fn metric_total(output: &str, metric: &str) -> u64 {
+    output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|doc| doc.get("_aws").is_some())
+        .filter_map(|doc| doc.get(metric)?.as_f64())
+        .map(|n| n as u64)
+        .sum()
+}

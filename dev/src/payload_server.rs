@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
@@ -52,6 +54,10 @@ pub enum Behaviour {
 #[derive(Default)]
 struct Routes {
     behaviours: HashMap<String, Behaviour>,
+    /// When a path's pre-signed URL stops working: S3 then answers 403.
+    expiries: HashMap<String, Instant>,
+    /// Spans of time in which the whole host answers 500.
+    outages: Vec<(Instant, Instant)>,
     hits: HashMap<String, usize>,
     queries: Vec<String>,
 }
@@ -83,6 +89,27 @@ impl PayloadServer {
             "http://{}{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIASECRETKEYID&X-Amz-Signature=5ec7e7516a7c0ffee",
             self.addr
         )
+    }
+
+    /// As [`PayloadServer::route`], for a URL that, like S3's, refuses
+    /// requests arriving after `expires_at` with 403; a response already
+    /// under way finishes.
+    pub fn route_expiring(&self, path: &str, behaviour: Behaviour, expires_at: Instant) -> String {
+        self.routes
+            .lock()
+            .expect("not poisoned")
+            .expiries
+            .insert(path.to_owned(), expires_at);
+        self.route(path, behaviour)
+    }
+
+    /// The whole host answers 500 from `from` for `lasting`.
+    pub fn outage(&self, from: Instant, lasting: Duration) {
+        self.routes
+            .lock()
+            .expect("not poisoned")
+            .outages
+            .push((from, from + lasting));
     }
 
     pub fn hits(&self, path: &str) -> usize {
@@ -118,6 +145,17 @@ async fn serve(State(routes): State<Arc<Mutex<Routes>>>, request: Request<Body>)
         routes
             .queries
             .push(request.uri().query().unwrap_or_default().to_owned());
+        let now = Instant::now();
+        if routes.expiries.get(&path).is_some_and(|at| now >= *at) {
+            return status(403);
+        }
+        if routes
+            .outages
+            .iter()
+            .any(|(from, to)| (*from..*to).contains(&now))
+        {
+            return status(500);
+        }
         routes.behaviours.get(&path).cloned().map(|b| (b, hit))
     };
     let Some((behaviour, hit)) = behaviour else {

@@ -41,6 +41,10 @@ pub enum Kind {
     ExpiresWhileWaiting,
     /// Every response takes 700 ms: a batch of them outlasts a short deadline.
     Slow,
+    /// The first response takes longer than an invocation has
+    /// ([`TerraSimulator::slow_first_answer`]), later ones are fast: a batch
+    /// too long for its deadline.
+    SlowFirst,
     /// A newer version (`terra_sim_revision` 2) of the previous message's
     /// records, sent after it. When the previous one is an `Outage`, this one
     /// is written first and the older version must not overwrite it.
@@ -68,6 +72,7 @@ impl Kind {
             Kind::ShortBody => "short-body",
             Kind::ExpiresWhileWaiting => "expires-while-waiting",
             Kind::Slow => "slow",
+            Kind::SlowFirst => "slow-first",
             Kind::Revision => "revision",
         }
     }
@@ -114,12 +119,19 @@ pub struct Sent {
 
 pub struct TerraSimulator {
     pub payloads: PayloadServer,
+    /// `expires_in` of the URLs, and when the payload server starts refusing
+    /// them (counted from when the message is made, just before it is sent).
+    pub url_lifetime: Duration,
+    /// How long a [`Kind::SlowFirst`] payload's first answer takes.
+    pub slow_first_answer: Duration,
 }
 
 impl TerraSimulator {
     pub async fn start() -> TerraSimulator {
         TerraSimulator {
             payloads: PayloadServer::start().await,
+            url_lifetime: crate::deployed::TERRA_URL_LIFETIME,
+            slow_first_answer: Duration::from_secs(10),
         }
     }
 
@@ -204,6 +216,10 @@ impl TerraSimulator {
                 Behaviour::Ok(bytes),
             ]),
             Kind::Slow => Behaviour::Delay(Duration::from_millis(700), bytes.into()),
+            Kind::SlowFirst => Behaviour::Sequence(vec![
+                Behaviour::Delay(self.slow_first_answer, bytes.clone().into()),
+                Behaviour::Ok(bytes),
+            ]),
             Kind::Gzip => Behaviour::Gzip(bytes),
             Kind::Flaky => Behaviour::FailThenOk {
                 failures: 1,
@@ -226,15 +242,17 @@ impl TerraSimulator {
             Kind::Expired => Behaviour::Status(403),
             Kind::Healthcheck => unreachable!("handled above"),
         };
-        let url = self.payloads.route(
+        let lifetime = if kind == Kind::ExpiresWhileWaiting {
+            Duration::from_secs(2)
+        } else {
+            self.url_lifetime
+        };
+        let url = self.payloads.route_expiring(
             &format!("/payloads/{n:04}-{}.json", kind.as_str()),
             behaviour,
+            tokio::time::Instant::now() + lifetime,
         );
-        let expires_in = if kind == Kind::ExpiresWhileWaiting {
-            2
-        } else {
-            600
-        };
+        let expires_in = lifetime.as_secs();
         let pointer = json!({
             "status": "success",
             "type": "s3_payload",

@@ -195,14 +195,23 @@ pub fn decode(event: &KafkaEvent) -> DecodedBatch {
     batch
 }
 
+/// SQS refuses messages over 256 KiB; the letter stays under this, leaving
+/// room for its message attribute.
+const DEAD_LETTER_MAX_BYTES: usize = 250 * 1024;
+/// Budgets for the record's own content, as escaped JSON.
+const DEAD_LETTER_KEY_LIMIT: usize = 16 * 1024;
+const DEAD_LETTER_HEADERS_LIMIT: usize = 64 * 1024;
+const DEAD_LETTER_MESSAGE_LIMIT: usize = 4 * 1024;
+
 impl DecodedBatch {
     /// The dead letter for record `index`: where it came from, why it failed,
-    /// and its original key, value and headers with every URL query string
-    /// cut off (a pre-signed URL is a credential, expired or not).
+    /// and its original key, value and headers, decoded to text, with every
+    /// URL query string cut off (a pre-signed URL is a credential, expired or
+    /// not) and cut to fit one SQS message.
     pub fn dead_letter(&self, index: usize, failure: &RecordFailure) -> Option<DeadLetter> {
         let record = self.records.get(index)?;
         let (value, value_note) = dead_letter_value(record.value.as_deref());
-        let body = json!({
+        let mut body = json!({
             "source": "terra-sink/kafka-handler",
             "eventSource": self.event_source,
             "eventSourceArn": self.event_source_arn,
@@ -215,18 +224,26 @@ impl DecodedBatch {
             "failure": {
                 "class": failure.class,
                 "retry": failure.retry,
-                "message": strip_query_strings(&failure.message),
+                "message": fit_escaped(&strip_query_strings(&failure.message), DEAD_LETTER_MESSAGE_LIMIT).0,
             },
-            "key": record.key.as_deref().map(|key| strip_query_strings(key).into_owned()),
+            "key": record.key.as_deref().map(|key| {
+                fit_escaped(&strip_query_strings(&decoded_text(key)), DEAD_LETTER_KEY_LIMIT).0
+            }),
             "value": value,
             "valueNote": value_note,
-            "headers": record.headers.clone().map(|mut headers| {
-                strip_query_strings_in_json(&mut headers);
-                headers
-            }),
+            "headers": record.headers.as_ref().map(dead_letter_headers),
         });
+        let mut text = sqs_safe(body.to_string());
+        if text.len() > DEAD_LETTER_MAX_BYTES {
+            // Only the record's own fields can be large; the rest is bounded.
+            body["key"] = Value::Null;
+            body["headers"] = Value::Null;
+            body["value"] = Value::Null;
+            body["valueNote"] = json!("key, value and headers dropped: too large for SQS");
+            text = sqs_safe(body.to_string());
+        }
         Some(DeadLetter {
-            body: body.to_string(),
+            body: text,
             group: record.partition_key.clone(),
             deduplication_id: format!(
                 "{}@{}",
@@ -240,13 +257,101 @@ impl DecodedBatch {
     }
 }
 
+/// A Kafka key as Lambda delivers it (base64) decoded to text, so a URL in
+/// it can be found and cut; the raw text when it is not base64.
+fn decoded_text(encoded: &str) -> String {
+    match BASE64.decode(encoded.trim()) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => encoded.to_owned(),
+    }
+}
+
+/// Kafka headers as Lambda delivers them (`[{"name": [byte, ...]}]`), as
+/// text with query strings cut, within the headers' budget; headers past it
+/// are left out and counted.
+fn dead_letter_headers(headers: &Value) -> Value {
+    let mut budget = DEAD_LETTER_HEADERS_LIMIT;
+    let mut out = Vec::new();
+    let mut left_out = 0;
+    let entries = headers.as_array().map(Vec::as_slice).unwrap_or_default();
+    for (name, value) in entries
+        .iter()
+        .filter_map(Value::as_object)
+        .flat_map(|header| header.iter())
+    {
+        let text = match value {
+            Value::Array(bytes) => {
+                let bytes: Vec<u8> = bytes
+                    .iter()
+                    .filter_map(Value::as_i64)
+                    .map(|b| b as u8)
+                    .collect();
+                String::from_utf8_lossy(&bytes).into_owned()
+            }
+            Value::String(text) => text.clone(),
+            other => other.to_string(),
+        };
+        let name = strip_query_strings(name);
+        let overhead = escaped_len(&name) + 8;
+        if overhead >= budget {
+            left_out += 1;
+            continue;
+        }
+        let (text, _) = fit_escaped(&strip_query_strings(&text), budget - overhead);
+        budget -= overhead + escaped_len(&text);
+        out.push(json!({ name.as_ref(): text }));
+    }
+    if left_out > 0 {
+        out.push(json!({ "terra-sink-note": format!("{left_out} header(s) left out: too large") }));
+    }
+    Value::Array(out)
+}
+
+/// The bytes `text` takes inside a JSON string, as [`sqs_safe`] writes it.
+fn escaped_len(text: &str) -> usize {
+    text.chars().map(escaped_char_len).sum()
+}
+
+fn escaped_char_len(c: char) -> usize {
+    match c {
+        '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+        c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => 6,
+        c => c.len_utf8(),
+    }
+}
+
+/// `text` cut so that its escaped JSON takes at most `budget` bytes, and
+/// whether it was cut.
+fn fit_escaped(text: &str, budget: usize) -> (String, bool) {
+    let mut used = 0;
+    for (at, c) in text.char_indices() {
+        used += escaped_char_len(c);
+        if used > budget {
+            return (text[..at].to_owned(), true);
+        }
+    }
+    (text.to_owned(), false)
+}
+
+/// SQS accepts only #x9, #xA, #xD, #x20-#xD7FF, #xE000-#xFFFD and
+/// #x10000-#x10FFFF. serde_json escapes the control characters; the two
+/// non-characters it leaves can only stand inside JSON strings, where their
+/// escapes mean the same.
+fn sqs_safe(json: String) -> String {
+    if !json.contains(['\u{FFFE}', '\u{FFFF}']) {
+        return json;
+    }
+    json.replace('\u{FFFE}', "\\ufffe")
+        .replace('\u{FFFF}', "\\uffff")
+}
+
 /// The record's value as readable text: decoded from base64, URL query strings
 /// cut, and bounded. The note says what was done to it.
 fn dead_letter_value(value: Option<&str>) -> (Option<String>, &'static str) {
     let Some(encoded) = value else {
         return (None, "record had no value");
     };
-    let (mut text, note) = match BASE64.decode(encoded.trim()) {
+    let (text, note) = match BASE64.decode(encoded.trim()) {
         Err(_) => (
             strip_query_strings(encoded).into_owned(),
             "the raw value, which is not valid base64",
@@ -262,15 +367,10 @@ fn dead_letter_value(value: Option<&str>) -> (Option<String>, &'static str) {
             ),
         },
     };
-    if text.len() > DEAD_LETTER_VALUE_LIMIT {
-        let mut cut = DEAD_LETTER_VALUE_LIMIT;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        return (Some(text), "truncated to 64 KiB, URL query strings removed");
+    match fit_escaped(&text, DEAD_LETTER_VALUE_LIMIT) {
+        (cut, true) => (Some(cut), "truncated to 64 KiB, URL query strings removed"),
+        (whole, false) => (Some(whole), note),
     }
-    (Some(text), note)
 }
 
 /// The answer to Lambda. In [`ResponseMode::PartialBatch`] each partition with
@@ -558,6 +658,55 @@ mod tests {
         let second: Value = serde_json::from_str(&letters[1].body).expect("json");
         assert_eq!(second["value"], "see https://h/p");
         assert!(batch.dead_letter(3, &failure).is_none());
+    }
+
+    #[test]
+    fn dead_letters_always_fit_one_sqs_message() {
+        let url = "https://b.s3.amazonaws.com/u/p.json?X-Amz-Signature=abc";
+        // Each of these escapes to 6 or 2 bytes of JSON, and U+FFFF is a
+        // character SQS refuses outright.
+        let nasty = "\u{1}\u{FFFF}\"".repeat(20_000);
+        let as_bytes = |text: String| -> Value {
+            text.bytes()
+                .map(|b| json!(b as i8))
+                .collect::<Vec<_>>()
+                .into()
+        };
+        let headers: Vec<Value> = (0..5)
+            .map(|i| json!({ format!("h{i}"): as_bytes(format!("{url} {nasty}")) }))
+            .collect();
+        let batch = decode(&event(json!({"t-0": [{
+            "topic": "t", "partition": 0, "offset": 1, "timestamp": 1,
+            "key": value(&format!("{url} {nasty}")),
+            "value": value(&format!("{url} {nasty}")),
+            "headers": headers
+        }]})));
+        let failure = RecordFailure::new(FailureClass::Invalid, Retry::Permanent, nasty.clone());
+        let letter = batch.dead_letter(0, &failure).expect("record exists");
+        assert!(
+            letter.body.len() <= DEAD_LETTER_MAX_BYTES,
+            "{}",
+            letter.body.len()
+        );
+        assert!(
+            letter.body.chars().all(|c| matches!(
+                c as u32,
+                0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF
+            )),
+            "only characters SQS accepts"
+        );
+        assert!(!letter.body.contains("X-Amz"), "no query string anywhere");
+        let body: Value = serde_json::from_str(&letter.body).expect("valid JSON");
+        let key = body["key"].as_str().expect("key decoded to text");
+        assert!(key.starts_with("https://b.s3.amazonaws.com/u/p.json \u{1}\u{FFFF}"));
+        let first_header = body["headers"][0]["h0"].as_str().expect("header as text");
+        assert!(first_header.starts_with("https://b.s3.amazonaws.com/u/p.json "));
+        assert!(
+            body["value"]
+                .as_str()
+                .expect("value")
+                .starts_with("https://b.s3")
+        );
     }
 
     #[test]

@@ -126,3 +126,30 @@ pub fn assert_all_succeeded(result: &InvocationResult, handler: &HandlerProcess)
         handler.output()
     );
 }
+
+/// An activity whose record is `samples` heart-rate samples; `noisy` makes
+/// them incompressible.
+pub fn big_activity(summary_id: &str, samples: usize, noisy: bool) -> Value {
+    let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+    let hr_samples: Vec<Value> = (0..samples)
+        .map(|i| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            if noisy {
+                json!({"timestamp": format!("2026-07-01T07:{:02}:{:02}.{:06}+01:00", (i / 60) % 60, i % 60, state % 1_000_000), "bpm": (state % 100_000) as f64 / 997.0})
+            } else {
+                json!({"timestamp": format!("2026-07-01T07:{:02}:{:02}.000000+01:00", (i / 60) % 60, i % 60), "bpm": 120 + i % 40})
+            }
+        })
+        .collect();
+    json!({
+        "type": "activity",
+        "version": "2022-03-16",
+        "user": {"user_id": "40f7b0e1-89e2-43ac-a5b8-1e29c8d47cad", "provider": "GARMIN", "reference_id": "your-user-123"},
+        "data": [{
+            "metadata": {"summary_id": summary_id, "start_time": "2026-07-01T07:00:00.000000+01:00", "end_time": "2026-07-01T09:00:00.000000+01:00", "type": 8},
+            "heart_rate_data": {"detailed": {"hr_samples": hr_samples}}
+        }]
+    })
+}

@@ -5,5 +5,5 @@
 pub mod bed;
 
 pub use terra_sink_dev::{
-    fixture, free_port, moto, now_ms, payload_server, runtime_api, sqs_mapping,
+    fixture, free_port, logs, moto, now_ms, payload_server, runtime_api, sqs_mapping,
 };
