@@ -130,6 +130,27 @@ def test_handlers_get_exactly_the_store_actions_the_code_calls():
         assert actions == {"s3:PutObject", "s3:GetObject", "s3:ListBucket", "dynamodb:PutItem"}, role
 
 
+def test_sqs_handler_gets_exactly_the_queue_actions_the_mapping_and_code_call():
+    """Lambda's mapping receives, deletes and reads the queue's attributes;
+    the code changes visibility (a batch held for its invocation, failed
+    messages returned while their URLs live) and reads the visibility timeout
+    and redrive policy."""
+    statements_on_queue = [
+        statement
+        for statement in statements("SqsHandlerRole")
+        if any(action.startswith("sqs:") for action in as_list(statement["Action"]))
+    ]
+    actions = {action for s in statements_on_queue for action in as_list(s["Action"])}
+    assert actions == {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+    }
+    for statement in statements_on_queue:
+        assert statement["Resource"] == {"Fn::GetAtt": ["EventsQueue", "Arn"]}
+
+
 def test_archive_access_is_confined_to_the_prefix():
     for role in ("SqsHandlerRole", "KafkaHandlerRole"):
         for statement in statements(role):
