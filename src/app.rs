@@ -115,10 +115,16 @@ impl App {
             .deadline()
             .duration_since(SystemTime::now())
             .unwrap_or_default();
-        let (report, ()) = tokio::join!(
-            batch::run(Arc::clone(&self.pipeline), items, limits),
-            self.redelivery.hold(&event.payload, time_left)
+        // A slow SQS must not hold the batch's response past the cutoff.
+        let hold = tokio::time::timeout_at(
+            limits.cutoff,
+            self.redelivery.hold(&event.payload, time_left),
         );
+        let (report, held) =
+            tokio::join!(batch::run(Arc::clone(&self.pipeline), items, limits), hold);
+        if held.is_err() {
+            tracing::warn!("SQS too slow to hold the batch for this invocation");
+        }
         // The response reserve is all that is left: a return not timed by
         // then falls back to the batch's hold.
         let by = limits.cutoff + RESPONSE_RESERVE / 2;

@@ -335,9 +335,10 @@ mod tests {
     use crate::outcome::{FailureClass, RecordFailure, Retry};
     use serde_json::json;
 
+    /// Records every change; the test keeps a handle on the record.
     #[derive(Default)]
     struct MemoryQueue {
-        changes: Mutex<Vec<(String, VisibilityChange)>>,
+        changes: std::sync::Arc<Mutex<Vec<VisibilityChange>>>,
     }
 
     #[async_trait]
@@ -354,8 +355,12 @@ mod tests {
             queue_url: &str,
             changes: &[VisibilityChange],
         ) -> Result<(), QueueError> {
+            assert_eq!(
+                queue_url,
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-events"
+            );
             let mut log = self.changes.lock().expect("not poisoned");
-            log.extend(changes.iter().map(|c| (queue_url.to_owned(), c.clone())));
+            log.extend(changes.iter().cloned());
             Ok(())
         }
     }
@@ -411,33 +416,18 @@ mod tests {
 
     #[tokio::test]
     async fn the_batch_is_held_and_each_failure_timed_by_its_url() {
-        let queue = std::sync::Arc::new(MemoryQueue::default());
-        struct Shared(std::sync::Arc<MemoryQueue>);
-        #[async_trait]
-        impl QueueControl for Shared {
-            async fn settings(&self, q: &str) -> Result<QueueSettings, QueueError> {
-                self.0.settings(q).await
-            }
-            async fn change_visibility(
-                &self,
-                q: &str,
-                c: &[VisibilityChange],
-            ) -> Result<(), QueueError> {
-                self.0.change_visibility(q, c).await
-            }
-        }
-        let redelivery = Redelivery::new(Box::new(Shared(std::sync::Arc::clone(&queue))));
+        let queue = MemoryQueue::default();
+        let changes = std::sync::Arc::clone(&queue.changes);
+        let redelivery = Redelivery::new(Box::new(queue));
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("after 1970")
             .as_millis() as u64;
         let event = event(now_ms);
         redelivery.hold(&event, Duration::from_secs(119)).await;
-        let held = std::mem::take(&mut *queue.changes.lock().expect("not poisoned"));
+        let held = std::mem::take(&mut *changes.lock().expect("not poisoned"));
         assert_eq!(held.len(), 4);
-        assert!(held.iter().all(|(url, c)| url
-            == "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-events"
-            && c.timeout == Duration::from_secs(149)));
+        assert!(held.iter().all(|c| c.timeout == Duration::from_secs(149)));
 
         let transient = Outcome::Failed(RecordFailure::new(
             FailureClass::Fetch,
@@ -452,12 +442,11 @@ mod tests {
         redelivery
             .schedule(&event, &[written(), transient.clone(), expired, transient])
             .await;
-        let timed: BTreeMap<String, u64> = queue
-            .changes
+        let timed: BTreeMap<String, u64> = changes
             .lock()
             .expect("not poisoned")
             .iter()
-            .map(|(_, c)| (c.id.clone(), c.timeout.as_secs()))
+            .map(|c| (c.id.clone(), c.timeout.as_secs()))
             .collect();
         // 480 s of URL left over 4 receipts left + 1; the permanent failure
         // keeps the queue's 1020 s; the fifth receipt goes straight on.
