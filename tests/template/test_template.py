@@ -198,7 +198,22 @@ def test_kafka_partial_batch_setting_matches_the_mapping():
     assert TEMPLATE["Conditions"]["KafkaPartialBatchOn"] == {
         "Fn::Equals": [{"Ref": "KafkaPartialBatch"}, "true"]
     }
-    assert mapping["StartingPosition"] == "TRIM_HORIZON"
+    assert mapping["StartingPosition"] == {"Ref": "KafkaStartingPosition"}
+    assert PARAMETERS["KafkaStartingPosition"]["Default"] == "LATEST"
+
+
+def test_each_stack_has_its_own_kafka_consumer_group_and_may_read_it():
+    mapping = resource("KafkaEventSourceMapping")
+    group = {"Fn::Sub": "terra-sink-${AWS::StackName}"}
+    for config in ("AmazonManagedKafkaEventSourceConfig", "SelfManagedKafkaEventSourceConfig"):
+        _, when_used, _ = mapping[config]["Fn::If"]
+        assert when_used["ConsumerGroupId"] == group, config
+    group_arns = [
+        statement["Resource"]["Fn::Sub"][0]
+        for statement in statements("KafkaHandlerRole")
+        if "kafka-cluster:AlterGroup" in as_list(statement["Action"])
+    ]
+    assert group_arns and all(arn.endswith("/terra-sink-${AWS::StackName}") for arn in group_arns)
 
 
 def test_functions_log_json_to_log_groups_with_retention():
@@ -212,9 +227,9 @@ def test_functions_log_json_to_log_groups_with_retention():
         assert resource(group)["RetentionInDays"] == {"Ref": "LogRetentionDays"}
 
 
-def test_alarms_cover_dead_letters_message_age_and_errors():
+def test_alarms_cover_dead_letters_message_age_errors_throttles_and_expired_urls():
     alarms = {
-        (body["Properties"]["Namespace"], body["Properties"]["MetricName"])
+        (str(body["Properties"]["Namespace"]), body["Properties"]["MetricName"])
         for body in RESOURCES.values()
         if body["Type"] == "AWS::CloudWatch::Alarm"
     }
@@ -222,6 +237,8 @@ def test_alarms_cover_dead_letters_message_age_and_errors():
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
         ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
         ("AWS/Lambda", "Errors"),
+        ("AWS/Lambda", "Throttles"),
+        (str({"Ref": "MetricsNamespace"}), "RecordsFailedExpired"),
     } <= alarms
     assert PARAMETERS["OldestMessageAlarmSeconds"]["Default"] < 600
 
@@ -244,3 +261,54 @@ def test_binaries_are_built_with_cargo_lambda():
         assert metadata["BuildProperties"]["Binary"] == binary
     assert TEMPLATE["Globals"]["Function"]["Runtime"] == "provided.al2023"
     assert PARAMETERS["Architecture"]["Default"] == "arm64"
+
+
+RULE_FUNCTIONS = {
+    "Fn::And",
+    "Fn::Contains",
+    "Fn::EachMemberEquals",
+    "Fn::EachMemberIn",
+    "Fn::Equals",
+    "Fn::Not",
+    "Fn::Or",
+    "Fn::RefAll",
+    "Fn::ValueOf",
+    "Fn::ValueOfAll",
+    "Ref",
+}
+
+
+def functions_in(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key.startswith("Fn::") or key == "Ref":
+                yield key
+            yield from functions_in(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from functions_in(value)
+
+
+def test_rules_use_only_rule_functions():
+    """CloudFormation allows only the rule functions in a rule's condition and
+    assertions (no Fn::Join, Fn::Sub, ...)."""
+    for name, rule in TEMPLATE["Rules"].items():
+        used = set(functions_in(rule.get("RuleCondition"))) | set(functions_in(rule["Assertions"]))
+        assert used <= RULE_FUNCTIONS, (name, used - RULE_FUNCTIONS)
+
+
+def test_limits_lambda_enforces_are_rules():
+    rules = TEMPLATE["Rules"]
+    window = rules["SqsLargeBatchesHaveAWindow"]
+    assert window["RuleCondition"]["Fn::Not"][0]["Fn::Contains"][0] == [str(n) for n in range(1, 11)]
+    (age,) = rules["KafkaRecordAgeInRange"]["Assertions"]
+    assert age["Assert"]["Fn::Not"][0]["Fn::Contains"][0] == [str(n) for n in range(60)]
+    assert PARAMETERS["KafkaMaximumRecordAgeSeconds"]["MinValue"] == -1
+    assert PARAMETERS["KafkaMaximumRecordAgeSeconds"]["MaxValue"] == 604800
+
+
+def test_replaced_archive_versions_expire():
+    (rule,) = RESOURCES["ArchiveBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    assert rule["Status"] == "Enabled"
+    assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] > 0
+    assert rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] > 0
