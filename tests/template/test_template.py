@@ -312,3 +312,45 @@ def test_replaced_archive_versions_expire():
     assert rule["Status"] == "Enabled"
     assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] > 0
     assert rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] > 0
+
+
+def policy_named(role, name):
+    """The policy `name` of `role`, and the condition it is under."""
+    for entry in resource(role)["Policies"]:
+        if "Fn::If" in entry:
+            condition, policy, otherwise = entry["Fn::If"]
+            assert otherwise == {"Ref": "AWS::NoValue"}
+            if policy["PolicyName"] == name:
+                return condition, policy["PolicyDocument"]["Statement"]
+        elif entry["PolicyName"] == name:
+            return None, entry["PolicyDocument"]["Statement"]
+    raise AssertionError(f"{role} has no policy {name}")
+
+
+def test_customer_managed_keys_get_exactly_what_their_store_needs():
+    expected = {
+        "archive-key": (
+            "ExistingBucketHasKey",
+            {"kms:GenerateDataKey", "kms:Decrypt"},
+            "ExistingBucketKmsKeyArn",
+        ),
+        "table-key": (
+            "ExistingTableHasKey",
+            {"kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"},
+            "ExistingTableKmsKeyArn",
+        ),
+    }
+    for role in ("SqsHandlerRole", "KafkaHandlerRole"):
+        for name, (condition, actions, key) in expected.items():
+            found_condition, (statement,) = policy_named(role, name)
+            assert found_condition == condition, (role, name)
+            assert set(as_list(statement["Action"])) == actions, (role, name)
+            assert statement["Resource"] == {"Ref": key}, (role, name)
+    condition, (statement,) = policy_named("KafkaHandlerRole", "kafka-credentials-key")
+    assert condition == "KafkaSecretHasKey"
+    assert (statement["Action"], statement["Resource"]) == (
+        "kms:Decrypt",
+        {"Ref": "KafkaSecretKmsKeyArn"},
+    )
+    (assertion,) = TEMPLATE["Rules"]["MskScramSecretKeyNamed"]["Assertions"]
+    assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "KafkaSecretKmsKeyArn"}, ""]}]}
