@@ -354,3 +354,41 @@ def test_customer_managed_keys_get_exactly_what_their_store_needs():
     )
     (assertion,) = TEMPLATE["Rules"]["MskScramSecretKeyNamed"]["Assertions"]
     assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "KafkaSecretKmsKeyArn"}, ""]}]}
+
+
+def test_mappings_report_their_metrics():
+    sqs_event = resource("SqsHandlerFunction")["Events"]["TerraQueue"]["Properties"]
+    assert sqs_event["MetricsConfig"] == {"Metrics": ["EventCount"]}
+    assert resource("KafkaEventSourceMapping")["MetricsConfig"] == {"Metrics": ["EventCount"]}
+
+
+def test_alarms_watch_the_url_clock_and_kafka_lag():
+    alarms = {
+        body["Properties"]["MetricName"]: body["Properties"]
+        for body in RESOURCES.values()
+        if body["Type"] == "AWS::CloudWatch::Alarm"
+    }
+    age = alarms["PayloadAgeAtFetch"]
+    assert age["Namespace"] == {"Ref": "MetricsNamespace"}
+    assert age["Statistic"] == "Maximum"
+    assert PARAMETERS["PayloadAgeAlarmSeconds"]["Default"] < 600
+    assert alarms["OffsetLag"]["Dimensions"][0]["Value"] == {"Ref": "KafkaHandlerFunction"}
+
+
+def test_dashboard_is_json_and_shows_the_url_clock():
+    import json
+
+    body, variables = RESOURCES["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    for name in list(variables) + ["AWS::Region"]:
+        body = body.replace("${" + name + "}", "placeholder")
+    assert "${" not in body
+    widgets = json.loads(body)["widgets"]
+    shown = {metric[1] for widget in widgets for metric in widget["properties"]["metrics"]}
+    assert {"PayloadAgeAtFetch", "ApproximateAgeOfOldestMessage", "RecordsFailedExpired"} <= shown
+
+
+def test_metrics_survive_the_log_level():
+    """EMF lines carry no "level", so Lambda files them as INFO: a higher
+    ApplicationLogLevel would drop every metric (the README says so)."""
+    for function in ("SqsHandlerFunction", "KafkaHandlerFunction"):
+        assert resource(function)["LoggingConfig"]["ApplicationLogLevel"] in ("TRACE", "DEBUG", "INFO")
