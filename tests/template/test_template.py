@@ -392,3 +392,16 @@ def test_metrics_survive_the_log_level():
     ApplicationLogLevel would drop every metric (the README says so)."""
     for function in ("SqsHandlerFunction", "KafkaHandlerFunction"):
         assert resource(function)["LoggingConfig"]["ApplicationLogLevel"] in ("TRACE", "DEBUG", "INFO")
+
+
+def test_the_mappings_discarded_batches_and_the_functions_dead_letters_are_apart():
+    mapping = resource("KafkaEventSourceMapping")
+    _, destination, _ = mapping["DestinationConfig"]["Fn::If"]
+    assert destination["OnFailure"]["Destination"] == {
+        "Fn::GetAtt": ["KafkaDiscardedBatchesQueue", "Arn"]
+    }
+    env = resource("KafkaHandlerFunction")["Environment"]["Variables"]
+    assert env["TERRA_DEAD_LETTER_QUEUE_URL"] == {"Ref": "KafkaDeadLetterQueue"}
+    condition, (statement,) = policy_named("KafkaHandlerRole", "discarded-batches")
+    assert condition == "KafkaDiscardsBatches"
+    assert statement["Resource"] == {"Fn::GetAtt": ["KafkaDiscardedBatchesQueue", "Arn"]}
