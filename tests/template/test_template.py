@@ -405,3 +405,25 @@ def test_the_mappings_discarded_batches_and_the_functions_dead_letters_are_apart
     condition, (statement,) = policy_named("KafkaHandlerRole", "discarded-batches")
     assert condition == "KafkaDiscardsBatches"
     assert statement["Resource"] == {"Fn::GetAtt": ["KafkaDiscardedBatchesQueue", "Arn"]}
+
+
+def test_self_managed_kafka_authenticates_as_chosen_with_an_optional_root_ca():
+    chosen = PARAMETERS["SelfManagedKafkaAuthentication"]
+    assert set(chosen["AllowedValues"]) == {
+        "BASIC_AUTH",
+        "SASL_SCRAM_256_AUTH",
+        "SASL_SCRAM_512_AUTH",
+        "CLIENT_CERTIFICATE_TLS_AUTH",
+    }
+    condition, configs, _ = resource("KafkaEventSourceMapping")["SourceAccessConfigurations"]["Fn::If"]
+    assert condition == "UseSelfManagedKafka"
+    auth, root_ca = configs
+    assert auth == {"Type": {"Ref": "SelfManagedKafkaAuthentication"}, "URI": {"Ref": "KafkaSecretArn"}}
+    ca_condition, ca, otherwise = root_ca["Fn::If"]
+    assert (ca_condition, ca["Type"], otherwise) == (
+        "KafkaHasRootCa",
+        "SERVER_ROOT_CA_CERTIFICATE",
+        {"Ref": "AWS::NoValue"},
+    )
+    condition, (statement,) = policy_named("KafkaHandlerRole", "kafka-root-ca")
+    assert (condition, statement["Resource"]) == ("KafkaHasRootCa", {"Ref": "KafkaRootCaSecretArn"})
