@@ -1,0 +1,105 @@
+"""template.yaml deployed into moto's CloudFormation (in process): the SAM
+transform offline, then create-stack, then what the stack holds read back
+through the services' own APIs. This proves the template creates what the
+functions are configured against; IAM is not enforced here.
+
+moto 5.2 does not create CloudWatch alarms, dashboards or bucket policies
+from a stack (it warns and skips them), nor Kafka event source mappings
+(it wants an SQS, Kinesis or DynamoDB stream ARN): those are checked on the
+template alone, in test_template.py."""
+
+import json
+import os
+import warnings
+
+import boto3
+import pytest
+from moto import mock_aws
+
+import local_stack
+
+KAFKA = {
+    "KafkaSource": "self-managed",
+    "KafkaBootstrapServers": "b-1.kafka.example:9096",
+    "KafkaSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:terra-kafka-AbCdEf",
+    "KafkaPartialBatch": "true",
+}
+
+
+@pytest.fixture
+def session(monkeypatch):
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
+        monkeypatch.setenv(name, value)
+    with mock_aws(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield boto3.Session()
+
+
+def functions(session):
+    lam = session.client("lambda")
+    return {f["FunctionName"]: f for f in lam.list_functions()["Functions"]}
+
+
+def test_the_default_stack_creates_what_the_function_is_configured_against(session):
+    outputs = local_stack.deploy(session)
+    template, parameters = local_stack.resolved_template()
+
+    (function,) = functions(session).values()
+    assert function["FunctionName"] == outputs["SqsHandlerFunctionName"]
+    assert function["Timeout"] == int(parameters["FunctionTimeout"])
+    assert function["MemorySize"] == int(parameters["FunctionMemory"])
+    env = function["Environment"]["Variables"]
+    assert env["TERRA_S3_BUCKET"] == outputs["BucketName"]
+    assert env["TERRA_DYNAMODB_TABLE"] == outputs["TableName"]
+    assert env["TERRA_S3_PREFIX"] == parameters["S3Prefix"]
+    assert str(env["TERRA_FETCH_CONCURRENCY"]) == parameters["FetchConcurrency"]
+    session.client("s3").head_bucket(Bucket=env["TERRA_S3_BUCKET"])
+    table = session.client("dynamodb").describe_table(TableName=env["TERRA_DYNAMODB_TABLE"])
+    assert [k["AttributeName"] for k in table["Table"]["KeySchema"]] == ["pk", "sk"]
+
+    queue = session.client("sqs").get_queue_attributes(
+        QueueUrl=outputs["QueueUrl"], AttributeNames=["All"]
+    )["Attributes"]
+    mapping_table = template["Mappings"]
+    expected_visibility = mapping_table["Timeouts"][parameters["FunctionTimeout"]]["VisibilityTimeout"]
+    assert int(queue["VisibilityTimeout"]) == expected_visibility
+    redrive = json.loads(queue["RedrivePolicy"])
+    assert redrive["maxReceiveCount"] == int(parameters["MaxReceiveCount"])
+    dead_letters = session.client("sqs").get_queue_attributes(
+        QueueUrl=outputs["DeadLetterQueueUrl"], AttributeNames=["QueueArn"]
+    )["Attributes"]
+    assert redrive["deadLetterTargetArn"] == dead_letters["QueueArn"]
+
+    (mapping,) = session.client("lambda").list_event_source_mappings()["EventSourceMappings"]
+    assert mapping["EventSourceArn"] == outputs["QueueArn"]
+    assert mapping["BatchSize"] == int(parameters["SqsBatchSize"])
+    assert mapping["MaximumBatchingWindowInSeconds"] == int(parameters["SqsBatchingWindowSeconds"])
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert mapping["ScalingConfig"]["MaximumConcurrency"] == int(parameters["SqsMaximumConcurrency"])
+
+    session.client("iam").get_user(UserName=outputs["TerraSenderUserName"])
+
+
+def test_a_kafka_stack_wires_the_kafka_handler_to_its_queues(session):
+    outputs = local_stack.deploy(session, overrides=KAFKA, without=("KafkaEventSourceMapping",))
+    kafka = functions(session)[outputs["KafkaHandlerFunctionName"]]
+    env = kafka["Environment"]["Variables"]
+    assert env["TERRA_DEAD_LETTER_QUEUE_URL"] == outputs["KafkaDeadLetterQueueUrl"]
+    assert env["TERRA_KAFKA_PARTIAL_BATCH"] == "true"
+    assert outputs["KafkaDiscardedBatchesQueueUrl"] != outputs["KafkaDeadLetterQueueUrl"]
+    sqs = session.client("sqs")
+    for url in (outputs["KafkaDeadLetterQueueUrl"], outputs["KafkaDiscardedBatchesQueueUrl"]):
+        sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+
+
+def test_a_stack_without_an_archive_configures_no_bucket(session):
+    outputs = local_stack.deploy(session, overrides={"ArchiveBucketMode": "none"})
+    (function,) = functions(session).values()
+    env = function["Environment"]["Variables"]
+    assert env.get("TERRA_S3_BUCKET", "") == ""
+    assert env["TERRA_DYNAMODB_TABLE"] == outputs["TableName"]
+    assert "BucketName" not in outputs
