@@ -115,7 +115,8 @@ def resolved_template(overrides=None, without=()):
 
 
 def deploy(session, stack_name="terra-sink", overrides=None, without=()):
-    """Creates the stack in the moto reached by `session`; returns its outputs."""
+    """Creates the stack in the moto `session` reaches (a boto3 session, or
+    anything with its `client(name)`); returns the stack's outputs."""
     template, parameters = resolved_template(overrides, without)
     s3 = session.client("s3")
     s3.create_bucket(Bucket=CODE_BUCKET)
