@@ -125,3 +125,132 @@ def test_terra_can_send_to_its_queue_and_nothing_else(moto_server):
     denied(lambda: terra.send_message(QueueUrl=outputs["DeadLetterQueueUrl"], MessageBody="{}"))
     s3 = Endpoint(moto_server, key["AccessKeyId"], key["SecretAccessKey"]).client("s3")
     denied(lambda: s3.list_objects_v2(Bucket=outputs["BucketName"]))
+
+
+PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": "123456789012"}
+
+
+class StackReferences:
+    """Resolves Ref, Fn::GetAtt and Fn::Sub in the template's policy
+    documents to the stack's physical resources, as CloudFormation would."""
+
+    def __init__(self, admin, stack_name, parameters):
+        cloudformation = admin.client("cloudformation")
+        summaries = cloudformation.list_stack_resources(StackName=stack_name)[
+            "StackResourceSummaries"
+        ]
+        self.physical = {s["LogicalResourceId"]: s["PhysicalResourceId"] for s in summaries}
+        self.types = {s["LogicalResourceId"]: s["ResourceType"] for s in summaries}
+        self.values = dict(PSEUDO, **parameters, **{"AWS::StackName": stack_name})
+        self.sqs = admin.client("sqs")
+
+    def ref(self, name):
+        return self.physical.get(name, self.values.get(name))
+
+    def arn(self, name):
+        kind, physical = self.types[name], self.physical[name]
+        if kind == "AWS::SQS::Queue":
+            return self.sqs.get_queue_attributes(QueueUrl=physical, AttributeNames=["QueueArn"])[
+                "Attributes"
+            ]["QueueArn"]
+        if kind == "AWS::Logs::LogGroup":
+            return f"arn:aws:logs:us-east-1:123456789012:log-group:{physical}:*"
+        raise ValueError(f"no ARN for {kind}")
+
+    def sub(self, text, variables):
+        import re
+
+        def one(match):
+            name = match.group(1)
+            if name in variables:
+                return self.resolve(variables[name])
+            if name.endswith(".Arn"):
+                return self.arn(name[: -len(".Arn")])
+            return self.ref(name)
+
+        return re.sub(r"\$\{([^}]+)\}", one, text)
+
+    def resolve(self, node):
+        if isinstance(node, dict):
+            if set(node) == {"Ref"}:
+                return self.ref(node["Ref"])
+            if set(node) == {"Fn::GetAtt"}:
+                return self.arn(node["Fn::GetAtt"][0])
+            if set(node) == {"Fn::Sub"}:
+                value = node["Fn::Sub"]
+                text, variables = (value, {}) if isinstance(value, str) else value
+                return self.sub(text, variables)
+            return {k: self.resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self.resolve(v) for v in node]
+        return node
+
+
+def enforce_iam(url):
+    request = urllib.request.Request(
+        url + "/moto-api/reset-auth",
+        data=b"0",
+        headers={"Content-Type": "text/plain"},
+        method="POST",
+    )
+    urllib.request.urlopen(request, timeout=5)
+
+
+def test_the_sqs_handler_role_may_do_what_the_code_calls_and_no_more(moto_server):
+    admin = Endpoint(moto_server)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        outputs = local_stack.deploy(admin)
+    template, parameters = local_stack.resolved_template()
+    references = StackReferences(admin, "terra-sink", parameters)
+    role_name = references.ref("SqsHandlerRole")
+    iam = admin.client("iam")
+    # moto keeps a stack role's inline policies in a form its own evaluator
+    # cannot read: the template's documents are put back.
+    for policy in template["Resources"]["SqsHandlerRole"]["Properties"]["Policies"]:
+        iam.put_role_policy(
+            RoleName=role_name,
+            PolicyName=policy["PolicyName"],
+            PolicyDocument=json.dumps(references.resolve(policy["PolicyDocument"])),
+        )
+    role_arn = iam.get_role(RoleName=role_name)["Role"]["Arn"]
+    credentials = admin.client("sts").assume_role(RoleArn=role_arn, RoleSessionName="handler")[
+        "Credentials"
+    ]
+    admin.client("sqs").send_message(QueueUrl=outputs["QueueUrl"], MessageBody="{}")
+    enforce_iam(moto_server)
+
+    def as_role(name):
+        return boto3.client(
+            name,
+            endpoint_url=moto_server,
+            region_name="us-east-1",
+            aws_access_key_id=credentials["AccessKeyId"],
+            aws_secret_access_key=credentials["SecretAccessKey"],
+            aws_session_token=credentials["SessionToken"],
+        )
+
+    sqs = as_role("sqs")
+    # The mapping's calls and the function's own (see the README's retry
+    # schedule).
+    (message,) = sqs.receive_message(QueueUrl=outputs["QueueUrl"])["Messages"]
+    sqs.get_queue_attributes(
+        QueueUrl=outputs["QueueUrl"], AttributeNames=["VisibilityTimeout", "RedrivePolicy"]
+    )
+    # The function calls ChangeMessageVisibilityBatch, which AWS authorizes
+    # as sqs:ChangeMessageVisibility; moto asks for an action of the batch's
+    # own name, so the single call stands in for it here.
+    sqs.change_message_visibility(
+        QueueUrl=outputs["QueueUrl"], ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=30
+    )
+    sqs.delete_message(QueueUrl=outputs["QueueUrl"], ReceiptHandle=message["ReceiptHandle"])
+    denied(lambda: sqs.send_message(QueueUrl=outputs["QueueUrl"], MessageBody="{}"))
+    denied(lambda: sqs.receive_message(QueueUrl=outputs["DeadLetterQueueUrl"]))
+
+    s3 = as_role("s3")
+    bucket, prefix = outputs["BucketName"], parameters["S3Prefix"]
+    s3.put_object(Bucket=bucket, Key=f"{prefix}archived.json", Body=b"{}")
+    s3.head_object(Bucket=bucket, Key=f"{prefix}archived.json")
+    s3.get_object(Bucket=bucket, Key=f"{prefix}archived.json")
+    denied(lambda: s3.put_object(Bucket=bucket, Key="outside/archived.json", Body=b"{}"))
+    denied(lambda: s3.delete_object(Bucket=bucket, Key=f"{prefix}archived.json"))
