@@ -2,11 +2,11 @@
 server, then IAM enforcement switched on (`/moto-api/reset-auth`), and the
 identities the template creates calling what they may and may not.
 
-moto 5.2's CloudFormation drops an IAM user's inline `Policies`, so the
-template's own document is put back through the IAM API, with the one
-reference it holds (the queue's ARN) resolved from the stack's outputs. moto
-checks `sqs:GetQueueUrl` against resource `*` (AWS checks the queue), so that
-one allowed call is not exercised here."""
+moto 5.2's CloudFormation drops an IAM user's inline `Policies` (and keeps a
+role's in a form its evaluator cannot read), so the template's own documents
+are put back through the IAM API, their references resolved from the stack's
+resources. moto checks `sqs:GetQueueUrl` against resource `*` (AWS checks the
+queue), so that one allowed call is not exercised here."""
 
 import json
 import os
@@ -71,60 +71,11 @@ def moto_server():
         server.wait(timeout=10)
 
 
-def resolve(node, references):
-    if isinstance(node, dict):
-        if set(node) == {"Fn::GetAtt"}:
-            return references[tuple(node["Fn::GetAtt"])]
-        return {k: resolve(v, references) for k, v in node.items()}
-    if isinstance(node, list):
-        return [resolve(v, references) for v in node]
-    return node
-
-
 def denied(call):
     with pytest.raises(botocore.exceptions.ClientError) as raised:
         call()
     response = raised.value.response
     assert response["ResponseMetadata"]["HTTPStatusCode"] == 403, response
-
-
-def test_terra_can_send_to_its_queue_and_nothing_else(moto_server):
-    admin = Endpoint(moto_server)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        outputs = local_stack.deploy(admin)
-    template, _ = local_stack.resolved_template()
-    user = outputs["TerraSenderUserName"]
-    references = {("EventsQueue", "Arn"): outputs["QueueArn"]}
-    iam = admin.client("iam")
-    for policy in template["Resources"]["TerraSenderUser"]["Properties"]["Policies"]:
-        iam.put_user_policy(
-            UserName=user,
-            PolicyName=policy["PolicyName"],
-            PolicyDocument=json.dumps(resolve(policy["PolicyDocument"], references)),
-        )
-    key = iam.create_access_key(UserName=user)["AccessKey"]
-    other_queue = admin.client("sqs").create_queue(QueueName="not-terras")["QueueUrl"]
-    admin.client("sqs").send_message(QueueUrl=outputs["QueueUrl"], MessageBody="{}")
-
-    request = urllib.request.Request(
-        moto_server + "/moto-api/reset-auth",
-        data=b"0",
-        headers={"Content-Type": "text/plain"},
-        method="POST",
-    )
-    urllib.request.urlopen(request, timeout=5)
-
-    terra = Endpoint(moto_server, key["AccessKeyId"], key["SecretAccessKey"]).client("sqs")
-    # GetQueueUrl, which the policy allows on the queue, is not tried: moto
-    # checks it against resource "*", which AWS does not.
-    terra.send_message(QueueUrl=outputs["QueueUrl"], MessageBody='{"type":"healthcheck"}')
-    denied(lambda: terra.receive_message(QueueUrl=outputs["QueueUrl"]))
-    denied(lambda: terra.purge_queue(QueueUrl=outputs["QueueUrl"]))
-    denied(lambda: terra.send_message(QueueUrl=other_queue, MessageBody="{}"))
-    denied(lambda: terra.send_message(QueueUrl=outputs["DeadLetterQueueUrl"], MessageBody="{}"))
-    s3 = Endpoint(moto_server, key["AccessKeyId"], key["SecretAccessKey"]).client("s3")
-    denied(lambda: s3.list_objects_v2(Bucket=outputs["BucketName"]))
 
 
 PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": "123456789012"}
@@ -196,23 +147,59 @@ def enforce_iam(url):
     urllib.request.urlopen(request, timeout=5)
 
 
+class Stack:
+    """The default stack in the moto server, read back for the checks."""
+
+    def __init__(self, url):
+        self.admin = Endpoint(url)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self.outputs = local_stack.deploy(self.admin)
+        self.template, self.parameters = local_stack.resolved_template()
+        self.references = StackReferences(self.admin, "terra-sink", self.parameters)
+
+    def policies(self, logical_id):
+        """The identity's inline policies as the template writes them, their
+        references resolved: (name, document as JSON)."""
+        for policy in self.template["Resources"][logical_id]["Properties"]["Policies"]:
+            document = self.references.resolve(policy["PolicyDocument"])
+            yield policy["PolicyName"], json.dumps(document)
+
+
+def test_terra_can_send_to_its_queue_and_nothing_else(moto_server):
+    stack = Stack(moto_server)
+    admin, outputs = stack.admin, stack.outputs
+    user = outputs["TerraSenderUserName"]
+    iam = admin.client("iam")
+    for name, document in stack.policies("TerraSenderUser"):
+        iam.put_user_policy(UserName=user, PolicyName=name, PolicyDocument=document)
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    other_queue = admin.client("sqs").create_queue(QueueName="not-terras")["QueueUrl"]
+    admin.client("sqs").send_message(QueueUrl=outputs["QueueUrl"], MessageBody="{}")
+
+    enforce_iam(moto_server)
+
+    terra = Endpoint(moto_server, key["AccessKeyId"], key["SecretAccessKey"]).client("sqs")
+    # GetQueueUrl, which the policy allows on the queue, is not tried: moto
+    # checks it against resource "*", which AWS does not.
+    terra.send_message(QueueUrl=outputs["QueueUrl"], MessageBody='{"type":"healthcheck"}')
+    denied(lambda: terra.receive_message(QueueUrl=outputs["QueueUrl"]))
+    denied(lambda: terra.purge_queue(QueueUrl=outputs["QueueUrl"]))
+    denied(lambda: terra.send_message(QueueUrl=other_queue, MessageBody="{}"))
+    denied(lambda: terra.send_message(QueueUrl=outputs["DeadLetterQueueUrl"], MessageBody="{}"))
+    s3 = Endpoint(moto_server, key["AccessKeyId"], key["SecretAccessKey"]).client("s3")
+    denied(lambda: s3.list_objects_v2(Bucket=outputs["BucketName"]))
+
+
 def test_the_sqs_handler_role_may_do_what_the_code_calls_and_no_more(moto_server):
-    admin = Endpoint(moto_server)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        outputs = local_stack.deploy(admin)
-    template, parameters = local_stack.resolved_template()
-    references = StackReferences(admin, "terra-sink", parameters)
-    role_name = references.ref("SqsHandlerRole")
+    stack = Stack(moto_server)
+    admin, outputs, parameters = stack.admin, stack.outputs, stack.parameters
+    role_name = stack.references.ref("SqsHandlerRole")
     iam = admin.client("iam")
     # moto keeps a stack role's inline policies in a form its own evaluator
     # cannot read: the template's documents are put back.
-    for policy in template["Resources"]["SqsHandlerRole"]["Properties"]["Policies"]:
-        iam.put_role_policy(
-            RoleName=role_name,
-            PolicyName=policy["PolicyName"],
-            PolicyDocument=json.dumps(references.resolve(policy["PolicyDocument"])),
-        )
+    for name, document in stack.policies("SqsHandlerRole"):
+        iam.put_role_policy(RoleName=role_name, PolicyName=name, PolicyDocument=document)
     role_arn = iam.get_role(RoleName=role_name)["Role"]["Arn"]
     credentials = admin.client("sts").assume_role(RoleArn=role_arn, RoleSessionName="handler")[
         "Credentials"
