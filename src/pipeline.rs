@@ -4,21 +4,17 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::batch::RecordProcessor;
-use crate::fetch::{FetchDeadlines, FetchError, Fetcher, RedactedUrl};
+use crate::fetch::{FetchDeadlines, FetchError, Fetcher, RedactedUrl, RetryDelays};
 use crate::message::{self, PayloadPointer, TerraMessage};
 use crate::outcome::{Classify, FailureClass, FetchTiming, Outcome, RecordFailure, Retry, Written};
 use crate::payload::{self, ArchiveName};
 use crate::sink::{Archive, ArchiveWrite, ArchivedObject, Delivery, Sink, SinkError};
 use crate::source::InboundRecord;
-
-const STORE_FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const STORE_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct Pipeline {
     fetcher: Fetcher,
@@ -180,16 +176,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, SinkError>>,
 {
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(STORE_FIRST_BACKOFF)
-        .with_max_delay(STORE_MAX_BACKOFF)
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut delays = RetryDelays::new();
     loop {
         match write().await {
             Err(error) if error.retry == Retry::Transient => {
-                let delay = backoff.next().unwrap_or(STORE_MAX_BACKOFF);
+                let delay = delays.next_delay();
                 if Instant::now() + delay >= give_up_at {
                     return Err(error);
                 }

@@ -253,15 +253,8 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
         .as_ref()
         .map_or(moto.endpoint.as_str(), |p| p.endpoint.as_str());
     let mut env = if faults.production_ratios {
-        let mut env = demo::loopback_function_env(runtime.addr, endpoint);
-        env.push(("TERRA_S3_BUCKET".into(), demo::BUCKET.into()));
-        env.extend(
-            deployed
-                .environment
-                .iter()
-                .filter(|(name, _)| name != "TERRA_ALLOWED_URL_HOSTS")
-                .cloned(),
-        );
+        let mut env = demo::archive_function_env(runtime.addr, endpoint);
+        env.extend(deployed.loopback_environment());
         env
     } else {
         demo::local_function_env(runtime.addr, endpoint)

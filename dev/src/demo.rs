@@ -98,11 +98,7 @@ impl Scenario {
         scenario.url_lifetime = deployed.url_lifetime;
         scenario.slow_first_answer = deployed.function_timeout * 2;
         scenario.quick_fetch = false;
-        scenario.handler_env = deployed
-            .environment
-            .into_iter()
-            .filter(|(name, _)| name != "TERRA_ALLOWED_URL_HOSTS")
-            .collect();
+        scenario.handler_env = deployed.loopback_environment().collect();
         scenario
     }
 }
@@ -337,9 +333,7 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
     let mut env = if scenario.quick_fetch {
         local_function_env(runtime.addr, store_endpoint)
     } else {
-        let mut env = loopback_function_env(runtime.addr, store_endpoint);
-        env.push(("TERRA_S3_BUCKET".into(), BUCKET.into()));
-        env
+        archive_function_env(runtime.addr, store_endpoint)
     };
     for (name, value) in [("TERRA_S3_PREFIX", PREFIX), ("TERRA_DYNAMODB_TABLE", TABLE)]
         .iter()
@@ -456,12 +450,21 @@ pub fn loopback_function_env(
     env
 }
 
-/// The environment of a handler in the demo and fault runs: the loopback
-/// environment with the demo bucket, and quick fetch retries.
-pub fn local_function_env(runtime_api: SocketAddr, store_endpoint: &str) -> Vec<(String, String)> {
+/// The loopback environment with the demo bucket as the archive.
+pub fn archive_function_env(
+    runtime_api: SocketAddr,
+    store_endpoint: &str,
+) -> Vec<(String, String)> {
     let mut env = loopback_function_env(runtime_api, store_endpoint);
+    env.push(("TERRA_S3_BUCKET".to_owned(), BUCKET.to_owned()));
+    env
+}
+
+/// The environment of a handler in the demo and fault runs: the demo
+/// bucket, and quick fetch retries.
+pub fn local_function_env(runtime_api: SocketAddr, store_endpoint: &str) -> Vec<(String, String)> {
+    let mut env = archive_function_env(runtime_api, store_endpoint);
     for (name, value) in [
-        ("TERRA_S3_BUCKET", BUCKET),
         ("TERRA_FETCH_TIMEOUT_SECS", "2"),
         ("TERRA_FETCH_MAX_ATTEMPTS", "2"),
     ] {

@@ -4,7 +4,6 @@
 //! mappings and the function's environment. Scenarios about time run these
 //! durations scaled down by one factor, keeping every ratio.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_yaml_ng::Value;
@@ -16,15 +15,12 @@ pub const TERRA_URL_LIFETIME: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deployed {
     pub function_timeout: Duration,
-    pub function_memory_mb: u64,
     /// The events queue's visibility timeout.
     pub visibility_timeout: Duration,
     /// The events queue's redrive policy.
     pub max_receive_count: u32,
     /// The SQS event source mapping.
     pub sqs_batch_size: i32,
-    pub sqs_batching_window: Duration,
-    pub sqs_maximum_concurrency: usize,
     /// The Kafka event source mapping.
     pub kafka_batch_size: usize,
     /// Whether the Kafka mapping has `ReportBatchItemFailures` (and the
@@ -66,13 +62,9 @@ impl Deployed {
         }
         Deployed {
             function_timeout: t.seconds(&globals["Timeout"]),
-            function_memory_mb: t.number(&globals["MemorySize"]),
             visibility_timeout: t.seconds(&queue["VisibilityTimeout"]),
             max_receive_count: t.number(&queue["RedrivePolicy"]["maxReceiveCount"]) as u32,
             sqs_batch_size: t.number(&sqs_events["BatchSize"]) as i32,
-            sqs_batching_window: t.seconds(&sqs_events["MaximumBatchingWindowInSeconds"]),
-            sqs_maximum_concurrency: t.number(&sqs_events["ScalingConfig"]["MaximumConcurrency"])
-                as usize,
             kafka_batch_size: t.number(&kafka["BatchSize"]) as usize,
             kafka_partial_batch: t.try_resolve(&t.parameter("KafkaPartialBatch")).as_deref()
                 == Some("true"),
@@ -84,12 +76,20 @@ impl Deployed {
         }
     }
 
+    /// The function environment for a local run: the template's, less the
+    /// allowed URL hosts (the local payload server is the only host there).
+    pub fn loopback_environment(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        self.environment
+            .iter()
+            .filter(|(name, _)| name != "TERRA_ALLOWED_URL_HOSTS")
+            .cloned()
+    }
+
     /// Every duration divided by `factor`: the same deployment, faster.
     pub fn scaled_down(&self, factor: u32) -> Deployed {
         Deployed {
             function_timeout: self.function_timeout / factor,
             visibility_timeout: self.visibility_timeout / factor,
-            sqs_batching_window: self.sqs_batching_window / factor,
             url_lifetime: self.url_lifetime / factor,
             ..self.clone()
         }
@@ -149,15 +149,6 @@ impl Template<'_> {
     }
 }
 
-/// The template's variables as a map, for lookups.
-pub fn environment_map(deployed: &Deployed) -> BTreeMap<&str, &str> {
-    deployed
-        .environment
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,9 +164,13 @@ mod tests {
         );
         assert!(deployed.max_receive_count >= 1);
         assert!(deployed.sqs_batch_size >= 1);
-        let env = environment_map(&deployed);
-        assert!(env.contains_key("TERRA_FETCH_CONCURRENCY"), "{env:?}");
-        assert!(!env.contains_key("TERRA_S3_BUCKET"), "names a resource");
+        let named = |var: &str| deployed.environment.iter().any(|(name, _)| name == var);
+        assert!(
+            named("TERRA_FETCH_CONCURRENCY"),
+            "{:?}",
+            deployed.environment
+        );
+        assert!(!named("TERRA_S3_BUCKET"), "names a resource");
         let scaled = deployed.scaled_down(20);
         assert_eq!(scaled.url_lifetime, Duration::from_secs(30));
         assert_eq!(scaled.max_receive_count, deployed.max_receive_count);

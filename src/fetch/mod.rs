@@ -9,7 +9,7 @@ use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
 use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
@@ -135,6 +135,28 @@ fn is_expired_status(status: u16) -> bool {
 const MAX_REDIRECTS: usize = 5;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// The waits between retries within one invocation, for downloads and store
+/// writes alike: 200 ms doubling to 5 s, with jitter, for as long as the
+/// caller's deadline allows.
+pub(crate) struct RetryDelays(ExponentialBackoff);
+
+impl RetryDelays {
+    pub(crate) fn new() -> Self {
+        Self(
+            ExponentialBuilder::default()
+                .with_min_delay(FIRST_BACKOFF)
+                .with_max_delay(MAX_BACKOFF)
+                .with_jitter()
+                .without_max_times()
+                .build(),
+        )
+    }
+
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        self.0.next().unwrap_or(MAX_BACKOFF)
+    }
+}
 /// The last attempt starts at least this long before the URL expires, so the
 /// request reaches the host while the signature is still good.
 const LAST_CHANCE_BEFORE_EXPIRY: Duration = Duration::from_millis(250);
@@ -203,12 +225,7 @@ impl Fetcher {
     pub async fn fetch(&self, url: &Url, deadlines: FetchDeadlines) -> Result<Fetched, FetchError> {
         self.policy.check_url(url).map_err(FetchError::Refused)?;
         let shown = RedactedUrl(url).to_string();
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(FIRST_BACKOFF)
-            .with_max_delay(MAX_BACKOFF)
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut delays = RetryDelays::new();
         let last_start = deadlines.url_expires_at.map(|expiry| {
             expiry
                 .checked_sub(LAST_CHANCE_BEFORE_EXPIRY)
@@ -248,7 +265,7 @@ impl Fetcher {
             {
                 return Err(failure.error);
             }
-            let mut delay = backoff.next().unwrap_or(MAX_BACKOFF);
+            let mut delay = delays.next_delay();
             if let Some(asked) = failure.retry_after {
                 delay = delay.max(asked);
             }

@@ -238,13 +238,7 @@ impl Redelivery {
             Vec<(&SqsMessage, &crate::outcome::RecordFailure)>,
         > = BTreeMap::new();
         for (message, outcome) in event.records.iter().zip(outcomes) {
-            let (Some(failure), Some(queue_url)) = (
-                outcome.failure(),
-                message
-                    .event_source_arn
-                    .as_deref()
-                    .and_then(queue_url_from_arn),
-            ) else {
+            let (Some(failure), Some(queue_url)) = (outcome.failure(), queue_of(message)) else {
                 continue;
             };
             failed_by_queue
@@ -284,15 +278,18 @@ fn by_queue<'a>(
 ) -> BTreeMap<String, Vec<VisibilityChange>> {
     let mut by_queue: BTreeMap<String, Vec<VisibilityChange>> = BTreeMap::new();
     for (message, timeout) in messages {
-        let queue_url = message
-            .event_source_arn
-            .as_deref()
-            .and_then(queue_url_from_arn);
-        if let (Some(queue_url), Some(change)) = (queue_url, visibility_change(message, timeout)) {
+        if let (Some(queue_url), Some(change)) =
+            (queue_of(message), visibility_change(message, timeout))
+        {
             by_queue.entry(queue_url).or_default().push(change);
         }
     }
     by_queue
+}
+
+/// The URL of the queue the message came from.
+fn queue_of(message: &SqsMessage) -> Option<String> {
+    queue_url_from_arn(message.event_source_arn.as_deref()?)
 }
 
 fn visibility_change(message: &SqsMessage, timeout: Duration) -> Option<VisibilityChange> {
@@ -313,12 +310,7 @@ fn receive_count(message: &SqsMessage) -> u32 {
 
 /// How long the message's URL still works, when its lifetime is known.
 fn url_life_left(message: &SqsMessage, now_ms: u64) -> Option<Duration> {
-    let sent_at_ms: u64 = message
-        .attributes
-        .get("SentTimestamp")?
-        .trim()
-        .parse()
-        .ok()?;
+    let sent_at_ms = crate::source::sqs::sent_timestamp(message)?;
     let TerraMessage::Payload(pointer) =
         message::decode(message.body.as_deref()?.as_bytes()).ok()?
     else {

@@ -60,7 +60,7 @@ fn decode_message(index: usize, message: &SqsMessage) -> SourceItem {
     }
 }
 
-fn sent_timestamp(message: &SqsMessage) -> Option<u64> {
+pub(crate) fn sent_timestamp(message: &SqsMessage) -> Option<u64> {
     message.attributes.get("SentTimestamp")?.trim().parse().ok()
 }
 
