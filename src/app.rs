@@ -130,7 +130,8 @@ impl App {
         let by = limits.cutoff + RESPONSE_RESERVE / 2;
         if tokio::time::timeout_at(
             by,
-            self.redelivery.schedule(&event.payload, &report.outcomes),
+            self.redelivery
+                .schedule(&event.payload, &report.outcomes, time_left),
         )
         .await
         .is_err()

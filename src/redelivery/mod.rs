@@ -49,16 +49,24 @@ pub fn hold_for_invocation(time_left: Duration) -> Duration {
 /// - Permanent failures keep the queue's visibility timeout (`None` when the
 ///   queue's settings are unknown: the batch's hold stands).
 /// - A transient failure whose URL still lives comes back within the URL's
-///   remaining life, spread over the receipts the redrive policy leaves: the
-///   remaining life divided by the receipts left plus one. Its last receipt
-///   comes back at once, since only the dead-letter queue follows.
+///   remaining life, spread over the receipts the redrive policy leaves. The
+///   last receipt is aimed half an invocation before the URL dies, so its
+///   retries run until the URL does: a payload host that recovers in the
+///   URL's final minutes is still caught, and one that never does ends
+///   `expired`, not given up on while the URL lived. The receipts before it
+///   are spaced evenly up to then. A message on its last receipt comes back
+///   at once, since only the dead-letter queue follows.
 /// - A transient failure whose URL is dead (the payload is in the archive)
 ///   or has no known lifetime keeps the queue's timeout.
+///
+/// `invocation` is how long one invocation may run: the time the current
+/// one had when it started.
 pub fn return_after(
     failure: &RecordFailure,
     receive_count: u32,
     queue: Option<&QueueSettings>,
     url_life_left: Option<Duration>,
+    invocation: Duration,
 ) -> Option<Duration> {
     let queue_timeout = queue.map(|q| q.visibility_timeout);
     if failure.retry == Retry::Permanent {
@@ -75,7 +83,8 @@ pub fn return_after(
     if receipts_left == 0 {
         return Some(Duration::ZERO);
     }
-    let spread = url_life_left / (receipts_left + 1);
+    let last_receipt_at = url_life_left.saturating_sub(invocation / 2);
+    let spread = last_receipt_at / receipts_left;
     let delay = match queue_timeout {
         Some(timeout) => spread.min(timeout),
         None => spread,
@@ -113,45 +122,88 @@ mod tests {
         assert_eq!(hold_for_invocation(Duration::ZERO), secs(1));
     }
 
+    /// The template's default function timeout.
+    const INVOCATION: Duration = Duration::from_secs(120);
+
     #[test]
     fn transient_failures_come_back_while_the_url_lives() {
-        let back = |count, left| return_after(&transient(), count, Some(&TEMPLATE_DEFAULTS), left);
-        // The template's defaults: a 600 s URL, first failure after a 120 s
-        // invocation, 4 receipts left.
-        assert_eq!(back(1, Some(secs(480))), Some(secs(96)));
-        assert_eq!(back(2, Some(secs(264))), Some(secs(66)));
-        assert_eq!(back(4, Some(secs(60))), Some(secs(30)));
+        let back = |count, left| {
+            return_after(
+                &transient(),
+                count,
+                Some(&TEMPLATE_DEFAULTS),
+                left,
+                INVOCATION,
+            )
+        };
+        // The template's defaults: a 600 s URL, a payload host down for good,
+        // each receipt's retries running out its 120 s invocation.
+        assert_eq!(back(1, Some(secs(480))), Some(secs(105)));
+        assert_eq!(back(2, Some(secs(255))), Some(secs(65)));
+        assert_eq!(back(3, Some(secs(70))), Some(secs(5)));
+        // The last receipt starts half an invocation before the URL dies.
+        assert_eq!(back(4, Some(secs(200))), Some(secs(140)));
+        assert_eq!(
+            back(4, Some(secs(50))),
+            Some(secs(0)),
+            "already inside the last half"
+        );
         assert_eq!(back(5, Some(secs(60))), Some(secs(0)), "the DLQ is next");
         assert_eq!(back(1, None), Some(secs(1020)), "no known lifetime");
         assert_eq!(back(1, Some(Duration::ZERO)), Some(secs(1020)), "URL dead");
-        let long_url = return_after(
-            &transient(),
-            1,
-            Some(&TEMPLATE_DEFAULTS),
-            Some(secs(86_400)),
-        );
         assert_eq!(
-            long_url,
+            back(1, Some(secs(86_400))),
             Some(secs(1020)),
             "never later than the queue's timeout"
         );
     }
 
     #[test]
+    fn the_last_receipt_outlives_the_url_at_any_ratio() {
+        for invocation_secs in [3, 6, 30, 120, 900] {
+            let invocation = secs(invocation_secs);
+            for left_secs in 1..=600 {
+                let left = secs(left_secs);
+                let back = return_after(
+                    &transient(),
+                    4,
+                    Some(&TEMPLATE_DEFAULTS),
+                    Some(left),
+                    invocation,
+                )
+                .unwrap_or_default();
+                assert!(
+                    back < left && left - back <= invocation / 2 + secs(1),
+                    "{left_secs} s left, {invocation_secs} s invocations: back after {back:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn permanent_failures_keep_the_queue_timeout() {
         let expired = RecordFailure::new(FailureClass::Expired, Retry::Permanent, "gone");
         assert_eq!(
-            return_after(&expired, 1, Some(&TEMPLATE_DEFAULTS), Some(secs(300))),
+            return_after(
+                &expired,
+                1,
+                Some(&TEMPLATE_DEFAULTS),
+                Some(secs(300)),
+                INVOCATION
+            ),
             Some(secs(1020))
         );
-        assert_eq!(return_after(&expired, 1, None, Some(secs(300))), None);
+        assert_eq!(
+            return_after(&expired, 1, None, Some(secs(300)), INVOCATION),
+            None
+        );
     }
 
     #[test]
     fn without_queue_settings_transient_failures_still_beat_the_url() {
         assert_eq!(
-            return_after(&transient(), 3, None, Some(secs(100))),
-            Some(secs(20))
+            return_after(&transient(), 3, None, Some(secs(100)), secs(20)),
+            Some(secs(22))
         );
     }
 }

@@ -228,8 +228,9 @@ impl Redelivery {
         join_all(calls).await;
     }
 
-    /// Makes each failed message visible again when [`return_after`] says.
-    pub async fn schedule(&self, event: &SqsEvent, outcomes: &[Outcome]) {
+    /// Makes each failed message visible again when [`return_after`] says;
+    /// `invocation` is the time this invocation had when it started.
+    pub async fn schedule(&self, event: &SqsEvent, outcomes: &[Outcome], invocation: Duration) {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -256,6 +257,7 @@ impl Redelivery {
                         receive_count(message),
                         settings.as_ref(),
                         url_life_left(message, now_ms),
+                        invocation,
                     )?;
                     let change = visibility_change(message, timeout)?;
                     tracing::info!(id = %change.id, class = %failure.class, retry = %failure.retry, back_in_secs = timeout.as_secs(), "failed message returns");
@@ -432,7 +434,11 @@ mod tests {
             "gone",
         ));
         redelivery
-            .schedule(&event, &[written(), transient.clone(), expired, transient])
+            .schedule(
+                &event,
+                &[written(), transient.clone(), expired, transient],
+                Duration::from_secs(120),
+            )
             .await;
         let timed: BTreeMap<String, u64> = changes
             .lock()
@@ -440,12 +446,13 @@ mod tests {
             .iter()
             .map(|c| (c.id.clone(), c.timeout.as_secs()))
             .collect();
-        // 480 s of URL left over 4 receipts left + 1; the permanent failure
-        // keeps the queue's 1020 s; the fifth receipt goes straight on.
+        // 480 s of URL left, less half a 120 s invocation, over 4 receipts
+        // left; the permanent failure keeps the queue's 1020 s; the fifth
+        // receipt goes straight on.
         assert_eq!(
             timed,
             BTreeMap::from([
-                ("outage".into(), 96),
+                ("outage".into(), 105),
                 ("expired".into(), 1020),
                 ("last".into(), 0)
             ])
