@@ -1,21 +1,34 @@
 """template.yaml as a stack in moto's CloudFormation: the SAM transform run
 offline (samtranslator, as `sam validate` runs it), then create-stack.
 
-moto 5.2 does not drop `AWS::NoValue` from lists (an IAM role whose optional
-policy is off fails to create), so conditions are resolved here first, from
-the same parameter values, exactly as CloudFormation would resolve them.
+Where moto 5.2 differs from CloudFormation, the difference is made up here:
+- It does not drop `AWS::NoValue` from lists (an IAM role whose optional
+  policy is off fails to create), so conditions are resolved first, from the
+  same parameter values, exactly as CloudFormation would resolve them.
+- It drops an IAM user's inline `Policies` and keeps a role's in a form its
+  own evaluator cannot read, so the template's documents are put back
+  through the IAM API, their references resolved from the stack.
+
+Run as a program against a moto server (`make demo` and the stack tests do),
+it deploys the stack, reads back what the local run needs, switches IAM
+enforcement on and prints it all as JSON: see `main`.
 """
 
+import argparse
 import io
 import json
 import os
 import pathlib
+import re
+import sys
+import urllib.request
+import warnings
 import zipfile
 
 from cfnlint.decode import cfn_yaml
 from samtranslator.translator.transform import transform
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 CODE_BUCKET = "terra-sink-local-code"
 CODE_KEY = "bootstrap.zip"
 NO_VALUE = {"Ref": "AWS::NoValue"}
@@ -138,3 +151,251 @@ def deploy(session, stack_name="terra-sink", overrides=None, without=()):
     (stack,) = cloudformation.describe_stacks(StackName=stack_name)["Stacks"]
     assert stack["StackStatus"] == "CREATE_COMPLETE", stack
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
+
+
+PSEUDO = {"AWS::Partition": "aws", "AWS::Region": "us-east-1", "AWS::AccountId": "123456789012"}
+
+
+class Endpoint:
+    """boto3 clients for one moto server, with the given credentials."""
+
+    def __init__(self, url, key="testing", secret="testing", token=None):
+        self.url, self.key, self.secret, self.token = url, key, secret, token
+
+    def client(self, name):
+        import boto3
+
+        return boto3.client(
+            name,
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id=self.key,
+            aws_secret_access_key=self.secret,
+            aws_session_token=self.token,
+        )
+
+
+class StackReferences:
+    """Resolves Ref, Fn::GetAtt and Fn::Sub in the template's policy
+    documents to the stack's physical resources, as CloudFormation would."""
+
+    def __init__(self, admin, stack_name, parameters):
+        cloudformation = admin.client("cloudformation")
+        summaries = cloudformation.list_stack_resources(StackName=stack_name)[
+            "StackResourceSummaries"
+        ]
+        self.physical = {s["LogicalResourceId"]: s["PhysicalResourceId"] for s in summaries}
+        self.types = {s["LogicalResourceId"]: s["ResourceType"] for s in summaries}
+        self.values = dict(PSEUDO, **parameters, **{"AWS::StackName": stack_name})
+        self.sqs = admin.client("sqs")
+
+    def ref(self, name):
+        return self.physical.get(name, self.values.get(name))
+
+    def arn(self, name):
+        kind, physical = self.types[name], self.physical[name]
+        if kind == "AWS::SQS::Queue":
+            return self.sqs.get_queue_attributes(QueueUrl=physical, AttributeNames=["QueueArn"])[
+                "Attributes"
+            ]["QueueArn"]
+        if kind == "AWS::Logs::LogGroup":
+            return f"arn:aws:logs:us-east-1:123456789012:log-group:{physical}:*"
+        raise ValueError(f"no ARN for {kind}")
+
+    def sub(self, text, variables):
+        def one(match):
+            name = match.group(1)
+            if name in variables:
+                return self.resolve(variables[name])
+            if name.endswith(".Arn"):
+                return self.arn(name[: -len(".Arn")])
+            return self.ref(name)
+
+        return re.sub(r"\$\{([^}]+)\}", one, text)
+
+    def resolve(self, node):
+        if isinstance(node, dict):
+            if set(node) == {"Ref"}:
+                return self.ref(node["Ref"])
+            if set(node) == {"Fn::GetAtt"}:
+                return self.arn(node["Fn::GetAtt"][0])
+            if set(node) == {"Fn::Sub"}:
+                value = node["Fn::Sub"]
+                text, variables = (value, {}) if isinstance(value, str) else value
+                return self.sub(text, variables)
+            return {k: self.resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [self.resolve(v) for v in node]
+        return node
+
+
+class Stack:
+    """A stack created from template.yaml in a moto server, read back."""
+
+    def __init__(self, admin, stack_name="terra-sink", overrides=None, without=()):
+        self.admin, self.name = admin, stack_name
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            self.outputs = deploy(admin, stack_name, overrides, without)
+        self.template, self.parameters = resolved_template(overrides, without)
+        self.references = StackReferences(admin, stack_name, self.parameters)
+
+    def policies(self, logical_id):
+        """The identity's inline policies as the template writes them, their
+        references resolved: (name, document as JSON)."""
+        for policy in self.template["Resources"][logical_id]["Properties"].get("Policies", []):
+            document = self.references.resolve(policy["PolicyDocument"])
+            yield policy["PolicyName"], json.dumps(document)
+
+    def restore_policies(self):
+        """Puts every user's and role's inline policies back as the template
+        writes them (moto's CloudFormation loses them)."""
+        iam = self.admin.client("iam")
+        for logical_id, resource in self.template["Resources"].items():
+            physical = self.references.ref(logical_id)
+            if resource["Type"] == "AWS::IAM::User":
+                for name, document in self.policies(logical_id):
+                    iam.put_user_policy(UserName=physical, PolicyName=name, PolicyDocument=document)
+            elif resource["Type"] == "AWS::IAM::Role":
+                for name, document in self.policies(logical_id):
+                    iam.put_role_policy(RoleName=physical, PolicyName=name, PolicyDocument=document)
+
+    def role_credentials(self, logical_id):
+        """Credentials for the stack's role, as Lambda's would be (AssumeRole)."""
+        iam = self.admin.client("iam")
+        role_arn = iam.get_role(RoleName=self.references.ref(logical_id))["Role"]["Arn"]
+        return self.admin.client("sts").assume_role(
+            RoleArn=role_arn, RoleSessionName=logical_id
+        )["Credentials"]
+
+
+def enforce_iam(url):
+    """From now on moto checks every request against its caller's policies."""
+    request = urllib.request.Request(
+        url + "/moto-api/reset-auth",
+        data=b"0",
+        headers={"Content-Type": "text/plain"},
+        method="POST",
+    )
+    urllib.request.urlopen(request, timeout=5)
+
+
+OBSERVER = "terra-sink-local-observer"
+
+
+def local_deployment(url, function="SqsHandlerFunction"):
+    """Deploys the default stack into the moto server at `url` and returns
+    what a local run of `function` needs, all read back from the stack:
+
+    - `outputs`: the stack's outputs;
+    - `terra_sender`: an access key created for `TerraSenderUser`, as the
+      README tells users to create one for Terra;
+    - `function`: name, timeout, memory and environment from Lambda's
+      GetFunctionConfiguration (log settings from the function's resource,
+      which moto does not keep), and `credentials` for its role from STS
+      AssumeRole;
+    - `mapping`: the function's event source mapping (batch size, window,
+      response types, maximum concurrency), left disabled so moto does not
+      invoke the function itself;
+    - `queue`: the mapped queue's URL, visibility timeout and redrive policy;
+    - `observer`: a key allowed everything, for the harness to look on.
+
+    IAM enforcement is on when it returns: from then on every call is
+    checked against the caller's policies."""
+    admin = Endpoint(url)
+    stack = Stack(admin)
+    stack.restore_policies()
+    iam = admin.client("iam")
+    sender = iam.create_access_key(UserName=stack.outputs["TerraSenderUserName"])["AccessKey"]
+    iam.create_user(UserName=OBSERVER)
+    iam.put_user_policy(
+        UserName=OBSERVER,
+        PolicyName="look-on",
+        PolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}],
+            }
+        ),
+    )
+    observer = iam.create_access_key(UserName=OBSERVER)["AccessKey"]
+
+    lambda_ = admin.client("lambda")
+    function_name = stack.references.ref(function)
+    configuration = lambda_.get_function_configuration(FunctionName=function_name)
+    role_logical_id = next(
+        logical_id
+        for logical_id, physical in stack.references.physical.items()
+        if stack.references.types.get(logical_id) == "AWS::IAM::Role"
+        and configuration["Role"].endswith("/" + physical)
+    )
+    credentials = stack.role_credentials(role_logical_id)
+    (mapping,) = lambda_.list_event_source_mappings(FunctionName=function_name)[
+        "EventSourceMappings"
+    ]
+    lambda_.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
+
+    sqs = admin.client("sqs")
+    queue_arn = mapping["EventSourceArn"]
+    queue_url = sqs.get_queue_url(QueueName=queue_arn.rsplit(":", 1)[1])["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    redrive = json.loads(attributes["RedrivePolicy"])
+    dead_letter_url = sqs.get_queue_url(QueueName=redrive["deadLetterTargetArn"].rsplit(":", 1)[1])[
+        "QueueUrl"
+    ]
+    # moto's Lambda does not keep LoggingConfig: the function's own resource
+    # in the template says what Lambda would run it with.
+    logging = configuration.get("LoggingConfig") or stack.template["Resources"][function][
+        "Properties"
+    ].get("LoggingConfig", {})
+
+    enforce_iam(url)
+    return {
+        "outputs": stack.outputs,
+        "terra_sender": _key(sender),
+        "observer": _key(observer),
+        "function": {
+            "name": configuration["FunctionName"],
+            "timeout_secs": configuration["Timeout"],
+            "memory_mb": configuration["MemorySize"],
+            "log_format": logging.get("LogFormat", "Text"),
+            "log_level": logging.get("ApplicationLogLevel"),
+            "environment": configuration.get("Environment", {}).get("Variables", {}),
+            "credentials": {
+                "access_key_id": credentials["AccessKeyId"],
+                "secret_access_key": credentials["SecretAccessKey"],
+                "session_token": credentials["SessionToken"],
+            },
+        },
+        "mapping": {
+            "batch_size": mapping["BatchSize"],
+            "maximum_batching_window_secs": mapping.get("MaximumBatchingWindowInSeconds", 0),
+            "function_response_types": mapping.get("FunctionResponseTypes", []),
+            "maximum_concurrency": mapping.get("ScalingConfig", {}).get("MaximumConcurrency"),
+        },
+        "queue": {
+            "url": queue_url,
+            "visibility_timeout_secs": int(attributes["VisibilityTimeout"]),
+            "max_receive_count": int(redrive["maxReceiveCount"]),
+            "dead_letter_queue_url": dead_letter_url,
+        },
+    }
+
+
+def _key(access_key):
+    return {
+        "access_key_id": access_key["AccessKeyId"],
+        "secret_access_key": access_key["SecretAccessKey"],
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--endpoint", required=True, help="the moto server, http://127.0.0.1:PORT")
+    parser.add_argument("--function", default="SqsHandlerFunction", help="the template's function")
+    arguments = parser.parse_args()
+    json.dump(local_deployment(arguments.endpoint, arguments.function), sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -62,18 +62,31 @@ fn assert_nothing_lost(report: &DemoReport) {
 }
 
 /// The `make demo` flow: the usual mix of good, gzip, flaky, outage,
-/// rate-limited, large, expired and healthcheck messages.
+/// rate-limited, large, expired and healthcheck messages, sent by Terra's key
+/// into the stack `template.yaml` creates, deployed into moto with IAM
+/// enforced, at the stack's own settings scaled down in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_mix() {
-    let mut demo_mix = Scenario::new(SQS_HANDLER);
+async fn the_demo_mix_in_the_stack() {
+    let mut demo_mix = Scenario::in_the_stack(SQS_HANDLER, TIME_SCALE);
     demo_mix.messages = 24;
-    let report = run("demo mix", demo_mix).await;
+    demo_mix.give_up = Duration::from_secs(400);
+    let report = run("demo mix in the stack", demo_mix).await;
     assert_nothing_lost(&report);
     assert!(!report.dead_lettered.is_empty(), "the mix has expired URLs");
     assert!(
         report.projected.len() >= report.acknowledged_payloads(),
         "{}",
         report.summary()
+    );
+    assert!(
+        report.stack_outputs.contains_key("QueueUrl"),
+        "{}",
+        report.summary()
+    );
+    assert!(
+        report.access_denied.is_empty(),
+        "the function's role lacks a permission its code uses:\n{}",
+        report.access_denied.join("\n")
     );
 }
 

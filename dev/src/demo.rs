@@ -12,6 +12,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 
 use crate::deployed::Deployed;
 use crate::fault_proxy::{FaultProxy, FaultSchedule};
+use crate::local_stack::LocalStack;
 use crate::moto::Moto;
 use crate::runtime_api::{HandlerPool, RuntimeApi, lambda_environment};
 use crate::sqs_mapping::{MappingSettings, SqsMapping};
@@ -58,6 +59,10 @@ pub struct Scenario {
     /// No message can be delivered: the payload host stays down longer than
     /// the URLs live. Each must end dead-lettered as `expired`.
     pub undeliverable: bool,
+    /// Run in the stack `template.yaml` creates, deployed into moto with IAM
+    /// enforced, every duration it sets divided by this factor (see
+    /// [`Scenario::in_the_stack`]).
+    pub in_the_stack_scaled_down: Option<u32>,
 }
 
 impl Scenario {
@@ -81,7 +86,25 @@ impl Scenario {
             host_outage: None,
             s3_outage: None,
             undeliverable: false,
+            in_the_stack_scaled_down: None,
         }
+    }
+
+    /// The run `make demo` shows: the stack `template.yaml` creates, deployed
+    /// into moto (see [`crate::local_stack`]), with IAM enforced. Terra
+    /// sends with the key created for the stack's sender user; the handler
+    /// runs with the function's environment, memory size and role; the
+    /// mapping takes batch size, window, response types and maximum
+    /// concurrency from the stack's event source mapping, and the queue its
+    /// own visibility timeout and redrive policy. Every duration (function
+    /// timeout, visibility timeout, batching window, URL lifetime) is divided
+    /// by `factor`, keeping every ratio.
+    pub fn in_the_stack(handler_binary: impl Into<String>, factor: u32) -> Scenario {
+        let mut scenario = Scenario::new(handler_binary);
+        scenario.in_the_stack_scaled_down = Some(factor);
+        scenario.quick_fetch = false;
+        scenario.url_lifetime = crate::deployed::TERRA_URL_LIFETIME / factor;
+        scenario
     }
 
     /// The deployment `template.yaml` makes by default, with every duration
@@ -106,6 +129,116 @@ impl Scenario {
 pub const BUCKET: &str = "terra-demo-archive";
 pub const TABLE: &str = "terra-demo-records";
 pub const PREFIX: &str = "terra/";
+
+/// Where a run's messages go and end, and how they are fed to the handler.
+struct Deployment {
+    bucket: String,
+    table: String,
+    prefix: String,
+    queue_url: String,
+    dead_letter_queue_url: String,
+    /// How Terra sends.
+    terra_sqs: aws_sdk_sqs::Client,
+    /// How the mapping polls (Lambda polls with the function's role).
+    mapping_sqs: aws_sdk_sqs::Client,
+    mapping: MappingSettings,
+    /// The stack's, when there is one.
+    stack: Option<LocalStack>,
+}
+
+impl Deployment {
+    /// Queue, dead-letter queue, bucket and table made by hand, with the
+    /// scenario's settings.
+    async fn by_hand(moto: &Moto, scenario: &Scenario) -> Deployment {
+        moto.create_bucket(BUCKET).await;
+        moto.create_table(TABLE).await;
+        let sqs = moto.sqs();
+        let dead_letter_queue_url = moto.create_queue("terra-demo-dlq").await;
+        let dlq_arn = queue_arn(&sqs, &dead_letter_queue_url).await;
+        let queue_url = sqs
+            .create_queue()
+            .queue_name("terra-demo-events")
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                scenario.visibility_timeout.as_secs().to_string(),
+            )
+            .attributes(
+                QueueAttributeName::RedrivePolicy,
+                serde_json::json!({
+                    "deadLetterTargetArn": dlq_arn,
+                    "maxReceiveCount": scenario.max_receive_count
+                })
+                .to_string(),
+            )
+            .send()
+            .await
+            .expect("create the events queue")
+            .queue_url()
+            .expect("queue URL")
+            .to_owned();
+        Deployment {
+            bucket: BUCKET.to_owned(),
+            table: TABLE.to_owned(),
+            prefix: PREFIX.to_owned(),
+            queue_url,
+            dead_letter_queue_url,
+            terra_sqs: sqs.clone(),
+            mapping_sqs: sqs,
+            mapping: MappingSettings {
+                batch_size: scenario.batch_size,
+                batching_window: Duration::ZERO,
+                report_batch_item_failures: true,
+                function_timeout: scenario.function_timeout,
+                concurrency: scenario.instances.max(1),
+            },
+            stack: None,
+        }
+    }
+
+    /// The stack `template.yaml` creates, its durations divided by `factor`.
+    /// Only the queue's visibility timeout has to be changed in the stack
+    /// for that; the rest are the local run's own clocks.
+    async fn in_the_stack(moto: &mut Moto, factor: u32) -> Deployment {
+        let stack = LocalStack::deploy(moto).await;
+        let visibility_timeout = stack.queue.visibility_timeout / factor;
+        moto.sqs()
+            .set_queue_attributes()
+            .queue_url(&stack.queue.url)
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                visibility_timeout.as_secs().to_string(),
+            )
+            .send()
+            .await
+            .expect("scale the queue's visibility timeout");
+        let variable = |name: &str| {
+            stack
+                .function
+                .environment
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        Deployment {
+            bucket: variable("TERRA_S3_BUCKET"),
+            table: variable("TERRA_DYNAMODB_TABLE"),
+            prefix: variable("TERRA_S3_PREFIX"),
+            queue_url: stack.queue.url.clone(),
+            dead_letter_queue_url: stack.queue.dead_letter_queue_url.clone(),
+            terra_sqs: moto.sqs_as(stack.terra_sender.clone()),
+            mapping_sqs: moto.sqs_as(stack.function.credentials.clone()),
+            mapping: MappingSettings {
+                batch_size: stack.mapping.batch_size,
+                batching_window: stack.mapping.batching_window / factor,
+                report_batch_item_failures: stack.mapping.report_batch_item_failures,
+                function_timeout: stack.function.timeout / factor,
+                concurrency: stack.mapping.maximum_concurrency.unwrap_or(1000),
+            },
+            stack: Some(stack),
+        }
+    }
+}
 
 /// What became of every message.
 #[derive(Debug, Clone)]
@@ -136,6 +269,15 @@ pub struct DemoReport {
     /// Messages that can end delivered (else they must be dead-lettered).
     pub deliverable: BTreeSet<String>,
     pub elapsed: Duration,
+    pub bucket: String,
+    pub table: String,
+    pub prefix: String,
+    /// The stack's outputs, when the run deployed one.
+    pub stack_outputs: BTreeMap<String, String>,
+    /// Handler log lines about a call IAM denied: each is a permission the
+    /// function lacks, even where the failure changes no outcome (a
+    /// visibility change, say).
+    pub access_denied: Vec<String>,
 }
 
 impl DemoReport {
@@ -206,6 +348,12 @@ impl DemoReport {
             .iter()
             .filter(|m| m.kind == Kind::Healthcheck && self.acknowledged.contains(&m.message_id))
             .count();
+        if !self.stack_outputs.is_empty() {
+            let _ = writeln!(out, "stack outputs (template.yaml, deployed into moto):");
+            for (name, value) in &self.stack_outputs {
+                let _ = writeln!(out, "  {name:<24} {value}");
+            }
+        }
         let _ = writeln!(
             out,
             "terra-sink demo: {} messages in {:.1} s ({} invocations, {} deliveries)",
@@ -222,13 +370,16 @@ impl DemoReport {
         );
         let _ = writeln!(
             out,
-            "  archived       {:>4}  objects in s3://{BUCKET}/{PREFIX}",
-            self.archived_keys.len()
+            "  archived       {:>4}  objects in s3://{}/{}",
+            self.archived_keys.len(),
+            self.bucket,
+            self.prefix
         );
         let _ = writeln!(
             out,
-            "  projected      {:>4}  items in DynamoDB table {TABLE}",
-            self.projected.len()
+            "  projected      {:>4}  items in DynamoDB table {}",
+            self.projected.len(),
+            self.table
         );
         let _ = writeln!(
             out,
@@ -253,6 +404,14 @@ impl DemoReport {
                 self.store_faults_injected, self.instances_killed
             );
         }
+        if !self.access_denied.is_empty() {
+            let _ = writeln!(
+                out,
+                "  denied         {:>4}  calls refused by IAM, the first: {}",
+                self.access_denied.len(),
+                self.access_denied[0]
+            );
+        }
         let _ = writeln!(out, "  lost           {:>4}", self.lost().len());
         for message in self.lost() {
             let _ = writeln!(
@@ -272,7 +431,7 @@ impl DemoReport {
         }
         let _ = writeln!(out, "some archived objects:");
         for key in self.archived_keys.iter().take(4) {
-            let _ = writeln!(out, "  s3://{BUCKET}/{key}");
+            let _ = writeln!(out, "  s3://{}/{key}", self.bucket);
         }
         let _ = writeln!(out, "some DynamoDB items (pk, sk):");
         let mut shown = BTreeSet::new();
@@ -290,33 +449,11 @@ impl DemoReport {
 /// Runs the scenario from empty stores to a drained queue.
 pub async fn run(scenario: &Scenario) -> DemoReport {
     let started = Instant::now();
-    let moto = Moto::start().await;
-    moto.create_bucket(BUCKET).await;
-    moto.create_table(TABLE).await;
-    let sqs = moto.sqs();
-    let dlq_url = moto.create_queue("terra-demo-dlq").await;
-    let dlq_arn = queue_arn(&sqs, &dlq_url).await;
-    let queue_url = sqs
-        .create_queue()
-        .queue_name("terra-demo-events")
-        .attributes(
-            QueueAttributeName::VisibilityTimeout,
-            scenario.visibility_timeout.as_secs().to_string(),
-        )
-        .attributes(
-            QueueAttributeName::RedrivePolicy,
-            serde_json::json!({
-                "deadLetterTargetArn": dlq_arn,
-                "maxReceiveCount": scenario.max_receive_count
-            })
-            .to_string(),
-        )
-        .send()
-        .await
-        .expect("create the events queue")
-        .queue_url()
-        .expect("queue URL")
-        .to_owned();
+    let mut moto = Moto::start().await;
+    let deployment = match scenario.in_the_stack_scaled_down {
+        Some(factor) => Deployment::in_the_stack(&mut moto, factor).await,
+        None => Deployment::by_hand(&moto, scenario).await,
+    };
 
     let proxy = match (&scenario.store_faults, scenario.s3_outage) {
         (Some(schedule), _) => Some(FaultProxy::start(&moto.endpoint, schedule.clone()).await),
@@ -328,22 +465,27 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .map_or(moto.endpoint.as_str(), |p| p.endpoint.as_str());
     let mut terra = TerraSimulator::start().await;
     terra.url_lifetime = scenario.url_lifetime;
-    terra.slow_first_answer = scenario.slow_first_answer;
-    let runtime = RuntimeApi::start().await;
-    let mut env = if scenario.quick_fetch {
-        local_function_env(runtime.addr, store_endpoint)
-    } else {
-        archive_function_env(runtime.addr, store_endpoint)
+    terra.slow_first_answer = match scenario.in_the_stack_scaled_down {
+        Some(_) => deployment.mapping.function_timeout * 2,
+        None => scenario.slow_first_answer,
     };
-    for (name, value) in [("TERRA_S3_PREFIX", PREFIX), ("TERRA_DYNAMODB_TABLE", TABLE)]
+    let runtime = RuntimeApi::start().await;
+    let mut env = match (&deployment.stack, scenario.quick_fetch) {
+        (Some(stack), _) => stack.handler_environment(runtime.addr, store_endpoint),
+        (None, true) => local_function_env(runtime.addr, store_endpoint),
+        (None, false) => archive_function_env(runtime.addr, store_endpoint),
+    };
+    let by_hand = [("TERRA_S3_PREFIX", PREFIX), ("TERRA_DYNAMODB_TABLE", TABLE)];
+    let by_hand = by_hand
         .iter()
-        .map(|(n, v)| (n.to_string(), v.to_string()))
-        .chain(scenario.handler_env.iter().cloned())
-    {
+        .filter(|_| deployment.stack.is_none())
+        .map(|(n, v)| (n.to_string(), v.to_string()));
+    for (name, value) in by_hand.chain(scenario.handler_env.iter().cloned()) {
         env.retain(|(existing, _)| *existing != name);
         env.push((name, value));
     }
-    let handlers = HandlerPool::spawn(&scenario.handler_binary, &env, scenario.instances);
+    let instances = deployment.mapping.concurrency;
+    let handlers = HandlerPool::spawn(&scenario.handler_binary, &env, instances);
 
     let first_sent = tokio::time::Instant::now();
     if let Some((after, lasting)) = scenario.host_outage {
@@ -353,7 +495,12 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         proxy.s3_outage(first_sent + after, lasting);
     }
     let sent = terra
-        .send(&sqs, &queue_url, &scenario.mix, scenario.messages)
+        .send(
+            &deployment.terra_sqs,
+            &deployment.queue_url,
+            &scenario.mix,
+            scenario.messages,
+        )
         .await;
     let deliverable = sent
         .iter()
@@ -361,13 +508,9 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .map(|m| m.message_id.clone())
         .collect();
     let mapping = SqsMapping::new(
-        sqs.clone(),
-        &queue_url,
-        MappingSettings {
-            batch_size: scenario.batch_size,
-            function_timeout: scenario.function_timeout,
-            concurrency: scenario.instances.max(1),
-        },
+        deployment.mapping_sqs.clone(),
+        &deployment.queue_url,
+        deployment.mapping.clone(),
     )
     .await;
     let chaos = async {
@@ -382,18 +525,18 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         tokio::join!(mapping.run_until_drained(&runtime, scenario.give_up), chaos);
 
     let dead_lettered: BTreeSet<String> = moto
-        .drain(&dlq_url)
+        .drain(&deployment.dead_letter_queue_url)
         .await
         .iter()
         .filter_map(|m| m.message_id().map(str::to_owned))
         .collect();
     let archived_keys = moto
-        .objects(BUCKET)
+        .objects(&deployment.bucket)
         .await
         .into_iter()
         .map(|o| o.key)
         .collect();
-    let items = moto.items(TABLE).await;
+    let items = moto.items(&deployment.table).await;
     let stored_revisions = items
         .values()
         .filter_map(|item| {
@@ -409,6 +552,11 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .collect();
     let projected = items.into_keys().collect();
     let output = handlers.output();
+    let access_denied = output
+        .lines()
+        .filter(|line| line.contains("AccessDenied") || line.contains("not authorized"))
+        .map(str::to_owned)
+        .collect();
     let last_failure = crate::logs::record_failures(&output)
         .into_iter()
         .map(|(id, failure)| (id, failure.class))
@@ -429,6 +577,15 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         expired_in_metrics: crate::logs::metric_total(&output, "RecordsFailedExpired"),
         deliverable,
         elapsed: started.elapsed(),
+        stack_outputs: deployment
+            .stack
+            .as_ref()
+            .map(|stack| stack.outputs.clone())
+            .unwrap_or_default(),
+        bucket: deployment.bucket,
+        table: deployment.table,
+        prefix: deployment.prefix,
+        access_denied,
     }
 }
 

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod deployed;
 pub mod fault_proxy;
 pub mod kafka_mapping;
+pub mod local_stack;
 pub mod logs;
 pub mod moto;
 pub mod null_store;

@@ -1,5 +1,7 @@
 //! moto's server, started on its own port: the real S3, DynamoDB and
-//! SQS wire protocols.
+//! SQS wire protocols (and CloudFormation, IAM, STS and Lambda for the
+//! stack runs), through `dev/moto_server.py`, which mends two gaps in moto's
+//! IAM enforcement.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -10,6 +12,9 @@ use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 pub struct Moto {
     child: Child,
     pub endpoint: String,
+    /// Who the clients below call as: moto's default key until IAM is
+    /// enforced, then an identity allowed to look on.
+    credentials: Credentials,
 }
 
 /// Where `make test` installs moto; `MOTO_SERVER` overrides.
@@ -20,24 +25,37 @@ fn moto_binary() -> PathBuf {
     }
 }
 
+/// The Python environment moto is installed in: the one `moto_server` runs
+/// from.
+pub fn python() -> PathBuf {
+    moto_binary().with_file_name("python")
+}
+
+/// A script in `dev/`.
+pub fn dev_script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
+}
+
 impl Moto {
     pub async fn start() -> Moto {
-        let binary = moto_binary();
+        let python = python();
         assert!(
-            binary.exists(),
-            "moto_server not found at {}: run `make test` (it installs moto into .venv) or set MOTO_SERVER",
-            binary.display()
+            python.exists(),
+            "moto's Python not found at {}: run `make test` (it installs moto into .venv) or set MOTO_SERVER to a moto_server",
+            python.display()
         );
         let port = crate::free_port();
-        let child = Command::new(&binary)
+        let child = Command::new(&python)
+            .arg(dev_script("moto_server.py"))
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("could not start {}: {e}", binary.display()));
+            .unwrap_or_else(|e| panic!("could not start moto with {}: {e}", python.display()));
         let moto = Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),
+            credentials: Credentials::new("test", "test", None, None, "test"),
         };
         let started = Instant::now();
         let client = reqwest::Client::new();
@@ -59,12 +77,17 @@ impl Moto {
         }
     }
 
+    /// From now on the clients below call as `credentials`.
+    pub fn call_as(&mut self, credentials: Credentials) {
+        self.credentials = credentials;
+    }
+
     pub fn s3(&self) -> aws_sdk_s3::Client {
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .endpoint_url(&self.endpoint)
             .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .credentials_provider(self.credentials.clone())
             .force_path_style(true)
             .build();
         aws_sdk_s3::Client::from_conf(config)
@@ -75,21 +98,21 @@ impl Moto {
             .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
             .endpoint_url(&self.endpoint)
             .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "test", "test", None, None, "test",
-            ))
+            .credentials_provider(self.credentials.clone())
             .build();
         aws_sdk_dynamodb::Client::from_conf(config)
     }
 
     pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        self.sqs_as(self.credentials.clone())
+    }
+
+    pub fn sqs_as(&self, credentials: Credentials) -> aws_sdk_sqs::Client {
         let config = aws_sdk_sqs::Config::builder()
             .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
             .endpoint_url(&self.endpoint)
             .region(aws_sdk_sqs::config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                "test", "test", None, None, "test",
-            ))
+            .credentials_provider(credentials)
             .build();
         aws_sdk_sqs::Client::from_conf(config)
     }

@@ -1,9 +1,11 @@
 //! A local stand-in for Lambda's SQS event source mapping: it receives
-//! batches from a queue (moto), invokes the function through the Runtime API
-//! with the same event Lambda builds, and acts on the answer as Lambda does
-//! with `ReportBatchItemFailures`: messages not reported failed are deleted,
-//! reported ones become visible again after the visibility timeout, and an
-//! error, a timeout or an unusable answer leaves the whole batch on the queue.
+//! batches from a queue (moto), waiting up to the batching window to fill
+//! one, invokes the function through the Runtime API with the same event
+//! Lambda builds, and acts on the answer as Lambda does. With
+//! `ReportBatchItemFailures`, messages not reported failed are deleted and
+//! reported ones stay on the queue; without it, a successful answer deletes
+//! the whole batch. An error, a timeout or an unusable answer leaves the
+//! whole batch on the queue, to come back after its visibility timeout.
 //! The queue's redrive policy (moto implements it) dead-letters a message
 //! once it was received `maxReceiveCount` times.
 
@@ -18,8 +20,13 @@ use crate::runtime_api::{InvocationResult, RuntimeApi};
 
 #[derive(Debug, Clone)]
 pub struct MappingSettings {
-    /// Messages per invocation (one ReceiveMessage call, so at most 10).
+    /// Messages per invocation at most.
     pub batch_size: i32,
+    /// How long to keep receiving to fill a batch.
+    pub batching_window: Duration,
+    /// Whether the function's `batchItemFailures` count (the mapping's
+    /// `FunctionResponseTypes`), or a successful answer deletes every message.
+    pub report_batch_item_failures: bool,
     /// The function timeout handed to each invocation.
     pub function_timeout: Duration,
     /// Invocations in flight at once.
@@ -117,27 +124,31 @@ impl SqsMapping {
     /// Receives one batch and invokes the function with it. False when the
     /// queue had nothing to receive.
     async fn poll_once(&self, runtime: &RuntimeApi, stats: &Mutex<MappingStats>) -> bool {
-        let received = self
-            .sqs
-            .receive_message()
-            .queue_url(&self.queue_url)
-            .max_number_of_messages(self.settings.batch_size.clamp(1, 10))
-            .wait_time_seconds(1)
-            .message_system_attribute_names(MessageSystemAttributeName::All)
-            .message_attribute_names("All")
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("receive from {}: {e:?}", self.queue_url));
-        let messages = received.messages();
+        let batch_size = self.settings.batch_size.max(1) as usize;
+        let mut messages = self.receive(batch_size, 1).await;
         if messages.is_empty() {
             return false;
         }
+        let window_ends = Instant::now() + self.settings.batching_window;
+        while messages.len() < batch_size && Instant::now() < window_ends {
+            let more = self.receive(batch_size - messages.len(), 0).await;
+            if more.is_empty() {
+                let left = window_ends.saturating_duration_since(Instant::now());
+                tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+            }
+            messages.extend(more);
+        }
+        let messages = messages.as_slice();
         let records: Vec<Value> = messages.iter().map(|m| self.record(m)).collect();
         let event = json!({ "Records": records });
         let result = runtime
             .try_invoke(&event, self.settings.function_timeout)
             .await;
-        let failed = failed_ids(result.as_ref(), messages);
+        let failed = if self.settings.report_batch_item_failures {
+            failed_ids(result.as_ref(), messages)
+        } else {
+            matches!(result, Some(InvocationResult::Response(_))).then(BTreeSet::new)
+        };
         let done: Vec<_> = messages
             .iter()
             .filter(|m| match &failed {
@@ -166,6 +177,22 @@ impl SqsMapping {
                 .filter_map(|m| m.message_id().map(str::to_owned)),
         );
         true
+    }
+
+    /// One ReceiveMessage call for up to `wanted` messages (10 at most).
+    async fn receive(&self, wanted: usize, wait_secs: i32) -> Vec<aws_sdk_sqs::types::Message> {
+        self.sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(wanted.clamp(1, 10) as i32)
+            .wait_time_seconds(wait_secs)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .message_attribute_names("All")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("receive from {}: {e:?}", self.queue_url))
+            .messages
+            .unwrap_or_default()
     }
 
     /// The record Lambda builds for one message.

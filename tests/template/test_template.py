@@ -417,7 +417,7 @@ def test_self_managed_kafka_authenticates_as_chosen_with_an_optional_root_ca():
     }
     condition, configs, _ = resource("KafkaEventSourceMapping")["SourceAccessConfigurations"]["Fn::If"]
     assert condition == "UseSelfManagedKafka"
-    auth, root_ca = configs
+    auth, root_ca, *_vpc = configs
     assert auth == {"Type": {"Ref": "SelfManagedKafkaAuthentication"}, "URI": {"Ref": "KafkaSecretArn"}}
     ca_condition, ca, otherwise = root_ca["Fn::If"]
     assert (ca_condition, ca["Type"], otherwise) == (
@@ -427,3 +427,60 @@ def test_self_managed_kafka_authenticates_as_chosen_with_an_optional_root_ca():
     )
     condition, (statement,) = policy_named("KafkaHandlerRole", "kafka-root-ca")
     assert (condition, statement["Resource"]) == ("KafkaHasRootCa", {"Ref": "KafkaRootCaSecretArn"})
+
+
+SELF_MANAGED = {
+    "KafkaSource": "self-managed",
+    "KafkaBootstrapServers": "b-1.kafka.internal:9096",
+    "KafkaSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:terra-kafka-AbCdEf",
+}
+
+
+def deployed_kafka(overrides):
+    """The Kafka mapping's access configurations and the Kafka role's policy
+    names, as CloudFormation would create them with these parameters."""
+    import local_stack
+
+    template, _ = local_stack.resolved_template(dict(SELF_MANAGED, **overrides))
+    resources = template["Resources"]
+    mapping = resources["KafkaEventSourceMapping"]["Properties"]
+    policies = [p["PolicyName"] for p in resources["KafkaHandlerRole"]["Properties"]["Policies"]]
+    return mapping["SourceAccessConfigurations"], policies
+
+
+def test_self_managed_kafka_in_a_vpc_polls_from_its_subnets():
+    configurations, policies = deployed_kafka(
+        {
+            "SelfManagedKafkaSubnet1": "subnet-0a1",
+            "SelfManagedKafkaSubnet2": "subnet-0b2",
+            "SelfManagedKafkaSecurityGroup": "sg-0c3",
+        }
+    )
+    assert configurations == [
+        {"Type": {"Ref": "SelfManagedKafkaAuthentication"}, "URI": {"Ref": "KafkaSecretArn"}},
+        {"Type": "VPC_SUBNET", "URI": {"Fn::Sub": "subnet:${SelfManagedKafkaSubnet1}"}},
+        {"Type": "VPC_SUBNET", "URI": {"Fn::Sub": "subnet:${SelfManagedKafkaSubnet2}"}},
+        {
+            "Type": "VPC_SECURITY_GROUP",
+            "URI": {"Fn::Sub": "security_group:${SelfManagedKafkaSecurityGroup}"},
+        },
+    ]
+    assert "kafka-vpc" in policies
+
+
+def test_self_managed_kafka_on_the_internet_needs_no_vpc():
+    configurations, policies = deployed_kafka({})
+    assert [c["Type"] for c in configurations] == [{"Ref": "SelfManagedKafkaAuthentication"}]
+    assert "kafka-vpc" not in policies
+
+
+def test_self_managed_kafka_subnets_come_with_a_security_group():
+    (rule,) = [
+        a
+        for a in TEMPLATE["Rules"]["SelfManagedKafkaReachable"]["Assertions"]
+        if "SelfManagedKafkaSecurityGroup" in str(a["Assert"])
+    ]
+    assert "SelfManagedKafkaSubnet1" in str(rule["Assert"])
+    for name in ("SelfManagedKafkaSubnet1", "SelfManagedKafkaSubnet2", "SelfManagedKafkaSubnet3"):
+        assert PARAMETERS[name]["AllowedPattern"] == "^(subnet-[0-9a-f]+)?$"
+    assert PARAMETERS["SelfManagedKafkaSecurityGroup"]["AllowedPattern"] == "^(sg-[0-9a-f]+)?$"

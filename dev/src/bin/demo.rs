@@ -3,14 +3,20 @@
 
 use terra_sink_dev::demo::{self, Scenario};
 
+/// Every duration the stack sets, and Terra's URL lifetime, is divided by
+/// this: the same ratios as a deployment, twenty times faster.
+const TIME_SCALE: u32 = 20;
+
 #[tokio::main]
 async fn main() {
     let Some(handler) = std::env::args().nth(1) else {
         eprintln!("usage: demo <path to the sqs-handler binary>");
         std::process::exit(2);
     };
-    println!("Starting moto (S3, DynamoDB, SQS), the Terra simulator and sqs-handler...");
-    let report = demo::run(&Scenario::new(handler)).await;
+    println!(
+        "Deploying template.yaml into moto (CloudFormation, IAM enforced), then Terra's simulator sends and sqs-handler runs in the stack, every duration divided by {TIME_SCALE}..."
+    );
+    let report = demo::run(&Scenario::in_the_stack(handler, TIME_SCALE)).await;
     print!("{}", report.summary());
     if !report.lost().is_empty() {
         eprintln!("FAILED: {} messages lost", report.lost().len());

@@ -1,0 +1,218 @@
+//! The stack `template.yaml` creates, deployed into a moto server by
+//! `dev/local_stack.py` and read back through the services' own APIs: the
+//! function's configuration and role, its event source mapping, the queue's
+//! attributes, and an access key for Terra. When [`LocalStack::deploy`]
+//! returns, moto enforces IAM: every later call is checked against its
+//! caller's policies.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use aws_sdk_s3::config::Credentials;
+use serde_json::Value;
+
+use crate::moto::{Moto, dev_script, python};
+use crate::runtime_api::lambda_environment;
+
+/// The stack as a local run uses it.
+#[derive(Debug, Clone)]
+pub struct LocalStack {
+    pub outputs: BTreeMap<String, String>,
+    /// The key created for the stack's `TerraSenderUser`.
+    pub terra_sender: Credentials,
+    /// A key allowed everything, for the harness to look on with.
+    pub observer: Credentials,
+    pub function: StackFunction,
+    pub mapping: StackMapping,
+    pub queue: StackQueue,
+}
+
+/// The SQS handler as Lambda's GetFunctionConfiguration describes it.
+#[derive(Debug, Clone)]
+pub struct StackFunction {
+    pub name: String,
+    pub timeout: Duration,
+    pub memory_mb: u64,
+    pub log_format: String,
+    pub log_level: Option<String>,
+    /// The function's environment variables.
+    pub environment: Vec<(String, String)>,
+    /// Its role's, from STS AssumeRole.
+    pub credentials: Credentials,
+}
+
+/// The function's SQS event source mapping.
+#[derive(Debug, Clone)]
+pub struct StackMapping {
+    pub batch_size: i32,
+    pub batching_window: Duration,
+    pub report_batch_item_failures: bool,
+    pub maximum_concurrency: Option<usize>,
+}
+
+/// The mapped queue.
+#[derive(Debug, Clone)]
+pub struct StackQueue {
+    pub url: String,
+    pub visibility_timeout: Duration,
+    pub max_receive_count: u32,
+    pub dead_letter_queue_url: String,
+}
+
+impl LocalStack {
+    /// Deploys the template's default stack into `moto` and switches IAM
+    /// enforcement on; `moto`'s own clients then call as the observer.
+    pub async fn deploy(moto: &mut Moto) -> LocalStack {
+        let output = tokio::process::Command::new(python())
+            .arg(dev_script("local_stack.py"))
+            .args(["--endpoint", &moto.endpoint])
+            .output()
+            .await
+            .expect("run dev/local_stack.py");
+        assert!(
+            output.status.success(),
+            "dev/local_stack.py failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let described: Value =
+            serde_json::from_slice(&output.stdout).expect("dev/local_stack.py prints JSON");
+        let stack = LocalStack::from_description(&described);
+        moto.call_as(stack.observer.clone());
+        stack
+    }
+
+    fn from_description(described: &Value) -> LocalStack {
+        let function = &described["function"];
+        let mapping = &described["mapping"];
+        let queue = &described["queue"];
+        let response_types = mapping["function_response_types"]
+            .as_array()
+            .expect("response types");
+        LocalStack {
+            outputs: strings(&described["outputs"]),
+            terra_sender: credentials(&described["terra_sender"]),
+            observer: credentials(&described["observer"]),
+            function: StackFunction {
+                name: text(&function["name"]),
+                timeout: Duration::from_secs(number(&function["timeout_secs"])),
+                memory_mb: number(&function["memory_mb"]),
+                log_format: text(&function["log_format"]),
+                log_level: function["log_level"].as_str().map(str::to_owned),
+                environment: strings(&function["environment"]).into_iter().collect(),
+                credentials: credentials(&function["credentials"]),
+            },
+            mapping: StackMapping {
+                batch_size: number(&mapping["batch_size"]) as i32,
+                batching_window: Duration::from_secs(number(
+                    &mapping["maximum_batching_window_secs"],
+                )),
+                report_batch_item_failures: response_types
+                    .iter()
+                    .any(|t| t.as_str() == Some("ReportBatchItemFailures")),
+                maximum_concurrency: mapping["maximum_concurrency"].as_u64().map(|n| n as usize),
+            },
+            queue: StackQueue {
+                url: text(&queue["url"]),
+                visibility_timeout: Duration::from_secs(number(&queue["visibility_timeout_secs"])),
+                max_receive_count: number(&queue["max_receive_count"]) as u32,
+                dead_letter_queue_url: text(&queue["dead_letter_queue_url"]),
+            },
+        }
+    }
+
+    /// The handler's process environment as Lambda would set it for this
+    /// function: Lambda's own variables from its configuration, its role's
+    /// credentials, and the function's environment. Two things are the local
+    /// run's: AWS endpoints at `store_endpoint`, and payload URLs allowed on
+    /// 127.0.0.1 over http (the only host the local payload server has).
+    pub fn handler_environment(
+        &self,
+        runtime_api: SocketAddr,
+        store_endpoint: &str,
+    ) -> Vec<(String, String)> {
+        let function = &self.function;
+        let credentials = &function.credentials;
+        let mut lambda = lambda_environment(runtime_api);
+        // Lambda sets no RUST_LOG: the log level is the function's.
+        lambda.retain(|(name, _)| name != "RUST_LOG");
+        let mut set = vec![
+            ("AWS_LAMBDA_FUNCTION_NAME", function.name.clone()),
+            (
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+                function.memory_mb.to_string(),
+            ),
+            ("AWS_LAMBDA_LOG_FORMAT", function.log_format.clone()),
+            ("AWS_ACCESS_KEY_ID", credentials.access_key_id().to_owned()),
+            (
+                "AWS_SECRET_ACCESS_KEY",
+                credentials.secret_access_key().to_owned(),
+            ),
+            (
+                "AWS_SESSION_TOKEN",
+                credentials.session_token().unwrap_or_default().to_owned(),
+            ),
+            ("AWS_ENDPOINT_URL", store_endpoint.to_owned()),
+        ];
+        if let Some(level) = &function.log_level {
+            set.push(("AWS_LAMBDA_LOG_LEVEL", level.clone()));
+        }
+        let mut env = lambda;
+        let overrides = set
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value))
+            .chain(function.environment.iter().cloned())
+            .chain(
+                [
+                    ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
+                    ("TERRA_ALLOW_INSECURE_URLS", "true"),
+                ]
+                .map(|(name, value)| (name.to_owned(), value.to_owned())),
+            );
+        for (name, value) in overrides {
+            env.retain(|(existing, _)| *existing != name);
+            env.push((name, value));
+        }
+        env
+    }
+}
+
+fn text(value: &Value) -> String {
+    value
+        .as_str()
+        .unwrap_or_else(|| panic!("{value} is not text"))
+        .to_owned()
+}
+
+fn number(value: &Value) -> u64 {
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("{value} is not a whole number"))
+}
+
+/// A JSON object's values as text (the function's environment holds
+/// numbers as CloudFormation passed them).
+fn strings(value: &Value) -> BTreeMap<String, String> {
+    value
+        .as_object()
+        .unwrap_or_else(|| panic!("{value} is not an object"))
+        .iter()
+        .map(|(name, value)| {
+            let value = match value {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            (name.clone(), value)
+        })
+        .collect()
+}
+
+fn credentials(value: &Value) -> Credentials {
+    Credentials::new(
+        text(&value["access_key_id"]),
+        text(&value["secret_access_key"]),
+        value["session_token"].as_str().map(str::to_owned),
+        None,
+        "local-stack",
+    )
+}
