@@ -283,9 +283,16 @@ def enforce_iam(url):
 OBSERVER = "terra-sink-local-observer"
 
 
-def local_deployment(url, function="SqsHandlerFunction"):
-    """Deploys the default stack into the moto server at `url` and returns
-    what a local run of `function` needs, all read back from the stack:
+# moto cannot create a Kafka event source mapping (it wants an SQS, Kinesis
+# or DynamoDB stream ARN): a Kafka stack is deployed without it, and its
+# settings are read from the template as CloudFormation would create it.
+KAFKA_MAPPING = "KafkaEventSourceMapping"
+
+
+def local_deployment(url, function="SqsHandlerFunction", overrides=None):
+    """Deploys the stack with these parameter `overrides` into the moto
+    server at `url` and returns what a local run of `function` needs, all
+    read back from the stack:
 
     - `outputs`: the stack's outputs;
     - `terra_sender`: an access key created for `TerraSenderUser`, as the
@@ -294,16 +301,21 @@ def local_deployment(url, function="SqsHandlerFunction"):
       GetFunctionConfiguration (log settings from the function's resource,
       which moto does not keep), and `credentials` for its role from STS
       AssumeRole;
-    - `mapping`: the function's event source mapping (batch size, window,
-      response types, maximum concurrency), left disabled so moto does not
-      invoke the function itself;
-    - `queue`: the mapped queue's URL, visibility timeout and redrive policy;
+    - `mapping`: the function's SQS event source mapping (batch size,
+      window, response types, maximum concurrency), left disabled so moto
+      does not invoke the function itself, and `queue`: the mapped queue's
+      URL, visibility timeout and redrive policy;
+    - or, for the Kafka function, `kafka_mapping`: the mapping's batch size,
+      response types and retry limit from the template's resource, its
+      conditions and parameters resolved as CloudFormation would;
     - `observer`: a key allowed everything, for the harness to look on.
 
     IAM enforcement is on when it returns: from then on every call is
     checked against the caller's policies."""
     admin = Endpoint(url)
-    stack = Stack(admin)
+    overrides = overrides or {}
+    kafka = overrides.get("KafkaSource", "none") != "none"
+    stack = Stack(admin, overrides=overrides, without=(KAFKA_MAPPING,) if kafka else ())
     stack.restore_policies()
     iam = admin.client("iam")
     sender = iam.create_access_key(UserName=stack.outputs["TerraSenderUserName"])["AccessKey"]
@@ -330,27 +342,32 @@ def local_deployment(url, function="SqsHandlerFunction"):
         and configuration["Role"].endswith("/" + physical)
     )
     credentials = stack.role_credentials(role_logical_id)
-    (mapping,) = lambda_.list_event_source_mappings(FunctionName=function_name)[
-        "EventSourceMappings"
-    ]
-    lambda_.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
-
-    sqs = admin.client("sqs")
-    queue_arn = mapping["EventSourceArn"]
-    queue_url = sqs.get_queue_url(QueueName=queue_arn.rsplit(":", 1)[1])["QueueUrl"]
-    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
-    redrive = json.loads(attributes["RedrivePolicy"])
-    dead_letter_url = sqs.get_queue_url(QueueName=redrive["deadLetterTargetArn"].rsplit(":", 1)[1])[
-        "QueueUrl"
-    ]
+    sqs_source = _sqs_source(admin, lambda_, function_name)
     # moto's Lambda does not keep LoggingConfig: the function's own resource
     # in the template says what Lambda would run it with.
     logging = configuration.get("LoggingConfig") or stack.template["Resources"][function][
         "Properties"
     ].get("LoggingConfig", {})
 
+    kafka_mapping = None
+    if function == "KafkaHandlerFunction":
+        template, _ = resolved_template(overrides)
+        properties = stack.references.resolve(template["Resources"][KAFKA_MAPPING]["Properties"])
+        kafka_mapping = {
+            "topic": properties["Topics"][0],
+            "batch_size": int(properties["BatchSize"]),
+            "function_response_types": properties.get("FunctionResponseTypes", []),
+            "maximum_retry_attempts": (
+                int(properties["MaximumRetryAttempts"])
+                if "MaximumRetryAttempts" in properties
+                else None
+            ),
+        }
+
     enforce_iam(url)
     return {
+        **sqs_source,
+        "kafka_mapping": kafka_mapping,
         "outputs": stack.outputs,
         "terra_sender": _key(sender),
         "observer": _key(observer),
@@ -367,6 +384,28 @@ def local_deployment(url, function="SqsHandlerFunction"):
                 "session_token": credentials["SessionToken"],
             },
         },
+    }
+
+
+def _sqs_source(admin, lambda_, function_name):
+    """The function's SQS mapping (disabled: the local mapping invokes the
+    function, not moto) and the queue it reads; empty when it has none."""
+    mappings = lambda_.list_event_source_mappings(FunctionName=function_name)[
+        "EventSourceMappings"
+    ]
+    if not mappings:
+        return {"mapping": None, "queue": None}
+    (mapping,) = mappings
+    lambda_.update_event_source_mapping(UUID=mapping["UUID"], Enabled=False)
+    sqs = admin.client("sqs")
+    queue_arn = mapping["EventSourceArn"]
+    queue_url = sqs.get_queue_url(QueueName=queue_arn.rsplit(":", 1)[1])["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    redrive = json.loads(attributes["RedrivePolicy"])
+    dead_letter_url = sqs.get_queue_url(QueueName=redrive["deadLetterTargetArn"].rsplit(":", 1)[1])[
+        "QueueUrl"
+    ]
+    return {
         "mapping": {
             "batch_size": mapping["BatchSize"],
             "maximum_batching_window_secs": mapping.get("MaximumBatchingWindowInSeconds", 0),
@@ -393,8 +432,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--endpoint", required=True, help="the moto server, http://127.0.0.1:PORT")
     parser.add_argument("--function", default="SqsHandlerFunction", help="the template's function")
+    parser.add_argument(
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a parameter other than its default (repeatable)",
+    )
     arguments = parser.parse_args()
-    json.dump(local_deployment(arguments.endpoint, arguments.function), sys.stdout)
+    overrides = dict(p.split("=", 1) for p in arguments.parameter)
+    json.dump(local_deployment(arguments.endpoint, arguments.function, overrides), sys.stdout)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ use std::time::Duration;
 use terra_sink_dev::demo::{self, DemoReport, Scenario};
 use terra_sink_dev::deployed::Deployed;
 use terra_sink_dev::fault_proxy::{Fault, FaultProxy, FaultSchedule};
+use terra_sink_dev::local_stack::LocalStack;
 use terra_sink_dev::terra_simulator::Kind;
 
 const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
@@ -200,6 +201,11 @@ struct KafkaFaults {
     /// its function timeout, Kafka batch size and retry limit, its function
     /// environment, and a URL lifetime scaled the same way.
     production_ratios: bool,
+    /// Also in the stack `template.yaml` creates for self-managed Kafka,
+    /// deployed into moto with IAM enforced: the function's environment and
+    /// role, its bucket, table and dead-letter queue, and the mapping's
+    /// settings as the template would create it (moto cannot).
+    in_the_stack: bool,
 }
 
 /// `kafka-handler` behind the local Kafka mapping, in both response modes,
@@ -212,12 +218,44 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
     use terra_sink_dev::terra_simulator::TerraSimulator;
 
     let _turn = ONE_AT_A_TIME.lock().await;
-    let moto = Moto::start().await;
-    moto.create_bucket(demo::BUCKET).await;
-    let dlq = moto.create_queue("terra-kafka-dlq").await;
+    let mut moto = Moto::start().await;
+    let stack = if faults.in_the_stack {
+        let partial_batch = report_batch_item_failures.to_string();
+        let parameters = [
+            ("KafkaSource", "self-managed"),
+            ("KafkaBootstrapServers", "b-1.kafka.internal:9096"),
+            (
+                "KafkaSecretArn",
+                "arn:aws:secretsmanager:us-east-1:123456789012:secret:terra-kafka-AbCdEf",
+            ),
+            ("KafkaPartialBatch", partial_batch.as_str()),
+        ];
+        Some(LocalStack::deploy_for(&mut moto, "KafkaHandlerFunction", &parameters).await)
+    } else {
+        None
+    };
+    let (bucket, dlq) = match &stack {
+        Some(stack) => (
+            stack
+                .variable("TERRA_S3_BUCKET")
+                .expect("a bucket")
+                .to_owned(),
+            stack
+                .variable("TERRA_DEAD_LETTER_QUEUE_URL")
+                .expect("a dead-letter queue")
+                .to_owned(),
+        ),
+        None => {
+            moto.create_bucket(demo::BUCKET).await;
+            (
+                demo::BUCKET.to_owned(),
+                moto.create_queue("terra-kafka-dlq").await,
+            )
+        }
+    };
     let mut terra = TerraSimulator::start().await;
     let deployed = Deployed::from_template().scaled_down(TIME_SCALE);
-    if faults.production_ratios {
+    if faults.production_ratios || faults.in_the_stack {
         terra.url_lifetime = deployed.url_lifetime;
     }
     if let Some(lasting) = faults.host_outage {
@@ -265,18 +303,23 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
     let endpoint = proxy
         .as_ref()
         .map_or(moto.endpoint.as_str(), |p| p.endpoint.as_str());
-    let mut env = if faults.production_ratios {
-        let mut env = demo::archive_function_env(runtime.addr, endpoint);
-        env.extend(deployed.loopback_environment());
-        env
+    let env = if let Some(stack) = &stack {
+        stack.handler_environment(runtime.addr, endpoint)
     } else {
-        demo::local_function_env(runtime.addr, endpoint)
+        let mut env = if faults.production_ratios {
+            let mut env = demo::archive_function_env(runtime.addr, endpoint);
+            env.extend(deployed.loopback_environment());
+            env
+        } else {
+            demo::local_function_env(runtime.addr, endpoint)
+        };
+        env.push(("TERRA_DEAD_LETTER_QUEUE_URL".into(), dlq.clone()));
+        env.push((
+            "TERRA_KAFKA_PARTIAL_BATCH".into(),
+            report_batch_item_failures.to_string(),
+        ));
+        env
     };
-    env.push(("TERRA_DEAD_LETTER_QUEUE_URL".into(), dlq.clone()));
-    env.push((
-        "TERRA_KAFKA_PARTIAL_BATCH".into(),
-        report_batch_item_failures.to_string(),
-    ));
     let handlers = HandlerPool::spawn(env!("CARGO_BIN_EXE_kafka-handler"), &env, 1);
     let chaos = async {
         if let Some(after) = faults.kill_after {
@@ -284,7 +327,20 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
             handlers.kill_and_replace_one();
         }
     };
-    let settings = if faults.production_ratios {
+    let settings = if let Some(stack) = &stack {
+        let mapping = stack.kafka_mapping.clone().expect("the Kafka mapping");
+        assert_eq!(
+            mapping.report_batch_item_failures, report_batch_item_failures,
+            "the stack wires KafkaPartialBatch to the mapping"
+        );
+        KafkaMappingSettings {
+            topic: mapping.topic,
+            batch_size: mapping.batch_size,
+            function_timeout: stack.function.timeout / TIME_SCALE,
+            report_batch_item_failures: mapping.report_batch_item_failures,
+            max_retry_attempts: mapping.maximum_retry_attempts.unwrap_or(u32::MAX),
+        }
+    } else if faults.production_ratios {
         KafkaMappingSettings {
             topic: "terra-events".into(),
             batch_size: deployed.kafka_batch_size,
@@ -313,7 +369,7 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
     );
 
     let archived: BTreeSet<String> = moto
-        .objects(demo::BUCKET)
+        .objects(&bucket)
         .await
         .into_iter()
         .map(|o| o.key)
@@ -341,7 +397,7 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
         }
     }
     let name = format!(
-        "kafka, {} batch{}{}{}{}",
+        "kafka, {} batch{}{}{}{}{}",
         if report_batch_item_failures {
             "partial"
         } else {
@@ -360,6 +416,11 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
         },
         if faults.production_ratios {
             ", production ratios"
+        } else {
+            ""
+        },
+        if faults.in_the_stack {
+            ", in the stack"
         } else {
             ""
         },
@@ -391,6 +452,29 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
     );
     let expired = kinds.iter().filter(|(_, k)| *k == Kind::Expired).count();
     assert_eq!(dead_lettered.len(), expired);
+    let denied: Vec<&str> = output
+        .lines()
+        .filter(|line| line.contains("AccessDenied") || line.contains("not authorized"))
+        .collect();
+    assert!(
+        denied.is_empty(),
+        "the function's role lacks a permission its code uses:\n{}",
+        denied.join("\n")
+    );
+}
+
+/// `kafka-handler` in the stack `template.yaml` creates for self-managed
+/// Kafka, IAM enforced, at the template's ratios: with partial batch
+/// responses, and with the template's default whole-batch retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_in_the_stack() {
+    for partial_batch in [true, false] {
+        let faults = KafkaFaults {
+            in_the_stack: true,
+            ..KafkaFaults::default()
+        };
+        kafka_scenario(partial_batch, faults).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

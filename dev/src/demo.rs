@@ -200,10 +200,12 @@ impl Deployment {
     /// for that; the rest are the local run's own clocks.
     async fn in_the_stack(moto: &mut Moto, factor: u32) -> Deployment {
         let stack = LocalStack::deploy(moto).await;
-        let visibility_timeout = stack.queue.visibility_timeout / factor;
+        let queue = stack.queue.clone().expect("the SQS function's queue");
+        let mapping = stack.mapping.clone().expect("the SQS function's mapping");
+        let visibility_timeout = queue.visibility_timeout / factor;
         moto.sqs()
             .set_queue_attributes()
-            .queue_url(&stack.queue.url)
+            .queue_url(&queue.url)
             .attributes(
                 QueueAttributeName::VisibilityTimeout,
                 visibility_timeout.as_secs().to_string(),
@@ -211,29 +213,22 @@ impl Deployment {
             .send()
             .await
             .expect("scale the queue's visibility timeout");
-        let variable = |name: &str| {
-            stack
-                .function
-                .environment
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
-        };
+        let variable = |name: &str| stack.variable(name).unwrap_or_default().to_owned();
         Deployment {
             bucket: variable("TERRA_S3_BUCKET"),
             table: variable("TERRA_DYNAMODB_TABLE"),
             prefix: variable("TERRA_S3_PREFIX"),
-            queue_url: stack.queue.url.clone(),
-            dead_letter_queue_url: stack.queue.dead_letter_queue_url.clone(),
+            queue_url: queue.url,
+            dead_letter_queue_url: queue.dead_letter_queue_url,
             terra_sqs: moto.sqs_as(stack.terra_sender.clone()),
             mapping_sqs: moto.sqs_as(stack.function.credentials.clone()),
             mapping: MappingSettings {
-                batch_size: stack.mapping.batch_size,
-                batching_window: stack.mapping.batching_window / factor,
-                report_batch_item_failures: stack.mapping.report_batch_item_failures,
+                batch_size: mapping.batch_size,
+                batching_window: mapping.batching_window / factor,
+                report_batch_item_failures: mapping.report_batch_item_failures,
                 function_timeout: stack.function.timeout / factor,
-                concurrency: stack.mapping.maximum_concurrency.unwrap_or(1000),
+                // Without a maximum Lambda scales on; two instances stand in.
+                concurrency: mapping.maximum_concurrency.unwrap_or(2),
             },
             stack: Some(stack),
         }

@@ -24,8 +24,12 @@ pub struct LocalStack {
     /// A key allowed everything, for the harness to look on with.
     pub observer: Credentials,
     pub function: StackFunction,
-    pub mapping: StackMapping,
-    pub queue: StackQueue,
+    /// The SQS function's event source mapping and queue.
+    pub mapping: Option<StackMapping>,
+    pub queue: Option<StackQueue>,
+    /// The Kafka function's mapping, as the template would create it (moto
+    /// cannot).
+    pub kafka_mapping: Option<StackKafkaMapping>,
 }
 
 /// The SQS handler as Lambda's GetFunctionConfiguration describes it.
@@ -51,6 +55,16 @@ pub struct StackMapping {
     pub maximum_concurrency: Option<usize>,
 }
 
+/// The Kafka function's event source mapping.
+#[derive(Debug, Clone)]
+pub struct StackKafkaMapping {
+    pub topic: String,
+    pub batch_size: usize,
+    pub report_batch_item_failures: bool,
+    /// `None`: the mapping retries until the record leaves the topic.
+    pub maximum_retry_attempts: Option<u32>,
+}
+
 /// The mapped queue.
 #[derive(Debug, Clone)]
 pub struct StackQueue {
@@ -61,15 +75,31 @@ pub struct StackQueue {
 }
 
 impl LocalStack {
-    /// Deploys the template's default stack into `moto` and switches IAM
-    /// enforcement on; `moto`'s own clients then call as the observer.
+    /// Deploys the template's default stack into `moto`, for the SQS
+    /// function, and switches IAM enforcement on; `moto`'s own clients then
+    /// call as the observer.
     pub async fn deploy(moto: &mut Moto) -> LocalStack {
-        let output = tokio::process::Command::new(python())
-            .arg(dev_script("local_stack.py"))
-            .args(["--endpoint", &moto.endpoint])
-            .output()
-            .await
-            .expect("run dev/local_stack.py");
+        LocalStack::deploy_for(moto, "SqsHandlerFunction", &[]).await
+    }
+
+    /// The same for the template's `function`, with `parameters` other than
+    /// their defaults.
+    pub async fn deploy_for(
+        moto: &mut Moto,
+        function: &str,
+        parameters: &[(&str, &str)],
+    ) -> LocalStack {
+        let mut command = tokio::process::Command::new(python());
+        command.arg(dev_script("local_stack.py")).args([
+            "--endpoint",
+            &moto.endpoint,
+            "--function",
+            function,
+        ]);
+        for (name, value) in parameters {
+            command.args(["--parameter", &format!("{name}={value}")]);
+        }
+        let output = command.output().await.expect("run dev/local_stack.py");
         assert!(
             output.status.success(),
             "dev/local_stack.py failed:\n{}",
@@ -84,11 +114,6 @@ impl LocalStack {
 
     fn from_description(described: &Value) -> LocalStack {
         let function = &described["function"];
-        let mapping = &described["mapping"];
-        let queue = &described["queue"];
-        let response_types = mapping["function_response_types"]
-            .as_array()
-            .expect("response types");
         LocalStack {
             outputs: strings(&described["outputs"]),
             terra_sender: credentials(&described["terra_sender"]),
@@ -102,23 +127,38 @@ impl LocalStack {
                 environment: strings(&function["environment"]).into_iter().collect(),
                 credentials: credentials(&function["credentials"]),
             },
-            mapping: StackMapping {
+            mapping: present(&described["mapping"]).map(|mapping| StackMapping {
                 batch_size: number(&mapping["batch_size"]) as i32,
                 batching_window: Duration::from_secs(number(
                     &mapping["maximum_batching_window_secs"],
                 )),
-                report_batch_item_failures: response_types
-                    .iter()
-                    .any(|t| t.as_str() == Some("ReportBatchItemFailures")),
+                report_batch_item_failures: reports_batch_item_failures(mapping),
                 maximum_concurrency: mapping["maximum_concurrency"].as_u64().map(|n| n as usize),
-            },
-            queue: StackQueue {
+            }),
+            queue: present(&described["queue"]).map(|queue| StackQueue {
                 url: text(&queue["url"]),
                 visibility_timeout: Duration::from_secs(number(&queue["visibility_timeout_secs"])),
                 max_receive_count: number(&queue["max_receive_count"]) as u32,
                 dead_letter_queue_url: text(&queue["dead_letter_queue_url"]),
-            },
+            }),
+            kafka_mapping: present(&described["kafka_mapping"]).map(|mapping| StackKafkaMapping {
+                topic: text(&mapping["topic"]),
+                batch_size: number(&mapping["batch_size"]) as usize,
+                report_batch_item_failures: reports_batch_item_failures(mapping),
+                maximum_retry_attempts: mapping["maximum_retry_attempts"]
+                    .as_u64()
+                    .map(|n| n as u32),
+            }),
         }
+    }
+
+    /// A variable of the function's environment.
+    pub fn variable(&self, name: &str) -> Option<&str> {
+        self.function
+            .environment
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, value)| value.as_str())
     }
 
     /// The handler's process environment as Lambda would set it for this
@@ -175,6 +215,18 @@ impl LocalStack {
         }
         env
     }
+}
+
+fn present(value: &Value) -> Option<&Value> {
+    (!value.is_null()).then_some(value)
+}
+
+fn reports_batch_item_failures(mapping: &Value) -> bool {
+    mapping["function_response_types"]
+        .as_array()
+        .expect("response types")
+        .iter()
+        .any(|t| t.as_str() == Some("ReportBatchItemFailures"))
 }
 
 fn text(value: &Value) -> String {
