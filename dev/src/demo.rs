@@ -27,6 +27,8 @@ pub struct Scenario {
     /// Handler processes (concurrent Lambda instances).
     pub instances: usize,
     pub batch_size: i32,
+    /// How long the mapping keeps receiving to fill a batch.
+    pub batching_window: Duration,
     pub function_timeout: Duration,
     /// The queue's visibility timeout: how soon a failed message comes back.
     pub visibility_timeout: Duration,
@@ -72,6 +74,7 @@ impl Scenario {
             messages: 48,
             instances: 2,
             batch_size: 10,
+            batching_window: Duration::ZERO,
             function_timeout: Duration::from_secs(5),
             visibility_timeout: Duration::from_secs(6),
             max_receive_count: 3,
@@ -109,12 +112,14 @@ impl Scenario {
 
     /// The deployment `template.yaml` makes by default, with every duration
     /// divided by `factor`: URL lifetime, function timeout, visibility
-    /// timeout, and the template's batch size, `maxReceiveCount` and function
-    /// environment (the payload host allowed is the local one).
+    /// timeout, batching window, and the template's batch size,
+    /// `maxReceiveCount` and function environment (the payload host allowed
+    /// is the local one).
     pub fn at_production_ratios(handler_binary: impl Into<String>, factor: u32) -> Scenario {
         let deployed = Deployed::from_template().scaled_down(factor);
         let mut scenario = Scenario::new(handler_binary);
         scenario.batch_size = deployed.sqs_batch_size;
+        scenario.batching_window = deployed.sqs_batching_window;
         scenario.function_timeout = deployed.function_timeout;
         scenario.visibility_timeout = deployed.visibility_timeout;
         scenario.max_receive_count = deployed.max_receive_count;
@@ -186,7 +191,7 @@ impl Deployment {
             mapping_sqs: sqs,
             mapping: MappingSettings {
                 batch_size: scenario.batch_size,
-                batching_window: Duration::ZERO,
+                batching_window: scenario.batching_window,
                 report_batch_item_failures: true,
                 function_timeout: scenario.function_timeout,
                 concurrency: scenario.instances.max(1),

@@ -21,6 +21,7 @@ pub struct Deployed {
     pub max_receive_count: u32,
     /// The SQS event source mapping.
     pub sqs_batch_size: i32,
+    pub sqs_batching_window: Duration,
     /// The Kafka event source mapping.
     pub kafka_batch_size: usize,
     /// Whether the Kafka mapping has `ReportBatchItemFailures` (and the
@@ -65,6 +66,7 @@ impl Deployed {
             visibility_timeout: t.seconds(&queue["VisibilityTimeout"]),
             max_receive_count: t.number(&queue["RedrivePolicy"]["maxReceiveCount"]) as u32,
             sqs_batch_size: t.number(&sqs_events["BatchSize"]) as i32,
+            sqs_batching_window: t.seconds(&sqs_events["MaximumBatchingWindowInSeconds"]),
             kafka_batch_size: t.number(&kafka["BatchSize"]) as usize,
             kafka_partial_batch: t.try_resolve(&t.parameter("KafkaPartialBatch")).as_deref()
                 == Some("true"),
@@ -90,6 +92,7 @@ impl Deployed {
         Deployed {
             function_timeout: self.function_timeout / factor,
             visibility_timeout: self.visibility_timeout / factor,
+            sqs_batching_window: self.sqs_batching_window / factor,
             url_lifetime: self.url_lifetime / factor,
             ..self.clone()
         }

@@ -202,6 +202,15 @@ impl HandlerProcess {
     /// Starts `binary` with only `env` set (nothing leaks in from the test's
     /// own environment).
     pub fn spawn(binary: &str, env: &[(String, String)]) -> HandlerProcess {
+        HandlerProcess::spawn_into(binary, env, Arc::new(Mutex::new(String::new())))
+    }
+
+    /// The same, its output lines appended to `output` as they come.
+    fn spawn_into(
+        binary: &str,
+        env: &[(String, String)],
+        output: Arc<Mutex<String>>,
+    ) -> HandlerProcess {
         let mut child = Command::new(binary)
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -210,7 +219,6 @@ impl HandlerProcess {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("start {binary}: {e}"));
-        let output = Arc::new(Mutex::new(String::new()));
         collect(
             child.stdout.take().expect("piped stdout"),
             Arc::clone(&output),
@@ -258,18 +266,23 @@ pub struct HandlerPool {
     binary: String,
     env: Vec<(String, String)>,
     processes: Mutex<Vec<HandlerProcess>>,
+    /// Every instance's lines in the order they came, so that the last line
+    /// about a message is the latest, whichever instance wrote it.
+    output: Arc<Mutex<String>>,
 }
 
 impl HandlerPool {
     pub fn spawn(binary: &str, env: &[(String, String)], instances: usize) -> HandlerPool {
+        let output = Arc::new(Mutex::new(String::new()));
         HandlerPool {
             binary: binary.to_owned(),
             env: env.to_vec(),
             processes: Mutex::new(
                 (0..instances.max(1))
-                    .map(|_| HandlerProcess::spawn(binary, env))
+                    .map(|_| HandlerProcess::spawn_into(binary, env, Arc::clone(&output)))
                     .collect(),
             ),
+            output,
         }
     }
 
@@ -278,17 +291,17 @@ impl HandlerPool {
     pub fn kill_and_replace_one(&self) {
         let mut processes = self.processes.lock().expect("not poisoned");
         processes[0].kill();
-        processes.push(HandlerProcess::spawn(&self.binary, &self.env));
+        processes.push(HandlerProcess::spawn_into(
+            &self.binary,
+            &self.env,
+            Arc::clone(&self.output),
+        ));
     }
 
-    /// Everything every instance printed, killed ones included.
+    /// Everything every instance printed, killed ones included, in the
+    /// order it came.
     pub fn output(&self) -> String {
-        self.processes
-            .lock()
-            .expect("not poisoned")
-            .iter()
-            .map(HandlerProcess::output)
-            .collect()
+        self.output.lock().expect("not poisoned").clone()
     }
 }
 
