@@ -139,3 +139,47 @@ def test_the_sqs_handler_role_may_do_what_the_code_calls_and_no_more(moto_server
     denied(lambda: dynamodb.put_item(TableName="not-terras", Item=item))
     denied(lambda: dynamodb.get_item(TableName=outputs["TableName"], Key=item))
     denied(lambda: dynamodb.delete_item(TableName=outputs["TableName"], Key=item))
+    denied(lambda: dynamodb.get_item(TableName="not-terras", Key=item))
+
+
+KAFKA = {
+    "KafkaSource": "self-managed",
+    "KafkaBootstrapServers": "b-1.kafka.internal:9096",
+    "KafkaSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:terra-kafka-AbCdEf",
+    "KafkaPartialBatch": "true",
+}
+
+
+def test_the_kafka_handler_role_may_do_what_the_code_calls_and_no_more(moto_server):
+    # moto cannot create the Kafka mapping; the role is what is checked here.
+    stack = Stack(Endpoint(moto_server), overrides=KAFKA, without=(local_stack.KAFKA_MAPPING,))
+    stack.restore_policies()
+    outputs, parameters = stack.outputs, stack.parameters
+    credentials = stack.role_credentials("KafkaHandlerRole")
+    enforce_iam(moto_server)
+    role = Endpoint(
+        moto_server,
+        credentials["AccessKeyId"],
+        credentials["SecretAccessKey"],
+        credentials["SessionToken"],
+    )
+
+    sqs = role.client("sqs")
+    # Its own dead letters, and the mapping's records of discarded batches.
+    sqs.send_message(QueueUrl=outputs["KafkaDeadLetterQueueUrl"], MessageBody="{}")
+    sqs.send_message(QueueUrl=outputs["KafkaDiscardedBatchesQueueUrl"], MessageBody="{}")
+    denied(lambda: sqs.receive_message(QueueUrl=outputs["KafkaDeadLetterQueueUrl"]))
+    denied(lambda: sqs.send_message(QueueUrl=outputs["QueueUrl"], MessageBody="{}"))
+    denied(lambda: sqs.receive_message(QueueUrl=outputs["QueueUrl"]))
+
+    s3 = role.client("s3")
+    bucket, prefix = outputs["BucketName"], parameters["S3Prefix"]
+    archived = f"{prefix}dt=2026-11-30/type=activity/archived.json"
+    s3.put_object(Bucket=bucket, Key=archived, Body=b"{}")
+    s3.get_object(Bucket=bucket, Key=archived)
+    denied(lambda: s3.put_object(Bucket=bucket, Key="outside/archived.json", Body=b"{}"))
+
+    dynamodb = role.client("dynamodb")
+    item = {"pk": {"S": "user#1"}, "sk": {"S": "activity#1"}}
+    dynamodb.put_item(TableName=outputs["TableName"], Item=item)
+    denied(lambda: dynamodb.get_item(TableName=outputs["TableName"], Key=item))
