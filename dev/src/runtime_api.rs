@@ -10,10 +10,12 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::connect_info::Connected;
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
+use axum::serve::IncomingStream;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
@@ -34,6 +36,8 @@ pub enum InvocationResult {
 #[derive(Clone)]
 struct Shared {
     pending: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Invocation>>>,
+    /// Puts back an invocation whose runtime died while asking for it.
+    requeue: mpsc::UnboundedSender<Invocation>,
     waiting: Arc<Mutex<HashMap<String, oneshot::Sender<InvocationResult>>>>,
     first_poll: Arc<OnceLock<Instant>>,
 }
@@ -54,6 +58,7 @@ impl RuntimeApi {
         let first_poll = Arc::new(OnceLock::new());
         let shared = Shared {
             pending: Arc::new(tokio::sync::Mutex::new(pending)),
+            requeue: queue.clone(),
             waiting: Arc::clone(&waiting),
             first_poll: Arc::clone(&first_poll),
         };
@@ -65,7 +70,7 @@ impl RuntimeApi {
             )
             .route("/2018-06-01/runtime/invocation/{id}/error", post(fail))
             .with_state(shared);
-        let (addr, task) = crate::serve_on_loopback(app, "runtime API").await;
+        let (addr, task) = serve_with_peers(app).await;
         RuntimeApi {
             addr,
             queue,
@@ -126,12 +131,22 @@ impl Drop for RuntimeApi {
     }
 }
 
-async fn next(State(shared): State<Shared>) -> impl IntoResponse {
+async fn next(
+    State(shared): State<Shared>,
+    ConnectInfo(peer): ConnectInfo<Peer>,
+) -> impl IntoResponse {
     shared.first_poll.get_or_init(Instant::now);
     let invocation = shared.pending.lock().await.recv().await;
     let Some(invocation) = invocation else {
         return (StatusCode::GONE, HeaderMap::new(), Vec::new());
     };
+    if peer.is_gone() {
+        // A handler killed while it waited here (tests replace instances):
+        // the server has not dropped its request yet, and the invocation
+        // would go nowhere. The next runtime to ask gets it.
+        let _ = shared.requeue.send(invocation);
+        return (StatusCode::GONE, HeaderMap::new(), Vec::new());
+    }
     let mut headers = HeaderMap::new();
     let header = |v: &str| HeaderValue::from_str(v).expect("valid header");
     headers.insert("lambda-runtime-aws-request-id", header(&invocation.id));
@@ -145,6 +160,57 @@ async fn next(State(shared): State<Shared>) -> impl IntoResponse {
     );
     headers.insert("content-type", header("application/json"));
     (StatusCode::OK, headers, invocation.event)
+}
+
+/// The socket of the runtime that made a request, to see whether it is
+/// still there.
+#[derive(Clone)]
+struct Peer(Option<Arc<std::net::TcpStream>>);
+
+impl Peer {
+    /// The runtime closed its end: it exited or was killed.
+    fn is_gone(&self) -> bool {
+        let Some(socket) = &self.0 else {
+            return false;
+        };
+        match socket.peek(&mut [0u8; 1]) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(error) => error.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
+impl Connected<IncomingStream<'_, tokio::net::TcpListener>> for Peer {
+    fn connect_info(stream: IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        use std::os::fd::AsFd;
+        let socket = stream
+            .io()
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(std::net::TcpStream::from)
+            .filter(|socket| socket.set_nonblocking(true).is_ok());
+        if let Some(socket) = &socket {
+            // The same socket: as `crate::serve_on_loopback` does.
+            let _ = socket.set_nodelay(true);
+        }
+        Peer(socket.map(Arc::new))
+    }
+}
+
+/// As [`crate::serve_on_loopback`], with each request's [`Peer`].
+async fn serve_with_peers(app: Router) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the runtime API");
+    let addr = listener.local_addr().expect("bound address");
+    let task = tokio::spawn(async move {
+        axum::serve(listener, app.into_make_service_with_connect_info::<Peer>())
+            .await
+            .unwrap_or_else(|e| panic!("runtime API stopped: {e}"));
+    });
+    (addr, task)
 }
 
 fn finish(shared: &Shared, id: &str, result: InvocationResult) -> StatusCode {
@@ -319,5 +385,61 @@ impl Drop for HandlerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A runtime killed while it waits on `/next` (as tests kill handlers)
+    /// must not take the next invocation with it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_invocation_is_not_lost_to_a_runtime_that_died_waiting() {
+        let runtime = RuntimeApi::start().await;
+        let base = format!("http://{}/2018-06-01/runtime/invocation", runtime.addr);
+        for _ in 0..20 {
+            let mut dead = tokio::net::TcpStream::connect(runtime.addr)
+                .await
+                .expect("connect");
+            dead.write_all(
+                b"GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nhost: runtime\r\n\r\n",
+            )
+            .await
+            .expect("ask for work");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            drop(dead);
+            let live = {
+                let base = base.clone();
+                tokio::spawn(async move {
+                    let client = reqwest::Client::new();
+                    let next = client
+                        .get(format!("{base}/next"))
+                        .send()
+                        .await
+                        .expect("next");
+                    let id = next.headers()["lambda-runtime-aws-request-id"]
+                        .to_str()
+                        .expect("request id")
+                        .to_owned();
+                    let event = next.bytes().await.expect("event");
+                    client
+                        .post(format!("{base}/{id}/response"))
+                        .body(event)
+                        .send()
+                        .await
+                        .expect("respond");
+                })
+            };
+            let answer = runtime
+                .try_invoke(&serde_json::json!({"n": 1}), Duration::from_secs(2))
+                .await;
+            assert_eq!(
+                answer,
+                Some(InvocationResult::Response(serde_json::json!({"n": 1})))
+            );
+            live.await.expect("live runtime");
+        }
     }
 }
