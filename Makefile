@@ -53,8 +53,9 @@ fuzz: $(CARGO_FUZZ)
 $(CARGO_FUZZ):
 	cargo install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked --root $(CURDIR)/.tools
 
-# The whole flow locally: moto as S3, DynamoDB and SQS, the Terra simulator,
-# the local SQS mapping and the Lambda artifact of sqs-handler.
+# The whole flow locally, in the stack template.yaml creates: deployed into
+# moto with IAM enforced, fed by the Terra simulator through the local SQS
+# mapping to the Lambda artifact of sqs-handler.
 demo: $(VENV_STAMP)
 	$(TOOLS) cargo lambda build --release --bin sqs-handler
 	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server cargo run --locked -p terra-sink-dev --bin demo -- $(HANDLER_ARTIFACT)

@@ -11,7 +11,7 @@ Where moto 5.2 differs from CloudFormation, the difference is made up here:
 
 Run as a program against a moto server (`make demo` and the stack tests do),
 it deploys the stack, reads back what the local run needs, switches IAM
-enforcement on and prints it all as JSON: see `main`.
+enforcement on and prints it all as JSON: see `local_deployment`.
 """
 
 import argparse

@@ -70,7 +70,6 @@ fn assert_nothing_lost(report: &DemoReport) {
 async fn the_demo_mix_in_the_stack() {
     let mut demo_mix = Scenario::in_the_stack(SQS_HANDLER, TIME_SCALE);
     demo_mix.messages = 24;
-    demo_mix.give_up = Duration::from_secs(400);
     let report = run("demo mix in the stack", demo_mix).await;
     assert_nothing_lost(&report);
     assert!(!report.dead_lettered.is_empty(), "the mix has expired URLs");

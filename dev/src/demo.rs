@@ -34,7 +34,8 @@ pub struct Scenario {
     pub visibility_timeout: Duration,
     /// Receipts before a message moves to the dead-letter queue.
     pub max_receive_count: u32,
-    /// When to stop waiting for the queue to drain.
+    /// When to stop waiting for the queue to drain (in the stack, no sooner
+    /// than its redrive policy can dead-letter a message).
     pub give_up: Duration,
     /// The kinds of message Terra sends, in turn.
     pub mix: Vec<Kind>,
@@ -147,6 +148,8 @@ struct Deployment {
     /// How the mapping polls (Lambda polls with the function's role).
     mapping_sqs: aws_sdk_sqs::Client,
     mapping: MappingSettings,
+    /// How long the queue may take to drain.
+    drain_within: Duration,
     /// The stack's, when there is one.
     stack: Option<LocalStack>,
 }
@@ -196,6 +199,7 @@ impl Deployment {
                 function_timeout: scenario.function_timeout,
                 concurrency: scenario.instances.max(1),
             },
+            drain_within: scenario.give_up,
             stack: None,
         }
     }
@@ -203,7 +207,7 @@ impl Deployment {
     /// The stack `template.yaml` creates, its durations divided by `factor`.
     /// Only the queue's visibility timeout has to be changed in the stack
     /// for that; the rest are the local run's own clocks.
-    async fn in_the_stack(moto: &mut Moto, factor: u32) -> Deployment {
+    async fn in_the_stack(moto: &mut Moto, factor: u32, give_up: Duration) -> Deployment {
         let stack = LocalStack::deploy(moto).await;
         let queue = stack.queue.clone().expect("the SQS function's queue");
         let mapping = stack.mapping.clone().expect("the SQS function's mapping");
@@ -219,6 +223,11 @@ impl Deployment {
             .await
             .expect("scale the queue's visibility timeout");
         let variable = |name: &str| stack.variable(name).unwrap_or_default().to_owned();
+        // A message that fails every time reaches the dead-letter queue only
+        // after `maxReceiveCount` visibility timeouts.
+        let function_timeout = stack.function.timeout / factor;
+        let drain_within =
+            give_up.max(visibility_timeout * (queue.max_receive_count + 1) + function_timeout * 2);
         Deployment {
             bucket: variable("TERRA_S3_BUCKET"),
             table: variable("TERRA_DYNAMODB_TABLE"),
@@ -231,10 +240,11 @@ impl Deployment {
                 batch_size: mapping.batch_size,
                 batching_window: mapping.batching_window / factor,
                 report_batch_item_failures: mapping.report_batch_item_failures,
-                function_timeout: stack.function.timeout / factor,
+                function_timeout,
                 // Without a maximum Lambda scales on; two instances stand in.
                 concurrency: mapping.maximum_concurrency.unwrap_or(2),
             },
+            drain_within,
             stack: Some(stack),
         }
     }
@@ -451,7 +461,7 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
     let started = Instant::now();
     let mut moto = Moto::start().await;
     let deployment = match scenario.in_the_stack_scaled_down {
-        Some(factor) => Deployment::in_the_stack(&mut moto, factor).await,
+        Some(factor) => Deployment::in_the_stack(&mut moto, factor, scenario.give_up).await,
         None => Deployment::by_hand(&moto, scenario).await,
     };
 
@@ -521,8 +531,10 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         handlers.kill_and_replace_one();
         1
     };
-    let (stats, instances_killed) =
-        tokio::join!(mapping.run_until_drained(&runtime, scenario.give_up), chaos);
+    let (stats, instances_killed) = tokio::join!(
+        mapping.run_until_drained(&runtime, deployment.drain_within),
+        chaos
+    );
 
     let dead_lettered: BTreeSet<String> = moto
         .drain(&deployment.dead_letter_queue_url)
