@@ -451,10 +451,7 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
     );
     let expired = kinds.iter().filter(|(_, k)| *k == Kind::Expired).count();
     assert_eq!(dead_lettered.len(), expired);
-    let denied: Vec<&str> = output
-        .lines()
-        .filter(|line| line.contains("AccessDenied") || line.contains("not authorized"))
-        .collect();
+    let denied = terra_sink_dev::logs::refused_by_iam(&output);
     assert!(
         denied.is_empty(),
         "the function's role lacks a permission its code uses:\n{}",

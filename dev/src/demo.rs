@@ -564,11 +564,7 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .collect();
     let projected = items.into_keys().collect();
     let output = handlers.output();
-    let access_denied = output
-        .lines()
-        .filter(|line| line.contains("AccessDenied") || line.contains("not authorized"))
-        .map(str::to_owned)
-        .collect();
+    let access_denied = crate::logs::refused_by_iam(&output);
     let last_failure = crate::logs::record_failures(&output)
         .into_iter()
         .map(|(id, failure)| (id, failure.class))

@@ -32,7 +32,7 @@ pub struct LocalStack {
     pub kafka_mapping: Option<StackKafkaMapping>,
 }
 
-/// The SQS handler as Lambda's GetFunctionConfiguration describes it.
+/// The function as Lambda's GetFunctionConfiguration describes it.
 #[derive(Debug, Clone)]
 pub struct StackFunction {
     pub name: String,

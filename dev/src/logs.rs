@@ -11,6 +11,16 @@ pub struct LoggedFailure {
     pub retry: String,
 }
 
+/// The handlers' log lines about a call IAM refused: each names a permission
+/// the function's role lacks, even where the failure changed no outcome.
+pub fn refused_by_iam(output: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter(|line| line.contains("AccessDenied") || line.contains("not authorized"))
+        .map(str::to_owned)
+        .collect()
+}
+
 /// The last `record failed` line of each record id (SQS messageId, Kafka
 /// `topic-partition@offset`). The id is a field of the line, or of the span
 /// the line was logged in.
