@@ -10,13 +10,14 @@ use lambda_runtime::LambdaEvent;
 use tokio::time::Instant;
 
 use crate::batch::{self, BatchLimits, BatchReport};
+use crate::budget::{HoldingCost, MemoryBudget};
 use crate::config::{Config, ConfigError};
 use crate::dead_letter::{self, DeadLetterQueue, SqsDeadLetterQueue};
 use crate::fetch::{ClientBuildError, Fetcher};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::redelivery::sqs::{Redelivery, SqsQueueControl};
-use crate::sink::{Archive, DynamoDbSink, S3Sink, Sink};
+use crate::sink::{Archive, DynamoDbSink, S3Compression, S3Sink, Sink};
 use crate::source::kafka::{self, KafkaBatchResponse, KafkaEvent, ResponseMode};
 use crate::source::sqs;
 
@@ -63,7 +64,14 @@ impl App {
     }
 
     pub async fn from_config(config: Config) -> Result<Self, InitError> {
-        let fetcher = Fetcher::new(config.url_policy, config.fetch)?;
+        let cost = holding_cost(&config);
+        let budget = MemoryBudget::new(config.memory_budget_bytes);
+        tracing::info!(
+            memory_budget_bytes = budget.total_bytes(),
+            largest_record_holds = cost.of(config.fetch.max_payload_bytes),
+            "memory budget"
+        );
+        let fetcher = Fetcher::new(config.url_policy, config.fetch)?.with_budget(budget, cost);
         let aws = aws_config::defaults(BehaviorVersion::latest()).load().await;
         let archive = config.s3.map(|settings| {
             let s3_config = aws_sdk_s3::config::Builder::from(&aws)
@@ -84,6 +92,7 @@ impl App {
             sinks.push(Arc::new(DynamoDbSink::new(
                 aws_sdk_dynamodb::Client::from_conf(dynamodb_config),
                 table,
+                config.dynamodb_max_items,
             )));
         }
         let sqs = aws_sdk_sqs::Client::new(&aws);
@@ -183,6 +192,24 @@ impl App {
             cutoff: cutoff_before(event.context.deadline()),
         }
     }
+}
+
+/// What a record holds for its payload, by the stores configured. The
+/// factors are measured by `make bench` (BENCHMARKS.md, "Memory budget").
+fn holding_cost(config: &Config) -> HoldingCost {
+    let mut cost = HoldingCost::BUFFER_ONLY;
+    if config
+        .s3
+        .as_ref()
+        .is_some_and(|s3| s3.compression == S3Compression::Gzip)
+    {
+        // The compressed copy, its buffer grown by doubling.
+        cost.percent_of_payload += 50;
+    }
+    if config.dynamodb_table.is_some() {
+        cost = DynamoDbSink::holding_cost(cost);
+    }
+    cost
 }
 
 /// Payload buffers are large and short-lived. By default glibc raises its mmap

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use crate::budget::derived_budget_bytes;
 use crate::fetch::{FetchSettings, HostPattern, UrlPolicy};
 use crate::payload::KeyPrefix;
-use crate::sink::{S3Compression, S3Settings};
+use crate::sink::{DEFAULT_MAX_ITEMS, S3Compression, S3Settings};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -13,6 +14,8 @@ pub struct Config {
     pub s3: Option<S3Settings>,
     /// The DynamoDB table, when `TERRA_DYNAMODB_TABLE` is set.
     pub dynamodb_table: Option<String>,
+    /// Most items one payload may make (`TERRA_DYNAMODB_MAX_ITEMS`).
+    pub dynamodb_max_items: usize,
     pub fetch: FetchSettings,
     pub url_policy: UrlPolicy,
     /// Records processed at once (`TERRA_FETCH_CONCURRENCY`).
@@ -23,6 +26,9 @@ pub struct Config {
     pub kafka: KafkaSettings,
     /// CloudWatch namespace of the EMF metrics (`TERRA_METRICS_NAMESPACE`).
     pub metrics_namespace: String,
+    /// Bytes the records in flight may hold at once: `TERRA_MEMORY_BUDGET_MB`,
+    /// or derived from the function's memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
+    pub memory_budget_bytes: u64,
 }
 
 /// Settings only `kafka-handler` reads.
@@ -46,6 +52,13 @@ pub enum ConfigError {
 const MAX_CONCURRENCY: usize = 1024;
 const MAX_TIMEOUT_SECS: u64 = 900;
 const MAX_ATTEMPTS: u32 = 20;
+/// Lambda's largest function; and the memory assumed outside Lambda, which
+/// is the template's default.
+const MAX_FUNCTION_MEMORY_MB: u64 = 10_240;
+const DEFAULT_FUNCTION_MEMORY_MB: u64 = 512;
+/// A payload of more items than this could not be written within Lambda's
+/// longest timeout (about 1 000 conditional writes a second per payload).
+const MAX_ITEMS_PER_PAYLOAD: usize = 500_000;
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
@@ -108,6 +121,12 @@ impl Config {
                     .map_err(|problem| invalid("TERRA_DYNAMODB_TABLE", problem))?,
             ),
         };
+        let dynamodb_max_items = env.number(
+            "TERRA_DYNAMODB_MAX_ITEMS",
+            DEFAULT_MAX_ITEMS,
+            1,
+            MAX_ITEMS_PER_PAYLOAD,
+        )?;
         if s3.is_none() && dynamodb_table.is_none() {
             return Err(ConfigError::NoSink);
         }
@@ -128,15 +147,28 @@ impl Config {
             Some(namespace) => validate_namespace(&namespace)
                 .map_err(|problem| invalid("TERRA_METRICS_NAMESPACE", problem))?,
         };
+        let function_memory_mb = env.number(
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            DEFAULT_FUNCTION_MEMORY_MB,
+            128,
+            MAX_FUNCTION_MEMORY_MB,
+        )?;
+        let memory_budget_bytes =
+            match env.optional_number("TERRA_MEMORY_BUDGET_MB", 1, function_memory_mb)? {
+                Some(mb) => mb * 1024 * 1024,
+                None => derived_budget_bytes(function_memory_mb),
+            };
         Ok(Self {
             s3,
             dynamodb_table,
+            dynamodb_max_items,
             fetch,
             url_policy,
             concurrency,
             s3_force_path_style,
             kafka,
             metrics_namespace,
+            memory_budget_bytes,
         })
     }
 }
@@ -330,6 +362,34 @@ mod tests {
         assert!(!config.s3_force_path_style);
         assert_eq!(config.kafka, KafkaSettings::default());
         assert_eq!(config.metrics_namespace, "TerraSink");
+        assert_eq!(config.memory_budget_bytes, derived_budget_bytes(512));
+    }
+
+    #[test]
+    fn the_memory_budget_follows_the_function_unless_set() {
+        let bucket = ("TERRA_S3_BUCKET", "bucket");
+        let budget = |vars: &[(&str, &str)]| load(vars).expect("valid").memory_budget_bytes;
+        assert_eq!(
+            budget(&[bucket, ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048")]),
+            derived_budget_bytes(2048)
+        );
+        assert_eq!(
+            budget(&[
+                bucket,
+                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "2048"),
+                ("TERRA_MEMORY_BUDGET_MB", "100")
+            ]),
+            100 * 1024 * 1024
+        );
+        // More than the function has is a mistake, not a budget.
+        assert_eq!(
+            failing_var(&[
+                bucket,
+                ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512"),
+                ("TERRA_MEMORY_BUDGET_MB", "600")
+            ]),
+            "TERRA_MEMORY_BUDGET_MB"
+        );
     }
 
     #[test]
@@ -354,8 +414,10 @@ mod tests {
                 "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-dlq.fifo",
             ),
             ("TERRA_METRICS_NAMESPACE", "Acme/Terra"),
+            ("TERRA_DYNAMODB_MAX_ITEMS", "250"),
         ])
         .expect("valid");
+        assert_eq!(config.dynamodb_max_items, 250);
         assert_eq!(config.metrics_namespace, "Acme/Terra");
         assert_eq!(
             config.kafka,
@@ -413,6 +475,11 @@ mod tests {
             ("TERRA_FETCH_TIMEOUT_SECS", "-1"),
             ("TERRA_FETCH_MAX_ATTEMPTS", "0"),
             ("TERRA_MAX_PAYLOAD_BYTES", "64MB"),
+            ("TERRA_MEMORY_BUDGET_MB", "0"),
+            ("TERRA_DYNAMODB_MAX_ITEMS", "0"),
+            ("TERRA_DYNAMODB_MAX_ITEMS", "1000001"),
+            ("TERRA_MEMORY_BUDGET_MB", "lots"),
+            ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "big"),
             ("TERRA_ALLOWED_URL_HOSTS", "ok.com,bad host"),
             ("TERRA_ALLOW_INSECURE_URLS", "yes please"),
             ("TERRA_KAFKA_PARTIAL_BATCH", "on"),

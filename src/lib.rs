@@ -13,6 +13,7 @@
 
 pub mod app;
 pub mod batch;
+pub mod budget;
 pub mod config;
 pub mod dead_letter;
 pub mod fetch;

@@ -9,10 +9,11 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::batch::RecordProcessor;
+use crate::budget::Reservation;
 use crate::fetch::{FetchDeadlines, FetchError, Fetcher, RedactedUrl, RetryDelays};
 use crate::message::{self, PayloadPointer, TerraMessage};
 use crate::outcome::{Classify, FailureClass, FetchTiming, Outcome, RecordFailure, Retry, Written};
-use crate::payload::{self, ArchiveName};
+use crate::payload::{self, ArchiveName, PayloadSummary};
 use crate::sink::{Archive, ArchiveWrite, ArchivedObject, Delivery, Sink, SinkError};
 use crate::source::InboundRecord;
 
@@ -30,6 +31,8 @@ struct Obtained {
     fetch: Option<FetchTiming>,
     /// Set when the payload was read back from the archive.
     archived: Option<ArchivedObject>,
+    /// The budget the payload holds while the record is in flight.
+    _reservation: Reservation,
 }
 
 impl Pipeline {
@@ -70,7 +73,7 @@ impl Pipeline {
         let obtained = self
             .obtain(&pointer, record.sent_at_ms, &name, give_up_at)
             .await?;
-        let summary = payload::inspect(&obtained.payload)?;
+        let summary = inspect_off_the_workers(&obtained.payload).await?;
         let recovered = obtained.archived.is_some();
         let mut delivery = Delivery {
             name,
@@ -147,23 +150,61 @@ impl Pipeline {
                         age_at_fetch_ms,
                     }),
                     archived: None,
+                    _reservation: fetched.reservation,
                 });
             }
             Err(error) => error,
         };
-        if error.class() == FailureClass::Expired
-            && let Some(archive) = &self.archive
-            && let Some((payload, archived)) = archive.retrieve(name, sent_at_ms).await?
-        {
-            tracing::info!(reason = %error, "URL unusable; continuing from the archived copy");
-            return Ok(Obtained {
-                payload,
-                attempts: 0,
-                fetch: None,
-                archived: Some(archived),
-            });
+        let Some(archive) = &self.archive else {
+            return Err(error.into());
+        };
+        if error.class() != FailureClass::Expired {
+            return Err(error.into());
         }
-        Err(error.into())
+        // The archived copy's size is known only once it is read: hold room
+        // for the largest payload accepted until then.
+        let Ok(mut reservation) =
+            tokio::time::timeout_at(give_up_at, self.fetcher.reserve_for_any_payload()).await
+        else {
+            return Err(RecordFailure::new(
+                FailureClass::Deferred,
+                Retry::Transient,
+                "URL expired, and the invocation deadline came before memory was free to \
+                 read the archived copy",
+            ));
+        };
+        let Some((payload, archived)) = archive.retrieve(name, sent_at_ms).await? else {
+            return Err(error.into());
+        };
+        reservation.shrink_to(self.fetcher.holding_cost().of(payload.len() as u64));
+        tracing::info!(reason = %error, "URL unusable; continuing from the archived copy");
+        Ok(Obtained {
+            payload,
+            attempts: 0,
+            fetch: None,
+            archived: Some(archived),
+            _reservation: reservation,
+        })
+    }
+}
+
+/// Payloads above this are validated on a blocking thread: a 64 MiB payload
+/// takes tens of milliseconds, which would hold up every other record's I/O
+/// (and the deadline timer) on that worker.
+const INSPECT_INLINE_MAX: usize = 256 * 1024;
+
+async fn inspect_off_the_workers(payload: &Bytes) -> Result<PayloadSummary, RecordFailure> {
+    if payload.len() <= INSPECT_INLINE_MAX {
+        return Ok(payload::inspect(payload)?);
+    }
+    let payload = payload.clone();
+    match tokio::task::spawn_blocking(move || payload::inspect(&payload)).await {
+        Ok(inspected) => Ok(inspected?),
+        Err(join_error) => Err(RecordFailure::new(
+            FailureClass::Internal,
+            Retry::Transient,
+            format!("payload validation task failed: {join_error}"),
+        )),
     }
 }
 

@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use support::payload_server::{Behaviour, PayloadServer};
+use terra_sink::budget::{HoldingCost, MemoryBudget};
 use terra_sink::fetch::{
     FetchDeadlines, FetchError, FetchSettings, Fetched, Fetcher, HostPattern, UrlPolicy,
 };
@@ -416,4 +417,64 @@ async fn hostile_bodies_end_in_bounded_classified_failures() {
             "{path}: bounded by the timeout, attempts and deadline"
         );
     }
+}
+
+/// A body is downloaded only once the budget has room for what it will hold;
+/// the room comes back when the record lets go of the body, and a body of
+/// unannounced length holds room for the largest payload until it is in.
+#[tokio::test]
+async fn downloads_wait_for_room_in_the_memory_budget() {
+    const KIB: u64 = 1024;
+    let server = PayloadServer::start().await;
+    let mut large = PAYLOAD.to_vec();
+    large.truncate(large.len() - 2);
+    large.extend(format!(r#"{{"pad":"{}"}}]}}"#, "x".repeat(600 * 1024)).as_bytes());
+    let announced = server.route("/announced", Behaviour::Ok(large.clone()));
+    let unannounced = server.route("/unannounced", Behaviour::Chunked(large.clone()));
+    let cost = HoldingCost {
+        per_record: 0,
+        ..HoldingCost::BUFFER_ONLY
+    };
+    let budget = MemoryBudget::new(1024 * KIB);
+    let fetcher = fetcher(FetchSettings {
+        max_payload_bytes: 900 * KIB,
+        ..quick()
+    })
+    .with_budget(budget.clone(), cost);
+
+    let first = fetcher
+        .fetch(&url(&announced), within(5))
+        .await
+        .expect("room for one");
+    assert_eq!(&first.body[..], &large[..]);
+    assert_eq!(
+        budget.available_bytes(),
+        1024 * KIB - first.reservation.bytes()
+    );
+    let second = fetcher
+        .fetch(&url(&announced), within(1))
+        .await
+        .expect_err("no room for a second while the first is held");
+    assert_eq!(second.class(), FailureClass::Deferred, "{second}");
+    drop(first);
+    let second = fetcher
+        .fetch(&url(&announced), within(5))
+        .await
+        .expect("room once the first is done");
+    drop(second);
+
+    let chunked = fetcher
+        .fetch(&url(&unannounced), within(5))
+        .await
+        .expect("fits");
+    assert_eq!(&chunked.body[..], &large[..]);
+    assert!(
+        chunked.reservation.bytes() <= 900 * KIB
+            && chunked.reservation.bytes() >= large.len() as u64,
+        "held {} for {} bytes",
+        chunked.reservation.bytes(),
+        large.len()
+    );
+    drop(chunked);
+    assert_eq!(budget.available_bytes(), 1024 * KIB);
 }

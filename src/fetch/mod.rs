@@ -16,6 +16,7 @@ use reqwest::header::RETRY_AFTER;
 use tokio::time::Instant;
 use url::Url;
 
+use crate::budget::{HoldingCost, MemoryBudget, Reservation};
 use crate::outcome::{Classify, FailureClass, Retry};
 
 pub use redact::{RedactedUrl, strip_query_strings, strip_query_strings_in_json};
@@ -55,10 +56,12 @@ pub struct FetchDeadlines {
     pub give_up_at: Instant,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Fetched {
     pub body: Bytes,
     pub attempts: u32,
+    /// The budget the body holds, until the record is done with it.
+    pub reservation: Reservation,
 }
 
 /// Every error text here is free of URL query strings: URLs appear only as
@@ -170,6 +173,8 @@ pub struct Fetcher {
     client: reqwest::Client,
     policy: Arc<UrlPolicy>,
     settings: FetchSettings,
+    budget: MemoryBudget,
+    cost: HoldingCost,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -212,7 +217,31 @@ impl Fetcher {
             client,
             policy,
             settings,
+            budget: MemoryBudget::unbounded(),
+            cost: HoldingCost::BUFFER_ONLY,
         })
+    }
+
+    /// Bodies are downloaded only once `budget` has room for what the record
+    /// will hold, by `cost`.
+    pub fn with_budget(self, budget: MemoryBudget, cost: HoldingCost) -> Self {
+        Self {
+            budget,
+            cost,
+            ..self
+        }
+    }
+
+    /// Holds room in the budget for the largest payload accepted, for a
+    /// payload read from elsewhere whose size is not known beforehand.
+    pub async fn reserve_for_any_payload(&self) -> Reservation {
+        self.budget
+            .reserve(self.cost.of(self.settings.max_payload_bytes))
+            .await
+    }
+
+    pub fn holding_cost(&self) -> HoldingCost {
+        self.cost
     }
 
     /// Downloads the payload, retrying transient failures with exponential
@@ -248,7 +277,13 @@ impl Fetcher {
                 tokio::time::timeout_at(deadlines.give_up_at, self.attempt(url, &shown, attempts))
                     .await;
             let failure = match attempt {
-                Ok(Ok(body)) => return Ok(Fetched { body, attempts }),
+                Ok(Ok((body, reservation))) => {
+                    return Ok(Fetched {
+                        body,
+                        attempts,
+                        reservation,
+                    });
+                }
                 Ok(Err(failure)) => failure,
                 Err(_elapsed) => {
                     return Err(FetchError::Deadline {
@@ -292,7 +327,7 @@ impl Fetcher {
         url: &Url,
         shown: &str,
         attempts: u32,
-    ) -> Result<Bytes, AttemptFailure> {
+    ) -> Result<(Bytes, Reservation), AttemptFailure> {
         let stalled = || FetchError::Timeout {
             timeout: self.settings.timeout,
             url: shown.to_owned(),
@@ -317,7 +352,15 @@ impl Fetcher {
         if response.content_length().is_some_and(|len| len > limit) {
             return Err(too_large().into());
         }
-        let initial = response.content_length().unwrap_or(64 * 1024).min(limit) as usize;
+        // Waiting here, between the headers and the body, holds a connection
+        // but no bytes; the caller's deadline bounds the wait. A body of
+        // unannounced length may be as large as the limit.
+        let announced = response.content_length();
+        let mut reservation = self
+            .budget
+            .reserve(self.cost.of(announced.unwrap_or(limit).min(limit)))
+            .await;
+        let initial = announced.unwrap_or(64 * 1024).min(limit) as usize;
         let mut body = BytesMut::with_capacity(initial);
         let mut response = response;
         while let Some(chunk) = tokio::time::timeout(self.settings.timeout, response.chunk())
@@ -330,7 +373,9 @@ impl Fetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(body.freeze())
+        // A body of unannounced length grew its buffer by doubling.
+        reservation.shrink_to(self.cost.of(body.capacity() as u64));
+        Ok((body.freeze(), reservation))
     }
 
     fn request_error(&self, error: reqwest::Error, shown: &str, attempts: u32) -> AttemptFailure {

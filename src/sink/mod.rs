@@ -15,7 +15,7 @@ use flate2::write::GzEncoder;
 use crate::outcome::{Classify, FailureClass, Retry};
 use crate::payload::{ArchiveName, PayloadSummary};
 
-pub use dynamodb::{DynamoDbSink, from_attribute, to_attribute};
+pub use dynamodb::{DEFAULT_MAX_ITEMS, DynamoDbSink, from_attribute, to_attribute};
 pub use s3::{S3Compression, S3Settings, S3Sink};
 
 /// One fetched payload on its way to the stores.

@@ -6,11 +6,15 @@
 //! become an event item plus an upsert of the user's `PROFILE` item.
 
 use std::borrow::Cow;
+use std::fmt;
 
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use super::projection::LooseText;
 use crate::payload::sha256_hex;
 
 /// The partition for events that carry no user (e.g. `auth_cancelled`, lab reports).
@@ -35,32 +39,175 @@ pub struct PlannedItem {
     pub extra: Map<String, Value>,
 }
 
+/// The fields a record's identity can come from. Read without building the
+/// record: anything but text where an id is expected counts as no id.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RecordIds {
+    summary_id: LooseText,
+    start_time: LooseText,
+    end_time: LooseText,
+    metadata_id: LooseText,
+    timestamp: LooseText,
+    planned_workout_id: LooseText,
+    id: LooseText,
+}
+
+impl<'de> Deserialize<'de> for RecordIds {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RecordIdsVisitor { metadata: false })
+    }
+}
+
+/// Reads a record's top level, or (`metadata`) its `metadata` object.
+struct RecordIdsVisitor {
+    metadata: bool,
+}
+
+impl<'de> Visitor<'de> for RecordIdsVisitor {
+    type Value = RecordIds;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RecordIds, A::Error> {
+        let mut ids = RecordIds::default();
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            let slot = match (self.metadata, key.as_ref()) {
+                (false, "metadata") => {
+                    let metadata = map.next_value_seed(RecordIdsVisitor { metadata: true })?;
+                    ids.summary_id = metadata.summary_id;
+                    ids.start_time = metadata.start_time;
+                    ids.end_time = metadata.end_time;
+                    ids.metadata_id = metadata.metadata_id;
+                    continue;
+                }
+                (false, "timestamp") => &mut ids.timestamp,
+                (false, "planned_workout_id") => &mut ids.planned_workout_id,
+                (false, "id") => &mut ids.id,
+                (true, "summary_id") => &mut ids.summary_id,
+                (true, "start_time") => &mut ids.start_time,
+                (true, "end_time") => &mut ids.end_time,
+                (true, "id") => &mut ids.metadata_id,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *slot = map.next_value()?;
+        }
+        Ok(ids)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RecordIds, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(RecordIds::default())
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<RecordIds, E> {
+        Ok(RecordIds::default())
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<RecordIds, E> {
+        Ok(RecordIds::default())
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<RecordIds, E> {
+        Ok(RecordIds::default())
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<RecordIds, E> {
+        Ok(RecordIds::default())
+    }
+    fn visit_str<E>(self, _: &str) -> Result<RecordIds, E> {
+        Ok(RecordIds::default())
+    }
+    fn visit_unit<E>(self) -> Result<RecordIds, E> {
+        Ok(RecordIds::default())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for RecordIdsVisitor {
+    type Value = RecordIds;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<RecordIds, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
 /// Data types whose records carry their own identity.
-fn record_key(event_type: &str, record: &Value) -> Option<String> {
-    let text = |path: &[&str]| {
-        path.iter()
-            .try_fold(record, |v, k| v.get(*k))
-            .and_then(Value::as_str)
+fn record_key(event_type: &str, ids: &RecordIds) -> Option<String> {
+    let text = |field: &LooseText| {
+        field
+            .0
+            .as_deref()
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
     };
     match event_type {
-        "activity" | "health_observation" => text(&["metadata", "summary_id"]),
-        "sleep" => text(&["metadata", "summary_id"]).or_else(|| {
+        "activity" | "health_observation" => text(&ids.summary_id),
+        "sleep" => text(&ids.summary_id).or_else(|| {
             Some(format!(
                 "{}#{}",
-                text(&["metadata", "start_time"])?,
-                text(&["metadata", "end_time"])?
+                text(&ids.start_time)?,
+                text(&ids.end_time)?
             ))
         }),
         "daily" | "body" | "nutrition" | "menstruation" => {
-            text(&["metadata", "start_time"]).map(|t| t.chars().take(10).collect())
+            text(&ids.start_time).map(|t| t.chars().take(10).collect())
         }
-        "hormone" => text(&["timestamp"]),
-        "planned_workout" => text(&["planned_workout_id"])
-            .or_else(|| text(&["metadata", "id"]))
-            .or_else(|| text(&["id"])),
+        "hormone" => text(&ids.timestamp),
+        "planned_workout" => text(&ids.planned_workout_id)
+            .or_else(|| text(&ids.metadata_id))
+            .or_else(|| text(&ids.id)),
         _ => None,
+    }
+}
+
+/// What every item of a user's data payload shares.
+#[derive(Debug, Clone)]
+pub struct RecordsHeader {
+    event_type: String,
+    tag: String,
+    pk: String,
+    user_id: Option<String>,
+    provider: Option<String>,
+    reference_id: Option<String>,
+}
+
+/// The header of a payload whose `data[]` records each become an item: one
+/// with a user object naming the user.
+pub fn records_header(
+    kind: Option<&Value>,
+    user: Option<&Value>,
+    reference_id: Option<&Value>,
+) -> Option<RecordsHeader> {
+    let user = user.filter(|u| u.is_object());
+    let user_id = user_text(user, "user_id")?;
+    let event_type = kind.and_then(Value::as_str).unwrap_or("unknown").to_owned();
+    Some(RecordsHeader {
+        tag: type_tag(&event_type),
+        pk: format!("USER#{}", key_part(&user_id)),
+        user_id: Some(user_id),
+        provider: user_text(user, "provider"),
+        reference_id: user_text(user, "reference_id")
+            .or_else(|| reference_id.and_then(Value::as_str).map(str::to_owned)),
+        event_type,
+    })
+}
+
+/// The item of the `index`th record, its `data` left for the caller to fill.
+/// `canonical` gives the bytes a record without its own identity is keyed by.
+pub fn record_item(
+    header: &RecordsHeader,
+    index: usize,
+    ids: &RecordIds,
+    canonical: impl FnOnce() -> Vec<u8>,
+) -> PlannedItem {
+    let id = record_key(&header.event_type, ids)
+        .unwrap_or_else(|| sha256_hex(&canonical())[..32].to_owned());
+    PlannedItem {
+        pk: header.pk.clone(),
+        sk: format!("{}#{}", header.tag, key_part(&id)),
+        event_type: header.event_type.clone(),
+        user_id: header.user_id.clone(),
+        provider: header.provider.clone(),
+        reference_id: header.reference_id.clone(),
+        data: Value::Null,
+        data_index: Some(index),
+        extra: Map::new(),
     }
 }
 
@@ -147,19 +294,19 @@ pub fn plan(mut payload: Value, sent_at_ms: u64) -> Vec<PlannedItem> {
         extra: Map::new(),
     };
 
-    if let (Some(user_id), Some(records)) = (&user_id, records) {
+    if let (Some(header), Some(records)) = (
+        records_header(payload.get("type"), user, payload.get("reference_id")),
+        records,
+    ) {
         return records
             .into_iter()
             .enumerate()
             .map(|(index, record)| {
-                let id = record_key(&event_type, &record).unwrap_or_else(|| stable_hash(&record));
-                let mut item = base(
-                    format!("USER#{}", key_part(user_id)),
-                    format!("{tag}#{}", key_part(&id)),
-                    user,
-                    record,
-                );
-                item.data_index = Some(index);
+                let ids = RecordIds::deserialize(&record).unwrap_or_default();
+                let mut item = record_item(&header, index, &ids, || {
+                    serde_json::to_vec(&record).unwrap_or_default()
+                });
+                item.data = record;
                 item
             })
             .collect();

@@ -6,6 +6,7 @@
 //! stored gzip-compressed, and failing that as a pointer to the S3 archive.
 
 mod items;
+mod projection;
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,31 +22,23 @@ use serde_json::Value;
 use super::{Delivery, Sink, SinkError, SinkReport};
 use crate::outcome::Retry;
 
-use items::{PlannedItem, plan};
+use crate::budget::HoldingCost;
+use items::PlannedItem;
+use projection::{FirstForm, ItemSink, ProjectionError, ReadyItem};
 
-/// Records above this many bytes of JSON skip straight to the compressed form.
-const MAP_FORM_MAX_JSON: usize = 350 * 1024;
-/// Compressed records above this go to S3 pointers (leaves room for the keys).
-const GZIP_FORM_MAX: usize = 390 * 1024;
 /// Items of one payload written at once.
 const WRITE_CONCURRENCY: usize = 16;
+/// Items planned ahead of the writers, besides those being written.
+const PLANNED_AHEAD: usize = 4;
+/// Most items one payload may make, by default (`TERRA_DYNAMODB_MAX_ITEMS`).
+pub const DEFAULT_MAX_ITEMS: usize = 10_000;
 
 const STALE_GUARD: &str = "attribute_not_exists(pk) OR terra_sent_at <= :incoming";
 
 pub struct DynamoDbSink {
     client: aws_sdk_dynamodb::Client,
     table: String,
-}
-
-/// The ways a record can be held by its item, from the most to the least useful.
-#[derive(Debug, Clone, Copy)]
-enum RecordForm {
-    /// `data`: a native map.
-    Map,
-    /// `data_gz`: the record's JSON, gzip-compressed.
-    Gzip,
-    /// `s3_bucket`, `s3_key`, `s3_record_index`: where the archive holds it.
-    Pointer,
+    max_items: usize,
 }
 
 /// How one item was written.
@@ -63,41 +56,72 @@ enum PutFailure {
 }
 
 impl DynamoDbSink {
-    pub fn new(client: aws_sdk_dynamodb::Client, table: String) -> Self {
-        Self { client, table }
+    pub fn new(client: aws_sdk_dynamodb::Client, table: String, max_items: usize) -> Self {
+        Self {
+            client,
+            table,
+            max_items,
+        }
+    }
+
+    /// `cost` plus what the projection holds: the window of records being
+    /// converted and written, each taking about 13 times its JSON as
+    /// attributes (measured: BENCHMARKS.md, "Memory budget").
+    pub fn holding_cost(cost: HoldingCost) -> HoldingCost {
+        const ATTRIBUTES_PER_JSON_BYTE: u64 = 13;
+        HoldingCost {
+            projection_percent: ATTRIBUTES_PER_JSON_BYTE * 100,
+            projection_cap: ATTRIBUTES_PER_JSON_BYTE
+                * (projection::WINDOW_BYTES + projection::MAP_FORM_MAX_JSON) as u64,
+            ..cost
+        }
     }
 
     /// Tries the record as a map, then compressed, then as a pointer to the
     /// archive, moving on only when DynamoDB rejects the item itself.
     async fn write_item(
         &self,
-        mut item: PlannedItem,
+        ready: ReadyItem,
         delivery: &Delivery,
         received_at: u64,
     ) -> Result<Put, SinkError> {
-        let record_json = serde_json::to_vec(&item.data)
-            .map_err(|e| permanent(format!("re-encoding record: {e}")))?;
+        let ReadyItem {
+            item,
+            json_len,
+            json,
+            form,
+            ..
+        } = ready;
         let common = common_attributes(&item, delivery.sent_at_ms, received_at);
         let what = format!("{}/{}", item.pk, item.sk);
+        let mut next = Some(form);
         let mut compressed_len = None;
         let mut rejection = None;
-        for form in [RecordForm::Map, RecordForm::Gzip, RecordForm::Pointer] {
+        while let Some(form) = next.take() {
             let record = match form {
-                RecordForm::Map if record_json.len() <= MAP_FORM_MAX_JSON => {
-                    // Tried once, first: the record can move into it.
-                    vec![("data", to_attribute(item.data.take()))]
+                FirstForm::Map(attribute) => {
+                    next = Some(FirstForm::Compress);
+                    vec![("data", attribute)]
                 }
-                RecordForm::Map => continue,
-                RecordForm::Gzip => {
-                    let compressed = super::gzip(&record_json)
-                        .map_err(|e| permanent(format!("compressing {what}: {e}")))?;
+                FirstForm::Compress => {
+                    // A map DynamoDB refused (too deep, say) goes compressed.
+                    let json = json.bytes(&delivery.payload);
+                    next = Some(
+                        tokio::task::spawn_blocking(move || projection::compressed_form(&json))
+                            .await
+                            .map_err(|e| transient(format!("compression task failed: {e}")))?,
+                    );
+                    continue;
+                }
+                FirstForm::Gzip(compressed) => {
                     compressed_len = Some(compressed.len());
-                    if compressed.len() > GZIP_FORM_MAX {
-                        continue;
-                    }
-                    vec![("data_gz", AttributeValue::B(Blob::new(compressed.to_vec())))]
+                    next = Some(FirstForm::PointerOnly { compressed_over: 0 });
+                    vec![("data_gz", AttributeValue::B(Blob::new(compressed)))]
                 }
-                RecordForm::Pointer => {
+                FirstForm::PointerOnly { compressed_over } => {
+                    if compressed_over > 0 {
+                        compressed_len = Some(compressed_over);
+                    }
                     let Some(archived) = &delivery.archived else {
                         break;
                     };
@@ -121,7 +145,7 @@ impl DynamoDbSink {
                 Ok(put) => return Ok(put),
                 Err(PutFailure::Failed(error)) => return Err(error),
                 Err(PutFailure::Rejected(why)) => {
-                    tracing::debug!(item = %what, ?form, reason = %why, "item form rejected");
+                    tracing::debug!(item = %what, reason = %why, "item form rejected");
                     rejection = Some(why);
                 }
             }
@@ -136,9 +160,8 @@ impl DynamoDbSink {
                 Err(permanent(format!("{what}: rejected: {why}")))
             }
             _ => Err(refused_record(format!(
-                "{what}: record is {} bytes ({} compressed), over DynamoDB's item limits; \
+                "{what}: record is {json_len} bytes ({} compressed), over DynamoDB's item limits; \
                  enable the S3 archive (TERRA_S3_BUCKET) to store such records as pointers",
-                record_json.len(),
                 compressed_len.unwrap_or_default()
             ))),
         }
@@ -309,37 +332,46 @@ pub fn from_attribute(value: &AttributeValue) -> Value {
     }
 }
 
+/// Hands planned items from the planner's thread to the async writers.
+struct ToWriters(tokio::sync::mpsc::Sender<ReadyItem>);
+
+impl ItemSink for ToWriters {
+    fn send(&mut self, item: ReadyItem) -> bool {
+        self.0.blocking_send(item).is_ok()
+    }
+}
+
 #[async_trait]
 impl Sink for DynamoDbSink {
+    /// Items are planned on a blocking thread, one record at a time, while
+    /// earlier ones are written: neither the payload's tree nor all its items
+    /// are ever held at once.
     async fn write(&self, delivery: &Delivery) -> Result<SinkReport, SinkError> {
         let payload = delivery.payload.clone();
         let sent_at_ms = delivery.sent_at_ms;
-        // Building the full tree of a large payload is CPU work: keep it off the
-        // threads that drive I/O.
-        let planned = tokio::task::spawn_blocking(move || {
-            serde_json::from_slice::<Value>(&payload).map(|payload| plan(payload, sent_at_ms))
-        })
-        .await
-        .map_err(|e| transient(format!("planning task failed: {e}")))?
-        .map_err(|e| {
-            refused_record(format!(
-                "payload cannot be projected ({})",
-                crate::message::json_error_position(&e)
-            ))
-        })?;
+        let max_items = self.max_items;
+        let (sender, receiver) = tokio::sync::mpsc::channel(PLANNED_AHEAD);
+        let planner = tokio::task::spawn_blocking(move || {
+            projection::project(
+                &payload,
+                sent_at_ms,
+                max_items,
+                &projection::window(),
+                &mut ToWriters(sender),
+            )
+        });
 
         let received_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default();
-        let results: Vec<Result<Put, SinkError>> = futures::stream::iter(planned)
-            .map(|item| self.write_item(item, delivery, received_at))
-            .buffer_unordered(WRITE_CONCURRENCY)
-            .collect()
-            .await;
         let mut report = SinkReport::default();
         let mut first_error: Option<SinkError> = None;
-        for result in results {
+        let mut receiver = receiver;
+        let mut written = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+            .map(|item| self.write_item(item, delivery, received_at))
+            .buffer_unordered(WRITE_CONCURRENCY);
+        while let Some(result) = written.next().await {
             match result {
                 Ok(Put::Written) => report.items_written += 1,
                 Ok(Put::Stale) => report.items_stale += 1,
@@ -350,6 +382,10 @@ impl Sink for DynamoDbSink {
                 },
             }
         }
+        planner
+            .await
+            .map_err(|e| transient(format!("planning task failed: {e}")))?
+            .map_err(|e: ProjectionError| refused_record(e.to_string()))?;
         match first_error {
             Some(error) => Err(error),
             None => Ok(report),
