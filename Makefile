@@ -30,8 +30,12 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets -- -D warnings
 
+# The memory scenario runs the Lambda artifact (release), as Lambda would:
+# a debug build neither uses memory nor keeps time the way it does.
 unit-and-integration: $(VENV_STAMP)
-	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server cargo test --locked --workspace
+	$(TOOLS) cargo lambda build --release --bin sqs-handler
+	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server SQS_HANDLER_ARTIFACT=$(CURDIR)/$(HANDLER_ARTIFACT) \
+	  cargo test --locked --workspace
 
 # The template's promises, cfn-lint through SAM, and the deployable build
 # (x86_64: the only Rust target on the CI machine; deploys default to arm64).

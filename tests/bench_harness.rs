@@ -41,7 +41,8 @@ async fn measures_a_batch_written_to_both_sinks() {
     let markdown = Results {
         by_batch_size: vec![run.clone()],
         memory: vec![run.clone()],
-        dynamodb: vec![run],
+        dynamodb: vec![run.clone()],
+        budget: vec![run],
         cold_starts: starts,
         binaries: vec![("sqs-handler".into(), HANDLER.into())],
     }
@@ -52,6 +53,7 @@ async fn measures_a_batch_written_to_both_sinks() {
         "### Batch wall time",
         "### Peak memory",
         "### DynamoDB path",
+        "### Memory budget",
         "### Cold start",
         "| sqs-handler |",
     ] {

@@ -41,22 +41,35 @@ async fn run(name: &str, scenario: Scenario) -> DemoReport {
 }
 
 fn assert_nothing_lost(report: &DemoReport) {
+    assert_ends(report, "expired");
+}
+
+/// Nothing lost, and every dead letter for `dead_letter_class`.
+fn assert_ends(report: &DemoReport, dead_letter_class: &str) {
     let summary = report.summary();
+    assert_eq!(report.killed_for_memory, 0, "{summary}");
     assert!(report.lost().is_empty(), "lost messages:\n{summary}");
     assert_eq!(report.duplicates(), 0, "{summary}");
     assert!(
         report.unexpected().is_empty(),
         "unexpected ends:\n{summary}"
     );
+    // The archive is written first: a payload a later store refused is
+    // archived all the same.
+    let archived_but_refused = if dead_letter_class == "sink" {
+        report.dead_lettered.len()
+    } else {
+        0
+    };
     assert_eq!(
         report.archived_keys.len(),
-        report.acknowledged_payloads(),
+        report.acknowledged_payloads() + archived_but_refused,
         "one archived object per delivered payload:\n{summary}"
     );
     for id in &report.dead_lettered {
         assert_eq!(
             report.last_failure.get(id).map(String::as_str),
-            Some("expired"),
+            Some(dead_letter_class),
             "{id} was dead-lettered for another reason:\n{summary}"
         );
     }
@@ -623,4 +636,65 @@ async fn production_ratios_kafka_handler_killed_and_s3_faults() {
         ..KafkaFaults::default()
     };
     kafka_scenario(deployed.kafka_partial_batch, faults).await;
+}
+
+/// Memory whatever arrives: at the template's memory size and concurrency,
+/// payloads at `TERRA_MAX_PAYLOAD_BYTES` (most of a batch, more than the
+/// function's memory holds at once), a payload of a million records, and
+/// ordinary ones. The harness kills a handler whose memory passes the
+/// function's, as Lambda does; none may be killed, and nothing lost. Runs the
+/// Lambda artifact: a debug build neither uses memory nor keeps time as the
+/// deployed one does.
+const MEMORY_MIX: [Kind; 12] = [
+    Kind::MaxSize,
+    Kind::MaxSize,
+    Kind::MaxSize,
+    Kind::MaxSize,
+    Kind::MaxSize,
+    Kind::Good,
+    Kind::MaxSize,
+    Kind::MaxSize,
+    Kind::MaxSize,
+    Kind::MaxSize,
+    Kind::MillionTinyRecords,
+    Kind::Large,
+];
+
+fn memory_scenario() -> Scenario {
+    let artifact = std::env::var("SQS_HANDLER_ARTIFACT").expect(
+        "SQS_HANDLER_ARTIFACT: the release bootstrap `cargo lambda build --release` makes \
+         (make test sets it)",
+    );
+    let mut scenario = at_production_ratios(&MEMORY_MIX, 2 * MEMORY_MIX.len());
+    scenario.handler_binary = artifact;
+    scenario
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_ratios_memory_holds_whatever_arrives_in_the_archive() {
+    let mut archive_only = memory_scenario();
+    archive_only
+        .handler_env
+        .push(("TERRA_DYNAMODB_TABLE".into(), String::new()));
+    let report = run("production ratios, memory, S3 archive only", archive_only).await;
+    assert_all_delivered(&report);
+    assert!(report.projected.is_empty(), "no table configured");
+}
+
+/// With DynamoDB the million-record payload is over
+/// `TERRA_DYNAMODB_MAX_ITEMS`: archived, refused by the table before any
+/// write, and dead-lettered as `sink`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_ratios_memory_holds_whatever_arrives_with_dynamodb() {
+    let mut with_table = memory_scenario();
+    with_table.undeliverable_kinds = vec![Kind::MillionTinyRecords];
+    with_table.give_up = Duration::from_secs(480);
+    let report = run("production ratios, memory, S3 and DynamoDB", with_table).await;
+    assert_ends(&report, "sink");
+    assert_eq!(report.dead_lettered.len(), 2, "{}", report.summary());
+    assert!(
+        report.projected.len() >= 18 * 64,
+        "the max-size payloads' records are items: {}",
+        report.summary()
+    );
 }

@@ -62,6 +62,10 @@ pub struct Scenario {
     /// No message can be delivered: the payload host stays down longer than
     /// the URLs live. Each must end dead-lettered as `expired`.
     pub undeliverable: bool,
+    /// Kinds this configuration cannot write (a payload over
+    /// `TERRA_DYNAMODB_MAX_ITEMS` where DynamoDB is configured): they must
+    /// end dead-lettered.
+    pub undeliverable_kinds: Vec<Kind>,
     /// Run in the stack `template.yaml` creates, deployed into moto with IAM
     /// enforced, every duration it sets divided by this factor (see
     /// [`Scenario::in_the_stack`]).
@@ -90,6 +94,7 @@ impl Scenario {
             host_outage: None,
             s3_outage: None,
             undeliverable: false,
+            undeliverable_kinds: Vec::new(),
             in_the_stack_scaled_down: None,
         }
     }
@@ -274,6 +279,11 @@ pub struct DemoReport {
     pub store_faults_injected: usize,
     /// Handler processes killed mid-batch.
     pub instances_killed: usize,
+    /// Handler processes the harness killed, as Lambda would, for passing
+    /// the function's memory size.
+    pub killed_for_memory: usize,
+    /// The highest peak resident memory of any handler instance, in MiB.
+    pub peak_memory_mib: u64,
     /// `RecordsFailedExpired` summed over every invocation's metrics.
     pub expired_in_metrics: u64,
     /// Messages that can end delivered (else they must be dead-lettered).
@@ -407,6 +417,18 @@ impl DemoReport {
             }
         );
         let _ = writeln!(out, "  duplicates     {:>4}", self.duplicates());
+        let _ = writeln!(
+            out,
+            "  peak memory    {:>4}  MiB, the highest of any handler instance",
+            self.peak_memory_mib
+        );
+        if self.killed_for_memory > 0 {
+            let _ = writeln!(
+                out,
+                "  out of memory  {:>4}  handler(s) killed for passing the function's memory",
+                self.killed_for_memory
+            );
+        }
         if self.store_faults_injected > 0 || self.instances_killed > 0 {
             let _ = writeln!(
                 out,
@@ -514,7 +536,11 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .await;
     let deliverable = sent
         .iter()
-        .filter(|m| m.kind.deliverable() && !scenario.undeliverable)
+        .filter(|m| {
+            m.kind.deliverable()
+                && !scenario.undeliverable
+                && !scenario.undeliverable_kinds.contains(&m.kind)
+        })
         .map(|m| m.message_id.clone())
         .collect();
     let mapping = SqsMapping::new(
@@ -564,6 +590,10 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .collect();
     let projected = items.into_keys().collect();
     let output = handlers.output();
+    // For a failing run: every handler line, to read beside the report.
+    if let Some(path) = std::env::var_os("TERRA_DEMO_HANDLER_LOG") {
+        let _ = std::fs::write(path, &output);
+    }
     let access_denied = crate::logs::refused_by_iam(&output);
     let last_failure = crate::logs::record_failures(&output)
         .into_iter()
@@ -582,6 +612,8 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         deliveries: stats.deliveries,
         store_faults_injected: proxy.as_ref().map_or(0, FaultProxy::injected),
         instances_killed,
+        killed_for_memory: handlers.killed_for_memory(),
+        peak_memory_mib: handlers.peak_memory_mib(),
         expired_in_metrics: crate::logs::metric_total(&output, "RecordsFailedExpired"),
         deliverable,
         elapsed: started.elapsed(),

@@ -15,6 +15,8 @@ pub const TERRA_URL_LIFETIME: Duration = Duration::from_secs(600);
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deployed {
     pub function_timeout: Duration,
+    /// The function's memory size in MB (Lambda's MB are MiB).
+    pub function_memory_mb: u64,
     /// The events queue's visibility timeout.
     pub visibility_timeout: Duration,
     /// The events queue's redrive policy.
@@ -63,6 +65,7 @@ impl Deployed {
         }
         Deployed {
             function_timeout: t.seconds(&globals["Timeout"]),
+            function_memory_mb: t.number(&globals["MemorySize"]),
             visibility_timeout: t.seconds(&queue["VisibilityTimeout"]),
             max_receive_count: t.number(&queue["RedrivePolicy"]["maxReceiveCount"]) as u32,
             sqs_batch_size: t.number(&sqs_events["BatchSize"]) as i32,
@@ -79,12 +82,17 @@ impl Deployed {
     }
 
     /// The function environment for a local run: the template's, less the
-    /// allowed URL hosts (the local payload server is the only host there).
+    /// allowed URL hosts (the local payload server is the only host there),
+    /// and the memory size Lambda announces to the function.
     pub fn loopback_environment(&self) -> impl Iterator<Item = (String, String)> + '_ {
         self.environment
             .iter()
             .filter(|(name, _)| name != "TERRA_ALLOWED_URL_HOSTS")
             .cloned()
+            .chain([(
+                "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".to_owned(),
+                self.function_memory_mb.to_string(),
+            )])
     }
 
     /// Every duration divided by `factor`: the same deployment, faster.
@@ -174,6 +182,7 @@ mod tests {
             deployed.environment
         );
         assert!(!named("TERRA_S3_BUCKET"), "names a resource");
+        assert!(deployed.function_memory_mb >= 128);
         let scaled = deployed.scaled_down(20);
         assert_eq!(scaled.url_lifetime, Duration::from_secs(30));
         assert_eq!(scaled.max_receive_count, deployed.max_receive_count);

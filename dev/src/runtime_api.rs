@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -241,10 +242,22 @@ async fn fail(State(shared): State<Shared>, Path(id): Path<String>, body: Bytes)
 }
 
 /// A handler binary running against a [`RuntimeApi`], its output collected.
+/// Like Lambda, the harness kills it once its memory passes the function's
+/// (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE` in its environment).
 pub struct HandlerProcess {
     child: Child,
     output: Arc<Mutex<String>>,
+    killed_for_memory: Arc<AtomicBool>,
+    /// The highest peak resident memory its watcher saw, in KiB.
+    peak_memory_kib: Arc<AtomicU64>,
+    /// Set before the process is reaped, so its watcher stops first.
+    exited: Arc<AtomicBool>,
 }
+
+/// The line the harness writes into a handler's output when it kills it for
+/// memory, as Lambda reports `Runtime exited ... signal: killed` with
+/// `Max Memory Used` at the limit.
+pub const KILLED_FOR_MEMORY: &str = "harness: killed for exceeding the function's memory";
 
 /// The variables Lambda sets for every function, plus test credentials.
 pub fn lambda_environment(runtime_api: SocketAddr) -> Vec<(String, String)> {
@@ -293,7 +306,37 @@ impl HandlerProcess {
             child.stderr.take().expect("piped stderr"),
             Arc::clone(&output),
         );
-        HandlerProcess { child, output }
+        let killed_for_memory = Arc::new(AtomicBool::new(false));
+        let exited = Arc::new(AtomicBool::new(false));
+        let peak_memory_kib = Arc::new(AtomicU64::new(0));
+        let memory_mib = env
+            .iter()
+            .find(|(name, _)| name == "AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+            .and_then(|(_, mb)| mb.parse::<u64>().ok());
+        if let Some(memory_mib) = memory_mib {
+            watch_memory(
+                child.id(),
+                memory_mib,
+                Watch {
+                    killed: Arc::clone(&killed_for_memory),
+                    peak_kib: Arc::clone(&peak_memory_kib),
+                    exited: Arc::clone(&exited),
+                    output: Arc::clone(&output),
+                },
+            );
+        }
+        HandlerProcess {
+            child,
+            output,
+            killed_for_memory,
+            peak_memory_kib,
+            exited,
+        }
+    }
+
+    /// Whether the harness killed it for passing the function's memory.
+    pub fn killed_for_memory(&self) -> bool {
+        self.killed_for_memory.load(Ordering::SeqCst)
     }
 
     pub fn pid(&self) -> u32 {
@@ -308,6 +351,7 @@ impl HandlerProcess {
     /// Kills the process, as Lambda does with an instance that crashed or ran
     /// out of memory; its output stays readable.
     pub fn kill(&mut self) {
+        self.exited.store(true, Ordering::SeqCst);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -364,11 +408,91 @@ impl HandlerPool {
         ));
     }
 
+    /// Instances the harness killed for passing the function's memory.
+    pub fn killed_for_memory(&self) -> usize {
+        self.processes
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .filter(|p| p.killed_for_memory())
+            .count()
+    }
+
+    /// The highest peak resident memory of any instance, in MiB, as far as
+    /// their memory watchers saw (they poll every 5 ms).
+    pub fn peak_memory_mib(&self) -> u64 {
+        self.processes
+            .lock()
+            .expect("not poisoned")
+            .iter()
+            .map(|p| p.peak_memory_kib.load(Ordering::SeqCst) / 1024)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Everything every instance printed, killed ones included, in the
     /// order it came.
     pub fn output(&self) -> String {
         self.output.lock().expect("not poisoned").clone()
     }
+}
+
+/// What a memory watcher shares with its process's owner.
+struct Watch {
+    killed: Arc<AtomicBool>,
+    peak_kib: Arc<AtomicU64>,
+    exited: Arc<AtomicBool>,
+    output: Arc<Mutex<String>>,
+}
+
+/// Polls the process's peak resident set (VmHWM, a high-water mark, so no
+/// peak between two polls is missed) and kills it once it passes
+/// `memory_mib`, as Lambda does with a function over its memory size.
+fn watch_memory(pid: u32, memory_mib: u64, watch: Watch) {
+    let limit_kib = memory_mib * 1024;
+    let Watch {
+        killed,
+        peak_kib: peak,
+        exited,
+        output,
+    } = watch;
+    std::thread::spawn(move || {
+        let status = format!("/proc/{pid}/status");
+        while let Ok(text) = std::fs::read_to_string(&status) {
+            if exited.load(Ordering::SeqCst) {
+                return;
+            }
+            // A zombie has no memory lines: it has exited.
+            let Some(peak_kib) = proc_field_kib(&text, "VmHWM:") else {
+                return;
+            };
+            peak.fetch_max(peak_kib, Ordering::SeqCst);
+            if peak_kib > limit_kib {
+                // SAFETY: kill(2) with a pid this harness spawned and still
+                // owns (the Child is not yet reaped, so the pid is not reused).
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+                killed.store(true, Ordering::SeqCst);
+                let mut output = output.lock().expect("not poisoned");
+                output.push_str(&format!(
+                    "{KILLED_FOR_MEMORY}: peak {} MiB, memory {memory_mib} MiB\n",
+                    peak_kib / 1024
+                ));
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+}
+
+/// A `kB` figure from `/proc/<pid>/status`.
+pub fn proc_field_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find(|line| line.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn collect(stream: impl Read + Send + 'static, output: Arc<Mutex<String>>) {
@@ -383,6 +507,8 @@ fn collect(stream: impl Read + Send + 'static, output: Arc<Mutex<String>>) {
 
 impl Drop for HandlerProcess {
     fn drop(&mut self) {
+        // The watcher must not outlive the pid it watches.
+        self.exited.store(true, Ordering::SeqCst);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -45,6 +45,12 @@ pub enum Kind {
     /// ([`TerraSimulator::slow_first_answer`]), later ones are fast: a batch
     /// too long for its deadline.
     SlowFirst,
+    /// An activity of exactly [`TerraSimulator::max_payload_bytes`], in records
+    /// of about 1 MiB of heart-rate samples each.
+    MaxSize,
+    /// A daily payload of a million tiny records: over any sensible bound of
+    /// items per payload, so it can be archived but not projected.
+    MillionTinyRecords,
     /// A newer version (`terra_sim_revision` 2) of the previous message's
     /// records, sent after it. When the previous one is an `Outage`, this one
     /// is written first and the older version must not overwrite it.
@@ -74,6 +80,8 @@ impl Kind {
             Kind::Slow => "slow",
             Kind::SlowFirst => "slow-first",
             Kind::Revision => "revision",
+            Kind::MaxSize => "max-size",
+            Kind::MillionTinyRecords => "million-tiny-records",
         }
     }
 }
@@ -124,7 +132,13 @@ pub struct TerraSimulator {
     pub url_lifetime: Duration,
     /// How long a [`Kind::SlowFirst`] payload's first answer takes.
     pub slow_first_answer: Duration,
+    /// The size of a [`Kind::MaxSize`] payload: the function's
+    /// `TERRA_MAX_PAYLOAD_BYTES`.
+    pub max_payload_bytes: usize,
 }
+
+/// terra-sink's default `TERRA_MAX_PAYLOAD_BYTES`.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 64 * 1024 * 1024;
 
 impl TerraSimulator {
     pub async fn start() -> TerraSimulator {
@@ -132,6 +146,7 @@ impl TerraSimulator {
             payloads: PayloadServer::start().await,
             url_lifetime: crate::deployed::TERRA_URL_LIFETIME,
             slow_first_answer: Duration::from_secs(10),
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
         }
     }
 
@@ -144,10 +159,15 @@ impl TerraSimulator {
         mix: &[Kind],
         count: usize,
     ) -> Vec<Sent> {
+        // Generated payloads (tens of MB) are made before anything is sent,
+        // so messages arrive as fast as Terra sends them and fill batches.
+        let mut generated: Vec<Option<(&'static str, Vec<u8>)>> = (0..count)
+            .map(|n| self.generated(n, mix[n % mix.len()]))
+            .collect();
         let mut sent = Vec::with_capacity(count);
         for n in 0..count {
             let kind = mix[n % mix.len()];
-            let (body, event_type) = self.message(n, kind);
+            let (body, event_type) = self.message_with(n, kind, generated[n].take());
             let delay = if kind == Kind::ExpiresWhileWaiting {
                 4
             } else {
@@ -178,6 +198,27 @@ impl TerraSimulator {
     /// Serves the `n`th payload as `kind` says and returns its pointer
     /// message and the payload's type.
     pub fn message(&self, n: usize, kind: Kind) -> (String, String) {
+        self.message_with(n, kind, self.generated(n, kind))
+    }
+
+    /// The payload of a kind whose body is generated as text, and its type.
+    fn generated(&self, n: usize, kind: Kind) -> Option<(&'static str, Vec<u8>)> {
+        match kind {
+            Kind::MaxSize => Some((
+                "activity",
+                activity_in_records(n, self.max_payload_bytes, 1024 * 1024),
+            )),
+            Kind::MillionTinyRecords => Some(("daily", tiny_records(n, 1_000_000))),
+            _ => None,
+        }
+    }
+
+    fn message_with(
+        &self,
+        n: usize,
+        kind: Kind,
+        generated: Option<(&'static str, Vec<u8>)>,
+    ) -> (String, String) {
         if kind == Kind::Healthcheck {
             let body = json!({
                 "type": "healthcheck",
@@ -187,6 +228,12 @@ impl TerraSimulator {
                 "sent_webhooks_last_hour": n
             });
             return (body.to_string(), "healthcheck".into());
+        }
+        if let Some((event_type, bytes)) = generated {
+            return (
+                self.pointer(n, kind, Behaviour::Ok(bytes)),
+                event_type.to_owned(),
+            );
         }
         let payload = match kind {
             Kind::Large => large_activity(n, 40_000),
@@ -240,8 +287,15 @@ impl TerraSimulator {
                 body: bytes,
             },
             Kind::Expired => Behaviour::Status(403),
-            Kind::Healthcheck => unreachable!("handled above"),
+            Kind::Healthcheck | Kind::MaxSize | Kind::MillionTinyRecords => {
+                unreachable!("handled above")
+            }
         };
+        (self.pointer(n, kind, behaviour), event_type)
+    }
+
+    /// Serves the `n`th payload as `behaviour` and returns its pointer message.
+    fn pointer(&self, n: usize, kind: Kind, behaviour: Behaviour) -> String {
         let lifetime = if kind == Kind::ExpiresWhileWaiting {
             Duration::from_secs(2)
         } else {
@@ -260,7 +314,7 @@ impl TerraSimulator {
             "expires_in": expires_in,
             "payload_reference": format!("sim-{n:04}-{}", kind.as_str())
         });
-        (pointer.to_string(), event_type)
+        pointer.to_string()
     }
 }
 
@@ -313,6 +367,80 @@ pub fn large_activity(n: usize, samples: usize) -> Value {
     payload
 }
 
+const SIM_USER: &str = r#"{"user_id":"7a9f4e2c-5b1d-4c3e-9f8a-2d6b0e1c4a55","provider":"GARMIN","reference_id":"sim-user","scopes":null,"last_webhook_update":null}"#;
+
+/// An activity payload of exactly `size` bytes: records of about
+/// `record_bytes` of heart-rate samples, each with its own summary id, the
+/// last padded to fit. Written as text: a tree of 64 MiB of samples would
+/// take gigabytes.
+pub fn activity_in_records(n: usize, size: usize, record_bytes: usize) -> Vec<u8> {
+    let record = record_bytes.max(1024);
+    let mut body =
+        format!(r#"{{"type":"activity","version":"2022-03-16","user":{SIM_USER},"data":["#)
+            .into_bytes();
+    let closing = b"]}";
+    let mut index = 0;
+    loop {
+        let head = format!(
+            r#"{{"metadata":{{"summary_id":"max-size-sim{n}-{index}","start_time":"2026-11-28T09:00:00.000000+00:00","end_time":"2026-11-28T10:00:00.000000+00:00","type":1}},"heart_rate_data":{{"detailed":{{"hr_samples":["#
+        );
+        let separator = usize::from(index > 0);
+        // What a record needs besides samples, and the padding field that
+        // makes the last one fit exactly.
+        let tail = r#"]}},"pad":""}"#;
+        let room =
+            size.saturating_sub(body.len() + separator + head.len() + tail.len() + closing.len());
+        if index > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(head.as_bytes());
+        let samples_budget = room.min(record);
+        let mut written = 0;
+        let mut i = 0usize;
+        loop {
+            let sample = format!(
+                r#"{}{{"timestamp":"2026-11-28T09:{:02}:{:02}.000000+00:00","bpm":{}}}"#,
+                if i > 0 { "," } else { "" },
+                (i / 60) % 60,
+                i % 60,
+                60 + i % 120
+            );
+            if written + sample.len() > samples_budget {
+                break;
+            }
+            body.extend_from_slice(sample.as_bytes());
+            written += sample.len();
+            i += 1;
+        }
+        let last = room - written < record / 2;
+        let pad = if last { room - written } else { 0 };
+        body.extend_from_slice(br#"]}},"pad":""#);
+        body.extend(std::iter::repeat_n(b'x', pad));
+        body.extend_from_slice(br#""}"#);
+        index += 1;
+        if last {
+            break;
+        }
+    }
+    body.extend_from_slice(closing);
+    assert_eq!(body.len(), size, "activity_in_records is exact");
+    body
+}
+
+/// A daily payload of `count` tiny records (`{"v":i}`).
+pub fn tiny_records(n: usize, count: usize) -> Vec<u8> {
+    let mut body = format!(r#"{{"type":"daily","version":"2022-03-16","user":{SIM_USER},"data":["#)
+        .into_bytes();
+    for i in 0..count {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(format!(r#"{{"v":{i},"sim":{n}}}"#).as_bytes());
+    }
+    body.extend_from_slice(b"]}");
+    body
+}
+
 /// How many messages of each kind were sent.
 pub fn count_by_kind(sent: &[Sent]) -> BTreeMap<Kind, usize> {
     let mut counts = BTreeMap::new();
@@ -320,4 +448,31 @@ pub fn count_by_kind(sent: &[Sent]) -> BTreeMap<Kind, usize> {
         *counts.entry(message.kind).or_default() += 1;
     }
     counts
+}
+
+#[cfg(test)]
+mod generated_payloads {
+    use super::*;
+
+    #[test]
+    fn max_size_activities_are_exact_and_valid() {
+        for size in [3 * 1024 * 1024 + 17, 5 * 1024 * 1024] {
+            let body = activity_in_records(1, size, 1024 * 1024);
+            assert_eq!(body.len(), size);
+            let payload: Value = serde_json::from_slice(&body).expect("valid JSON");
+            let records = payload["data"].as_array().expect("records");
+            assert!(records.len() >= 3, "{}", records.len());
+            let ids: std::collections::BTreeSet<_> = records
+                .iter()
+                .map(|r| r["metadata"]["summary_id"].as_str().expect("id"))
+                .collect();
+            assert_eq!(ids.len(), records.len(), "each record its own id");
+        }
+    }
+
+    #[test]
+    fn tiny_records_are_valid() {
+        let payload: Value = serde_json::from_slice(&tiny_records(3, 1000)).expect("valid JSON");
+        assert_eq!(payload["data"].as_array().map(Vec::len), Some(1000));
+    }
 }

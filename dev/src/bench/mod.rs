@@ -20,7 +20,7 @@ use crate::null_store::{NullStore, Received};
 use crate::payload_server::{Behaviour, PayloadServer};
 use crate::runtime_api::{HandlerProcess, InvocationResult, RuntimeApi};
 use crate::sqs_mapping::sqs_record;
-use crate::terra_simulator::large_activity;
+use crate::terra_simulator::{activity_in_records, large_activity};
 
 pub const KB: usize = 1024;
 pub const MB: usize = 1024 * 1024;
@@ -62,6 +62,9 @@ pub struct Workload {
     pub sinks: Sinks,
     /// Measured invocations, after one unmeasured warm-up invocation.
     pub batches: usize,
+    /// `None`: each payload is one activity record. `Some(bytes)`: records
+    /// of about that size, as a large Terra payload holds.
+    pub record_bytes: Option<usize>,
 }
 
 impl Workload {
@@ -73,6 +76,7 @@ impl Workload {
             concurrency: 32,
             sinks: Sinks::S3,
             batches: 3,
+            record_bytes: None,
         }
     }
 
@@ -99,6 +103,8 @@ pub struct Run {
     /// Records the handler reported failed, over all invocations.
     pub failed_records: usize,
     pub payload_bytes_actual: usize,
+    /// The memory budget the handler logged at cold start.
+    pub budget_bytes: Option<u64>,
 }
 
 impl Run {
@@ -156,9 +162,23 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
     let payloads = PayloadServer::start().await;
     let runtime = RuntimeApi::start().await;
     let mut actual_size = 0;
+    // Payloads this large are served from one copy, so the harness's own
+    // memory and set-up time stay small; each is still downloaded apart.
+    let shared = match workload.record_bytes {
+        Some(record) if workload.payload_bytes >= SHARED_BODY_FROM => Some(Bytes::from(
+            activity_in_records(0, workload.payload_bytes, record),
+        )),
+        _ => None,
+    };
     let urls: Vec<String> = (0..workload.records)
         .map(|n| {
-            let body = activity_of_size(n, workload.payload_bytes);
+            let body = match (&shared, workload.record_bytes) {
+                (Some(body), _) => body.clone(),
+                (None, Some(record)) => {
+                    Bytes::from(activity_in_records(n, workload.payload_bytes, record))
+                }
+                (None, None) => activity_of_size(n, workload.payload_bytes),
+            };
             actual_size = body.len();
             payloads.route(
                 &format!("/bench/{n}.json"),
@@ -187,6 +207,7 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
     }
     let cpu = cpu_time(handler.pid()).saturating_sub(cpu_before);
     let peak_rss = proc_status(handler.pid(), "VmHWM");
+    let budget_bytes = logged_budget(&handler.output());
     Run {
         workload: workload.clone(),
         walls,
@@ -196,7 +217,18 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
         received: store.received(),
         failed_records,
         payload_bytes_actual: actual_size,
+        budget_bytes,
     }
+}
+
+const SHARED_BODY_FROM: usize = 32 * MB;
+
+/// `memory_budget_bytes` from the handler's cold-start log line.
+fn logged_budget(output: &str) -> Option<u64> {
+    output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find_map(|line| line["fields"]["memory_budget_bytes"].as_u64())
 }
 
 /// The function's configuration: `sinks` at `store`, payload URLs allowed on
@@ -281,17 +313,7 @@ pub async fn cold_starts(handler: &str, runs: usize) -> Vec<(Duration, u64)> {
 fn proc_status(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|value| {
-            value
-                .trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<u64>()
-                .ok()
-        })
+    crate::runtime_api::proc_field_kib(&status, &format!("{field}:"))
         .map(|kb| kb * 1024)
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }

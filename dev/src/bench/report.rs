@@ -18,13 +18,23 @@ pub struct Results {
     pub memory: Vec<Run>,
     /// Workloads with DynamoDB as a sink.
     pub dynamodb: Vec<Run>,
+    /// Workloads holding far more than the function's memory in flight.
+    pub budget: Vec<Run>,
     /// (time to first poll, RSS then) per cold start.
     pub cold_starts: Vec<(Duration, u64)>,
     /// (name, path) of each deployable binary.
     pub binaries: Vec<(String, String)>,
 }
 
-/// A target from issue #7, and whether this run met it.
+/// The function memory the harness announces (`lambda_environment`).
+const FUNCTION_MEMORY: u64 = 512 * MB as u64;
+/// CPU per 100 KB record before the budget and the streaming projection,
+/// measured at b9f7822 (BENCHMARKS.md then): S3 path (median of the three
+/// batch sizes) and DynamoDB alone at 50 ms latency.
+const BEFORE_S3_CPU_PER_RECORD: Duration = Duration::from_micros(933);
+const BEFORE_DYNAMODB_CPU_PER_RECORD: Duration = Duration::from_micros(3807);
+
+/// A target from issues #7 and #14, and whether this run met it.
 struct Verdict {
     met: bool,
     target: &'static str,
@@ -40,6 +50,7 @@ impl Results {
         self.wall_time_section(&mut out);
         self.memory_section(&mut out);
         self.dynamodb_section(&mut out);
+        self.budget_section(&mut out);
         self.cold_start_section(&mut out);
         self.binary_section(&mut out);
         let _ = writeln!(out, "{END_MARKER}");
@@ -133,7 +144,90 @@ impl Results {
                 ),
             });
         }
+        if !self.budget.is_empty() {
+            verdicts.push(Verdict {
+                met: self.budget.iter().all(|run| run.peak_rss < FUNCTION_MEMORY),
+                target: "peak memory within the function's 512 MB whatever is in flight",
+                evidence: self
+                    .budget
+                    .iter()
+                    .map(|run| {
+                        format!(
+                            "{} × {} ({}): peak {}.",
+                            run.workload.records,
+                            size(run.payload_bytes_actual),
+                            run.workload.sinks.label(),
+                            mib(run.peak_rss)
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            });
+        }
+        if !self.by_batch_size.is_empty() {
+            let now = median(self.by_batch_size.iter().map(Run::cpu_per_record).collect());
+            verdicts.push(Verdict {
+                met: now.as_secs_f64() <= 1.1 * BEFORE_S3_CPU_PER_RECORD.as_secs_f64(),
+                target: "S3 path CPU per 100 KB record within 1.1× of before the budget",
+                evidence: format!(
+                    "{} (median of the batch sizes) against {} at b9f7822.",
+                    micros(now),
+                    micros(BEFORE_S3_CPU_PER_RECORD)
+                ),
+            });
+        }
+        if let Some(dynamodb) = self.dynamodb.first() {
+            let now = dynamodb.cpu_per_record();
+            verdicts.push(Verdict {
+                met: 2 * now <= BEFORE_DYNAMODB_CPU_PER_RECORD,
+                target: "DynamoDB path CPU per 100 KB record at most half of before the streaming projection",
+                evidence: format!(
+                    "{} ({}, {} latency) against {} at b9f7822.",
+                    micros(now),
+                    dynamodb.workload.sinks.label(),
+                    ms(dynamodb.workload.latency),
+                    micros(BEFORE_DYNAMODB_CPU_PER_RECORD)
+                ),
+            });
+        }
         verdicts
+    }
+
+    fn budget_section(&self, out: &mut String) {
+        if self.budget.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "### Memory budget
+
+Payloads whose sum in flight is far over the function's              512 MB, in records of the size shown (a large Terra payload), at concurrency 32:              records wait for room in the memory budget the handler derives from its memory.              One warm-up and one measured invocation; the harness kills a handler whose peak              passes 512 MiB, as Lambda does.\n"
+        );
+        let _ = writeln!(
+            out,
+            "| Sinks | Records × payload | Records of | Asked in flight | Budget | Peak RSS | Peak ÷ memory | Wall time | CPU per MB |\n|---|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for run in &self.budget {
+            let _ = writeln!(
+                out,
+                "| {} | {} × {} | {} | {} | {} | {} | {:.2} | {} | {:.1} ms |",
+                run.workload.sinks.label(),
+                run.workload.records,
+                size(run.payload_bytes_actual),
+                size(
+                    run.workload
+                        .record_bytes
+                        .unwrap_or(run.payload_bytes_actual)
+                ),
+                mib(run.in_flight_bytes()),
+                run.budget_bytes.map_or("?".to_owned(), mib),
+                mib(run.peak_rss),
+                run.peak_rss as f64 / FUNCTION_MEMORY as f64,
+                ms(run.median_wall()),
+                run.cpu_ms_per_mb()
+            );
+        }
+        let _ = writeln!(out);
     }
 
     fn wall_time_section(&self, out: &mut String) {

@@ -20,6 +20,7 @@ async fn main() {
         by_batch_size: Vec::new(),
         memory: Vec::new(),
         dynamodb: Vec::new(),
+        budget: Vec::new(),
         cold_starts: Vec::new(),
         binaries: vec![
             ("sqs-handler".into(), sqs_handler.clone()),
@@ -54,6 +55,19 @@ async fn main() {
             ..Workload::new(1000, 100 * KB)
         };
         results.dynamodb.push(run(sqs_handler, &workload).await);
+    }
+    // Far more in flight than the function's memory: the budget holds it.
+    for (sinks, records, payload, record) in [
+        (Sinks::S3, 32, 64 * MB, MB),
+        (Sinks::DynamoDb, 32, 5 * MB, 100 * KB),
+    ] {
+        let workload = Workload {
+            sinks,
+            batches: 1,
+            record_bytes: Some(record),
+            ..Workload::new(records, payload)
+        };
+        results.budget.push(run(sqs_handler, &workload).await);
     }
     eprintln!("{COLD_STARTS} cold starts...");
     results.cold_starts = cold_starts(sqs_handler, COLD_STARTS).await;
