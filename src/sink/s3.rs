@@ -219,11 +219,16 @@ impl Archive for S3Sink {
         let payload = match self.settings.compression {
             S3Compression::None => stored,
             S3Compression::Gzip => {
-                let mut inflated = Vec::new();
-                flate2::read::GzDecoder::new(&stored[..])
-                    .read_to_end(&mut inflated)
-                    .map_err(|e| self.error(format!("GetObject {key}: not valid gzip: {e}")))?;
-                Bytes::from(inflated)
+                // Decompressing tens of MB is CPU work: off the async workers.
+                tokio::task::spawn_blocking(move || {
+                    let mut inflated = Vec::new();
+                    flate2::read::GzDecoder::new(&stored[..])
+                        .read_to_end(&mut inflated)
+                        .map(|_| Bytes::from(inflated))
+                })
+                .await
+                .map_err(|e| self.error(format!("decompression task failed: {e}")))?
+                .map_err(|e| self.error(format!("GetObject {key}: not valid gzip: {e}")))?
             }
         };
         Ok(Some((payload, self.location(key))))

@@ -199,9 +199,11 @@ impl Results {
         }
         let _ = writeln!(
             out,
-            "### Memory budget
-
-Payloads whose sum in flight is far over the function's              512 MB, in records of the size shown (a large Terra payload), at concurrency 32:              records wait for room in the memory budget the handler derives from its memory.              One warm-up and one measured invocation; the harness kills a handler whose peak              passes 512 MiB, as Lambda does.\n"
+            "### Memory budget\n\nPayloads whose sum in flight is far over the function's \
+             512 MB, in records of the size shown (a large Terra payload), at concurrency 32: \
+             records wait for room in the memory budget the handler derives from its memory. \
+             One warm-up and one measured invocation; the harness kills a handler whose peak \
+             passes 512 MiB, as Lambda does.\n"
         );
         let _ = writeln!(
             out,

@@ -32,8 +32,8 @@ pub(super) const MAP_FORM_MAX_JSON: usize = 350 * 1024;
 /// Compressed records above this go to S3 pointers (leaves room for the keys).
 pub(super) const GZIP_FORM_MAX: usize = 390 * 1024;
 /// Bytes of record JSON converted and not yet written, per payload. Bounds
-/// the projection's memory: a record's attributes take up to about 13 times
-/// its JSON (BENCHMARKS.md, "Memory budget").
+/// the projection's memory: a record's attributes and its request take about
+/// 20 times its JSON (see `DynamoDbSink::holding_cost`).
 pub const WINDOW_BYTES: usize = 2 * 1024 * 1024;
 /// An event without per-record `data[]` becomes one item holding the whole
 /// event; above this it is refused rather than built into a tree. Terra's
