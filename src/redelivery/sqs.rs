@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
 use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, QueueAttributeName};
+use futures::StreamExt;
 use futures::future::join_all;
 
 use super::{QueueSettings, hold_for_invocation, return_after};
@@ -19,6 +20,8 @@ use crate::outcome::Outcome;
 
 /// SQS's limit of entries per batch call.
 const BATCH_ENTRIES: usize = 10;
+/// ChangeMessageVisibilityBatch calls in flight at once.
+const CONCURRENT_CALLS: usize = 16;
 
 /// One message's new visibility timeout.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +67,56 @@ impl SqsQueueControl {
     fn cached(&self, queue_url: &str) -> Option<QueueSettings> {
         self.settings.lock().ok()?.get(queue_url).copied()
     }
+
+    /// One ChangeMessageVisibilityBatch call, for at most ten messages.
+    async fn change_chunk(
+        &self,
+        queue_url: &str,
+        chunk: &[VisibilityChange],
+    ) -> Result<(), QueueError> {
+        let entries = chunk
+            .iter()
+            .enumerate()
+            .map(|(n, change)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(format!("m{n}"))
+                    .receipt_handle(&change.receipt_handle)
+                    .visibility_timeout(change.timeout.as_secs().min(i32::MAX as u64) as i32)
+                    .build()
+                    .map_err(|e| QueueError(e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let output = self
+            .client
+            .change_message_visibility_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+            .map_err(|e| {
+                QueueError(format!(
+                    "ChangeMessageVisibilityBatch: {}",
+                    DisplayErrorContext(&e)
+                ))
+            })?;
+        let failed: Vec<String> = output
+            .failed()
+            .iter()
+            .map(|f| {
+                let id = f.id().trim_start_matches('m').parse::<usize>().ok();
+                let name = id.and_then(|n| chunk.get(n)).map_or("?", |c| c.id.as_str());
+                format!("{name}: {}", f.code())
+            })
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(QueueError(format!(
+                "ChangeMessageVisibilityBatch refused {}",
+                failed.join(", ")
+            )))
+        }
+    }
 }
 
 #[async_trait]
@@ -103,51 +156,15 @@ impl QueueControl for SqsQueueControl {
         queue_url: &str,
         changes: &[VisibilityChange],
     ) -> Result<(), QueueError> {
-        let calls = changes.chunks(BATCH_ENTRIES).map(|chunk| async move {
-            let entries = chunk
-                .iter()
-                .enumerate()
-                .map(|(n, change)| {
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(format!("m{n}"))
-                        .receipt_handle(&change.receipt_handle)
-                        .visibility_timeout(change.timeout.as_secs().min(i32::MAX as u64) as i32)
-                        .build()
-                        .map_err(|e| QueueError(e.to_string()))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let output = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(queue_url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| {
-                    QueueError(format!(
-                        "ChangeMessageVisibilityBatch: {}",
-                        DisplayErrorContext(&e)
-                    ))
-                })?;
-            let failed: Vec<String> = output
-                .failed()
-                .iter()
-                .map(|f| {
-                    let id = f.id().trim_start_matches('m').parse::<usize>().ok();
-                    let name = id.and_then(|n| chunk.get(n)).map_or("?", |c| c.id.as_str());
-                    format!("{name}: {}", f.code())
-                })
-                .collect();
-            if failed.is_empty() {
-                Ok(())
-            } else {
-                Err(QueueError(format!(
-                    "ChangeMessageVisibilityBatch refused {}",
-                    failed.join(", ")
-                )))
-            }
-        });
-        let errors: Vec<String> = join_all(calls)
+        // A batch of thousands of messages makes hundreds of calls: a few at
+        // a time, so their requests do not all hold memory at once.
+        let calls: Vec<_> = changes
+            .chunks(BATCH_ENTRIES)
+            .map(|chunk| self.change_chunk(queue_url, chunk))
+            .collect();
+        let errors: Vec<String> = futures::stream::iter(calls)
+            .buffer_unordered(CONCURRENT_CALLS)
+            .collect::<Vec<_>>()
             .await
             .into_iter()
             .filter_map(|r| r.err().map(|e| e.0))
