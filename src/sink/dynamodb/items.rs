@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use aws_sdk_dynamodb::types::AttributeValue;
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value, json};
@@ -50,6 +51,35 @@ pub struct RecordIds {
     timestamp: LooseText,
     planned_workout_id: LooseText,
     id: LooseText,
+}
+
+impl RecordIds {
+    /// The same fields, from a record already converted to DynamoDB's types.
+    pub fn from_attribute(record: &AttributeValue) -> Self {
+        let text = |value: Option<&AttributeValue>| {
+            LooseText(match value {
+                Some(AttributeValue::S(text)) => Some(text.clone()),
+                _ => None,
+            })
+        };
+        let AttributeValue::M(fields) = record else {
+            return Self::default();
+        };
+        let metadata = match fields.get("metadata") {
+            Some(AttributeValue::M(metadata)) => Some(metadata),
+            _ => None,
+        };
+        let in_metadata = |name: &str| text(metadata.and_then(|m| m.get(name)));
+        Self {
+            summary_id: in_metadata("summary_id"),
+            start_time: in_metadata("start_time"),
+            end_time: in_metadata("end_time"),
+            metadata_id: in_metadata("id"),
+            timestamp: text(fields.get("timestamp")),
+            planned_workout_id: text(fields.get("planned_workout_id")),
+            id: text(fields.get("id")),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for RecordIds {

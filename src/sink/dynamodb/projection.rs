@@ -8,7 +8,7 @@
 //! more items than `TERRA_DYNAMODB_MAX_ITEMS` is refused before anything is
 //! written.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::io::Write;
 use std::ops::Range;
@@ -112,30 +112,29 @@ pub(super) fn project(
     window: &Arc<Semaphore>,
     out: &mut dyn ItemSink,
 ) -> Result<(), ProjectionError> {
-    let top: BTreeMap<String, &RawValue> =
-        serde_json::from_slice(payload).map_err(|e| not_json(&e))?;
-    let envelope_field = |field: &'static str| -> Result<Option<Value>, ProjectionError> {
-        let Some(raw) = top.get(field) else {
-            return Ok(None);
+    let top = TopLevel::read(payload, max_items)?;
+    let envelope_field =
+        |field: &'static str, raw: Option<&RawValue>| -> Result<Option<Value>, ProjectionError> {
+            let Some(raw) = raw else {
+                return Ok(None);
+            };
+            let bytes = raw.get().len();
+            if bytes > ENVELOPE_FIELD_MAX {
+                return Err(ProjectionError::EnvelopeTooLarge { field, bytes });
+            }
+            serde_json::from_str(raw.get())
+                .map(Some)
+                .map_err(|e| not_json(&e))
         };
-        let bytes = raw.get().len();
-        if bytes > ENVELOPE_FIELD_MAX {
-            return Err(ProjectionError::EnvelopeTooLarge { field, bytes });
-        }
-        serde_json::from_str(raw.get())
-            .map(Some)
-            .map_err(|e| not_json(&e))
-    };
-    let user = envelope_field("user")?;
-    let header = match top.get("data") {
-        Some(data) if data.get().starts_with('[') => records_header(
-            envelope_field("type")?.as_ref(),
-            user.as_ref(),
-            envelope_field("reference_id")?.as_ref(),
+    let header = match &top.records {
+        Some(_) => records_header(
+            envelope_field("type", top.kind)?.as_ref(),
+            envelope_field("user", top.user)?.as_ref(),
+            envelope_field("reference_id", top.reference_id)?.as_ref(),
         ),
-        _ => None,
+        None => None,
     };
-    let (Some(header), Some(data)) = (header, top.get("data")) else {
+    let (Some(header), Some(records)) = (header, top.records) else {
         // Lifecycle and operational events, athletes: one small event.
         if payload.len() > WHOLE_EVENT_MAX {
             return Err(ProjectionError::EventTooLarge {
@@ -151,24 +150,30 @@ pub(super) fn project(
         }
         return Ok(());
     };
-    let records: Vec<&RawValue> = serde_json::from_str(data.get()).map_err(|e| not_json(&e))?;
-    if records.len() > max_items {
+    if records.count > max_items {
         return Err(ProjectionError::TooManyItems {
-            records: records.len(),
+            records: records.count,
             limit: max_items,
         });
     }
-    for (index, raw) in records.into_iter().enumerate() {
+    for (index, raw) in records.kept.into_iter().enumerate() {
         let json = raw.get();
         let window = take_window(window, json.len());
-        let ids: RecordIds = serde_json::from_str(json).map_err(|e| not_json(&e))?;
-        let (form, hash_source) = if json.len() <= MAP_FORM_MAX_JSON {
+        // A record small enough for a map is parsed once, into the map, and
+        // its identity read from that; a larger one is only scanned for it.
+        let (ids, form, hash_source) = if json.len() <= MAP_FORM_MAX_JSON {
             let attribute = ToAttribute
                 .deserialize(&mut serde_json::Deserializer::from_str(json))
                 .map_err(|e| not_json(&e))?;
-            (FirstForm::Map(attribute), HashSource::Attribute)
+            let ids = RecordIds::from_attribute(&attribute);
+            (ids, FirstForm::Map(attribute), HashSource::Attribute)
         } else {
-            (compressed_form(json.as_bytes()), HashSource::Text(json))
+            let ids: RecordIds = serde_json::from_str(json).map_err(|e| not_json(&e))?;
+            (
+                ids,
+                compressed_form(json.as_bytes()),
+                HashSource::Text(json),
+            )
         };
         let item = record_item(&header, index, &ids, || match (&hash_source, &form) {
             (HashSource::Attribute, FirstForm::Map(attribute)) => {
@@ -190,6 +195,131 @@ pub(super) fn project(
         }
     }
     Ok(())
+}
+
+/// The payload's top level, read in one pass without building anything: the
+/// envelope fields as slices of the payload, and `data[]` (when an array) as
+/// the slice of each record.
+#[derive(Default)]
+struct TopLevel<'a> {
+    kind: Option<&'a RawValue>,
+    user: Option<&'a RawValue>,
+    reference_id: Option<&'a RawValue>,
+    records: Option<Records<'a>>,
+}
+
+/// `data[]`'s records: all of them counted, the first `limit` kept, so a
+/// payload of millions of records is refused without holding them.
+#[derive(Default)]
+struct Records<'a> {
+    kept: Vec<&'a RawValue>,
+    count: usize,
+}
+
+impl<'a> TopLevel<'a> {
+    fn read(payload: &'a [u8], limit: usize) -> Result<Self, ProjectionError> {
+        let mut deserializer = serde_json::Deserializer::from_slice(payload);
+        let top = TopLevelVisitor { limit }
+            .deserialize(&mut deserializer)
+            .and_then(|top| deserializer.end().map(|()| top))
+            .map_err(|e| not_json(&e))?;
+        Ok(top)
+    }
+}
+
+struct TopLevelVisitor {
+    limit: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for TopLevelVisitor {
+    type Value = TopLevel<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<TopLevel<'de>, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopLevelVisitor {
+    type Value = TopLevel<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TopLevel<'de>, A::Error> {
+        let mut top = TopLevel::default();
+        // Later duplicates win, as they would in a tree.
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match key.as_ref() {
+                "type" => top.kind = Some(map.next_value()?),
+                "user" => top.user = Some(map.next_value()?),
+                "reference_id" => top.reference_id = Some(map.next_value()?),
+                "data" => {
+                    top.records = map.next_value_seed(RecordsVisitor { limit: self.limit })?
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(top)
+    }
+}
+
+/// `data`: its records when it is an array, else `None`.
+struct RecordsVisitor {
+    limit: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordsVisitor {
+    type Value = Option<Records<'de>>;
+    fn deserialize<D: Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Option<Records<'de>>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordsVisitor {
+    type Value = Option<Records<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut records = Records::default();
+        loop {
+            if records.count < self.limit {
+                match seq.next_element::<&'de RawValue>()? {
+                    Some(record) => records.kept.push(record),
+                    None => break,
+                }
+            } else if seq.next_element::<IgnoredAny>()?.is_none() {
+                break;
+            }
+            records.count += 1;
+        }
+        Ok(Some(records))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
 }
 
 /// What a record without its own identity is hashed from: its canonical
@@ -415,6 +545,40 @@ mod tests {
                 panic!("small records are maps")
             };
             assert_eq!(attribute, &to_attribute(whole.data));
+        }
+    }
+
+    #[test]
+    fn every_terra_example_gets_the_keys_a_whole_tree_gave() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/terra");
+        let mut payloads: Vec<Value> = std::fs::read_dir(dir)
+            .expect("fixtures present")
+            .filter_map(|entry| {
+                let path = entry.ok()?.path();
+                let name = path.file_name()?.to_str()?.to_owned();
+                (name.starts_with("openapi_") && name.ends_with(".json"))
+                    .then(|| serde_json::from_slice(&std::fs::read(&path).ok()?).ok())?
+            })
+            .collect();
+        assert!(payloads.len() >= 15, "{}", payloads.len());
+        // Ids that are not text are no ids, whichever way they are read.
+        payloads.push(json!({"type": "activity", "user": {"user_id": "u"}, "data": [
+            {"metadata": {"summary_id": 7}}, {"metadata": "m"}, [1], {"metadata": {"summary_id": "s"}}
+        ]}));
+        payloads.push(json!({"type": "planned_workout", "user": {"user_id": "u"}, "data": [
+            {"metadata": {"id": "m1"}}, {"id": "i1"}, {"planned_workout_id": {"x": 1}, "id": "i2"}
+        ]}));
+        for payload in payloads {
+            let streamed: Vec<(String, String)> = project_all(&payload)
+                .expect("projects")
+                .into_iter()
+                .map(|ready| (ready.item.pk, ready.item.sk))
+                .collect();
+            let whole: Vec<(String, String)> = plan(payload.clone(), 1_000)
+                .into_iter()
+                .map(|item| (item.pk, item.sk))
+                .collect();
+            assert_eq!(streamed, whole, "{payload}");
         }
     }
 
