@@ -32,7 +32,9 @@ pub struct PlannedItem {
     pub provider: Option<String>,
     pub reference_id: Option<String>,
     /// The record itself (a `data[]` element, the athlete, the whole event, or
-    /// for profiles the user object).
+    /// for profiles the user object). `Null` once its attributes are made, and
+    /// for a `data[]` record planned from the payload's bytes, whose
+    /// attributes are made straight from its JSON.
     pub data: Value,
     /// Position of the record in the payload's `data[]`, for S3 pointers.
     pub data_index: Option<usize>,

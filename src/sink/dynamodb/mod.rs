@@ -24,7 +24,7 @@ use crate::outcome::Retry;
 
 use crate::budget::HoldingCost;
 use items::PlannedItem;
-use projection::{FirstForm, ItemSink, ProjectionError, ReadyItem};
+use projection::{ItemSink, ProjectionError, ReadyItem, RecordForm};
 
 /// Items of one payload written at once.
 const WRITE_CONCURRENCY: usize = 16;
@@ -100,11 +100,11 @@ impl DynamoDbSink {
         let mut rejection = None;
         while let Some(form) = next.take() {
             let record = match form {
-                FirstForm::Map(attribute) => {
-                    next = Some(FirstForm::Compress);
+                RecordForm::Map(attribute) => {
+                    next = Some(RecordForm::Compress);
                     vec![("data", attribute)]
                 }
-                FirstForm::Compress => {
+                RecordForm::Compress => {
                     // A map DynamoDB refused (too deep, say) goes compressed.
                     let json = json.bytes(&delivery.payload);
                     next = Some(
@@ -114,12 +114,12 @@ impl DynamoDbSink {
                     );
                     continue;
                 }
-                FirstForm::Gzip(compressed) => {
+                RecordForm::Gzip(compressed) => {
                     compressed_len = Some(compressed.len());
-                    next = Some(FirstForm::PointerOnly { compressed_over: 0 });
+                    next = Some(RecordForm::PointerOnly { compressed_over: 0 });
                     vec![("data_gz", AttributeValue::B(Blob::new(compressed)))]
                 }
-                FirstForm::PointerOnly { compressed_over } => {
+                RecordForm::PointerOnly { compressed_over } => {
                     if compressed_over > 0 {
                         compressed_len = Some(compressed_over);
                     }

@@ -59,8 +59,10 @@ fn not_json(error: &serde_json::Error) -> ProjectionError {
     ProjectionError::NotJson(crate::message::json_error_position(error))
 }
 
-/// The first form an item is tried in, prepared off the async workers.
-pub(super) enum FirstForm {
+/// The ways an item can hold its record, from the most to the least useful.
+/// The planner prepares the first to try, off the async workers; a writer
+/// moves to the next when DynamoDB refuses the item itself.
+pub(super) enum RecordForm {
     /// `data`: the record as a native map.
     Map(AttributeValue),
     /// Compress the record's JSON, and try what that gives.
@@ -76,7 +78,7 @@ pub(super) struct ReadyItem {
     pub item: PlannedItem,
     pub json_len: usize,
     pub json: RecordJson,
-    pub form: FirstForm,
+    pub form: RecordForm,
     _window: Option<OwnedSemaphorePermit>,
 }
 
@@ -166,7 +168,7 @@ pub(super) fn project(
                 .deserialize(&mut serde_json::Deserializer::from_str(json))
                 .map_err(|e| not_json(&e))?;
             let ids = RecordIds::from_attribute(&attribute);
-            (ids, FirstForm::Map(attribute), HashSource::Attribute)
+            (ids, RecordForm::Map(attribute), HashSource::Attribute)
         } else {
             let ids: RecordIds = serde_json::from_str(json).map_err(|e| not_json(&e))?;
             (
@@ -176,7 +178,7 @@ pub(super) fn project(
             )
         };
         let item = record_item(&header, index, &ids, || match (&hash_source, &form) {
-            (HashSource::Attribute, FirstForm::Map(attribute)) => {
+            (HashSource::Attribute, RecordForm::Map(attribute)) => {
                 canonical_json(&super::from_attribute(attribute))
             }
             (HashSource::Text(text), _) => text.as_bytes().to_vec(),
@@ -339,7 +341,7 @@ fn prepare(mut item: PlannedItem, window: &Arc<Semaphore>) -> ReadyItem {
     let json = serde_json::to_vec(&item.data).unwrap_or_default();
     let window = take_window(window, json.len());
     let form = if json.len() <= MAP_FORM_MAX_JSON {
-        FirstForm::Map(to_attribute(item.data.take()))
+        RecordForm::Map(to_attribute(item.data.take()))
     } else {
         item.data = Value::Null;
         compressed_form(&json)
@@ -367,24 +369,24 @@ pub(super) fn window() -> Arc<Semaphore> {
 
 /// The record gzip-compressed, giving up as soon as the output passes what
 /// an item can hold, so a huge record never holds a huge compressed copy.
-pub(super) fn compressed_form(json: &[u8]) -> FirstForm {
+pub(super) fn compressed_form(json: &[u8]) -> RecordForm {
     let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
     for piece in json.chunks(64 * 1024) {
         if encoder.write_all(piece).is_err() {
             break;
         }
         if encoder.get_ref().len() > GZIP_FORM_MAX {
-            return FirstForm::PointerOnly {
+            return RecordForm::PointerOnly {
                 compressed_over: encoder.get_ref().len(),
             };
         }
     }
     match encoder.finish() {
-        Ok(compressed) if compressed.len() <= GZIP_FORM_MAX => FirstForm::Gzip(compressed),
-        Ok(compressed) => FirstForm::PointerOnly {
+        Ok(compressed) if compressed.len() <= GZIP_FORM_MAX => RecordForm::Gzip(compressed),
+        Ok(compressed) => RecordForm::PointerOnly {
             compressed_over: compressed.len(),
         },
-        Err(_) => FirstForm::PointerOnly { compressed_over: 0 },
+        Err(_) => RecordForm::PointerOnly { compressed_over: 0 },
     }
 }
 
@@ -541,7 +543,7 @@ mod tests {
                 (&streamed.item.pk, &streamed.item.sk),
                 (&whole.pk, &whole.sk)
             );
-            let FirstForm::Map(attribute) = &streamed.form else {
+            let RecordForm::Map(attribute) = &streamed.form else {
                 panic!("small records are maps")
             };
             assert_eq!(attribute, &to_attribute(whole.data));
@@ -622,7 +624,7 @@ mod tests {
         let compressible = "a".repeat(MAP_FORM_MAX_JSON);
         assert!(matches!(
             compressed_form(compressible.as_bytes()),
-            FirstForm::Gzip(_)
+            RecordForm::Gzip(_)
         ));
         // Incompressible text well past the limit stops early.
         let mut noise = String::new();
@@ -634,7 +636,7 @@ mod tests {
             noise.push_str(&format!("{state:x}"));
         }
         match compressed_form(noise.as_bytes()) {
-            FirstForm::PointerOnly { compressed_over } => {
+            RecordForm::PointerOnly { compressed_over } => {
                 assert!(compressed_over > GZIP_FORM_MAX && compressed_over < 2 * GZIP_FORM_MAX)
             }
             _ => panic!("incompressible records need a pointer"),
