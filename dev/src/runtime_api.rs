@@ -519,6 +519,53 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
+    /// The harness kills a process whose memory passes the function's, and
+    /// only such a process.
+    #[test]
+    fn a_handler_over_its_memory_size_is_killed() {
+        let hungry = |mib: u64| {
+            let script = format!(
+                "import time; held = bytearray({mib} * 1024 * 1024); time.sleep(1.5); print('done')"
+            );
+            let mut child = Command::new("/usr/bin/python3")
+                .args(["-c", &script])
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("python3 runs");
+            let output = Arc::new(Mutex::new(String::new()));
+            collect(child.stdout.take().expect("piped"), Arc::clone(&output));
+            let killed = Arc::new(AtomicBool::new(false));
+            let peak = Arc::new(AtomicU64::new(0));
+            watch_memory(
+                child.id(),
+                128,
+                Watch {
+                    killed: Arc::clone(&killed),
+                    peak_kib: Arc::clone(&peak),
+                    exited: Arc::new(AtomicBool::new(false)),
+                    output: Arc::clone(&output),
+                },
+            );
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            let output = output.lock().expect("not poisoned").clone();
+            (
+                killed.load(Ordering::SeqCst),
+                peak.load(Ordering::SeqCst) / 1024,
+                output,
+            )
+        };
+        let (killed, peak_mib, output) = hungry(256);
+        assert!(killed, "peak {peak_mib} MiB: {output}");
+        assert!(
+            output.contains(KILLED_FOR_MEMORY) && !output.contains("done"),
+            "{output}"
+        );
+        let (killed, peak_mib, output) = hungry(32);
+        assert!(!killed, "peak {peak_mib} MiB: {output}");
+        assert!(output.contains("done") && peak_mib >= 32, "{output}");
+    }
+
     /// A runtime killed while it waits on `/next` (as tests kill handlers)
     /// must not take the next invocation with it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
