@@ -57,6 +57,9 @@ def test_the_default_stack_creates_what_the_function_is_configured_against(sessi
     assert env["TERRA_DYNAMODB_TABLE"] == outputs["TableName"]
     assert env["TERRA_S3_PREFIX"] == parameters["S3Prefix"]
     assert str(env["TERRA_FETCH_CONCURRENCY"]) == parameters["FetchConcurrency"]
+    assert str(env["TERRA_DYNAMODB_MAX_ITEMS"]) == parameters["DynamoDbMaxItems"]
+    # Empty: the function derives its budget from its memory.
+    assert env.get("TERRA_MEMORY_BUDGET_MB", "") == parameters["MemoryBudgetMb"] == ""
     session.client("s3").head_bucket(Bucket=env["TERRA_S3_BUCKET"])
     table = session.client("dynamodb").describe_table(TableName=env["TERRA_DYNAMODB_TABLE"])
     assert [k["AttributeName"] for k in table["Table"]["KeySchema"]] == ["pk", "sk"]
