@@ -46,7 +46,8 @@ pub struct MemoryBudget {
 /// Bytes held against the budget; they return when this is dropped.
 #[derive(Debug)]
 pub struct Reservation {
-    permit: OwnedSemaphorePermit,
+    /// `None` only if the semaphore were closed, which it never is.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 /// What a record holds in memory for a payload, by the work done on it: the
@@ -115,13 +116,11 @@ impl MemoryBudget {
     /// a stream of small ones.
     pub async fn reserve(&self, bytes: u64) -> Reservation {
         let wanted = self.units_for(bytes);
-        match Arc::clone(&self.permits).acquire_many_owned(wanted).await {
-            Ok(permit) => Reservation { permit },
-            // The semaphore is never closed; should it be, waiting on it
-            // would be wrong, and an empty reservation holds nothing.
-            Err(_) => Reservation {
-                permit: unbounded_permit(),
-            },
+        Reservation {
+            permit: Arc::clone(&self.permits)
+                .acquire_many_owned(wanted)
+                .await
+                .ok(),
         }
     }
 
@@ -134,31 +133,26 @@ impl MemoryBudget {
 
 impl Reservation {
     pub fn bytes(&self) -> u64 {
-        self.permit.num_permits() as u64 * UNIT
+        self.permit
+            .as_ref()
+            .map_or(0, |p| p.num_permits() as u64 * UNIT)
     }
 
     /// Gives back everything above `bytes`, once a record knows it holds
     /// less than it reserved.
     pub fn shrink_to(&mut self, bytes: u64) {
         let keep = units(bytes).max(1) as usize;
-        let held = self.permit.num_permits();
-        if keep < held {
-            drop(self.permit.split(held - keep));
+        if let Some(permit) = &mut self.permit {
+            let held = permit.num_permits();
+            if keep < held {
+                drop(permit.split(held - keep));
+            }
         }
     }
 }
 
 fn units(bytes: u64) -> u64 {
     bytes.div_ceil(UNIT)
-}
-
-/// A permit from a semaphore of its own, for the case that cannot happen.
-fn unbounded_permit() -> OwnedSemaphorePermit {
-    let semaphore = Arc::new(Semaphore::new(1));
-    match semaphore.try_acquire_owned() {
-        Ok(permit) => permit,
-        Err(_) => unreachable!("a fresh semaphore with one permit has it"),
-    }
 }
 
 #[cfg(test)]
