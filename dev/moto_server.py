@@ -14,6 +14,12 @@ template tests start the server through this file.
   AWS does. moto checked them against `*`, so a policy scoped to the table
   allowed nothing and one naming another table was never denied.
 - `GetQueueUrl` is checked against the queue it names, not `*`.
+
+And one answer is given the shape S3 gives it:
+
+- `CompleteMultipartUpload` answers with a `CompleteMultipartUploadResult`
+  root element, as S3 does; moto's serializer named it
+  `CompleteMultipartUploadResponse`, which the AWS SDKs refuse to parse.
 """
 
 from urllib.parse import urlparse
@@ -21,6 +27,7 @@ from urllib.parse import urlparse
 from moto.core.authorization import ActionAuthenticatorMixin
 from moto.dynamodb.responses import DynamoHandler
 from moto.iam.access_control import IAMRequestBase
+from moto.s3.responses import S3Response
 from moto.server import main
 from moto.sqs.exceptions import QueueDoesNotExist
 from moto.sqs.responses import SQSResponse
@@ -34,6 +41,7 @@ BATCHED_ACTIONS = {
 _authenticate_and_authorize = ActionAuthenticatorMixin._authenticate_and_authorize_action
 _iam_request_init = IAMRequestBase.__init__
 _sqs_resource = SQSResponse._determine_resource
+_s3_serialized = S3Response.serialized
 
 
 def _authenticate_and_authorize_as_sent(self, iam_request_cls, resource="*"):
@@ -73,10 +81,21 @@ def _sqs_queue_also_by_name(self):
     return _sqs_resource(self)
 
 
+def _s3_serialized_with_s3_roots(self, *args, **kwargs):
+    status, headers, body = _s3_serialized(self, *args, **kwargs)
+    if self.data.get("Action") == "CompleteMultipartUpload" and isinstance(body, (str, bytes)):
+        wrong, right = "CompleteMultipartUploadResponse", "CompleteMultipartUploadResult"
+        if isinstance(body, bytes):
+            wrong, right = wrong.encode(), right.encode()
+        body = body.replace(wrong, right)
+    return status, headers, body
+
+
 ActionAuthenticatorMixin._authenticate_and_authorize_action = _authenticate_and_authorize_as_sent
 IAMRequestBase.__init__ = _iam_request_with_batched_actions
 DynamoHandler._determine_resource = _dynamodb_table
 SQSResponse._determine_resource = _sqs_queue_also_by_name
+S3Response.serialized = _s3_serialized_with_s3_roots
 
 if __name__ == "__main__":
     main()

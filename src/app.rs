@@ -66,11 +66,8 @@ impl App {
     pub async fn from_config(config: Config) -> Result<Self, InitError> {
         let cost = holding_cost(&config);
         let budget = MemoryBudget::new(config.memory_budget_bytes);
-        tracing::info!(
-            memory_budget_bytes = budget.total_bytes(),
-            largest_record_holds = cost.of(config.fetch.max_payload_bytes),
-            "memory budget"
-        );
+        let budget_bytes = budget.total_bytes();
+        let max_payload_bytes = config.fetch.max_payload_bytes;
         let fetcher = Fetcher::new(config.url_policy, config.fetch)?.with_budget(budget, cost);
         let aws = aws_config::defaults(BehaviorVersion::latest()).load().await;
         let archive = config.s3.map(|settings| {
@@ -99,8 +96,14 @@ impl App {
         let dead_letters = config.kafka.dead_letter_queue_url.map(|queue_url| {
             Box::new(SqsDeadLetterQueue::new(sqs.clone(), queue_url)) as Box<dyn DeadLetterQueue>
         });
+        let pipeline = Pipeline::new(fetcher, archive, sinks);
+        tracing::info!(
+            memory_budget_bytes = budget_bytes,
+            largest_record_holds = pipeline.largest_record_holds(max_payload_bytes),
+            "memory budget"
+        );
         Ok(Self {
-            pipeline: Arc::new(Pipeline::new(fetcher, archive, sinks)),
+            pipeline: Arc::new(pipeline),
             concurrency: config.concurrency,
             kafka_response: if config.kafka.partial_batch {
                 ResponseMode::PartialBatch

@@ -63,6 +63,15 @@ pub struct HoldingCost {
     pub projection_cap: u64,
     /// Held by every record: the request, TLS buffers, the SDK's calls.
     pub per_record: u64,
+    /// Payloads larger than this are streamed, never held whole.
+    pub streamed: Option<Streamed>,
+}
+
+/// Payloads above `above` bytes hold `holds` bytes whatever their size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Streamed {
+    pub above: u64,
+    pub holds: u64,
 }
 
 impl HoldingCost {
@@ -72,9 +81,22 @@ impl HoldingCost {
         projection_percent: 0,
         projection_cap: 0,
         per_record: 256 * 1024,
+        streamed: None,
     };
 
+    pub fn streaming_above(self, above: u64, holds: u64) -> Self {
+        Self {
+            streamed: Some(Streamed { above, holds }),
+            ..self
+        }
+    }
+
     pub fn of(&self, payload_bytes: u64) -> u64 {
+        if let Some(streamed) = self.streamed
+            && payload_bytes > streamed.above
+        {
+            return streamed.holds.saturating_add(self.per_record);
+        }
         let projection = payload_bytes
             .saturating_mul(self.projection_percent)
             .div_ceil(100)
@@ -166,6 +188,14 @@ mod tests {
         assert_eq!(derived_budget_bytes(128), 48 * MIB);
         assert_eq!(derived_budget_bytes(10_240), 7632 * MIB);
         assert_eq!(derived_budget_bytes(64), MIN_BUDGET_MIB * MIB);
+    }
+
+    #[test]
+    fn a_streamed_payload_holds_the_same_whatever_its_size() {
+        let cost = HoldingCost::BUFFER_ONLY.streaming_above(8 * MIB, 20 * MIB);
+        assert_eq!(cost.of(8 * MIB), HoldingCost::BUFFER_ONLY.of(8 * MIB));
+        assert_eq!(cost.of(8 * MIB + 1), 20 * MIB + cost.per_record);
+        assert_eq!(cost.of(64 * MIB), cost.of(8 * MIB + 1));
     }
 
     #[tokio::test]

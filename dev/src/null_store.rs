@@ -1,4 +1,5 @@
-//! A store endpoint that answers S3 `PutObject` and DynamoDB `PutItem` as
+//! A store endpoint that answers S3 `PutObject` (and the multipart upload
+//! calls that stream a large payload) and DynamoDB `PutItem` as
 //! AWS does and keeps nothing but counts: for benchmarks, where moto (one
 //! Python process) would be the bottleneck and the handler's own cost is what
 //! is measured. Correctness against real wire behaviour is the integration
@@ -83,6 +84,40 @@ async fn answer(State(tally): State<Arc<Mutex<Tally>>>, request: Request<Body>) 
         }
     }
     let mut tally = tally.lock().expect("not poisoned");
+    let query = parts.uri.query().unwrap_or_default();
+    let has = |name: &str| {
+        query
+            .split('&')
+            .any(|pair| pair.split('=').next() == Some(name))
+    };
+    if parts.method == Method::POST && has("uploads") {
+        return plain(
+            StatusCode::OK,
+            "application/xml",
+            "<InitiateMultipartUploadResult><UploadId>null-upload</UploadId></InitiateMultipartUploadResult>",
+        );
+    }
+    if parts.method == Method::PUT && has("partNumber") {
+        tally.received.object_bytes += length;
+        let mut response = plain(StatusCode::OK, "", "");
+        response
+            .headers_mut()
+            .insert(header::ETAG, HeaderValue::from_static("\"null-part\""));
+        return response;
+    }
+    if parts.method == Method::POST && has("uploadId") {
+        tally.received.objects += 1;
+        tally.keys.insert(parts.uri.path().to_owned());
+        tally.received.distinct_keys = tally.keys.len();
+        return plain(
+            StatusCode::OK,
+            "application/xml",
+            "<CompleteMultipartUploadResult><ETag>\"null-1\"</ETag></CompleteMultipartUploadResult>",
+        );
+    }
+    if parts.method == Method::DELETE && has("uploadId") {
+        return plain(StatusCode::NO_CONTENT, "", "");
+    }
     if parts.method == Method::PUT {
         // Path-style addressing: /{bucket}/{key}.
         tally.received.objects += 1;

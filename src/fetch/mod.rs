@@ -9,6 +9,7 @@ use std::error::Error as StdError;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
 use reqwest::StatusCode;
@@ -17,7 +18,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::budget::{HoldingCost, MemoryBudget, Reservation};
-use crate::outcome::{Classify, FailureClass, Retry};
+use crate::outcome::{Classify, FailureClass, RecordFailure, Retry};
 
 pub use redact::{RedactedUrl, strip_query_strings, strip_query_strings_in_json};
 pub use url_policy::{HostPattern, PolicyViolation, UrlPolicy, is_public};
@@ -57,11 +58,68 @@ pub struct FetchDeadlines {
 }
 
 #[derive(Debug)]
-pub struct Fetched {
-    pub body: Bytes,
+pub struct Fetched<B = Bytes> {
+    pub body: B,
     pub attempts: u32,
     /// The budget the body holds, until the record is done with it.
     pub reservation: Reservation,
+}
+
+/// Takes a download's body as it arrives. Each attempt gets a new receiver:
+/// a failed attempt's is abandoned, and a retry starts afresh.
+#[async_trait]
+pub trait BodyReceiver: Send {
+    type Body: Send;
+    async fn receive(&mut self, chunk: Bytes) -> Result<(), RecordFailure>;
+    /// The whole body arrived. Returns it, and the bytes it still holds in
+    /// memory.
+    async fn complete(self) -> Result<(Self::Body, u64), RecordFailure>;
+    /// The attempt failed: undo what the receiver started.
+    async fn abandon(self);
+}
+
+/// The body held in memory.
+#[derive(Debug, Default)]
+pub struct HeldBody(BytesMut);
+
+impl HeldBody {
+    /// Sized for the announced length; a body of unannounced length grows
+    /// its buffer by doubling.
+    pub fn new(announced: Option<u64>, limit: u64) -> Self {
+        Self(BytesMut::with_capacity(
+            announced.unwrap_or(64 * 1024).min(limit) as usize,
+        ))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+
+    pub fn take(&mut self) -> Bytes {
+        self.0.split().freeze()
+    }
+}
+
+#[async_trait]
+impl BodyReceiver for HeldBody {
+    type Body = Bytes;
+    async fn receive(&mut self, chunk: Bytes) -> Result<(), RecordFailure> {
+        self.0.extend_from_slice(&chunk);
+        Ok(())
+    }
+    async fn complete(mut self) -> Result<(Bytes, u64), RecordFailure> {
+        let held = self.0.capacity() as u64;
+        Ok((self.take(), held))
+    }
+    async fn abandon(self) {}
 }
 
 /// Every error text here is free of URL query strings: URLs appear only as
@@ -100,11 +158,16 @@ pub enum FetchError {
     TooManyRedirects { url: String },
     #[error("gave up: the invocation deadline is near ({url}, after {attempts} attempt(s))")]
     Deadline { url: String, attempts: u32 },
+    /// The body's receiver refused it (an invalid payload streamed to the
+    /// archive, or the archive failing); classified by the receiver.
+    #[error("{}", .0.message)]
+    Received(RecordFailure),
 }
 
 impl Classify for FetchError {
     fn class(&self) -> FailureClass {
         match self {
+            FetchError::Received(failure) => failure.class,
             FetchError::Refused(_) => FailureClass::Refused,
             FetchError::ExpiredBeforeFetch
             | FetchError::ExpiredWhileFetching { .. }
@@ -116,11 +179,19 @@ impl Classify for FetchError {
 
     fn retry(&self) -> Retry {
         match self {
+            FetchError::Received(failure) => failure.retry,
             FetchError::Status { status, .. } if is_transient_status(*status) => Retry::Transient,
             FetchError::Transport { .. }
             | FetchError::Timeout { .. }
             | FetchError::Deadline { .. } => Retry::Transient,
             _ => Retry::Permanent,
+        }
+    }
+
+    fn record_at_fault(&self) -> bool {
+        match self {
+            FetchError::Received(failure) => failure.record_at_fault,
+            _ => self.class() != FailureClass::Sink,
         }
     }
 }
@@ -240,6 +311,15 @@ impl Fetcher {
             .await
     }
 
+    /// Bodies above `above` bytes are streamed, holding `holds` bytes
+    /// whatever their size.
+    pub fn streaming_above(self, above: u64, holds: u64) -> Self {
+        Self {
+            cost: self.cost.streaming_above(above, holds),
+            ..self
+        }
+    }
+
     pub fn holding_cost(&self) -> HoldingCost {
         self.cost
     }
@@ -252,6 +332,23 @@ impl Fetcher {
     /// expiry only stops new attempts; one already under way runs on, bounded
     /// by `give_up_at` and the size limit.
     pub async fn fetch(&self, url: &Url, deadlines: FetchDeadlines) -> Result<Fetched, FetchError> {
+        let limit = self.settings.max_payload_bytes;
+        self.fetch_into(url, deadlines, |announced| HeldBody::new(announced, limit))
+            .await
+    }
+
+    /// As [`Fetcher::fetch`], handing the body to a receiver from
+    /// `new_receiver` (given the announced length) as it arrives.
+    pub async fn fetch_into<R, F>(
+        &self,
+        url: &Url,
+        deadlines: FetchDeadlines,
+        mut new_receiver: F,
+    ) -> Result<Fetched<R::Body>, FetchError>
+    where
+        R: BodyReceiver,
+        F: FnMut(Option<u64>) -> R + Send,
+    {
         self.policy.check_url(url).map_err(FetchError::Refused)?;
         let shown = RedactedUrl(url).to_string();
         let mut delays = RetryDelays::new();
@@ -273,26 +370,40 @@ impl Fetcher {
                 });
             }
             attempts += 1;
-            let attempt =
-                tokio::time::timeout_at(deadlines.give_up_at, self.attempt(url, &shown, attempts))
-                    .await;
-            let failure = match attempt {
-                Ok(Ok((body, reservation))) => {
+            let mut receiver = None;
+            let attempt = tokio::time::timeout_at(
+                deadlines.give_up_at,
+                self.attempt(url, &shown, attempts, &mut new_receiver, &mut receiver),
+            )
+            .await;
+            let failure = match (attempt, receiver) {
+                (Ok(Ok(mut reservation)), Some(receiver)) => {
+                    let (body, held) = receiver.complete().await.map_err(FetchError::Received)?;
+                    reservation.shrink_to(self.cost.of(held));
                     return Ok(Fetched {
                         body,
                         attempts,
                         reservation,
                     });
                 }
-                Ok(Err(failure)) => failure,
-                Err(_elapsed) => {
-                    return Err(FetchError::Deadline {
-                        url: shown,
-                        attempts,
-                    });
+                (attempt, receiver) => {
+                    if let Some(receiver) = receiver {
+                        receiver.abandon().await;
+                    }
+                    match attempt {
+                        Ok(Err(failure)) => failure,
+                        Ok(Ok(_)) => unreachable_receiver(&shown),
+                        Err(_elapsed) => {
+                            return Err(FetchError::Deadline {
+                                url: shown,
+                                attempts,
+                            });
+                        }
+                    }
                 }
             };
-            if failure.error.retry() == Retry::Permanent
+            if matches!(failure.error, FetchError::Received(_))
+                || failure.error.retry() == Retry::Permanent
                 || self
                     .settings
                     .max_attempts
@@ -322,12 +433,21 @@ impl Fetcher {
         }
     }
 
-    async fn attempt(
+    /// One request; the body goes to a receiver made once the headers are
+    /// in, left in `receiver` so that the caller can complete or abandon it
+    /// even when the deadline cuts the attempt short.
+    async fn attempt<R, F>(
         &self,
         url: &Url,
         shown: &str,
         attempts: u32,
-    ) -> Result<(Bytes, Reservation), AttemptFailure> {
+        new_receiver: &mut F,
+        receiver: &mut Option<R>,
+    ) -> Result<Reservation, AttemptFailure>
+    where
+        R: BodyReceiver,
+        F: FnMut(Option<u64>) -> R + Send,
+    {
         let stalled = || FetchError::Timeout {
             timeout: self.settings.timeout,
             url: shown.to_owned(),
@@ -356,26 +476,28 @@ impl Fetcher {
         // but no bytes; the caller's deadline bounds the wait. A body of
         // unannounced length may be as large as the limit.
         let announced = response.content_length();
-        let mut reservation = self
+        let reservation = self
             .budget
             .reserve(self.cost.of(announced.unwrap_or(limit).min(limit)))
             .await;
-        let initial = announced.unwrap_or(64 * 1024).min(limit) as usize;
-        let mut body = BytesMut::with_capacity(initial);
+        let receiver = receiver.insert(new_receiver(announced));
+        let mut received = 0u64;
         let mut response = response;
         while let Some(chunk) = tokio::time::timeout(self.settings.timeout, response.chunk())
             .await
             .map_err(|_| stalled())?
             .map_err(|e| self.request_error(e, shown, attempts))?
         {
-            if (body.len() + chunk.len()) as u64 > limit {
+            received += chunk.len() as u64;
+            if received > limit {
                 return Err(too_large().into());
             }
-            body.extend_from_slice(&chunk);
+            receiver
+                .receive(chunk)
+                .await
+                .map_err(FetchError::Received)?;
         }
-        // A body of unannounced length grew its buffer by doubling.
-        reservation.shrink_to(self.cost.of(body.capacity() as u64));
-        Ok((body.freeze(), reservation))
+        Ok(reservation)
     }
 
     fn request_error(&self, error: reqwest::Error, shown: &str, attempts: u32) -> AttemptFailure {
@@ -401,6 +523,17 @@ impl Fetcher {
         }
         .into()
     }
+}
+
+/// An attempt that succeeded always left its receiver behind; were it ever
+/// not to, the record is retried rather than the process aborted.
+fn unreachable_receiver(shown: &str) -> AttemptFailure {
+    FetchError::Transport {
+        detail: "the body's receiver went missing".into(),
+        url: shown.to_owned(),
+        attempts: 0,
+    }
+    .into()
 }
 
 fn expired(url: String, attempts: u32) -> FetchError {

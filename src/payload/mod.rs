@@ -5,6 +5,7 @@
 //! rest is checked as strictly as a full parse would, but never built into a
 //! tree.
 
+mod incremental;
 mod keys;
 
 use std::borrow::Cow;
@@ -18,6 +19,7 @@ use serde_json::Value;
 use crate::message::json_error_position;
 use crate::outcome::{Classify, FailureClass, Retry};
 
+pub use incremental::IncrementalInspector;
 pub(crate) use keys::sha256_hex;
 pub use keys::{ArchiveName, KeyPrefix, KeyPrefixError};
 
@@ -42,12 +44,25 @@ pub enum PayloadError {
     NotUtf8(usize),
     #[error("payload nests deeper than {limit} levels")]
     TooDeep { limit: usize },
+    #[error("payload has a number longer than {limit} characters")]
+    NumberTooLong { limit: usize },
+    #[error("payload's {field} is longer than {limit} bytes")]
+    EnvelopeFieldTooLong { field: &'static str, limit: usize },
 }
 
 /// Deepest nesting of arrays and objects accepted. Terra's payloads nest
 /// about six levels; the limit keeps well inside serde_json's recursion limit
 /// (128), so every sink can parse what the archive accepted.
 pub const MAX_NESTING: usize = 100;
+
+/// Longest number accepted, in characters. serde_json parses longer ones, but
+/// no health metric needs them, and a payload read in pieces must hold a
+/// number whole to judge its range.
+pub const MAX_NUMBER_CHARS: usize = 4096;
+
+/// Longest `type`, user id, provider or reference id accepted, in bytes: a
+/// payload read in pieces holds them until its end.
+pub const SUMMARY_FIELD_MAX: usize = 64 * 1024;
 
 impl Classify for PayloadError {
     fn class(&self) -> FailureClass {
@@ -169,6 +184,11 @@ pub fn inspect(body: &[u8]) -> Result<PayloadSummary, PayloadError> {
     if scan.too_deep {
         return Err(PayloadError::TooDeep { limit: MAX_NESTING });
     }
+    if scan.number_too_long {
+        return Err(PayloadError::NumberTooLong {
+            limit: MAX_NUMBER_CHARS,
+        });
+    }
     let envelope = if scan.needs_full_checks {
         read_envelope::<Checked>(body)
     } else {
@@ -187,7 +207,7 @@ pub fn inspect(body: &[u8]) -> Result<PayloadSummary, PayloadError> {
             .and_then(Value::as_str)
             .map(str::to_owned)
     };
-    Ok(PayloadSummary {
+    let summary = PayloadSummary {
         user_id: user_field("user_id"),
         provider: user_field("provider"),
         reference_id: user_field("reference_id").or(match envelope.reference_id {
@@ -195,7 +215,28 @@ pub fn inspect(body: &[u8]) -> Result<PayloadSummary, PayloadError> {
             _ => None,
         }),
         event_type,
-    })
+    };
+    summary.check_field_lengths()?;
+    Ok(summary)
+}
+
+impl PayloadSummary {
+    fn check_field_lengths(&self) -> Result<(), PayloadError> {
+        for (field, value) in [
+            ("type", Some(&self.event_type)),
+            ("user.user_id", self.user_id.as_ref()),
+            ("user.provider", self.provider.as_ref()),
+            ("reference_id", self.reference_id.as_ref()),
+        ] {
+            if value.is_some_and(|v| v.len() > SUMMARY_FIELD_MAX) {
+                return Err(PayloadError::EnvelopeFieldTooLong {
+                    field,
+                    limit: SUMMARY_FIELD_MAX,
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What one pass over the bytes finds. Only valid JSON is judged correctly;
@@ -208,6 +249,8 @@ struct Scan {
     /// exponent, or one of [`LONG_NUMBER`] digits or more (either may be out
     /// of an f64's range).
     needs_full_checks: bool,
+    /// A number longer than [`MAX_NUMBER_CHARS`].
+    number_too_long: bool,
 }
 
 /// Digits from which an integer may exceed an f64 (about 1.8e308).
@@ -217,11 +260,21 @@ fn scan(body: &[u8], limit: usize) -> Scan {
     let mut found = Scan::default();
     let mut depth = 0usize;
     let mut digits = 0usize;
+    // Outside strings, a run of these is a number (or the `e` of a literal).
+    let mut number_chars = 0usize;
     let mut at = 0;
     while let Some(&byte) = body.get(at) {
         at += 1;
         let after_digit = digits > 0;
         digits = if byte.is_ascii_digit() { digits + 1 } else { 0 };
+        number_chars = if matches!(byte, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
+            number_chars + 1
+        } else {
+            0
+        };
+        if number_chars > MAX_NUMBER_CHARS {
+            found.number_too_long = true;
+        }
         match byte {
             b'"' => {
                 // Most of a payload is string contents: jump through them.

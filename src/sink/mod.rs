@@ -86,6 +86,34 @@ pub trait Archive: Send + Sync {
         name: &ArchiveName,
         sent_at_ms: u64,
     ) -> Result<Option<(Bytes, ArchivedObject)>, SinkError>;
+
+    /// Starts storing a payload that arrives in pieces, too large to hold
+    /// whole; nothing is visible under the name until it is finished.
+    fn begin_upload(&self, name: &ArchiveName, sent_at_ms: u64) -> Box<dyn ArchiveUpload>;
+
+    /// The most an upload holds in memory at once, besides the piece being
+    /// appended.
+    fn upload_holds_bytes(&self) -> u64;
+}
+
+/// A payload on its way into the archive piece by piece.
+#[async_trait]
+pub trait ArchiveUpload: Send {
+    /// Appends the next bytes of the payload. `known_so_far` is the summary
+    /// as far as the payload has been read, for the object's metadata.
+    async fn append(
+        &mut self,
+        bytes: Bytes,
+        known_so_far: &PayloadSummary,
+    ) -> Result<(), SinkError>;
+
+    /// The payload is complete and valid: stores it under the conditions of
+    /// [`Archive::store`], with metadata from `summary`. On failure nothing
+    /// is stored and the upload is discarded.
+    async fn finish(self: Box<Self>, summary: &PayloadSummary) -> Result<ArchiveWrite, SinkError>;
+
+    /// Discards what was uploaded.
+    async fn abort(self: Box<Self>);
 }
 
 /// A store that projects payloads (DynamoDB).

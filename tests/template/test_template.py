@@ -127,7 +127,13 @@ def test_handlers_get_exactly_the_store_actions_the_code_calls():
             for action in as_list(statement["Action"])
             if action.split(":")[0] in ("s3", "dynamodb")
         }
-        assert actions == {"s3:PutObject", "s3:GetObject", "s3:ListBucket", "dynamodb:PutItem"}, role
+        assert actions == {
+            "s3:PutObject",
+            "s3:GetObject",
+            "s3:AbortMultipartUpload",
+            "s3:ListBucket",
+            "dynamodb:PutItem",
+        }, role
 
 
 def test_sqs_handler_gets_exactly_the_queue_actions_the_mapping_and_code_call():

@@ -1,5 +1,7 @@
 //! One record from queue message to written payload.
 
+mod streaming;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,22 +12,27 @@ use tracing::Instrument;
 
 use crate::batch::RecordProcessor;
 use crate::budget::Reservation;
-use crate::fetch::{FetchDeadlines, FetchError, Fetcher, RedactedUrl, RetryDelays};
+use crate::fetch::{FetchDeadlines, FetchError, Fetched, Fetcher, RedactedUrl, RetryDelays};
 use crate::message::{self, PayloadPointer, TerraMessage};
 use crate::outcome::{Classify, FailureClass, FetchTiming, Outcome, RecordFailure, Retry, Written};
 use crate::payload::{self, ArchiveName, PayloadSummary};
 use crate::sink::{Archive, ArchiveWrite, ArchivedObject, Delivery, Sink, SinkError};
 use crate::source::InboundRecord;
+use streaming::{ArchiveBoundBody, ReceivedPayload};
+
+pub use streaming::STREAM_ABOVE_BYTES;
 
 pub struct Pipeline {
     fetcher: Fetcher,
     archive: Option<Arc<dyn Archive>>,
     sinks: Vec<Arc<dyn Sink>>,
+    /// Large payloads go to the archive as they download.
+    streams_to_archive: bool,
 }
 
 /// A payload ready for the stores, and where it came from.
 struct Obtained {
-    payload: Bytes,
+    payload: ReceivedPayload,
     attempts: u32,
     /// Set when the payload was downloaded.
     fetch: Option<FetchTiming>,
@@ -37,17 +44,34 @@ struct Obtained {
 
 impl Pipeline {
     /// The archive (when configured) is written first, then `sinks` in order;
-    /// a record counts as written only when all are.
+    /// a record counts as written only when all are. With the archive alone,
+    /// payloads above [`STREAM_ABOVE_BYTES`] are streamed into it.
     pub fn new(
         fetcher: Fetcher,
         archive: Option<Arc<dyn Archive>>,
         sinks: Vec<Arc<dyn Sink>>,
     ) -> Self {
+        let (fetcher, streams_to_archive) = match &archive {
+            Some(archive) if sinks.is_empty() => (
+                fetcher.streaming_above(
+                    STREAM_ABOVE_BYTES,
+                    streaming::streamed_holds_bytes(archive.as_ref()),
+                ),
+                true,
+            ),
+            _ => (fetcher, false),
+        };
         Self {
             fetcher,
             archive,
             sinks,
+            streams_to_archive,
         }
+    }
+
+    /// The budget the largest payload accepted holds while in flight.
+    pub fn largest_record_holds(&self, max_payload_bytes: u64) -> u64 {
+        self.fetcher.holding_cost().of(max_payload_bytes)
     }
 
     async fn deliver(
@@ -73,23 +97,41 @@ impl Pipeline {
         let obtained = self
             .obtain(&pointer, record.sent_at_ms, &name, give_up_at)
             .await?;
-        let summary = inspect_off_the_workers(&obtained.payload).await?;
+        let payload = match obtained.payload {
+            ReceivedPayload::Held(payload) => payload,
+            ReceivedPayload::Streamed {
+                summary,
+                bytes,
+                stored,
+            } => {
+                log_newer_held(&stored);
+                tracing::debug!(
+                    event_type = %summary.event_type,
+                    bytes,
+                    attempts = obtained.attempts,
+                    "payload streamed to the archive"
+                );
+                return Ok(Outcome::Written(Written {
+                    event_type: summary.event_type,
+                    payload_bytes: bytes,
+                    stale_items: 0,
+                    recovered_from_archive: false,
+                    fetch: obtained.fetch,
+                }));
+            }
+        };
+        let summary = inspect_off_the_workers(&payload).await?;
         let recovered = obtained.archived.is_some();
         let mut delivery = Delivery {
             name,
             sent_at_ms: record.sent_at_ms,
-            payload: obtained.payload,
+            payload,
             summary,
             archived: obtained.archived,
         };
         if let (Some(archive), false) = (&self.archive, recovered) {
             let stored = until_stored(give_up_at, || archive.store(&delivery)).await?;
-            if let ArchiveWrite::NewerHeld(object) = &stored {
-                tracing::info!(
-                    object = %object.key,
-                    "a later send is archived under this name; it stays"
-                );
-            }
+            log_newer_held(&stored);
             delivery.archived = stored.this_send();
         }
         let mut stale_items = 0;
@@ -137,7 +179,26 @@ impl Pipeline {
                     url_expires_at: url_expires_at.flatten(),
                     give_up_at,
                 };
-                self.fetcher.fetch(&pointer.url, deadlines).await
+                match (&self.archive, self.streams_to_archive) {
+                    (Some(archive), true) => {
+                        self.fetcher
+                            .fetch_into(&pointer.url, deadlines, |announced| {
+                                ArchiveBoundBody::new(archive.as_ref(), name, sent_at_ms, announced)
+                            })
+                            .await
+                    }
+                    _ => self.fetcher.fetch(&pointer.url, deadlines).await.map(
+                        |Fetched {
+                             body,
+                             attempts,
+                             reservation,
+                         }| Fetched {
+                            body: ReceivedPayload::Held(body),
+                            attempts,
+                            reservation,
+                        },
+                    ),
+                }
             }
         };
         let error = match fetched {
@@ -179,12 +240,21 @@ impl Pipeline {
         reservation.shrink_to(self.fetcher.holding_cost().of(payload.len() as u64));
         tracing::info!(reason = %error, "URL unusable; continuing from the archived copy");
         Ok(Obtained {
-            payload,
+            payload: ReceivedPayload::Held(payload),
             attempts: 0,
             fetch: None,
             archived: Some(archived),
             _reservation: reservation,
         })
+    }
+}
+
+fn log_newer_held(stored: &ArchiveWrite) {
+    if let ArchiveWrite::NewerHeld(object) = stored {
+        tracing::info!(
+            object = %object.key,
+            "a later send is archived under this name; it stays"
+        );
     }
 }
 

@@ -1,4 +1,7 @@
-//! The raw archive: each payload as one S3 object, bytes unchanged.
+//! The raw archive: each payload as one S3 object, bytes unchanged. Payloads
+//! too large to hold are uploaded in parts as they arrive ([`upload`]).
+
+mod upload;
 
 use std::io::Read;
 
@@ -7,9 +10,9 @@ use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
-use super::{Archive, ArchiveWrite, ArchivedObject, Delivery, SinkError, gzip};
+use super::{Archive, ArchiveUpload, ArchiveWrite, ArchivedObject, Delivery, SinkError, gzip};
 use crate::outcome::Retry;
-use crate::payload::{ArchiveName, KeyPrefix};
+use crate::payload::{ArchiveName, KeyPrefix, PayloadSummary};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum S3Compression {
@@ -27,6 +30,7 @@ pub struct S3Settings {
     pub compression: S3Compression,
 }
 
+#[derive(Clone)]
 pub struct S3Sink {
     client: aws_sdk_s3::Client,
     settings: S3Settings,
@@ -65,12 +69,21 @@ impl S3Sink {
     }
 }
 
-/// The precondition of one conditional PutObject.
+/// The precondition of one conditional write.
+#[derive(Debug, Clone)]
 enum Expect {
     /// Nothing under the key (`If-None-Match: *`).
     Absent,
     /// The object with this ETag, an older send (`If-Match`).
     Replacing(String),
+}
+
+/// What to do after a conditional write found the key taken.
+enum AfterConflict {
+    /// Write again, under this precondition.
+    Write(Expect),
+    /// The archive already holds this send, or a later one.
+    Settled(ArchiveWrite),
 }
 
 /// How many times a write re-reads the object after losing a race.
@@ -84,31 +97,23 @@ impl S3Sink {
         &self,
         key: &str,
         body: &Bytes,
-        encoding: Option<&str>,
-        delivery: &Delivery,
+        summary: &PayloadSummary,
+        sent_at_ms: u64,
         expect: &Expect,
     ) -> Result<bool, SinkError> {
-        let summary = &delivery.summary;
-        let mut request = self
+        let request = self
             .client
             .put_object()
             .bucket(&self.settings.bucket)
             .key(key)
             .content_type("application/json")
             .content_length(body.len() as i64)
-            .set_content_encoding(encoding.map(str::to_owned))
-            .metadata("terra-type", metadata_value(&summary.event_type))
-            .metadata(SENT_AT_METADATA, delivery.sent_at_ms.to_string());
-        request = match expect {
+            .set_content_encoding(self.content_encoding())
+            .set_metadata(Some(object_metadata(summary, sent_at_ms)));
+        let request = match expect {
             Expect::Absent => request.if_none_match("*"),
             Expect::Replacing(etag) => request.if_match(etag),
         };
-        if let Some(user_id) = &summary.user_id {
-            request = request.metadata("terra-user-id", metadata_value(user_id));
-        }
-        if let Some(provider) = &summary.provider {
-            request = request.metadata("terra-provider", metadata_value(provider));
-        }
         match request.body(ByteStream::from(body.clone())).send().await {
             Ok(_) => Ok(true),
             Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 409 | 412) => {
@@ -116,6 +121,52 @@ impl S3Sink {
             }
             Err(e) => Err(self.error(format!("PutObject {key}: {}", describe(&e)))),
         }
+    }
+
+    fn content_encoding(&self) -> Option<String> {
+        match self.settings.compression {
+            S3Compression::None => None,
+            S3Compression::Gzip => Some("gzip".to_owned()),
+        }
+    }
+
+    /// A conditional write of the send at `sent_at_ms` found `key` taken:
+    /// the send stored there decides.
+    async fn after_conflict(&self, key: &str, sent_at_ms: u64) -> Result<AfterConflict, SinkError> {
+        Ok(match self.stored_send(key).await? {
+            None => AfterConflict::Write(Expect::Absent),
+            Some((stored, _)) if stored == sent_at_ms => {
+                AfterConflict::Settled(ArchiveWrite::AlreadyHeld(self.location(key.to_owned())))
+            }
+            Some((stored, _)) if stored > sent_at_ms => {
+                AfterConflict::Settled(ArchiveWrite::NewerHeld(self.location(key.to_owned())))
+            }
+            Some((_, etag)) => AfterConflict::Write(Expect::Replacing(etag)),
+        })
+    }
+
+    /// Conditional writes of `body`, as many rounds as concurrent writers
+    /// make necessary.
+    async fn put_conditionally(
+        &self,
+        key: String,
+        body: &Bytes,
+        summary: &PayloadSummary,
+        sent_at_ms: u64,
+    ) -> Result<ArchiveWrite, SinkError> {
+        let mut expect = Expect::Absent;
+        for _ in 0..CONDITIONAL_ROUNDS {
+            if self.put(&key, body, summary, sent_at_ms, &expect).await? {
+                return Ok(ArchiveWrite::Written(self.location(key)));
+            }
+            expect = match self.after_conflict(&key, sent_at_ms).await? {
+                AfterConflict::Write(expect) => expect,
+                AfterConflict::Settled(write) => return Ok(write),
+            };
+        }
+        Err(self.error(format!(
+            "PutObject {key}: the object kept changing under concurrent writes"
+        )))
     }
 
     /// The send time and ETag of the object under `key`, if there is one.
@@ -151,36 +202,30 @@ impl Archive for S3Sink {
     /// race one being written.
     async fn store(&self, delivery: &Delivery) -> Result<ArchiveWrite, SinkError> {
         let key = self.key_for(&delivery.name);
-        let (body, encoding) = match self.settings.compression {
-            S3Compression::None => (delivery.payload.clone(), None),
+        let body = match self.settings.compression {
+            S3Compression::None => delivery.payload.clone(),
             S3Compression::Gzip => {
                 let payload = delivery.payload.clone();
-                let gz = tokio::task::spawn_blocking(move || gzip(&payload))
+                tokio::task::spawn_blocking(move || gzip(&payload))
                     .await
                     .map_err(|e| self.error(format!("compression task failed: {e}")))?
-                    .map_err(|e| self.error(format!("compression failed: {e}")))?;
-                (gz, Some("gzip"))
+                    .map_err(|e| self.error(format!("compression failed: {e}")))?
             }
         };
-        let mut expect = Expect::Absent;
-        for _ in 0..CONDITIONAL_ROUNDS {
-            if self.put(&key, &body, encoding, delivery, &expect).await? {
-                return Ok(ArchiveWrite::Written(self.location(key)));
-            }
-            expect = match self.stored_send(&key).await? {
-                None => Expect::Absent,
-                Some((stored, _)) if stored == delivery.sent_at_ms => {
-                    return Ok(ArchiveWrite::AlreadyHeld(self.location(key)));
-                }
-                Some((stored, _)) if stored > delivery.sent_at_ms => {
-                    return Ok(ArchiveWrite::NewerHeld(self.location(key)));
-                }
-                Some((_, etag)) => Expect::Replacing(etag),
-            };
-        }
-        Err(self.error(format!(
-            "PutObject {key}: the object kept changing under concurrent writes"
-        )))
+        self.put_conditionally(key, &body, &delivery.summary, delivery.sent_at_ms)
+            .await
+    }
+
+    fn begin_upload(&self, name: &ArchiveName, sent_at_ms: u64) -> Box<dyn ArchiveUpload> {
+        Box::new(upload::S3Upload::new(
+            self.clone(),
+            self.key_for(name),
+            sent_at_ms,
+        ))
+    }
+
+    fn upload_holds_bytes(&self) -> u64 {
+        upload::HOLDS_BYTES
     }
 
     async fn retrieve(
@@ -233,6 +278,23 @@ impl Archive for S3Sink {
         };
         Ok(Some((payload, self.location(key))))
     }
+}
+
+fn object_metadata(
+    summary: &PayloadSummary,
+    sent_at_ms: u64,
+) -> std::collections::HashMap<String, String> {
+    let mut metadata = std::collections::HashMap::from([
+        ("terra-type".to_owned(), metadata_value(&summary.event_type)),
+        (SENT_AT_METADATA.to_owned(), sent_at_ms.to_string()),
+    ]);
+    if let Some(user_id) = &summary.user_id {
+        metadata.insert("terra-user-id".to_owned(), metadata_value(user_id));
+    }
+    if let Some(provider) = &summary.provider {
+        metadata.insert("terra-provider".to_owned(), metadata_value(provider));
+    }
+    metadata
 }
 
 /// S3 user metadata travels as HTTP headers: printable ASCII only.

@@ -1,0 +1,171 @@
+//! Payloads too large to hold go to the archive as they download. A body is
+//! held until it passes [`STREAM_ABOVE_BYTES`]; from there it is validated
+//! piece by piece and appended to an archive upload, which is finished only
+//! once the whole payload proved valid, and aborted otherwise.
+//!
+//! Only when the archive is the sole store: a projecting sink needs the
+//! whole payload anyway.
+
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinError;
+
+use crate::fetch::{BodyReceiver, HeldBody};
+use crate::outcome::{FailureClass, RecordFailure, Retry};
+use crate::payload::{ArchiveName, IncrementalInspector, PayloadSummary};
+use crate::sink::{Archive, ArchiveUpload, ArchiveWrite};
+
+/// Bodies up to this size are held and stored whole, as with every other
+/// store; larger ones are streamed.
+pub const STREAM_ABOVE_BYTES: u64 = 8 * 1024 * 1024;
+
+/// Validation runs on a blocking thread a piece at a time: large enough to
+/// make the hand-off cheap, small enough to stay off the budget.
+const PIECE_BYTES: usize = 1024 * 1024;
+
+/// What a streamed record holds at most: the body until it passes the
+/// threshold, a piece being validated and one arriving, and the upload's
+/// buffers.
+pub fn streamed_holds_bytes(archive: &dyn Archive) -> u64 {
+    STREAM_ABOVE_BYTES + 2 * PIECE_BYTES as u64 + archive.upload_holds_bytes()
+}
+
+/// A payload as the pipeline received it.
+pub enum ReceivedPayload {
+    Held(Bytes),
+    /// Validated and archived on the way.
+    Streamed {
+        summary: PayloadSummary,
+        bytes: u64,
+        stored: ArchiveWrite,
+    },
+}
+
+/// The body of one download attempt: held, or streamed once it is large.
+pub struct ArchiveBoundBody<'a> {
+    archive: &'a dyn Archive,
+    name: &'a ArchiveName,
+    sent_at_ms: u64,
+    held: HeldBody,
+    streaming: Option<Streaming>,
+}
+
+struct Streaming {
+    inspector: IncrementalInspector,
+    upload: Box<dyn ArchiveUpload>,
+    piece: BytesMut,
+}
+
+impl<'a> ArchiveBoundBody<'a> {
+    pub fn new(
+        archive: &'a dyn Archive,
+        name: &'a ArchiveName,
+        sent_at_ms: u64,
+        announced: Option<u64>,
+    ) -> Self {
+        Self {
+            archive,
+            name,
+            sent_at_ms,
+            held: HeldBody::new(announced, STREAM_ABOVE_BYTES + PIECE_BYTES as u64),
+            streaming: None,
+        }
+    }
+}
+
+impl Streaming {
+    /// Validates the piece, then appends it to the upload.
+    async fn send_piece(&mut self) -> Result<(), RecordFailure> {
+        let piece = self.piece.split().freeze();
+        let mut inspector = std::mem::take(&mut self.inspector);
+        let checked = piece.clone();
+        let (inspector, checked) = tokio::task::spawn_blocking(move || {
+            let checked = inspector.feed(&checked);
+            (inspector, checked)
+        })
+        .await
+        .map_err(validation_task_failed)?;
+        self.inspector = inspector;
+        checked?;
+        let known = self.inspector.summary_so_far();
+        self.upload.append(piece, &known).await?;
+        Ok(())
+    }
+
+    async fn abort_with(self, failure: RecordFailure) -> RecordFailure {
+        self.upload.abort().await;
+        failure
+    }
+}
+
+fn validation_task_failed(error: JoinError) -> RecordFailure {
+    RecordFailure::new(
+        FailureClass::Internal,
+        Retry::Transient,
+        format!("payload validation task failed: {error}"),
+    )
+}
+
+#[async_trait::async_trait]
+impl BodyReceiver for ArchiveBoundBody<'_> {
+    type Body = ReceivedPayload;
+
+    async fn receive(&mut self, chunk: Bytes) -> Result<(), RecordFailure> {
+        if let Some(streaming) = &mut self.streaming {
+            streaming.piece.extend_from_slice(&chunk);
+            if streaming.piece.len() >= PIECE_BYTES {
+                streaming.send_piece().await?;
+            }
+            return Ok(());
+        }
+        self.held.receive(chunk).await?;
+        if self.held.len() as u64 > STREAM_ABOVE_BYTES {
+            tracing::debug!(
+                threshold = STREAM_ABOVE_BYTES,
+                "payload is large: streaming it to the archive"
+            );
+            let mut streaming = Streaming {
+                inspector: IncrementalInspector::new(),
+                upload: self.archive.begin_upload(self.name, self.sent_at_ms),
+                piece: BytesMut::new(),
+            };
+            streaming.piece.extend_from_slice(&self.held.take());
+            self.held = HeldBody::default();
+            let sent = streaming.send_piece().await;
+            self.streaming = Some(streaming);
+            sent?;
+        }
+        Ok(())
+    }
+
+    async fn complete(self) -> Result<(ReceivedPayload, u64), RecordFailure> {
+        let Some(mut streaming) = self.streaming else {
+            let (payload, held) = self.held.complete().await?;
+            return Ok((ReceivedPayload::Held(payload), held));
+        };
+        if !streaming.piece.is_empty()
+            && let Err(failure) = streaming.send_piece().await
+        {
+            return Err(streaming.abort_with(failure).await);
+        }
+        let bytes = streaming.inspector.consumed();
+        let summary = match std::mem::take(&mut streaming.inspector).finish() {
+            Ok(summary) => summary,
+            Err(invalid) => return Err(streaming.abort_with(invalid.into()).await),
+        };
+        let stored = streaming.upload.finish(&summary).await?;
+        Ok((
+            ReceivedPayload::Streamed {
+                summary,
+                bytes,
+                stored,
+            },
+            0,
+        ))
+    }
+
+    async fn abandon(self) {
+        if let Some(streaming) = self.streaming {
+            streaming.upload.abort().await;
+        }
+    }
+}

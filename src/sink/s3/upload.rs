@@ -1,0 +1,377 @@
+//! A payload too large to hold, archived as a multipart upload while it
+//! downloads. The object appears only when the upload completes, under the
+//! same conditions as a single PutObject, so a payload found invalid part-way
+//! never shows. An upload this code could not abort (the function was
+//! stopped) is removed by the bucket's `AbortIncompleteMultipartUpload` rule.
+
+use std::io::Write;
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart};
+use bytes::{Bytes, BytesMut};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+
+use super::{
+    AfterConflict, CONDITIONAL_ROUNDS, Expect, S3Compression, S3Sink, describe, object_metadata,
+};
+use crate::payload::PayloadSummary;
+use crate::sink::{ArchiveUpload, ArchiveWrite, SinkError};
+
+/// Parts are uploaded once this many bytes are ready; S3 wants at least
+/// 5 MiB in every part but the last.
+const PART_BYTES: usize = 8 * 1024 * 1024;
+
+/// The most an upload holds: a part being filled while the previous one
+/// is sent, and the compressor's output.
+pub(super) const HOLDS_BYTES: u64 = 2 * PART_BYTES as u64;
+
+pub(super) struct S3Upload {
+    sink: S3Sink,
+    key: String,
+    sent_at_ms: u64,
+    gzip: Option<GzEncoder<Vec<u8>>>,
+    /// Bytes for the next part.
+    part: BytesMut,
+    started: Option<Started>,
+}
+
+/// A multipart upload under way.
+struct Started {
+    upload_id: String,
+    /// The summary its metadata was made from.
+    metadata_from: PayloadSummary,
+    parts: Vec<CompletedPart>,
+}
+
+impl S3Upload {
+    pub(super) fn new(sink: S3Sink, key: String, sent_at_ms: u64) -> Self {
+        let gzip = (sink.settings.compression == S3Compression::Gzip)
+            .then(|| GzEncoder::new(Vec::new(), Compression::default()));
+        Self {
+            sink,
+            key,
+            sent_at_ms,
+            gzip,
+            part: BytesMut::new(),
+            started: None,
+        }
+    }
+
+    /// Runs the compressor, when there is one, off the async workers.
+    async fn compressed(&mut self, bytes: Bytes, last: bool) -> Result<Bytes, SinkError> {
+        let Some(mut encoder) = self.gzip.take() else {
+            return Ok(bytes);
+        };
+        let (encoder, output) = tokio::task::spawn_blocking(move || {
+            encoder.write_all(&bytes)?;
+            if last {
+                return encoder.finish().map(|output| (None, output));
+            }
+            let output = std::mem::take(encoder.get_mut());
+            Ok((Some(encoder), output))
+        })
+        .await
+        .map_err(|e| self.sink.error(format!("compression task failed: {e}")))?
+        .map_err(|e| self.sink.error(format!("compression failed: {e}")))?;
+        self.gzip = encoder;
+        Ok(Bytes::from(output))
+    }
+
+    async fn start(&self, known_so_far: &PayloadSummary) -> Result<Started, SinkError> {
+        let created = self
+            .sink
+            .client
+            .create_multipart_upload()
+            .bucket(&self.sink.settings.bucket)
+            .key(&self.key)
+            .content_type("application/json")
+            .set_content_encoding(self.sink.content_encoding())
+            .set_metadata(Some(object_metadata(known_so_far, self.sent_at_ms)))
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .send()
+            .await
+            .map_err(|e| {
+                self.sink.error(format!(
+                    "CreateMultipartUpload {}: {}",
+                    self.key,
+                    describe(&e)
+                ))
+            })?;
+        let upload_id = created.upload_id().unwrap_or_default().to_owned();
+        if upload_id.is_empty() {
+            return Err(self
+                .sink
+                .error(format!("CreateMultipartUpload {}: no upload id", self.key)));
+        }
+        Ok(Started {
+            upload_id,
+            metadata_from: known_so_far.clone(),
+            parts: Vec::new(),
+        })
+    }
+
+    async fn send_part(
+        &mut self,
+        bytes: Bytes,
+        known_so_far: &PayloadSummary,
+    ) -> Result<(), SinkError> {
+        if self.started.is_none() {
+            self.started = Some(self.start(known_so_far).await?);
+        }
+        let Some(started) = &mut self.started else {
+            return Ok(());
+        };
+        let number = started.parts.len() as i32 + 1;
+        let sent = self
+            .sink
+            .client
+            .upload_part()
+            .bucket(&self.sink.settings.bucket)
+            .key(&self.key)
+            .upload_id(&started.upload_id)
+            .part_number(number)
+            .content_length(bytes.len() as i64)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32)
+            .body(ByteStream::from(bytes))
+            .send()
+            .await
+            .map_err(|e| {
+                self.sink.error(format!(
+                    "UploadPart {} #{number}: {}",
+                    self.key,
+                    describe(&e)
+                ))
+            })?;
+        started.parts.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(sent.e_tag().map(str::to_owned))
+                .set_checksum_crc32(sent.checksum_crc32().map(str::to_owned))
+                .build(),
+        );
+        Ok(())
+    }
+
+    /// One conditional CompleteMultipartUpload. `Ok(None)`: the
+    /// precondition failed and the upload is still there to complete.
+    async fn complete(
+        &self,
+        started: &Started,
+        expect: &Expect,
+    ) -> Result<Option<String>, SinkError> {
+        let request = self
+            .sink
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.sink.settings.bucket)
+            .key(&self.key)
+            .upload_id(&started.upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(started.parts.clone()))
+                    .build(),
+            );
+        let request = match expect {
+            Expect::Absent => request.if_none_match("*"),
+            Expect::Replacing(etag) => request.if_match(etag),
+        };
+        match request.send().await {
+            Ok(done) => Ok(Some(done.e_tag().unwrap_or_default().to_owned())),
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 412 => Ok(None),
+            // A concurrent conditional write won, and S3 discarded this upload.
+            Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 409 => {
+                Err(self.sink.error(format!(
+                    "CompleteMultipartUpload {}: a concurrent write won; the upload was discarded",
+                    self.key
+                )))
+            }
+            Err(e) => Err(self.sink.error(format!(
+                "CompleteMultipartUpload {}: {}",
+                self.key,
+                describe(&e)
+            ))),
+        }
+    }
+
+    /// The metadata was made from the summary as far as it was known when
+    /// the upload began; when the payload's end changed it, the object is
+    /// copied onto itself with the final metadata (no bytes pass through
+    /// the function). Only if it is still the object just completed.
+    async fn correct_metadata(&self, started: &Started, summary: &PayloadSummary, etag: &str) {
+        let same = |a: &PayloadSummary| {
+            (&a.event_type, &a.user_id, &a.provider)
+                == (&summary.event_type, &summary.user_id, &summary.provider)
+        };
+        if same(&started.metadata_from) {
+            return;
+        }
+        let source = format!(
+            "{}/{}",
+            self.sink.settings.bucket,
+            percent_encode_path(&self.key)
+        );
+        let copied = self
+            .sink
+            .client
+            .copy_object()
+            .bucket(&self.sink.settings.bucket)
+            .key(&self.key)
+            .copy_source(source)
+            .copy_source_if_match(etag)
+            .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
+            .content_type("application/json")
+            .set_content_encoding(self.sink.content_encoding())
+            .set_metadata(Some(object_metadata(summary, self.sent_at_ms)))
+            .send()
+            .await;
+        if let Err(e) = copied {
+            // The payload is archived; only its metadata is partial.
+            tracing::warn!(
+                object = %self.key,
+                error = %describe(&e),
+                "could not correct the archived object's metadata"
+            );
+        }
+    }
+
+    async fn abort_started(&self, started: &Started) {
+        let aborted = self
+            .sink
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.sink.settings.bucket)
+            .key(&self.key)
+            .upload_id(&started.upload_id)
+            .send()
+            .await;
+        if let Err(e) = aborted {
+            tracing::warn!(
+                object = %self.key,
+                error = %describe(&e),
+                "could not abort the multipart upload; the bucket's lifecycle rule removes it"
+            );
+        }
+    }
+}
+
+#[async_trait]
+impl ArchiveUpload for S3Upload {
+    async fn append(
+        &mut self,
+        bytes: Bytes,
+        known_so_far: &PayloadSummary,
+    ) -> Result<(), SinkError> {
+        let bytes = self.compressed(bytes, false).await?;
+        if self.part.is_empty() && bytes.len() >= PART_BYTES {
+            return self.send_part(bytes, known_so_far).await;
+        }
+        self.part.extend_from_slice(&bytes);
+        if self.part.len() >= PART_BYTES {
+            let part = self.part.split().freeze();
+            self.send_part(part, known_so_far).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(
+        mut self: Box<Self>,
+        summary: &PayloadSummary,
+    ) -> Result<ArchiveWrite, SinkError> {
+        let tail = self.compressed(Bytes::new(), true).await;
+        let tail = match tail {
+            Ok(tail) => tail,
+            Err(e) => {
+                self.abort().await;
+                return Err(e);
+            }
+        };
+        self.part.extend_from_slice(&tail);
+        let last = self.part.split().freeze();
+        if self.started.is_none() {
+            // Compressed, the whole payload fits one request.
+            return self
+                .sink
+                .put_conditionally(self.key.clone(), &last, summary, self.sent_at_ms)
+                .await;
+        }
+        if !last.is_empty()
+            && let Err(e) = self.send_part(last, summary).await
+        {
+            self.abort().await;
+            return Err(e);
+        }
+        let Some(started) = self.started.take() else {
+            return Err(self
+                .sink
+                .error(format!("{}: no upload to complete", self.key)));
+        };
+        let mut expect = Expect::Absent;
+        for _ in 0..CONDITIONAL_ROUNDS {
+            let completed = match self.complete(&started, &expect).await {
+                Ok(completed) => completed,
+                Err(e) => {
+                    self.abort_started(&started).await;
+                    return Err(e);
+                }
+            };
+            if let Some(etag) = completed {
+                self.correct_metadata(&started, summary, &etag).await;
+                return Ok(ArchiveWrite::Written(self.sink.location(self.key.clone())));
+            }
+            let next = match self.sink.after_conflict(&self.key, self.sent_at_ms).await {
+                Ok(next) => next,
+                Err(e) => {
+                    self.abort_started(&started).await;
+                    return Err(e);
+                }
+            };
+            expect = match next {
+                AfterConflict::Write(expect) => expect,
+                AfterConflict::Settled(write) => {
+                    self.abort_started(&started).await;
+                    return Ok(write);
+                }
+            };
+        }
+        self.abort_started(&started).await;
+        Err(self.sink.error(format!(
+            "CompleteMultipartUpload {}: the object kept changing under concurrent writes",
+            self.key
+        )))
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(started) = self.started.take() {
+            self.abort_started(&started).await;
+        }
+    }
+}
+
+/// A copy source names the object in a URL path.
+fn percent_encode_path(key: &str) -> String {
+    let mut encoded = String::with_capacity(key.len());
+    for byte in key.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'/') {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_sources_are_percent_encoded_but_keep_their_slashes() {
+        assert_eq!(
+            percent_encode_path("terra/dt=2026-11-30/a b+c.json"),
+            "terra/dt%3D2026-11-30/a%20b%2Bc.json"
+        );
+    }
+}
