@@ -91,12 +91,19 @@ impl HoldingCost {
         }
     }
 
+    /// What a record holds for a payload of `payload_bytes` as it arrives.
     pub fn of(&self, payload_bytes: u64) -> u64 {
-        if let Some(streamed) = self.streamed
-            && payload_bytes > streamed.above
-        {
-            return streamed.holds.saturating_add(self.per_record);
+        match self.streamed {
+            Some(streamed) if payload_bytes > streamed.above => {
+                streamed.holds.saturating_add(self.per_record)
+            }
+            _ => self.held_whole(payload_bytes),
         }
+    }
+
+    /// What a record holds for a payload it holds whole, however large
+    /// (one read back from the archive).
+    pub fn held_whole(&self, payload_bytes: u64) -> u64 {
         let projection = payload_bytes
             .saturating_mul(self.projection_percent)
             .div_ceil(100)
@@ -196,6 +203,10 @@ mod tests {
         assert_eq!(cost.of(8 * MIB), HoldingCost::BUFFER_ONLY.of(8 * MIB));
         assert_eq!(cost.of(8 * MIB + 1), 20 * MIB + cost.per_record);
         assert_eq!(cost.of(64 * MIB), cost.of(8 * MIB + 1));
+        assert_eq!(
+            cost.held_whole(64 * MIB),
+            HoldingCost::BUFFER_ONLY.of(64 * MIB)
+        );
     }
 
     #[tokio::test]

@@ -262,3 +262,50 @@ async fn metadata_found_after_the_first_part_still_reaches_the_object() {
     assert_eq!(objects[0].metadata["terra-user-id"], "late-user");
     assert_eq!(objects[0].metadata["terra-provider"], "OURA");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_stopped_at_the_deadline_mid_stream_has_its_upload_aborted() {
+    let bed = Bed::start("terra-streamed-deadline").await;
+    // Past the threshold at once, then a body that never ends.
+    let mut head = br#"{"type":"activity","user":{"user_id":"u"},"data":[""#.to_vec();
+    head.resize(head.len() + 10 * 1024 * 1024, b'x');
+    let url = bed.payloads.route(
+        "/endless.json",
+        Behaviour::TrickleAfter {
+            head,
+            interval: Duration::from_millis(200),
+        },
+    );
+    let event = json!({"Records": [sqs_record("m-endless", &pointer_with_reference(&url, "endless"), now_ms())]});
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &bed.env(&[]));
+
+    let invocation = bed.runtime.invoke(&event, Duration::from_secs(6));
+    let while_streaming = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        bed.moto.uploads_in_progress(&bed.bucket).await
+    };
+    let (result, begun) = tokio::join!(invocation, while_streaming);
+    assert_eq!(begun.len(), 1, "an upload was under way: {begun:?}");
+    assert_eq!(
+        failed_ids(&result),
+        BTreeSet::from(["m-endless".to_owned()]),
+        "{}",
+        handler.output()
+    );
+    let logged = support::logs::record_failures(&handler.output());
+    assert_eq!(logged["m-endless"].class, "deferred");
+    let mut left = begun;
+    for _ in 0..50 {
+        left = bed.moto.uploads_in_progress(&bed.bucket).await;
+        if left.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        left,
+        Vec::<String>::new(),
+        "the stopped record's upload was aborted"
+    );
+    assert!(bed.moto.objects(&bed.bucket).await.is_empty());
+}

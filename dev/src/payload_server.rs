@@ -41,6 +41,9 @@ pub enum Behaviour {
     Redirect(String),
     /// 200 whose body never ends: one byte every `interval`.
     Trickle(Duration),
+    /// 200 whose body starts with `head` at once, then never ends: one space
+    /// every `interval`.
+    TrickleAfter { head: Vec<u8>, interval: Duration },
     /// 200 declaring `Content-Length: declared`, then sending `body` and
     /// closing the connection early (a short body, or a terabyte claim).
     DeclaredLength { declared: u64, body: Vec<u8> },
@@ -206,6 +209,14 @@ async fn serve(State(routes): State<Arc<Mutex<Routes>>>, request: Request<Body>)
                 Some((Ok::<_, std::io::Error>(vec![b' ']), ()))
             });
             Response::new(Body::from_stream(bytes))
+        }
+        Behaviour::TrickleAfter { head, interval } => {
+            let trickle = futures::stream::unfold((), move |()| async move {
+                tokio::time::sleep(interval).await;
+                Some((Ok::<_, std::io::Error>(vec![b' ']), ()))
+            });
+            let chunks = futures::stream::iter([Ok::<_, std::io::Error>(head)]).chain(trickle);
+            Response::new(Body::from_stream(chunks))
         }
         Behaviour::DeclaredLength { declared, body } => {
             // The stream ends before `declared` bytes: hyper then cuts the

@@ -242,7 +242,7 @@ impl TerraSimulator {
             _ => unique_example(n),
         };
         let event_type = payload["type"].as_str().unwrap_or("unknown").to_owned();
-        let bytes = serde_json::to_vec(&payload).expect("serialisable payload");
+        let bytes = in_terra_order(&payload);
         let behaviour = match kind {
             Kind::Good | Kind::Large | Kind::ExpiresWhileWaiting | Kind::Revision => {
                 Behaviour::Ok(bytes)
@@ -367,6 +367,28 @@ pub fn large_activity(n: usize, samples: usize) -> Value {
     payload
 }
 
+/// `payload` serialised as Terra sends it: the envelope first, `data` last
+/// (a `Value` keeps its keys sorted, which would put `data` first).
+pub fn in_terra_order(payload: &Value) -> Vec<u8> {
+    let Some(fields) = payload.as_object() else {
+        return payload.to_string().into_bytes();
+    };
+    let rank = |key: &str| match key {
+        "type" => 0,
+        "version" => 1,
+        "user" | "new_user" => 2,
+        "data" => 4,
+        _ => 3,
+    };
+    let mut ordered: Vec<(&String, &Value)> = fields.iter().collect();
+    ordered.sort_by_key(|(key, _)| rank(key));
+    let members: Vec<String> = ordered
+        .iter()
+        .map(|(key, value)| format!("{}:{value}", Value::from(key.as_str())))
+        .collect();
+    format!("{{{}}}", members.join(",")).into_bytes()
+}
+
 const SIM_USER: &str = r#"{"user_id":"7a9f4e2c-5b1d-4c3e-9f8a-2d6b0e1c4a55","provider":"GARMIN","reference_id":"sim-user","scopes":null,"last_webhook_update":null}"#;
 
 /// An activity payload of exactly `size` bytes: records of about
@@ -468,6 +490,20 @@ mod generated_payloads {
                 .collect();
             assert_eq!(ids.len(), records.len(), "each record its own id");
         }
+    }
+
+    #[test]
+    fn payloads_are_serialised_envelope_first_and_unchanged() {
+        let payload = large_activity(7, 3);
+        let bytes = in_terra_order(&payload);
+        let text = String::from_utf8(bytes.clone()).expect("text");
+        assert!(
+            text.starts_with(r#"{"type":"activity","version":"#),
+            "{text}"
+        );
+        assert!(text.find(r#""user":"#) < text.find(r#""data":"#));
+        let parsed: Value = serde_json::from_slice(&bytes).expect("valid JSON");
+        assert_eq!(parsed, payload);
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub struct Fetched<B = Bytes> {
 #[async_trait]
 pub trait BodyReceiver: Send {
     type Body: Send;
+    /// The response's headers are in, announcing the body's length or not.
+    fn announced(&mut self, length: Option<u64>);
     async fn receive(&mut self, chunk: Bytes) -> Result<(), RecordFailure>;
     /// The whole body arrived. Returns it, and the bytes it still holds in
     /// memory.
@@ -80,44 +82,50 @@ pub trait BodyReceiver: Send {
 
 /// The body held in memory.
 #[derive(Debug, Default)]
-pub struct HeldBody(BytesMut);
+pub struct HeldBody {
+    buffer: BytesMut,
+    /// The most the buffer is sized for up front.
+    limit: u64,
+}
 
 impl HeldBody {
-    /// Sized for the announced length; a body of unannounced length grows
-    /// its buffer by doubling.
-    pub fn new(announced: Option<u64>, limit: u64) -> Self {
-        Self(BytesMut::with_capacity(
-            announced.unwrap_or(64 * 1024).min(limit) as usize,
-        ))
+    pub fn new(limit: u64) -> Self {
+        Self {
+            buffer: BytesMut::new(),
+            limit,
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.buffer.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.buffer.is_empty()
     }
 
-    pub fn capacity(&self) -> usize {
-        self.0.capacity()
-    }
-
-    pub fn take(&mut self) -> Bytes {
-        self.0.split().freeze()
+    /// The buffer itself, leaving this body empty.
+    pub fn take_buffer(&mut self) -> BytesMut {
+        std::mem::take(&mut self.buffer)
     }
 }
 
 #[async_trait]
 impl BodyReceiver for HeldBody {
     type Body = Bytes;
+    /// Sized for the announced length; a body of unannounced length grows
+    /// its buffer by doubling.
+    fn announced(&mut self, length: Option<u64>) {
+        self.buffer
+            .reserve(length.unwrap_or(64 * 1024).min(self.limit) as usize);
+    }
     async fn receive(&mut self, chunk: Bytes) -> Result<(), RecordFailure> {
-        self.0.extend_from_slice(&chunk);
+        self.buffer.extend_from_slice(&chunk);
         Ok(())
     }
-    async fn complete(mut self) -> Result<(Bytes, u64), RecordFailure> {
-        let held = self.0.capacity() as u64;
-        Ok((self.take(), held))
+    async fn complete(self) -> Result<(Bytes, u64), RecordFailure> {
+        let held = self.buffer.capacity() as u64;
+        Ok((self.buffer.freeze(), held))
     }
     async fn abandon(self) {}
 }
@@ -303,11 +311,12 @@ impl Fetcher {
         }
     }
 
-    /// Holds room in the budget for the largest payload accepted, for a
-    /// payload read from elsewhere whose size is not known beforehand.
+    /// Holds room in the budget for the largest payload accepted, held
+    /// whole, for a payload read from elsewhere whose size is not known
+    /// beforehand.
     pub async fn reserve_for_any_payload(&self) -> Reservation {
         self.budget
-            .reserve(self.cost.of(self.settings.max_payload_bytes))
+            .reserve(self.cost.held_whole(self.settings.max_payload_bytes))
             .await
     }
 
@@ -333,12 +342,12 @@ impl Fetcher {
     /// by `give_up_at` and the size limit.
     pub async fn fetch(&self, url: &Url, deadlines: FetchDeadlines) -> Result<Fetched, FetchError> {
         let limit = self.settings.max_payload_bytes;
-        self.fetch_into(url, deadlines, |announced| HeldBody::new(announced, limit))
+        self.fetch_into(url, deadlines, || HeldBody::new(limit))
             .await
     }
 
     /// As [`Fetcher::fetch`], handing the body to a receiver from
-    /// `new_receiver` (given the announced length) as it arrives.
+    /// `new_receiver` (one per attempt) as it arrives.
     pub async fn fetch_into<R, F>(
         &self,
         url: &Url,
@@ -347,7 +356,7 @@ impl Fetcher {
     ) -> Result<Fetched<R::Body>, FetchError>
     where
         R: BodyReceiver,
-        F: FnMut(Option<u64>) -> R + Send,
+        F: FnMut() -> R + Send,
     {
         self.policy.check_url(url).map_err(FetchError::Refused)?;
         let shown = RedactedUrl(url).to_string();
@@ -370,14 +379,16 @@ impl Fetcher {
                 });
             }
             attempts += 1;
-            let mut receiver = None;
+            // Outside the attempt, so that it is abandoned (its upload
+            // aborted) even when the deadline cuts the attempt short.
+            let mut receiver = new_receiver();
             let attempt = tokio::time::timeout_at(
                 deadlines.give_up_at,
-                self.attempt(url, &shown, attempts, &mut new_receiver, &mut receiver),
+                self.attempt(url, &shown, attempts, &mut receiver),
             )
             .await;
-            let failure = match (attempt, receiver) {
-                (Ok(Ok(mut reservation)), Some(receiver)) => {
+            let failure = match attempt {
+                Ok(Ok(mut reservation)) => {
                     let (body, held) = receiver.complete().await.map_err(FetchError::Received)?;
                     reservation.shrink_to(self.cost.of(held));
                     return Ok(Fetched {
@@ -386,20 +397,16 @@ impl Fetcher {
                         reservation,
                     });
                 }
-                (attempt, receiver) => {
-                    if let Some(receiver) = receiver {
-                        receiver.abandon().await;
-                    }
-                    match attempt {
-                        Ok(Err(failure)) => failure,
-                        Ok(Ok(_)) => unreachable_receiver(&shown),
-                        Err(_elapsed) => {
-                            return Err(FetchError::Deadline {
-                                url: shown,
-                                attempts,
-                            });
-                        }
-                    }
+                Ok(Err(failure)) => {
+                    receiver.abandon().await;
+                    failure
+                }
+                Err(_elapsed) => {
+                    receiver.abandon().await;
+                    return Err(FetchError::Deadline {
+                        url: shown,
+                        attempts,
+                    });
                 }
             };
             if matches!(failure.error, FetchError::Received(_))
@@ -433,21 +440,14 @@ impl Fetcher {
         }
     }
 
-    /// One request; the body goes to a receiver made once the headers are
-    /// in, left in `receiver` so that the caller can complete or abandon it
-    /// even when the deadline cuts the attempt short.
-    async fn attempt<R, F>(
+    /// One request, its body handed to `receiver`.
+    async fn attempt<R: BodyReceiver>(
         &self,
         url: &Url,
         shown: &str,
         attempts: u32,
-        new_receiver: &mut F,
-        receiver: &mut Option<R>,
-    ) -> Result<Reservation, AttemptFailure>
-    where
-        R: BodyReceiver,
-        F: FnMut(Option<u64>) -> R + Send,
-    {
+        receiver: &mut R,
+    ) -> Result<Reservation, AttemptFailure> {
         let stalled = || FetchError::Timeout {
             timeout: self.settings.timeout,
             url: shown.to_owned(),
@@ -480,7 +480,7 @@ impl Fetcher {
             .budget
             .reserve(self.cost.of(announced.unwrap_or(limit).min(limit)))
             .await;
-        let receiver = receiver.insert(new_receiver(announced));
+        receiver.announced(announced);
         let mut received = 0u64;
         let mut response = response;
         while let Some(chunk) = tokio::time::timeout(self.settings.timeout, response.chunk())
@@ -523,17 +523,6 @@ impl Fetcher {
         }
         .into()
     }
-}
-
-/// An attempt that succeeded always left its receiver behind; were it ever
-/// not to, the record is retried rather than the process aborted.
-fn unreachable_receiver(shown: &str) -> AttemptFailure {
-    FetchError::Transport {
-        detail: "the body's receiver went missing".into(),
-        url: shown.to_owned(),
-        attempts: 0,
-    }
-    .into()
 }
 
 fn expired(url: String, attempts: u32) -> FetchError {

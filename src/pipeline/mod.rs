@@ -182,8 +182,8 @@ impl Pipeline {
                 match (&self.archive, self.streams_to_archive) {
                     (Some(archive), true) => {
                         self.fetcher
-                            .fetch_into(&pointer.url, deadlines, |announced| {
-                                ArchiveBoundBody::new(archive.as_ref(), name, sent_at_ms, announced)
+                            .fetch_into(&pointer.url, deadlines, || {
+                                ArchiveBoundBody::new(archive.as_ref(), name, sent_at_ms)
                             })
                             .await
                     }
@@ -237,7 +237,7 @@ impl Pipeline {
         let Some((payload, archived)) = archive.retrieve(name, sent_at_ms).await? else {
             return Err(error.into());
         };
-        reservation.shrink_to(self.fetcher.holding_cost().of(payload.len() as u64));
+        reservation.shrink_to(self.fetcher.holding_cost().held_whole(payload.len() as u64));
         tracing::info!(reason = %error, "URL unusable; continuing from the archived copy");
         Ok(Obtained {
             payload: ReceivedPayload::Held(payload),

@@ -23,10 +23,12 @@ pub const STREAM_ABOVE_BYTES: u64 = 8 * 1024 * 1024;
 const PIECE_BYTES: usize = 1024 * 1024;
 
 /// What a streamed record holds at most: the body until it passes the
-/// threshold, a piece being validated and one arriving, and the upload's
+/// threshold, then a piece being validated, one arriving, and the upload's
 /// buffers.
 pub fn streamed_holds_bytes(archive: &dyn Archive) -> u64 {
-    STREAM_ABOVE_BYTES + 2 * PIECE_BYTES as u64 + archive.upload_holds_bytes()
+    let before_streaming = STREAM_ABOVE_BYTES + PIECE_BYTES as u64;
+    let streaming = 2 * PIECE_BYTES as u64 + archive.upload_holds_bytes();
+    before_streaming.max(streaming)
 }
 
 /// A payload as the pipeline received it.
@@ -56,17 +58,13 @@ struct Streaming {
 }
 
 impl<'a> ArchiveBoundBody<'a> {
-    pub fn new(
-        archive: &'a dyn Archive,
-        name: &'a ArchiveName,
-        sent_at_ms: u64,
-        announced: Option<u64>,
-    ) -> Self {
+    pub fn new(archive: &'a dyn Archive, name: &'a ArchiveName, sent_at_ms: u64) -> Self {
         Self {
             archive,
             name,
             sent_at_ms,
-            held: HeldBody::new(announced, STREAM_ABOVE_BYTES + PIECE_BYTES as u64),
+            // Sized for what is held before streaming starts, at most.
+            held: HeldBody::new(STREAM_ABOVE_BYTES + PIECE_BYTES as u64),
             streaming: None,
         }
     }
@@ -75,7 +73,10 @@ impl<'a> ArchiveBoundBody<'a> {
 impl Streaming {
     /// Validates the piece, then appends it to the upload.
     async fn send_piece(&mut self) -> Result<(), RecordFailure> {
-        let piece = self.piece.split().freeze();
+        // A fresh buffer for the next piece: splitting would keep this one's
+        // allocation alive through the rest of the download.
+        let piece =
+            std::mem::replace(&mut self.piece, BytesMut::with_capacity(PIECE_BYTES)).freeze();
         let mut inspector = std::mem::take(&mut self.inspector);
         let checked = piece.clone();
         let (inspector, checked) = tokio::task::spawn_blocking(move || {
@@ -109,6 +110,10 @@ fn validation_task_failed(error: JoinError) -> RecordFailure {
 impl BodyReceiver for ArchiveBoundBody<'_> {
     type Body = ReceivedPayload;
 
+    fn announced(&mut self, length: Option<u64>) {
+        self.held.announced(length);
+    }
+
     async fn receive(&mut self, chunk: Bytes) -> Result<(), RecordFailure> {
         if let Some(streaming) = &mut self.streaming {
             streaming.piece.extend_from_slice(&chunk);
@@ -123,13 +128,12 @@ impl BodyReceiver for ArchiveBoundBody<'_> {
                 threshold = STREAM_ABOVE_BYTES,
                 "payload is large: streaming it to the archive"
             );
+            // What arrived so far is the first piece, not copied.
             let mut streaming = Streaming {
                 inspector: IncrementalInspector::new(),
                 upload: self.archive.begin_upload(self.name, self.sent_at_ms),
-                piece: BytesMut::new(),
+                piece: self.held.take_buffer(),
             };
-            streaming.piece.extend_from_slice(&self.held.take());
-            self.held = HeldBody::default();
             let sent = streaming.send_piece().await;
             self.streaming = Some(streaming);
             sent?;

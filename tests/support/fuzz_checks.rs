@@ -66,9 +66,21 @@ pub fn kafka_event(data: &[u8]) {
 
 /// A payload: what `inspect` accepts (and so the archive stores), every sink
 /// can parse.
+/// Also: a payload streamed into the archive, checked piece by piece, is
+/// judged as it would be whole, wherever the pieces break.
 pub fn payload(data: &[u8]) {
-    if let Ok(summary) = payload::inspect(data) {
+    let whole = payload::inspect(data);
+    if let Ok(summary) = &whole {
         assert!(!summary.event_type.is_empty());
         serde_json::from_slice::<Value>(data).expect("an accepted payload parses as JSON");
     }
+    let cut = data
+        .first()
+        .map_or(0, |&b| usize::from(b) % (data.len() + 1));
+    let mut inspector = payload::IncrementalInspector::new();
+    let in_pieces = inspector
+        .feed(&data[..cut])
+        .and_then(|()| inspector.feed(&data[cut..]))
+        .and_then(|()| inspector.finish());
+    assert_eq!(whole.ok(), in_pieces.ok(), "whole and in pieces disagree");
 }

@@ -20,7 +20,7 @@ use crate::null_store::{NullStore, Received};
 use crate::payload_server::{Behaviour, PayloadServer};
 use crate::runtime_api::{HandlerProcess, InvocationResult, RuntimeApi};
 use crate::sqs_mapping::sqs_record;
-use crate::terra_simulator::{activity_in_records, large_activity};
+use crate::terra_simulator::{activity_in_records, in_terra_order, large_activity};
 
 pub const KB: usize = 1024;
 pub const MB: usize = 1024 * 1024;
@@ -149,11 +149,11 @@ impl Run {
 /// A Terra activity of about `bytes` bytes (heart-rate samples make up the
 /// size), unique to `n`.
 pub fn activity_of_size(n: usize, bytes: usize) -> Bytes {
-    let size = |samples| serde_json::to_vec(&large_activity(n, samples)).map_or(0, |v| v.len());
+    let size = |samples| in_terra_order(&large_activity(n, samples)).len();
     let base = size(0);
     let per_sample = (size(1000) - base) as f64 / 1000.0;
     let samples = (bytes.saturating_sub(base) as f64 / per_sample).round() as usize;
-    Bytes::from(serde_json::to_vec(&large_activity(n, samples)).expect("serialisable payload"))
+    Bytes::from(in_terra_order(&large_activity(n, samples)))
 }
 
 /// Runs `workload` against a fresh handler process and measures it.

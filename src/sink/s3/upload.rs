@@ -238,22 +238,51 @@ impl S3Upload {
     }
 
     async fn abort_started(&self, started: &Started) {
-        let aborted = self
-            .sink
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.sink.settings.bucket)
-            .key(&self.key)
-            .upload_id(&started.upload_id)
-            .send()
-            .await;
-        if let Err(e) = aborted {
-            tracing::warn!(
-                object = %self.key,
-                error = %describe(&e),
-                "could not abort the multipart upload; the bucket's lifecycle rule removes it"
-            );
-        }
+        abort_upload(
+            &self.sink.client,
+            &self.sink.settings.bucket,
+            &self.key,
+            &started.upload_id,
+        )
+        .await;
+    }
+}
+
+async fn abort_upload(client: &aws_sdk_s3::Client, bucket: &str, key: &str, upload_id: &str) {
+    let aborted = client
+        .abort_multipart_upload()
+        .bucket(bucket)
+        .key(key)
+        .upload_id(upload_id)
+        .send()
+        .await;
+    if let Err(e) = aborted {
+        tracing::warn!(
+            object = %key,
+            error = %describe(&e),
+            "could not abort the multipart upload; the bucket's lifecycle rule removes it"
+        );
+    }
+}
+
+/// An upload dropped unfinished (its record stopped at the invocation's
+/// deadline) is aborted in the background, best effort: before the
+/// invocation returns, or when the next one thaws the process. The bucket's
+/// lifecycle rule removes what this misses.
+impl Drop for S3Upload {
+    fn drop(&mut self) {
+        let Some(started) = self.started.take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let client = self.sink.client.clone();
+        let bucket = self.sink.settings.bucket.clone();
+        let key = std::mem::take(&mut self.key);
+        runtime.spawn(async move {
+            abort_upload(&client, &bucket, &key, &started.upload_id).await;
+        });
     }
 }
 
@@ -268,9 +297,13 @@ impl ArchiveUpload for S3Upload {
         if self.part.is_empty() && bytes.len() >= PART_BYTES {
             return self.send_part(bytes, known_so_far).await;
         }
+        if self.part.capacity() == 0 {
+            // Sized once: growing by doubling would hold twice a part.
+            self.part.reserve(PART_BYTES + bytes.len());
+        }
         self.part.extend_from_slice(&bytes);
         if self.part.len() >= PART_BYTES {
-            let part = self.part.split().freeze();
+            let part = std::mem::take(&mut self.part).freeze();
             self.send_part(part, known_so_far).await?;
         }
         Ok(())
@@ -303,50 +336,66 @@ impl ArchiveUpload for S3Upload {
             self.abort().await;
             return Err(e);
         }
-        let Some(started) = self.started.take() else {
+        let written = self.complete_conditionally(summary).await;
+        // Completed or aborted: nothing is left for `drop` to abort. Until
+        // here, a record stopped mid-way leaves it to `drop`.
+        self.started = None;
+        written
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        if let Some(started) = &self.started {
+            self.abort_started(started).await;
+        }
+        self.started = None;
+    }
+}
+
+impl S3Upload {
+    /// Completes the upload under the conditions of `Archive::store`, or
+    /// aborts it when it is not to be the object.
+    async fn complete_conditionally(
+        &self,
+        summary: &PayloadSummary,
+    ) -> Result<ArchiveWrite, SinkError> {
+        let Some(started) = &self.started else {
             return Err(self
                 .sink
                 .error(format!("{}: no upload to complete", self.key)));
         };
         let mut expect = Expect::Absent;
         for _ in 0..CONDITIONAL_ROUNDS {
-            let completed = match self.complete(&started, &expect).await {
+            let completed = match self.complete(started, &expect).await {
                 Ok(completed) => completed,
                 Err(e) => {
-                    self.abort_started(&started).await;
+                    self.abort_started(started).await;
                     return Err(e);
                 }
             };
             if let Some(etag) = completed {
-                self.correct_metadata(&started, summary, &etag).await;
+                self.correct_metadata(started, summary, &etag).await;
                 return Ok(ArchiveWrite::Written(self.sink.location(self.key.clone())));
             }
             let next = match self.sink.after_conflict(&self.key, self.sent_at_ms).await {
                 Ok(next) => next,
                 Err(e) => {
-                    self.abort_started(&started).await;
+                    self.abort_started(started).await;
                     return Err(e);
                 }
             };
             expect = match next {
                 AfterConflict::Write(expect) => expect,
                 AfterConflict::Settled(write) => {
-                    self.abort_started(&started).await;
+                    self.abort_started(started).await;
                     return Ok(write);
                 }
             };
         }
-        self.abort_started(&started).await;
+        self.abort_started(started).await;
         Err(self.sink.error(format!(
             "CompleteMultipartUpload {}: the object kept changing under concurrent writes",
             self.key
         )))
-    }
-
-    async fn abort(mut self: Box<Self>) {
-        if let Some(started) = self.started.take() {
-            self.abort_started(&started).await;
-        }
     }
 }
 
