@@ -7,7 +7,10 @@ PYTHON ?= python3
 VENV_STAMP := $(VENV)/.installed
 # cargo-lambda (and the zig it brings) must be on PATH for `sam build`.
 TOOLS := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0
-HANDLER_ARTIFACT := target/lambda/sqs-handler/bootstrap
+# Where cargo (and cargo lambda) put what they build.
+TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
+HANDLER_ARTIFACT := $(TARGET_DIR)/lambda/sqs-handler/bootstrap
+KAFKA_ARTIFACT := $(TARGET_DIR)/lambda/kafka-handler/bootstrap
 # cargo-fuzz, installed into the project; the fuzz targets build with nightly.
 CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ := .tools/bin/cargo-fuzz
@@ -34,7 +37,7 @@ lint:
 # a debug build neither uses memory nor keeps time the way it does.
 unit-and-integration: $(VENV_STAMP)
 	$(TOOLS) cargo lambda build --release --bin sqs-handler
-	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server SQS_HANDLER_ARTIFACT=$(CURDIR)/$(HANDLER_ARTIFACT) \
+	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server SQS_HANDLER_ARTIFACT=$(HANDLER_ARTIFACT) \
 	  cargo test --locked --workspace
 
 # The template's promises, cfn-lint through SAM, and the deployable build
@@ -70,7 +73,7 @@ demo: $(VENV_STAMP)
 bench: $(VENV_STAMP)
 	$(TOOLS) cargo lambda build --release --bin sqs-handler --bin kafka-handler
 	cargo run --locked --release -p terra-sink-dev --bin bench -- \
-	  $(HANDLER_ARTIFACT) target/lambda/kafka-handler/bootstrap BENCHMARKS.md
+	  $(HANDLER_ARTIFACT) $(KAFKA_ARTIFACT) BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) target .aws-sam .tools fuzz/target fuzz/corpus

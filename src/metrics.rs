@@ -12,18 +12,6 @@ use crate::outcome::{FailureClass, Outcome};
 /// EMF takes at most 100 values per metric in one document.
 const MAX_VALUES_PER_DOCUMENT: usize = 100;
 
-/// Every class, so each failure metric has a datapoint (0 included) in every
-/// invocation and alarms never see missing data for a healthy function.
-const FAILURE_CLASSES: [FailureClass; 7] = [
-    FailureClass::Expired,
-    FailureClass::Fetch,
-    FailureClass::Refused,
-    FailureClass::Invalid,
-    FailureClass::Sink,
-    FailureClass::Deferred,
-    FailureClass::Internal,
-];
-
 #[derive(Debug, Clone)]
 pub struct Metrics {
     namespace: String,
@@ -79,7 +67,10 @@ impl Metrics {
                 summary.recovered_from_archive as u64,
             ),
         ];
-        for class in FAILURE_CLASSES {
+        // Every class, so each failure metric has a datapoint (0 included)
+        // in every invocation and alarms never see missing data for a
+        // healthy function.
+        for class in FailureClass::ALL {
             let failed = summary.failed_by_class.get(&class).copied().unwrap_or(0);
             counts.push((failed_metric(class), "Count", failed as u64));
         }

@@ -30,6 +30,16 @@ pub enum FailureClass {
 }
 
 impl FailureClass {
+    pub const ALL: [FailureClass; 7] = [
+        FailureClass::Expired,
+        FailureClass::Fetch,
+        FailureClass::Refused,
+        FailureClass::Invalid,
+        FailureClass::Sink,
+        FailureClass::Deferred,
+        FailureClass::Internal,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureClass::Expired => "expired",

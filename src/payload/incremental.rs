@@ -790,6 +790,7 @@ impl IncrementalInspector {
 #[cfg(test)]
 mod tests {
     use super::super::inspect;
+    use super::super::tests::deep;
     use super::*;
     use proptest::prelude::*;
 
@@ -895,13 +896,6 @@ mod tests {
 
     #[test]
     fn agrees_with_inspect_on_limits() {
-        let deep = |levels: usize| {
-            format!(
-                r#"{{"type":"activity","data":{}{}}}"#,
-                "[".repeat(levels),
-                "]".repeat(levels)
-            )
-        };
         for levels in [MAX_NESTING - 2, MAX_NESTING - 1, MAX_NESTING, 5_000] {
             agrees(deep(levels).as_bytes(), &[3]);
         }

@@ -382,15 +382,17 @@ mod tests {
         assert_eq!(inspect(&body), Err(PayloadError::NotUtf8(at)));
     }
 
+    /// An activity whose `data` is `levels` nested arrays.
+    pub(super) fn deep(levels: usize) -> String {
+        format!(
+            r#"{{"type":"activity","data":{}{}}}"#,
+            "[".repeat(levels),
+            "]".repeat(levels)
+        )
+    }
+
     #[test]
     fn refuses_deep_nesting_before_parsing() {
-        let deep = |levels: usize| {
-            format!(
-                r#"{{"type":"activity","data":{}{}}}"#,
-                "[".repeat(levels),
-                "]".repeat(levels)
-            )
-        };
         assert_eq!(
             inspect(deep(MAX_NESTING - 1).as_bytes()).map(|s| s.event_type),
             Ok("activity".into())

@@ -19,7 +19,7 @@ use crate::sink::{Archive, ArchiveUpload, ArchiveWrite};
 pub const STREAM_ABOVE_BYTES: u64 = 8 * 1024 * 1024;
 
 /// Validation runs on a blocking thread a piece at a time: large enough to
-/// make the hand-off cheap, small enough to stay off the budget.
+/// make the hand-off cheap, small enough to add little to what a record holds.
 const PIECE_BYTES: usize = 1024 * 1024;
 
 /// What a streamed record holds at most: the body until it passes the

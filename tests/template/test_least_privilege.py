@@ -81,6 +81,42 @@ def test_terra_can_send_to_its_queue_and_nothing_else(moto_server):
     denied(lambda: s3.list_objects_v2(Bucket=outputs["BucketName"]))
 
 
+def archive_as_the_handlers_do(s3, bucket, prefix):
+    """Writes and reads the archive as both handlers do, and is denied
+    outside the prefix; returns the key of an object it wrote."""
+    archived = f"{prefix}dt=2026-11-30/type=activity/archived.json"
+    s3.put_object(Bucket=bucket, Key=archived, Body=b"{}")
+    s3.get_object(Bucket=bucket, Key=archived)
+    # A large payload streams in as a multipart upload: completed, or aborted
+    # when it proves invalid; metadata known only at its end is set by a copy
+    # onto itself.
+    streamed = f"{prefix}dt=2026-11-30/streamed.json"
+    for complete in (True, False):
+        upload = s3.create_multipart_upload(Bucket=bucket, Key=streamed)["UploadId"]
+        part = s3.upload_part(
+            Bucket=bucket, Key=streamed, UploadId=upload, PartNumber=1, Body=b"{}"
+        )
+        if complete:
+            s3.complete_multipart_upload(
+                Bucket=bucket,
+                Key=streamed,
+                UploadId=upload,
+                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
+            )
+        else:
+            s3.abort_multipart_upload(Bucket=bucket, Key=streamed, UploadId=upload)
+    s3.copy_object(
+        Bucket=bucket,
+        Key=streamed,
+        CopySource={"Bucket": bucket, "Key": streamed},
+        MetadataDirective="REPLACE",
+        Metadata={"terra-type": "sleep"},
+    )
+    denied(lambda: s3.create_multipart_upload(Bucket=bucket, Key="outside/streamed.json"))
+    denied(lambda: s3.put_object(Bucket=bucket, Key="outside/archived.json", Body=b"{}"))
+    return archived
+
+
 def test_the_sqs_handler_role_may_do_what_the_code_calls_and_no_more(moto_server):
     stack = Stack(Endpoint(moto_server))
     stack.restore_policies()
@@ -126,37 +162,8 @@ def test_the_sqs_handler_role_may_do_what_the_code_calls_and_no_more(moto_server
 
     s3 = as_role("s3")
     bucket, prefix = outputs["BucketName"], parameters["S3Prefix"]
-    archived = f"{prefix}dt=2026-11-30/type=activity/archived.json"
-    s3.put_object(Bucket=bucket, Key=archived, Body=b"{}")
+    archived = archive_as_the_handlers_do(s3, bucket, prefix)
     s3.head_object(Bucket=bucket, Key=archived)
-    s3.get_object(Bucket=bucket, Key=archived)
-    # A large payload streams in as a multipart upload: completed, or aborted
-    # when it proves invalid; metadata known only at its end is set by a copy
-    # onto itself.
-    streamed = f"{prefix}dt=2026-11-30/streamed.json"
-    for complete in (True, False):
-        upload = s3.create_multipart_upload(Bucket=bucket, Key=streamed)["UploadId"]
-        part = s3.upload_part(
-            Bucket=bucket, Key=streamed, UploadId=upload, PartNumber=1, Body=b"{}"
-        )
-        if complete:
-            s3.complete_multipart_upload(
-                Bucket=bucket,
-                Key=streamed,
-                UploadId=upload,
-                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
-            )
-        else:
-            s3.abort_multipart_upload(Bucket=bucket, Key=streamed, UploadId=upload)
-    s3.copy_object(
-        Bucket=bucket,
-        Key=streamed,
-        CopySource={"Bucket": bucket, "Key": streamed},
-        MetadataDirective="REPLACE",
-        Metadata={"terra-type": "sleep"},
-    )
-    denied(lambda: s3.create_multipart_upload(Bucket=bucket, Key="outside/streamed.json"))
-    denied(lambda: s3.put_object(Bucket=bucket, Key="outside/archived.json", Body=b"{}"))
     denied(lambda: s3.delete_object(Bucket=bucket, Key=archived))
 
     dynamodb = as_role("dynamodb")
@@ -200,36 +207,7 @@ def test_the_kafka_handler_role_may_do_what_the_code_calls_and_no_more(moto_serv
 
     s3 = role.client("s3")
     bucket, prefix = outputs["BucketName"], parameters["S3Prefix"]
-    archived = f"{prefix}dt=2026-11-30/type=activity/archived.json"
-    s3.put_object(Bucket=bucket, Key=archived, Body=b"{}")
-    s3.get_object(Bucket=bucket, Key=archived)
-    # A large payload streams in as a multipart upload: completed, or aborted
-    # when it proves invalid; metadata known only at its end is set by a copy
-    # onto itself.
-    streamed = f"{prefix}dt=2026-11-30/streamed.json"
-    for complete in (True, False):
-        upload = s3.create_multipart_upload(Bucket=bucket, Key=streamed)["UploadId"]
-        part = s3.upload_part(
-            Bucket=bucket, Key=streamed, UploadId=upload, PartNumber=1, Body=b"{}"
-        )
-        if complete:
-            s3.complete_multipart_upload(
-                Bucket=bucket,
-                Key=streamed,
-                UploadId=upload,
-                MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": part["ETag"]}]},
-            )
-        else:
-            s3.abort_multipart_upload(Bucket=bucket, Key=streamed, UploadId=upload)
-    s3.copy_object(
-        Bucket=bucket,
-        Key=streamed,
-        CopySource={"Bucket": bucket, "Key": streamed},
-        MetadataDirective="REPLACE",
-        Metadata={"terra-type": "sleep"},
-    )
-    denied(lambda: s3.create_multipart_upload(Bucket=bucket, Key="outside/streamed.json"))
-    denied(lambda: s3.put_object(Bucket=bucket, Key="outside/archived.json", Body=b"{}"))
+    archive_as_the_handlers_do(s3, bucket, prefix)
 
     dynamodb = role.client("dynamodb")
     item = {"pk": {"S": "user#1"}, "sk": {"S": "activity#1"}}
