@@ -1,8 +1,9 @@
 //! A payload too large to hold, archived as a multipart upload while it
 //! downloads. The object appears only when the upload completes, under the
 //! same conditions as a single PutObject, so a payload found invalid part-way
-//! never shows. An upload this code could not abort (the function was
-//! stopped) is removed by the bucket's `AbortIncompleteMultipartUpload` rule.
+//! never shows. An upload dropped unfinished is aborted in the background;
+//! one that could not be (the process was killed) is removed by the bucket's
+//! `AbortIncompleteMultipartUpload` rule.
 
 use std::io::Write;
 
@@ -24,8 +25,8 @@ use crate::sink::{ArchiveUpload, ArchiveWrite, SinkError};
 /// 5 MiB in every part but the last.
 const PART_BYTES: usize = 8 * 1024 * 1024;
 
-/// The most an upload holds: a part being filled while the previous one
-/// is sent, and the compressor's output.
+/// The most an upload holds, with room to spare: a part's buffer (a part
+/// and a piece) and the compressor's output.
 pub(super) const HOLDS_BYTES: u64 = 2 * PART_BYTES as u64;
 
 pub(super) struct S3Upload {
@@ -122,7 +123,9 @@ impl S3Upload {
             self.started = Some(self.start(known_so_far).await?);
         }
         let Some(started) = &mut self.started else {
-            return Ok(());
+            return Err(self
+                .sink
+                .error(format!("UploadPart {}: no upload under way", self.key)));
         };
         let number = started.parts.len() as i32 + 1;
         let sent = self
