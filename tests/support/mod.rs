@@ -7,3 +7,11 @@ pub mod bed;
 pub use terra_sink_dev::{
     fixture, free_port, logs, moto, now_ms, payload_server, runtime_api, sqs_mapping,
 };
+
+/// The bytes a gzip stream holds.
+pub fn gunzip(compressed: &[u8]) -> Vec<u8> {
+    let mut inflated = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(compressed), &mut inflated)
+        .expect("valid gzip");
+    inflated
+}
