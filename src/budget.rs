@@ -48,6 +48,8 @@ pub struct MemoryBudget {
 pub struct Reservation {
     /// `None` only if the semaphore were closed, which it never is.
     permit: Option<OwnedSemaphorePermit>,
+    /// Another limit the record is admitted under, released with the bytes.
+    _also_held: Option<OwnedSemaphorePermit>,
 }
 
 /// What a record holds in memory for a payload, by the work done on it: the
@@ -91,10 +93,16 @@ impl HoldingCost {
         }
     }
 
+    /// Whether a payload of `payload_bytes` is streamed rather than held.
+    pub fn streams(&self, payload_bytes: u64) -> bool {
+        self.streamed
+            .is_some_and(|streamed| payload_bytes > streamed.above)
+    }
+
     /// What a record holds for a payload of `payload_bytes` as it arrives.
     pub fn of(&self, payload_bytes: u64) -> u64 {
         match self.streamed {
-            Some(streamed) if payload_bytes > streamed.above => {
+            Some(streamed) if self.streams(payload_bytes) => {
                 streamed.holds.saturating_add(self.per_record)
             }
             _ => self.held_whole(payload_bytes),
@@ -150,6 +158,7 @@ impl MemoryBudget {
                 .acquire_many_owned(wanted)
                 .await
                 .ok(),
+            _also_held: None,
         }
     }
 
@@ -161,6 +170,14 @@ impl MemoryBudget {
 }
 
 impl Reservation {
+    /// Holds `permit` for as long as the bytes.
+    pub fn also_holding(self, permit: Option<OwnedSemaphorePermit>) -> Self {
+        Self {
+            _also_held: permit,
+            ..self
+        }
+    }
+
     pub fn bytes(&self) -> u64 {
         self.permit
             .as_ref()

@@ -478,3 +478,42 @@ async fn downloads_wait_for_room_in_the_memory_budget() {
     drop(chunked);
     assert_eq!(budget.available_bytes(), 1024 * KIB);
 }
+
+/// Streams share the bandwidth: past the streaming threshold, a body waits
+/// for one of the few streams, whatever room the budget has, while smaller
+/// bodies go on beside it.
+#[tokio::test]
+async fn large_bodies_stream_a_few_at_a_time() {
+    const KIB: u64 = 1024;
+    let server = PayloadServer::start().await;
+    let mut large = PAYLOAD.to_vec();
+    large.truncate(large.len() - 2);
+    large.extend(format!(r#"{{"pad":"{}"}}]}}"#, "x".repeat(200 * 1024)).as_bytes());
+    let large_route = server.route("/large", Behaviour::Ok(large));
+    let small_route = server.route("/small", Behaviour::Ok(PAYLOAD.to_vec()));
+    let fetcher = fetcher(FetchSettings {
+        max_payload_bytes: 900 * KIB,
+        ..quick()
+    })
+    .streaming_above(100 * KIB, 10 * KIB, 1);
+
+    let streaming = fetcher
+        .fetch(&url(&large_route), within(5))
+        .await
+        .expect("the one stream is free");
+    let small = fetcher
+        .fetch(&url(&small_route), within(5))
+        .await
+        .expect("a body under the threshold does not stream");
+    drop(small);
+    let second = fetcher
+        .fetch(&url(&large_route), within(1))
+        .await
+        .expect_err("the one stream is taken");
+    assert_eq!(second.class(), FailureClass::Deferred, "{second}");
+    drop(streaming);
+    fetcher
+        .fetch(&url(&large_route), within(5))
+        .await
+        .expect("the stream is free once the first is done");
+}

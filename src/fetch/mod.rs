@@ -14,6 +14,7 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use bytes::{Bytes, BytesMut};
 use reqwest::StatusCode;
 use reqwest::header::RETRY_AFTER;
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use url::Url;
 
@@ -254,6 +255,8 @@ pub struct Fetcher {
     settings: FetchSettings,
     budget: MemoryBudget,
     cost: HoldingCost,
+    /// Set when large bodies are streamed: how many may stream at once.
+    streams_at_once: Option<Arc<Semaphore>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -298,6 +301,7 @@ impl Fetcher {
             settings,
             budget: MemoryBudget::unbounded(),
             cost: HoldingCost::BUFFER_ONLY,
+            streams_at_once: None,
         })
     }
 
@@ -321,10 +325,11 @@ impl Fetcher {
     }
 
     /// Bodies above `above` bytes are streamed, holding `holds` bytes
-    /// whatever their size.
-    pub fn streaming_above(self, above: u64, holds: u64) -> Self {
+    /// whatever their size, `at_once` of them at a time.
+    pub fn streaming_above(self, above: u64, holds: u64, at_once: usize) -> Self {
         Self {
             cost: self.cost.streaming_above(above, holds),
+            streams_at_once: Some(Arc::new(Semaphore::new(at_once.max(1)))),
             ..self
         }
     }
@@ -476,10 +481,18 @@ impl Fetcher {
         // but no bytes; the caller's deadline bounds the wait. A body of
         // unannounced length may be as large as the limit.
         let announced = response.content_length();
+        let expected = announced.unwrap_or(limit).min(limit);
+        let stream_slot = match &self.streams_at_once {
+            Some(slots) if self.cost.streams(expected) => {
+                Arc::clone(slots).acquire_owned().await.ok()
+            }
+            _ => None,
+        };
         let reservation = self
             .budget
-            .reserve(self.cost.of(announced.unwrap_or(limit).min(limit)))
-            .await;
+            .reserve(self.cost.of(expected))
+            .await
+            .also_holding(stream_slot);
         receiver.announced(announced);
         let mut received = 0u64;
         let mut response = response;

@@ -56,6 +56,7 @@ impl Pipeline {
                 fetcher.streaming_above(
                     STREAM_ABOVE_BYTES,
                     streaming::streamed_holds_bytes(archive.as_ref()),
+                    streaming::STREAMS_AT_ONCE,
                 ),
                 true,
             ),

@@ -18,6 +18,13 @@ use crate::sink::{Archive, ArchiveUpload, ArchiveWrite};
 /// store; larger ones are streamed.
 pub const STREAM_ABOVE_BYTES: u64 = 8 * 1024 * 1024;
 
+/// Streams under way at once in one process. They share the function's
+/// bandwidth and CPU, so n at once each take n times as long, and one stopped
+/// at the invocation's deadline has wasted everything it sent: its upload is
+/// aborted and the retry starts over. A few at a time finish one after
+/// another; two keep the network busy while one validates.
+pub const STREAMS_AT_ONCE: usize = 2;
+
 /// Validation runs on a blocking thread a piece at a time: large enough to
 /// make the hand-off cheap, small enough to add little to what a record holds.
 const PIECE_BYTES: usize = 1024 * 1024;
