@@ -125,25 +125,8 @@ pub async fn divert_poison(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fakes::{Answer, MemoryDeadLetters};
     use crate::outcome::Retry;
-    use std::sync::Mutex;
-
-    /// Accepts letters, except those whose group is `refuse`.
-    #[derive(Default)]
-    struct MemoryQueue {
-        sent: Mutex<Vec<DeadLetter>>,
-    }
-
-    #[async_trait]
-    impl DeadLetterQueue for MemoryQueue {
-        async fn send(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
-            if letter.group == "refuse" {
-                return Err(DeadLetterError("AccessDenied".into()));
-            }
-            self.sent.lock().expect("not poisoned").push(letter.clone());
-            Ok(())
-        }
-    }
 
     fn failed(class: FailureClass, retry: Retry) -> Outcome {
         Outcome::Failed(RecordFailure::new(class, retry, "why"))
@@ -160,7 +143,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_poison_is_diverted_and_an_unsent_letter_stays_failed() {
-        let queue = MemoryQueue::default();
+        let queue = MemoryDeadLetters::answering(Answer::RefuseGroup("refuse"));
         let outcomes = vec![
             Outcome::Healthcheck,
             failed(FailureClass::Expired, Retry::Permanent),
@@ -172,7 +155,7 @@ mod tests {
             Some(letter(index, if index == 4 { "refuse" } else { "t-0" }))
         })
         .await;
-        let sent = queue.sent.lock().expect("not poisoned").clone();
+        let sent = queue.sent();
         assert_eq!(sent, [letter(1, "t-0")]);
         assert_eq!(
             after[1],

@@ -16,6 +16,8 @@ pub mod batch;
 pub mod budget;
 pub mod config;
 pub mod dead_letter;
+#[cfg(test)]
+mod fakes;
 pub mod fetch;
 pub mod message;
 pub mod metrics;

@@ -15,20 +15,55 @@ const MAX_VALUES_PER_DOCUMENT: usize = 100;
 #[derive(Debug, Clone)]
 pub struct Metrics {
     namespace: String,
+    destination: Destination,
+}
+
+#[derive(Debug, Clone)]
+enum Destination {
+    /// Where Lambda sends it to CloudWatch Logs.
+    Stdout,
+    #[cfg(test)]
+    Memory(std::sync::Arc<std::sync::Mutex<Vec<Value>>>),
 }
 
 impl Metrics {
     pub fn new(namespace: String) -> Self {
-        Self { namespace }
+        Self {
+            namespace,
+            destination: Destination::Stdout,
+        }
     }
 
-    /// Prints the invocation's metric documents to stdout.
+    /// Metrics kept in memory: every document emitted is pushed onto the
+    /// returned list.
+    #[cfg(test)]
+    pub fn in_memory(namespace: &str) -> (Self, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+        let documents = std::sync::Arc::default();
+        let metrics = Self {
+            namespace: namespace.to_owned(),
+            destination: Destination::Memory(std::sync::Arc::clone(&documents)),
+        };
+        (metrics, documents)
+    }
+
+    /// Emits the invocation's metric documents (to stdout, in production).
     pub fn emit(&self, function_name: &str, trigger: &str, report: &BatchReport) {
-        let mut stdout = std::io::stdout().lock();
-        for document in self.documents(function_name, trigger, report, now_ms()) {
-            // A metric line that cannot be written is not worth failing a
-            // batch whose records are already stored.
-            let _ = writeln!(stdout, "{document}");
+        let documents = self.documents(function_name, trigger, report, now_ms());
+        match &self.destination {
+            Destination::Stdout => {
+                let mut stdout = std::io::stdout().lock();
+                for document in documents {
+                    // A metric line that cannot be written is not worth
+                    // failing a batch whose records are already stored.
+                    let _ = writeln!(stdout, "{document}");
+                }
+            }
+            #[cfg(test)]
+            Destination::Memory(kept) => {
+                if let Ok(mut kept) = kept.lock() {
+                    kept.extend(documents);
+                }
+            }
         }
     }
 

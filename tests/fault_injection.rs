@@ -224,6 +224,7 @@ struct KafkaFaults {
 /// with transient faults and poison records (dead-lettered by the function).
 async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
     use std::collections::BTreeSet;
+    use terra_sink_dev::events;
     use terra_sink_dev::kafka_mapping::{self, KafkaMappingSettings, TopicRecord};
     use terra_sink_dev::moto::Moto;
     use terra_sink_dev::runtime_api::{HandlerPool, RuntimeApi};
@@ -293,7 +294,7 @@ async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
         records.push(TopicRecord {
             partition: (n % 3) as i64,
             offset: 100 + (n / 3) as i64,
-            value: kafka_mapping::encode_value(&pointer),
+            value: events::base64(&pointer),
             timestamp_ms: now,
         });
         kinds.push((n, kind));

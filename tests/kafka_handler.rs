@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
-use support::bed::{Bed, KafkaRecord, SECRETS, base64, kafka_event, pointer};
+use support::bed::{Bed, KafkaRecord, KafkaSource, SECRETS, base64, kafka_event, pointer};
 use support::payload_server::Behaviour;
 use support::runtime_api::{HandlerProcess, InvocationResult};
 use support::{fixture, now_ms};
@@ -18,9 +18,9 @@ const KAFKA_HANDLER: &str = env!("CARGO_BIN_EXE_kafka-handler");
 const TOPIC: &str = "terra-events";
 const BACKFILL: &str = "terra-backfill";
 
-fn record(topic: &'static str, partition: i64, offset: i64, value: String, at: u64) -> KafkaRecord {
+fn record(topic: &str, partition: i64, offset: i64, value: String, at: u64) -> KafkaRecord {
     KafkaRecord {
-        topic,
+        topic: topic.to_owned(),
         partition,
         offset,
         value,
@@ -32,12 +32,12 @@ fn record(topic: &'static str, partition: i64, offset: i64, value: String, at: u
 /// (503 on every attempt) and backfill-0@1 (500). Poison: events-0@103 (sent
 /// 11 minutes ago, its URL expired), events-1@8 (value not base64) and
 /// backfill-0@2 (payload not JSON).
-fn mixed_batch(bed: &Bed, self_managed: bool) -> Value {
+fn mixed_batch(bed: &Bed, source: KafkaSource) -> Value {
     let p = &bed.payloads;
     let ok = |path: &str, example: &str| pointer(&p.route(path, Behaviour::Ok(fixture(example))));
     let now = now_ms();
     kafka_event(
-        self_managed,
+        source,
         &[
             record(
                 TOPIC,
@@ -153,7 +153,7 @@ fn fast_retries<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn msk_partial_batch_resumes_each_partition_at_its_lowest_failed_offset() {
     let bed = Bed::start("terra-kafka-partial").await;
-    let event = mixed_batch(&bed, false);
+    let event = mixed_batch(&bed, KafkaSource::Msk);
     let env = bed.env(&fast_retries(&[("TERRA_KAFKA_PARTIAL_BATCH", "true")]));
     let handler = HandlerProcess::spawn(KAFKA_HANDLER, &env);
 
@@ -227,7 +227,7 @@ async fn msk_partial_batch_resumes_each_partition_at_its_lowest_failed_offset() 
 async fn poison_records_go_to_the_dead_letter_queue_and_stop_blocking_their_partition() {
     let bed = Bed::start("terra-kafka-dlq").await;
     let dlq = bed.moto.create_queue("terra-kafka-dlq").await;
-    let event = mixed_batch(&bed, true);
+    let event = mixed_batch(&bed, KafkaSource::SelfManaged);
     let env = bed.env(&fast_retries(&[
         ("TERRA_KAFKA_PARTIAL_BATCH", "true"),
         ("TERRA_DEAD_LETTER_QUEUE_URL", &dlq),
@@ -312,11 +312,15 @@ async fn without_partial_batch_any_unhandled_failure_fails_the_invocation() {
 
     let mixed = bed
         .runtime
-        .invoke(&mixed_batch(&bed, false), Duration::from_secs(60))
+        .invoke(
+            &mixed_batch(&bed, KafkaSource::Msk),
+            Duration::from_secs(60),
+        )
         .await;
     let InvocationResult::Error(error) = &mixed else {
         panic!("a transient failure must fail the invocation: {mixed:?}");
     };
+    assert_eq!(error["errorType"], "BatchFailed", "{error}");
     let message = error.to_string();
     assert!(message.contains("2 of 11 records failed"), "{message}");
     assert_no_secrets(&message);
@@ -325,7 +329,7 @@ async fn without_partial_batch_any_unhandled_failure_fails_the_invocation() {
     let p = &bed.payloads;
     let now = now_ms();
     let handled = kafka_event(
-        false,
+        KafkaSource::Msk,
         &[
             record(
                 TOPIC,
@@ -391,7 +395,10 @@ async fn kafka_records_are_projected_to_dynamodb_as_of_their_record_timestamp() 
         "/p/activity.json",
         Behaviour::Ok(fixture("openapi_activity.json")),
     );
-    let event = kafka_event(false, &[record(TOPIC, 0, 7, base64(&pointer(&url)), sent)]);
+    let event = kafka_event(
+        KafkaSource::Msk,
+        &[record(TOPIC, 0, 7, base64(&pointer(&url)), sent)],
+    );
 
     let result = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
     assert_eq!(
@@ -427,7 +434,7 @@ async fn records_no_sink_can_take_are_dead_lettered_but_a_missing_table_blocks()
         .into_bytes();
     let now = now_ms();
     let event = kafka_event(
-        false,
+        KafkaSource::Msk,
         &[
             record(
                 TOPIC,
@@ -512,7 +519,10 @@ async fn dead_letters_fit_one_sqs_message_whatever_the_record_holds() {
     let filler = "\u{1}\"\\".repeat(60_000);
     let text = format!("{url} {filler}");
     let bytes: Vec<Value> = text.bytes().map(|b| json!(b as i8)).collect();
-    let mut event = kafka_event(false, &[record(TOPIC, 0, 7, base64(&text), now_ms())]);
+    let mut event = kafka_event(
+        KafkaSource::Msk,
+        &[record(TOPIC, 0, 7, base64(&text), now_ms())],
+    );
     let first = &mut event["records"]["terra-events-0"][0];
     first["key"] = json!(base64(&text));
     first["headers"] = json!([{"x-terra-url": bytes.clone()}, {"x-more": bytes}]);

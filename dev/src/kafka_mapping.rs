@@ -9,9 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use serde_json::{Value, json};
+use serde_json::Value;
 
+use crate::events::{KafkaRecord, KafkaSource, kafka_event};
 use crate::runtime_api::{InvocationResult, RuntimeApi};
 
 /// One record of the topic.
@@ -158,35 +158,17 @@ fn resume_points(
 
 /// The event an MSK mapping builds.
 fn event(topic: &str, batch: &BTreeMap<i64, &[&TopicRecord]>) -> Value {
-    let records: serde_json::Map<String, Value> = batch
+    let records: Vec<KafkaRecord> = batch
         .iter()
-        .map(|(partition, records)| {
-            let list: Vec<Value> = records
-                .iter()
-                .map(|r| {
-                    json!({
-                        "topic": topic,
-                        "partition": r.partition,
-                        "offset": r.offset,
-                        "timestamp": r.timestamp_ms,
-                        "timestampType": "CREATE_TIME",
-                        "value": r.value,
-                        "headers": []
-                    })
-                })
-                .collect();
-            (format!("{topic}-{partition}"), Value::Array(list))
+        .flat_map(|(partition, records)| {
+            records.iter().map(move |r| KafkaRecord {
+                topic: topic.to_owned(),
+                partition: *partition,
+                offset: r.offset,
+                value: r.value.clone(),
+                timestamp_ms: r.timestamp_ms,
+            })
         })
         .collect();
-    json!({
-        "eventSource": "aws:kafka",
-        "eventSourceArn": "arn:aws:kafka:us-east-1:123456789012:cluster/terra-demo/local",
-        "bootstrapServers": "127.0.0.1:9092",
-        "records": records
-    })
-}
-
-/// A Kafka record value as Lambda delivers it.
-pub fn encode_value(text: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(text)
+    kafka_event(KafkaSource::Msk, &records)
 }

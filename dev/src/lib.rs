@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod demo;
 pub mod deployed;
+pub mod events;
 pub mod fault_proxy;
 pub mod kafka_mapping;
 pub mod local_stack;

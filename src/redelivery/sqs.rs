@@ -342,39 +342,12 @@ fn url_life_left(message: &SqsMessage, now_ms: u64) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fakes::MemoryQueue;
     use crate::outcome::examples::written;
     use crate::outcome::{FailureClass, RecordFailure, Retry};
     use serde_json::json;
 
-    /// Records every change; the test keeps a handle on the record.
-    #[derive(Default)]
-    struct MemoryQueue {
-        changes: std::sync::Arc<Mutex<Vec<VisibilityChange>>>,
-    }
-
-    #[async_trait]
-    impl QueueControl for MemoryQueue {
-        async fn settings(&self, _queue_url: &str) -> Result<QueueSettings, QueueError> {
-            Ok(QueueSettings {
-                visibility_timeout: Duration::from_secs(1020),
-                max_receive_count: Some(5),
-            })
-        }
-
-        async fn change_visibility(
-            &self,
-            queue_url: &str,
-            changes: &[VisibilityChange],
-        ) -> Result<(), QueueError> {
-            assert_eq!(
-                queue_url,
-                "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-events"
-            );
-            let mut log = self.changes.lock().expect("not poisoned");
-            log.extend(changes.iter().cloned());
-            Ok(())
-        }
-    }
+    const QUEUE_URL: &str = "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-events";
 
     fn event(now_ms: u64) -> SqsEvent {
         let pointer =
@@ -428,17 +401,19 @@ mod tests {
     #[tokio::test]
     async fn the_batch_is_held_and_each_failure_timed_by_its_url() {
         let queue = MemoryQueue::default();
-        let changes = std::sync::Arc::clone(&queue.changes);
-        let redelivery = Redelivery::new(Box::new(queue));
+        let redelivery = Redelivery::new(Box::new(queue.clone()));
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .expect("after 1970")
             .as_millis() as u64;
         let event = event(now_ms);
         redelivery.hold(&event, Duration::from_secs(119)).await;
-        let held = std::mem::take(&mut *changes.lock().expect("not poisoned"));
+        let held = queue.changes();
         assert_eq!(held.len(), 4);
-        assert!(held.iter().all(|c| c.timeout == Duration::from_secs(149)));
+        assert!(
+            held.iter()
+                .all(|(url, c)| url == QUEUE_URL && c.timeout == Duration::from_secs(149))
+        );
 
         let transient = Outcome::Failed(RecordFailure::new(
             FailureClass::Fetch,
@@ -457,11 +432,10 @@ mod tests {
                 Duration::from_secs(120),
             )
             .await;
-        let timed: BTreeMap<String, u64> = changes
-            .lock()
-            .expect("not poisoned")
+        let timed: BTreeMap<String, u64> = queue.changes()[held.len()..]
             .iter()
-            .map(|c| (c.id.clone(), c.timeout.as_secs()))
+            .inspect(|(url, _)| assert_eq!(url, QUEUE_URL))
+            .map(|(_, c)| (c.id.clone(), c.timeout.as_secs()))
             .collect();
         // 480 s of URL left, less half a 120 s invocation, over 4 receipts
         // left; the permanent failure keeps the queue's 1020 s; the fifth

@@ -14,55 +14,7 @@ pub use super::sqs_mapping::sqs_record;
 /// appear in any output.
 pub const SECRETS: [&str; 3] = ["X-Amz-Signature", "5ec7e7516a7c0ffee", "AKIASECRETKEYID"];
 
-/// One record of a Kafka event: topic, partition, offset, the value already
-/// base64-encoded (as Lambda delivers it), and the record timestamp.
-pub struct KafkaRecord {
-    pub topic: &'static str,
-    pub partition: i64,
-    pub offset: i64,
-    pub value: String,
-    pub timestamp_ms: u64,
-}
-
-pub fn base64(text: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(text)
-}
-
-/// A Kafka event as an MSK (`self_managed` false) or self-managed Kafka
-/// mapping delivers it.
-pub fn kafka_event(self_managed: bool, records: &[KafkaRecord]) -> Value {
-    let mut partitions = serde_json::Map::new();
-    for record in records {
-        let key = format!("{}-{}", record.topic, record.partition);
-        let entry = partitions.entry(key).or_insert_with(|| json!([]));
-        entry.as_array_mut().expect("array").push(json!({
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "timestamp": record.timestamp_ms,
-            "timestampType": "CREATE_TIME",
-            "value": record.value,
-            // Header values are byte arrays of signed numbers.
-            "headers": [{"content-type": b"application/json".map(|b| b as i8)}]
-        }));
-    }
-    let bootstrap = "b-1.terra.abc123.c2.kafka.us-east-1.amazonaws.com:9096";
-    if self_managed {
-        json!({"eventSource": "SelfManagedKafka", "bootstrapServers": bootstrap, "records": partitions})
-    } else {
-        json!({
-            "eventSource": "aws:kafka",
-            "eventSourceArn": "arn:aws:kafka:us-east-1:123456789012:cluster/terra/abc123-4",
-            "bootstrapServers": bootstrap,
-            "records": partitions
-        })
-    }
-}
-
-pub fn pointer(url: &str) -> String {
-    json!({"status": "success", "type": "s3_payload", "url": url, "expires_in": 600}).to_string()
-}
+pub use terra_sink_dev::events::{KafkaRecord, KafkaSource, base64, kafka_event, pointer};
 
 pub fn failed_ids(result: &InvocationResult) -> BTreeSet<String> {
     let InvocationResult::Response(response) = result else {

@@ -679,9 +679,15 @@ mod tests {
                 };
                 project(&payload, 1, 100, &window, &mut writers)
             });
+            // Each record is a little over a quarter of the window: three
+            // fit, and the planner then waits however long it is given.
+            let held_now = || held.lock().expect("not poisoned").len();
+            let started = std::time::Instant::now();
+            while held_now() < 3 && started.elapsed() < std::time::Duration::from_secs(20) {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
             std::thread::sleep(std::time::Duration::from_millis(200));
-            // Each record is a little over a quarter of the window.
-            assert_eq!(held.lock().expect("not poisoned").len(), 3);
+            assert_eq!(held_now(), 3);
             done.store(true, Ordering::SeqCst);
             held.lock().expect("not poisoned").clear();
             planner.join().expect("planner").expect("projects");

@@ -1,29 +1,32 @@
 //! Everything built once at cold start, and the Lambda handlers that use it.
+//! [`aws`] wires the AWS clients from the configuration; the handlers see only
+//! the narrow traits, so tests run them in process on in-memory fakes.
+
+mod aws;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use aws_config::BehaviorVersion;
-use aws_config::retry::RetryConfig;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use lambda_runtime::LambdaEvent;
+use lambda_runtime::{Diagnostic, LambdaEvent};
 use tokio::time::Instant;
 
 use crate::batch::{self, BatchLimits, BatchReport};
-use crate::budget::{HoldingCost, MemoryBudget};
-use crate::config::{Config, ConfigError};
-use crate::dead_letter::{self, DeadLetterQueue, SqsDeadLetterQueue};
-use crate::fetch::{ClientBuildError, Fetcher};
+use crate::config::ConfigError;
+use crate::dead_letter::{self, DeadLetterQueue};
+use crate::fetch::ClientBuildError;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::redelivery::sqs::{Redelivery, SqsQueueControl};
-use crate::sink::{Archive, DynamoDbSink, S3Compression, S3Sink, Sink};
-use crate::source::kafka::{self, KafkaBatchResponse, KafkaEvent, ResponseMode};
-use crate::source::sqs;
+use crate::redelivery::sqs::Redelivery;
+use crate::source::kafka::{
+    self, KafkaBatchResponse, KafkaEvent, KafkaResponseError, ResponseMode,
+};
+use crate::source::sqs::{self, SqsResponseError};
 
 /// Time kept back from the Lambda deadline to report the batch response.
 const RESPONSE_RESERVE: Duration = Duration::from_millis(1_000);
-const DYNAMODB_MAX_ATTEMPTS: u32 = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
@@ -33,6 +36,38 @@ pub enum InitError {
     Client(#[from] ClientBuildError),
 }
 
+/// Why a handler fails its whole invocation, so that the mapping retries the
+/// batch. Lambda records the `errorType` named here.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error(transparent)]
+    Sqs(#[from] SqsResponseError),
+    #[error(transparent)]
+    Kafka(#[from] KafkaResponseError),
+}
+
+impl HandlerError {
+    /// The `errorType` Lambda reports: what happened, not a Rust type name.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            HandlerError::Kafka(KafkaResponseError::BatchFailed { .. }) => "BatchFailed",
+            HandlerError::Kafka(KafkaResponseError::MissingOffset { .. }) => "MissingOffset",
+            HandlerError::Sqs(SqsResponseError::MissingMessageId { .. }) => "MissingMessageId",
+            HandlerError::Sqs(SqsResponseError::Mismatch { .. })
+            | HandlerError::Kafka(KafkaResponseError::Mismatch { .. }) => "OutcomeMismatch",
+        }
+    }
+}
+
+impl From<HandlerError> for Diagnostic {
+    fn from(error: HandlerError) -> Self {
+        Diagnostic {
+            error_type: error.error_type().to_owned(),
+            error_message: error.to_string(),
+        }
+    }
+}
+
 pub struct App {
     pipeline: Arc<Pipeline>,
     concurrency: usize,
@@ -40,6 +75,18 @@ pub struct App {
     dead_letters: Option<Box<dyn DeadLetterQueue>>,
     redelivery: Redelivery,
     metrics: Metrics,
+}
+
+/// What an [`App`] is made of.
+pub struct AppParts {
+    pub pipeline: Pipeline,
+    /// Records in flight at once (`TERRA_FETCH_CONCURRENCY`).
+    pub concurrency: usize,
+    pub kafka_response: ResponseMode,
+    /// Where poison Kafka records go, when configured.
+    pub dead_letters: Option<Box<dyn DeadLetterQueue>>,
+    pub redelivery: Redelivery,
+    pub metrics: Metrics,
 }
 
 impl App {
@@ -58,68 +105,23 @@ impl App {
         }
     }
 
-    /// Reads the configuration from the environment and builds every client.
-    pub async fn from_env() -> Result<Self, InitError> {
-        Self::from_config(Config::from_env()?).await
-    }
-
-    pub async fn from_config(config: Config) -> Result<Self, InitError> {
-        let cost = holding_cost(&config);
-        let budget = MemoryBudget::new(config.memory_budget_bytes);
-        let budget_bytes = budget.total_bytes();
-        let max_payload_bytes = config.fetch.max_payload_bytes;
-        let fetcher = Fetcher::new(config.url_policy, config.fetch)?.with_budget(budget, cost);
-        let aws = aws_config::defaults(BehaviorVersion::latest()).load().await;
-        let archive = config.s3.map(|settings| {
-            let s3_config = aws_sdk_s3::config::Builder::from(&aws)
-                .force_path_style(config.s3_force_path_style)
-                .build();
-            Arc::new(S3Sink::new(
-                aws_sdk_s3::Client::from_conf(s3_config),
-                settings,
-            )) as Arc<dyn Archive>
-        });
-        let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
-        if let Some(table) = config.dynamodb_table {
-            // Throttling and 5xx are retried by the SDK with backoff; the batch
-            // cutoff bounds the total.
-            let dynamodb_config = aws_sdk_dynamodb::config::Builder::from(&aws)
-                .retry_config(RetryConfig::standard().with_max_attempts(DYNAMODB_MAX_ATTEMPTS))
-                .build();
-            sinks.push(Arc::new(DynamoDbSink::new(
-                aws_sdk_dynamodb::Client::from_conf(dynamodb_config),
-                table,
-                config.dynamodb_max_items,
-            )));
+    /// An app of the parts given: the binaries get them from [`App::from_config`],
+    /// tests from in-memory fakes.
+    pub fn new(parts: AppParts) -> Self {
+        Self {
+            pipeline: Arc::new(parts.pipeline),
+            concurrency: parts.concurrency,
+            kafka_response: parts.kafka_response,
+            dead_letters: parts.dead_letters,
+            redelivery: parts.redelivery,
+            metrics: parts.metrics,
         }
-        let sqs = aws_sdk_sqs::Client::new(&aws);
-        let dead_letters = config.kafka.dead_letter_queue_url.map(|queue_url| {
-            Box::new(SqsDeadLetterQueue::new(sqs.clone(), queue_url)) as Box<dyn DeadLetterQueue>
-        });
-        let pipeline = Pipeline::new(fetcher, archive, sinks);
-        tracing::info!(
-            memory_budget_bytes = budget_bytes,
-            largest_record_holds = pipeline.largest_record_holds(max_payload_bytes),
-            "memory budget"
-        );
-        Ok(Self {
-            pipeline: Arc::new(pipeline),
-            concurrency: config.concurrency,
-            kafka_response: if config.kafka.partial_batch {
-                ResponseMode::PartialBatch
-            } else {
-                ResponseMode::WholeBatch
-            },
-            dead_letters,
-            redelivery: Redelivery::new(Box::new(SqsQueueControl::new(sqs))),
-            metrics: Metrics::new(config.metrics_namespace),
-        })
     }
 
     pub async fn handle_sqs(
         &self,
         event: LambdaEvent<SqsEvent>,
-    ) -> Result<SqsBatchResponse, lambda_runtime::Error> {
+    ) -> Result<SqsBatchResponse, HandlerError> {
         let items = sqs::decode(&event.payload);
         let limits = self.limits(&event);
         let time_left = event
@@ -159,7 +161,7 @@ impl App {
     pub async fn handle_kafka(
         &self,
         event: LambdaEvent<KafkaEvent>,
-    ) -> Result<KafkaBatchResponse, lambda_runtime::Error> {
+    ) -> Result<KafkaBatchResponse, HandlerError> {
         let mut decoded = kafka::decode(&event.payload);
         let items = std::mem::take(&mut decoded.items);
         let mut report = batch::run(Arc::clone(&self.pipeline), items, self.limits(&event)).await;
@@ -195,24 +197,6 @@ impl App {
             cutoff: cutoff_before(event.context.deadline()),
         }
     }
-}
-
-/// What a record holds for its payload, by the stores configured. The
-/// factors are measured by `make bench` (BENCHMARKS.md, "Memory budget").
-fn holding_cost(config: &Config) -> HoldingCost {
-    let mut cost = HoldingCost::BUFFER_ONLY;
-    if config
-        .s3
-        .as_ref()
-        .is_some_and(|s3| s3.compression == S3Compression::Gzip)
-    {
-        // The compressed copy, its buffer grown by doubling.
-        cost.percent_of_payload += 50;
-    }
-    if config.dynamodb_table.is_some() {
-        cost = DynamoDbSink::holding_cost(cost);
-    }
-    cost
 }
 
 /// Payload buffers are large and short-lived. By default glibc raises its mmap

@@ -1,0 +1,98 @@
+//! The AWS side of cold start: the SDK clients, configured once from the
+//! environment, behind the traits the handlers use.
+
+use std::sync::Arc;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+
+use super::{App, AppParts, InitError};
+use crate::budget::{HoldingCost, MemoryBudget};
+use crate::config::Config;
+use crate::dead_letter::{DeadLetterQueue, SqsDeadLetterQueue};
+use crate::fetch::Fetcher;
+use crate::metrics::Metrics;
+use crate::pipeline::Pipeline;
+use crate::redelivery::sqs::{Redelivery, SqsQueueControl};
+use crate::sink::{Archive, DynamoDbSink, S3Compression, S3Sink, Sink};
+use crate::source::kafka::ResponseMode;
+
+const DYNAMODB_MAX_ATTEMPTS: u32 = 8;
+
+impl App {
+    /// Reads the configuration from the environment and builds every client.
+    pub async fn from_env() -> Result<Self, InitError> {
+        Self::from_config(Config::from_env()?).await
+    }
+
+    pub async fn from_config(config: Config) -> Result<Self, InitError> {
+        let cost = holding_cost(&config);
+        let budget = MemoryBudget::new(config.memory_budget_bytes);
+        let budget_bytes = budget.total_bytes();
+        let max_payload_bytes = config.fetch.max_payload_bytes;
+        let fetcher = Fetcher::new(config.url_policy, config.fetch)?.with_budget(budget, cost);
+        let aws = aws_config::defaults(BehaviorVersion::latest()).load().await;
+        let archive = config.s3.map(|settings| {
+            let s3_config = aws_sdk_s3::config::Builder::from(&aws)
+                .force_path_style(config.s3_force_path_style)
+                .build();
+            Arc::new(S3Sink::new(
+                aws_sdk_s3::Client::from_conf(s3_config),
+                settings,
+            )) as Arc<dyn Archive>
+        });
+        let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+        if let Some(table) = config.dynamodb_table {
+            // Throttling and 5xx are retried by the SDK with backoff; the batch
+            // cutoff bounds the total.
+            let dynamodb_config = aws_sdk_dynamodb::config::Builder::from(&aws)
+                .retry_config(RetryConfig::standard().with_max_attempts(DYNAMODB_MAX_ATTEMPTS))
+                .build();
+            sinks.push(Arc::new(DynamoDbSink::new(
+                aws_sdk_dynamodb::Client::from_conf(dynamodb_config),
+                table,
+                config.dynamodb_max_items,
+            )));
+        }
+        let sqs = aws_sdk_sqs::Client::new(&aws);
+        let dead_letters = config.kafka.dead_letter_queue_url.map(|queue_url| {
+            Box::new(SqsDeadLetterQueue::new(sqs.clone(), queue_url)) as Box<dyn DeadLetterQueue>
+        });
+        let pipeline = Pipeline::new(fetcher, archive, sinks);
+        tracing::info!(
+            memory_budget_bytes = budget_bytes,
+            largest_record_holds = pipeline.largest_record_holds(max_payload_bytes),
+            "memory budget"
+        );
+        Ok(Self::new(AppParts {
+            pipeline,
+            concurrency: config.concurrency,
+            kafka_response: if config.kafka.partial_batch {
+                ResponseMode::PartialBatch
+            } else {
+                ResponseMode::WholeBatch
+            },
+            dead_letters,
+            redelivery: Redelivery::new(Box::new(SqsQueueControl::new(sqs))),
+            metrics: Metrics::new(config.metrics_namespace),
+        }))
+    }
+}
+
+/// What a record holds for its payload, by the stores configured. The
+/// factors are measured by `make bench` (BENCHMARKS.md, "Memory budget").
+fn holding_cost(config: &Config) -> HoldingCost {
+    let mut cost = HoldingCost::BUFFER_ONLY;
+    if config
+        .s3
+        .as_ref()
+        .is_some_and(|s3| s3.compression == S3Compression::Gzip)
+    {
+        // The compressed copy, its buffer grown by doubling.
+        cost.percent_of_payload += 50;
+    }
+    if config.dynamodb_table.is_some() {
+        cost = DynamoDbSink::holding_cost(cost);
+    }
+    cost
+}

@@ -1,0 +1,435 @@
+//! The handlers in process, on in-memory stores and queues and a real payload
+//! server: their responses, the order of the stores, the archive fallback,
+//! the dead-letter deadline and the metrics, in milliseconds. What the stores
+//! do on the wire is tested against moto in `tests/`.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use lambda_runtime::{Context, LambdaEvent};
+use serde_json::{Value, json};
+use terra_sink_dev::events::{KafkaRecord, KafkaSource, base64, kafka_event, pointer};
+use terra_sink_dev::payload_server::{Behaviour, PayloadServer};
+use terra_sink_dev::sqs_mapping::sqs_record;
+
+use super::{App, AppParts};
+use crate::fakes::{Answer, Journal, MemoryArchive, MemoryDeadLetters, MemoryQueue, MemorySink};
+use crate::fetch::{FetchSettings, Fetcher, HostPattern, UrlPolicy};
+use crate::message::{self, TerraMessage};
+use crate::metrics::Metrics;
+use crate::payload::ArchiveName;
+use crate::pipeline::Pipeline;
+use crate::redelivery::sqs::Redelivery;
+use crate::sink::{Archive, Sink};
+use crate::source::kafka::{KafkaBatchResponse, KafkaEvent, ResponseMode};
+
+/// The invocation's time: enough for a fetch, short enough that a record
+/// retried until the deadline keeps a test quick.
+const INVOCATION: Duration = Duration::from_secs(3);
+const FUNCTION_NAME: &str = "terra-sink-test";
+
+struct Harness {
+    app: App,
+    journal: Journal,
+    archive: Arc<MemoryArchive>,
+    sink: Arc<MemorySink>,
+    dead_letters: MemoryDeadLetters,
+    queue: MemoryQueue,
+    metrics: Arc<Mutex<Vec<Value>>>,
+    payloads: PayloadServer,
+}
+
+struct Setup {
+    archive: fn(&Journal) -> MemoryArchive,
+    dead_letters: Answer,
+    kafka_response: ResponseMode,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            archive: MemoryArchive::new,
+            dead_letters: Answer::Accept,
+            kafka_response: ResponseMode::PartialBatch,
+        }
+    }
+}
+
+async fn harness(setup: Setup) -> Harness {
+    let journal = Journal::default();
+    let archive = Arc::new((setup.archive)(&journal));
+    let sink = Arc::new(MemorySink::new(&journal));
+    let dead_letters = MemoryDeadLetters::answering(setup.dead_letters);
+    let queue = MemoryQueue::default();
+    let (metrics, documents) = Metrics::in_memory("Terra/Test");
+    let policy = UrlPolicy {
+        allowed_hosts: Some(vec![HostPattern::parse("127.0.0.1").expect("valid")]),
+        allow_insecure: true,
+    };
+    let fetcher = Fetcher::new(
+        policy,
+        FetchSettings {
+            timeout: Duration::from_secs(2),
+            max_attempts: Some(2),
+            max_payload_bytes: 1024 * 1024,
+        },
+    )
+    .expect("client builds");
+    let pipeline = Pipeline::new(
+        fetcher,
+        Some(Arc::clone(&archive) as Arc<dyn Archive>),
+        vec![Arc::clone(&sink) as Arc<dyn Sink>],
+    );
+    let app = App::new(AppParts {
+        pipeline,
+        concurrency: 4,
+        kafka_response: setup.kafka_response,
+        dead_letters: Some(Box::new(dead_letters.clone())),
+        redelivery: Redelivery::new(Box::new(queue.clone())),
+        metrics,
+    });
+    Harness {
+        app,
+        journal,
+        archive,
+        sink,
+        dead_letters,
+        queue,
+        metrics: documents,
+        payloads: PayloadServer::start().await,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn invocation<T>(payload: T) -> LambdaEvent<T> {
+    let mut context = Context::default();
+    context.deadline = now_ms() + INVOCATION.as_millis() as u64;
+    context.env_config = Arc::new(lambda_runtime::Config {
+        function_name: FUNCTION_NAME.into(),
+        ..lambda_runtime::Config::default()
+    });
+    LambdaEvent::new(payload, context)
+}
+
+fn sqs_event(records: &[Value]) -> SqsEvent {
+    serde_json::from_value(json!({ "Records": records })).expect("an SQS event")
+}
+
+fn activity(user: &str) -> Vec<u8> {
+    json!({
+        "type": "activity",
+        "user": {"user_id": user, "provider": "GARMIN"},
+        "data": [{"metadata": {"summary_id": format!("{user}-run"), "start_time": "2026-11-30T07:00:00Z"}}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// The archive name the pipeline gives the payload a message points to.
+fn name_of(body: &str, sent_at_ms: u64) -> ArchiveName {
+    match message::decode(body.as_bytes()).expect("a pointer message") {
+        TerraMessage::Payload(pointer) => ArchiveName::for_message(&pointer, sent_at_ms),
+        TerraMessage::Healthcheck => panic!("not a payload"),
+    }
+}
+
+fn failed_ids(response: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<String> {
+    let mut ids: Vec<String> = response
+        .batch_item_failures
+        .iter()
+        .map(|failure| failure.item_identifier.clone())
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// The counts of the invocation's first metric document.
+fn counted(harness: &Harness, metric: &str) -> u64 {
+    let documents = harness.metrics.lock().expect("not poisoned");
+    let first = documents.first().expect("a metric document");
+    first[metric]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{metric} in {first}"))
+}
+
+#[tokio::test]
+async fn sqs_reports_only_the_messages_that_failed() {
+    let h = harness(Setup::default()).await;
+    let now = now_ms();
+    let good = pointer(
+        &h.payloads
+            .route("/good.json", Behaviour::Ok(activity("u-1"))),
+    );
+    let gone = pointer(&h.payloads.route("/gone.json", Behaviour::Status(404)));
+    let event = sqs_event(&[
+        sqs_record("good", &good, now),
+        sqs_record("garbled", "not a pointer", now),
+        sqs_record("gone", &gone, now),
+        sqs_record(
+            "health",
+            r#"{"type":"healthcheck","status":"success"}"#,
+            now,
+        ),
+    ]);
+
+    let response = h
+        .app
+        .handle_sqs(invocation(event))
+        .await
+        .expect("a batch response");
+
+    assert_eq!(failed_ids(&response), ["garbled", "gone"]);
+    let name = name_of(&good, now);
+    assert_eq!(
+        h.archive.object(&name).as_deref(),
+        Some(&activity("u-1")[..])
+    );
+    assert!(
+        h.sink.written(&name).is_some(),
+        "the good payload is projected"
+    );
+    assert_eq!((h.archive.len(), h.sink.len()), (1, 1));
+    // Failed messages are given back to the queue on their own schedule;
+    // the whole batch was hidden for the invocation first.
+    let changed: Vec<String> = h.queue.changes().into_iter().map(|(_, c)| c.id).collect();
+    for id in ["good", "garbled", "gone", "health"] {
+        assert!(changed.contains(&id.to_owned()), "{id} held: {changed:?}");
+    }
+    assert!(changed.iter().filter(|id| *id == "gone").count() == 2);
+}
+
+#[tokio::test]
+async fn metrics_count_the_invocation_by_outcome_and_class() {
+    let h = harness(Setup::default()).await;
+    let now = now_ms();
+    let good = pointer(
+        &h.payloads
+            .route("/good.json", Behaviour::Ok(activity("u-1"))),
+    );
+    let event = sqs_event(&[
+        sqs_record("good", &good, now),
+        sqs_record("garbled", "not a pointer", now),
+        sqs_record(
+            "health",
+            r#"{"type":"healthcheck","status":"success"}"#,
+            now,
+        ),
+    ]);
+    h.app
+        .handle_sqs(invocation(event))
+        .await
+        .expect("a batch response");
+
+    let documents = h.metrics.lock().expect("not poisoned").clone();
+    assert_eq!(documents.len(), 1, "{documents:?}");
+    let document = &documents[0];
+    let directive = &document["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(directive["Namespace"], "Terra/Test");
+    assert_eq!(document["FunctionName"], FUNCTION_NAME);
+    assert_eq!(document["Trigger"], "sqs");
+    drop(documents);
+    for (metric, count) in [
+        ("RecordsReceived", 3),
+        ("RecordsWritten", 1),
+        ("RecordsSkipped", 1),
+        ("RecordsFailed", 1),
+        ("RecordsFailedInvalid", 1),
+        ("RecordsFailedFetch", 0),
+        ("RecordsRecoveredFromArchive", 0),
+    ] {
+        assert_eq!(counted(&h, metric), count, "{metric}");
+    }
+}
+
+#[tokio::test]
+async fn the_archive_is_written_before_the_table_and_its_failure_stops_the_record() {
+    let h = harness(Setup::default()).await;
+    let now = now_ms();
+    let good = pointer(
+        &h.payloads
+            .route("/good.json", Behaviour::Ok(activity("u-1"))),
+    );
+    let response = h
+        .app
+        .handle_sqs(invocation(sqs_event(&[sqs_record("good", &good, now)])))
+        .await
+        .expect("a batch response");
+    assert!(failed_ids(&response).is_empty());
+    let name = name_of(&good, now);
+    assert_eq!(
+        *h.journal.lock().expect("not poisoned"),
+        [
+            format!("archive {}", name.as_str()),
+            format!("sink {}", name.as_str())
+        ]
+    );
+    assert!(
+        h.sink
+            .written(&name)
+            .and_then(|delivery| delivery.archived)
+            .is_some(),
+        "the table is told where the archive holds the payload"
+    );
+
+    let down = harness(Setup {
+        archive: MemoryArchive::failing,
+        ..Setup::default()
+    })
+    .await;
+    let url = pointer(
+        &down
+            .payloads
+            .route("/good.json", Behaviour::Ok(activity("u-1"))),
+    );
+    let response = down
+        .app
+        .handle_sqs(invocation(sqs_event(&[sqs_record("good", &url, now)])))
+        .await
+        .expect("a batch response");
+    assert_eq!(failed_ids(&response), ["good"]);
+    assert_eq!(down.sink.len(), 0, "nothing reaches the table unarchived");
+    let journal = down.journal.lock().expect("not poisoned").clone();
+    assert!(
+        journal.len() > 1 && journal.iter().all(|entry| entry.starts_with("archive ")),
+        "the archive is retried until the deadline, the table never asked: {journal:?}"
+    );
+    assert_eq!(counted(&down, "RecordsFailedSink"), 1);
+}
+
+#[tokio::test]
+async fn an_expired_url_is_completed_from_the_archived_copy() {
+    let sent = now_ms() - 700_000;
+    let h = harness(Setup::default()).await;
+    let path = "/expired.json";
+    let body = pointer(&h.payloads.route(path, Behaviour::Ok(activity("u-1"))));
+    let name = name_of(&body, sent);
+    h.archive.hold(&name, sent, &activity("u-1"));
+    let lost = pointer(
+        &h.payloads
+            .route("/lost.json", Behaviour::Ok(activity("u-2"))),
+    );
+
+    let response = h
+        .app
+        .handle_sqs(invocation(sqs_event(&[
+            sqs_record("archived", &body, sent),
+            sqs_record("lost", &lost, sent),
+        ])))
+        .await
+        .expect("a batch response");
+
+    assert_eq!(failed_ids(&response), ["lost"]);
+    assert_eq!(h.payloads.hits(path), 0, "an expired URL is not tried");
+    let written = h.sink.written(&name).expect("projected from the archive");
+    assert_eq!(&written.payload[..], &activity("u-1")[..]);
+    assert_eq!(counted(&h, "RecordsRecoveredFromArchive"), 1);
+    assert_eq!(counted(&h, "RecordsFailedExpired"), 1);
+}
+
+fn kafka_invocation(records: &[KafkaRecord]) -> LambdaEvent<KafkaEvent> {
+    invocation(
+        serde_json::from_value(kafka_event(KafkaSource::Msk, records)).expect("a Kafka event"),
+    )
+}
+
+fn kafka_record(offset: i64, value: &str) -> KafkaRecord {
+    KafkaRecord {
+        topic: "terra-events".into(),
+        partition: 0,
+        offset,
+        value: base64(value),
+        timestamp_ms: now_ms(),
+    }
+}
+
+fn failed_offsets(response: &KafkaBatchResponse) -> Vec<i64> {
+    response
+        .batch_item_failures
+        .iter()
+        .map(|failure| failure.item_identifier.offset)
+        .collect()
+}
+
+#[tokio::test]
+async fn kafka_poison_is_dead_lettered_and_the_partition_moves_on() {
+    let h = harness(Setup::default()).await;
+    let good = pointer(
+        &h.payloads
+            .route("/good.json", Behaviour::Ok(activity("u-1"))),
+    );
+    let response = h
+        .app
+        .handle_kafka(kafka_invocation(&[
+            kafka_record(7, &good),
+            kafka_record(8, "not a pointer"),
+        ]))
+        .await
+        .expect("a batch response");
+
+    assert!(failed_offsets(&response).is_empty(), "{response:?}");
+    let letters = h.dead_letters.sent();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].group, "terra-events-0");
+    assert_eq!(counted(&h, "RecordsDeadLettered"), 1);
+    assert_eq!(h.sink.len(), 1);
+}
+
+/// A dead-letter queue that never answers must not cost the response: the
+/// handler answers before Lambda's deadline, with the poison record failed
+/// so the mapping retries it.
+#[tokio::test]
+async fn a_dead_letter_queue_that_hangs_leaves_poison_failed_before_the_deadline() {
+    let h = harness(Setup {
+        dead_letters: Answer::Hang,
+        ..Setup::default()
+    })
+    .await;
+    let event = kafka_invocation(&[kafka_record(7, "not a pointer")]);
+    let deadline = event.context.deadline();
+
+    let response = tokio::time::timeout(INVOCATION * 2, h.app.handle_kafka(event))
+        .await
+        .expect("the handler answers despite the queue")
+        .expect("a batch response");
+
+    assert!(SystemTime::now() < deadline, "answered before the deadline");
+    assert_eq!(failed_offsets(&response), [7]);
+    assert!(h.dead_letters.sent().is_empty());
+    assert_eq!(counted(&h, "RecordsDeadLettered"), 0);
+    assert_eq!(counted(&h, "RecordsFailedInvalid"), 1);
+}
+
+#[tokio::test]
+async fn kafka_without_partial_batch_responses_fails_the_invocation_for_a_transient_failure() {
+    let h = harness(Setup {
+        kafka_response: ResponseMode::WholeBatch,
+        ..Setup::default()
+    })
+    .await;
+    let good = pointer(
+        &h.payloads
+            .route("/good.json", Behaviour::Ok(activity("u-1"))),
+    );
+    let down = pointer(&h.payloads.route("/down.json", Behaviour::Status(503)));
+    let error = h
+        .app
+        .handle_kafka(kafka_invocation(&[
+            kafka_record(7, &good),
+            kafka_record(8, &down),
+        ]))
+        .await
+        .expect_err("the whole batch is retried");
+    let reported = lambda_runtime::Diagnostic::from(error);
+    assert_eq!(reported.error_type, "BatchFailed");
+    assert!(
+        reported.error_message.contains("1 of 2 records failed"),
+        "{}",
+        reported.error_message
+    );
+}

@@ -1,0 +1,311 @@
+//! In-memory stand-ins for the stores and queues behind the narrow traits, so
+//! the handlers' logic is tested in process in milliseconds. They keep the
+//! traits' contracts (conditional archive writes, idempotent sinks); what the
+//! real services do on the wire is tested against moto.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterQueue};
+use crate::outcome::Retry;
+use crate::payload::{ArchiveName, PayloadSummary};
+use crate::redelivery::QueueSettings;
+use crate::redelivery::sqs::{QueueControl, QueueError, VisibilityChange};
+use crate::sink::{
+    Archive, ArchiveUpload, ArchiveWrite, ArchivedObject, Delivery, Sink, SinkError, SinkReport,
+};
+
+/// What the stores were asked to do, in order, across all of them.
+pub type Journal = Arc<Mutex<Vec<String>>>;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// One object per name, holding the send it came from.
+#[derive(Default)]
+pub struct MemoryArchive {
+    objects: Arc<Mutex<HashMap<String, (Bytes, u64)>>>,
+    /// Stores that fail (transiently) before one succeeds.
+    failing_stores: AtomicUsize,
+    journal: Journal,
+}
+
+impl MemoryArchive {
+    pub fn new(journal: &Journal) -> Self {
+        Self {
+            journal: Arc::clone(journal),
+            ..Self::default()
+        }
+    }
+
+    /// Every store fails, as during an outage.
+    pub fn failing(journal: &Journal) -> Self {
+        let archive = Self::new(journal);
+        archive.failing_stores.store(usize::MAX, Ordering::SeqCst);
+        archive
+    }
+
+    /// Holds `payload` under `name` for the send at `sent_at_ms`, as an
+    /// earlier delivery would have left it.
+    pub fn hold(&self, name: &ArchiveName, sent_at_ms: u64, payload: &[u8]) {
+        lock(&self.objects).insert(
+            name.as_str().to_owned(),
+            (Bytes::copy_from_slice(payload), sent_at_ms),
+        );
+    }
+
+    pub fn object(&self, name: &ArchiveName) -> Option<Bytes> {
+        lock(&self.objects)
+            .get(name.as_str())
+            .map(|(bytes, _)| bytes.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.objects).len()
+    }
+}
+
+fn location(name: &str) -> ArchivedObject {
+    ArchivedObject {
+        bucket: "memory".into(),
+        key: name.to_owned(),
+    }
+}
+
+fn store_conditionally(
+    objects: &Mutex<HashMap<String, (Bytes, u64)>>,
+    name: &str,
+    sent_at_ms: u64,
+    payload: Bytes,
+) -> ArchiveWrite {
+    let mut objects = lock(objects);
+    match objects.get(name) {
+        Some((_, held)) if *held > sent_at_ms => ArchiveWrite::NewerHeld(location(name)),
+        Some((_, held)) if *held == sent_at_ms => ArchiveWrite::AlreadyHeld(location(name)),
+        _ => {
+            objects.insert(name.to_owned(), (payload, sent_at_ms));
+            ArchiveWrite::Written(location(name))
+        }
+    }
+}
+
+#[async_trait]
+impl Archive for MemoryArchive {
+    async fn store(&self, delivery: &Delivery) -> Result<ArchiveWrite, SinkError> {
+        lock(&self.journal).push(format!("archive {}", delivery.name.as_str()));
+        let failing = self
+            .failing_stores
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            })
+            .is_ok();
+        if failing {
+            return Err(SinkError {
+                sink: "memory archive",
+                retry: Retry::Transient,
+                message: "unavailable".into(),
+                record_at_fault: false,
+            });
+        }
+        Ok(store_conditionally(
+            &self.objects,
+            delivery.name.as_str(),
+            delivery.sent_at_ms,
+            delivery.payload.clone(),
+        ))
+    }
+
+    async fn retrieve(
+        &self,
+        name: &ArchiveName,
+        sent_at_ms: u64,
+    ) -> Result<Option<(Bytes, ArchivedObject)>, SinkError> {
+        lock(&self.journal).push(format!("retrieve {}", name.as_str()));
+        Ok(lock(&self.objects)
+            .get(name.as_str())
+            .filter(|(_, held)| *held == sent_at_ms)
+            .map(|(bytes, _)| (bytes.clone(), location(name.as_str()))))
+    }
+
+    fn begin_upload(&self, name: &ArchiveName, sent_at_ms: u64) -> Box<dyn ArchiveUpload> {
+        Box::new(MemoryUpload {
+            objects: Arc::clone(&self.objects),
+            name: name.as_str().to_owned(),
+            sent_at_ms,
+            received: Vec::new(),
+        })
+    }
+
+    fn upload_holds_bytes(&self) -> u64 {
+        0
+    }
+}
+
+struct MemoryUpload {
+    objects: Arc<Mutex<HashMap<String, (Bytes, u64)>>>,
+    name: String,
+    sent_at_ms: u64,
+    received: Vec<u8>,
+}
+
+#[async_trait]
+impl ArchiveUpload for MemoryUpload {
+    async fn append(&mut self, bytes: Bytes, _known: &PayloadSummary) -> Result<(), SinkError> {
+        self.received.extend_from_slice(&bytes);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>, _summary: &PayloadSummary) -> Result<ArchiveWrite, SinkError> {
+        Ok(store_conditionally(
+            &self.objects,
+            &self.name,
+            self.sent_at_ms,
+            Bytes::from(self.received),
+        ))
+    }
+
+    async fn abort(self: Box<Self>) {}
+}
+
+/// Keeps the newest delivery per name, as the DynamoDB version guard does.
+#[derive(Default)]
+pub struct MemorySink {
+    written: Mutex<HashMap<String, Delivery>>,
+    journal: Journal,
+}
+
+impl MemorySink {
+    pub fn new(journal: &Journal) -> Self {
+        Self {
+            journal: Arc::clone(journal),
+            ..Self::default()
+        }
+    }
+
+    pub fn written(&self, name: &ArchiveName) -> Option<Delivery> {
+        lock(&self.written).get(name.as_str()).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        lock(&self.written).len()
+    }
+}
+
+#[async_trait]
+impl Sink for MemorySink {
+    async fn write(&self, delivery: &Delivery) -> Result<SinkReport, SinkError> {
+        lock(&self.journal).push(format!("sink {}", delivery.name.as_str()));
+        let mut written = lock(&self.written);
+        let newer_held = written
+            .get(delivery.name.as_str())
+            .is_some_and(|held| held.sent_at_ms > delivery.sent_at_ms);
+        if newer_held {
+            return Ok(SinkReport {
+                items_written: 0,
+                items_stale: 1,
+            });
+        }
+        written.insert(delivery.name.as_str().to_owned(), delivery.clone());
+        Ok(SinkReport {
+            items_written: 1,
+            items_stale: 0,
+        })
+    }
+}
+
+/// How a [`MemoryDeadLetters`] answers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Answer {
+    #[default]
+    Accept,
+    /// Accepts letters, except those whose group is this.
+    RefuseGroup(&'static str),
+    /// Never answers, like a queue whose endpoint does not respond.
+    Hang,
+}
+
+/// Clones share what was sent, so a test keeps one while the app owns another.
+#[derive(Default, Clone)]
+pub struct MemoryDeadLetters {
+    pub answer: Answer,
+    sent: Arc<Mutex<Vec<DeadLetter>>>,
+}
+
+impl MemoryDeadLetters {
+    pub fn answering(answer: Answer) -> Self {
+        Self {
+            answer,
+            ..Self::default()
+        }
+    }
+
+    pub fn sent(&self) -> Vec<DeadLetter> {
+        lock(&self.sent).clone()
+    }
+}
+
+#[async_trait]
+impl DeadLetterQueue for MemoryDeadLetters {
+    async fn send(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
+        match self.answer {
+            Answer::RefuseGroup(group) if letter.group == group => {
+                Err(DeadLetterError("AccessDenied".into()))
+            }
+            Answer::Accept | Answer::RefuseGroup(_) => {
+                lock(&self.sent).push(letter.clone());
+                Ok(())
+            }
+            Answer::Hang => {
+                futures::future::pending::<()>().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A queue with the template's settings that records every visibility
+/// change. Clones share the record.
+#[derive(Default, Clone)]
+pub struct MemoryQueue {
+    changes: Arc<Mutex<Vec<(String, VisibilityChange)>>>,
+}
+
+impl MemoryQueue {
+    pub const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(1020);
+    pub const MAX_RECEIVE_COUNT: u32 = 5;
+
+    pub fn changes(&self) -> Vec<(String, VisibilityChange)> {
+        lock(&self.changes).clone()
+    }
+}
+
+#[async_trait]
+impl QueueControl for MemoryQueue {
+    async fn settings(&self, _queue_url: &str) -> Result<QueueSettings, QueueError> {
+        Ok(QueueSettings {
+            visibility_timeout: Self::VISIBILITY_TIMEOUT,
+            max_receive_count: Some(Self::MAX_RECEIVE_COUNT),
+        })
+    }
+
+    async fn change_visibility(
+        &self,
+        queue_url: &str,
+        changes: &[VisibilityChange],
+    ) -> Result<(), QueueError> {
+        lock(&self.changes).extend(
+            changes
+                .iter()
+                .map(|change| (queue_url.to_owned(), change.clone())),
+        );
+        Ok(())
+    }
+}
