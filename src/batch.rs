@@ -1,7 +1,7 @@
 //! Running one invocation's batch: bounded concurrency, FIFO ordering, the
 //! deadline, panic isolation, and one outcome per record, in input order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -9,8 +9,8 @@ use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
-use crate::outcome::{FailureClass, Outcome, RecordFailure, Retry};
-use crate::source::{InboundRecord, SourceItem};
+use crate::outcome::{BatchReport, FailureClass, Outcome, RecordFailure, Retry};
+use crate::record::{InboundRecord, SourceItem};
 
 /// Does the work for one record. The pipeline implements it; tests use fakes.
 #[async_trait]
@@ -25,79 +25,6 @@ pub struct BatchLimits {
     pub concurrency: usize,
     /// No record starts at or after this instant, and none runs past it.
     pub cutoff: Instant,
-}
-
-/// The outcome of every record, in the order the records arrived.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchReport {
-    pub outcomes: Vec<Outcome>,
-}
-
-/// Counts by outcome, for the per-batch summary line and metrics.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BatchSummary {
-    pub received: usize,
-    pub written: usize,
-    pub healthchecks: usize,
-    pub failed: usize,
-    pub failed_permanent: usize,
-    pub failed_by_class: BTreeMap<FailureClass, usize>,
-    /// Poison records set aside on the dead-letter queue (Kafka only).
-    pub dead_lettered: usize,
-    pub bytes_written: u64,
-    /// Items a sink skipped because a newer version was already stored.
-    pub stale_items: usize,
-    /// Records completed from the archive because their URL had expired.
-    pub recovered_from_archive: usize,
-}
-
-impl BatchReport {
-    pub fn summary(&self) -> BatchSummary {
-        let mut summary = BatchSummary {
-            received: self.outcomes.len(),
-            ..BatchSummary::default()
-        };
-        for outcome in &self.outcomes {
-            match outcome {
-                Outcome::Written(written) => {
-                    summary.written += 1;
-                    summary.bytes_written += written.payload_bytes;
-                    summary.stale_items += written.stale_items;
-                    summary.recovered_from_archive += usize::from(written.recovered_from_archive);
-                }
-                Outcome::Healthcheck => summary.healthchecks += 1,
-                Outcome::Failed(failure) => {
-                    summary.failed += 1;
-                    if failure.retry == Retry::Permanent {
-                        summary.failed_permanent += 1;
-                    }
-                    *summary.failed_by_class.entry(failure.class).or_default() += 1;
-                }
-                Outcome::DeadLettered(_) => summary.dead_lettered += 1,
-            }
-        }
-        summary
-    }
-
-    /// The one summary line per invocation, once the source has settled every
-    /// outcome (dead-lettering included).
-    pub fn log_summary(&self) {
-        let summary = self.summary();
-        let failed_by_class = serde_json::to_string(&summary.failed_by_class).unwrap_or_default();
-        tracing::info!(
-            received = summary.received,
-            written = summary.written,
-            healthchecks = summary.healthchecks,
-            failed = summary.failed,
-            failed_permanent = summary.failed_permanent,
-            failed_by_class = %failed_by_class,
-            bytes_written = summary.bytes_written,
-            stale_items = summary.stale_items,
-            recovered_from_archive = summary.recovered_from_archive,
-            dead_lettered = summary.dead_lettered,
-            "batch done"
-        );
-    }
 }
 
 /// A run of records that must go in order: one FIFO group, or a single

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::budget::derived_budget_bytes;
 use crate::fetch::{FetchSettings, HostPattern, UrlPolicy};
-use crate::payload::KeyPrefix;
+use crate::sink::KeyPrefix;
 use crate::sink::{DEFAULT_MAX_ITEMS, S3Compression, S3Settings};
 
 #[derive(Debug, Clone, PartialEq, Eq)]

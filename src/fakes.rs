@@ -13,11 +13,12 @@ use bytes::Bytes;
 
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterQueue};
 use crate::outcome::Retry;
-use crate::payload::{ArchiveName, PayloadSummary};
+use crate::payload::PayloadSummary;
 use crate::redelivery::QueueSettings;
 use crate::redelivery::sqs::{QueueControl, QueueError, VisibilityChange};
 use crate::sink::{
-    Archive, ArchiveUpload, ArchiveWrite, ArchivedObject, Delivery, Sink, SinkError, SinkReport,
+    Archive, ArchiveName, ArchiveUpload, ArchiveWrite, ArchivedObject, Delivery, Sink, SinkError,
+    SinkReport,
 };
 
 /// What the stores were asked to do, in order, across all of them.

@@ -1,21 +1,24 @@
 //! terra-sink: lands Terra health data, delivered as pointer messages on SQS or
-//! Kafka, in the customer's own S3 bucket.
+//! Kafka, in the customer's own S3 bucket and DynamoDB table.
 //!
-//! The flow for one record: [`source`] decodes the trigger's record, [`message`]
-//! decodes Terra's pointer, [`fetch`] downloads the payload under the URL policy,
-//! [`payload`] checks it and names it, [`sink`] writes it. [`pipeline`] strings
-//! these together for one record, and [`batch`] runs a whole invocation:
-//! concurrency, deadline, ordering and the per-record outcomes the sources turn
-//! into partial batch responses. [`dead_letter`] sets aside Kafka records that
-//! can never succeed. [`metrics`] reports each invocation to CloudWatch.
-//! [`app`] builds all of it once at cold start from
-//! [`config`].
+//! The flow for one record: [`source`] decodes the trigger's record into a
+//! [`record`], [`message`] decodes Terra's pointer, [`fetch`] downloads the
+//! payload under the URL policy, [`payload`] checks it, [`sink`] names and
+//! writes it. [`pipeline`] strings these together for one record, and
+//! [`batch`] runs a whole invocation: concurrency, deadline, ordering and the
+//! per-record [`outcome`]s the sources turn into partial batch responses.
+//! [`redelivery`] times the return of failed SQS messages; [`dead_letter`]
+//! sets aside Kafka records that can never succeed. [`metrics`] reports each
+//! invocation to CloudWatch. [`app`] builds all of it once at cold start from
+//! [`config`], within the memory [`budget`]. [`redact`] is what may be shown of
+//! it in logs and errors.
 
 pub mod app;
 pub mod batch;
 pub mod budget;
 pub mod config;
 pub mod dead_letter;
+pub mod digest;
 #[cfg(test)]
 mod fakes;
 pub mod fetch;
@@ -24,6 +27,9 @@ pub mod metrics;
 pub mod outcome;
 pub mod payload;
 pub mod pipeline;
+pub mod record;
+pub mod redact;
 pub mod redelivery;
+pub mod sdk_error;
 pub mod sink;
 pub mod source;

@@ -11,6 +11,7 @@ use serde_json::Value;
 use url::Url;
 
 use crate::outcome::{Classify, FailureClass, Retry};
+use crate::redact::json_error_position;
 
 /// A decoded queue message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,7 +25,7 @@ pub enum TerraMessage {
 #[derive(Clone, PartialEq, Eq)]
 pub struct PayloadPointer {
     /// The pre-signed URL. A credential: never log or format it whole; use
-    /// [`crate::fetch::RedactedUrl`].
+    /// [`crate::redact::RedactedUrl`].
     pub url: Url,
     /// Lifetime of the URL from the moment Terra sent the message, when given.
     pub expires_in: Option<Duration>,
@@ -35,7 +36,7 @@ pub struct PayloadPointer {
 impl std::fmt::Debug for PayloadPointer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PayloadPointer")
-            .field("url", &crate::fetch::RedactedUrl(&self.url))
+            .field("url", &crate::redact::RedactedUrl(&self.url))
             .field("expires_in", &self.expires_in)
             .field("payload_reference", &self.payload_reference)
             .finish()
@@ -135,21 +136,6 @@ fn seconds(value: &Value) -> Option<Duration> {
     Duration::try_from_secs_f64(secs)
         .ok()
         .filter(|lifetime| *lifetime <= MAX_URL_LIFETIME)
-}
-
-/// Describes a serde_json error by category and position only.
-pub(crate) fn json_error_position(error: &serde_json::Error) -> String {
-    let category = match error.classify() {
-        serde_json::error::Category::Io => "I/O error",
-        serde_json::error::Category::Syntax => "syntax error",
-        serde_json::error::Category::Data => "unexpected structure",
-        serde_json::error::Category::Eof => "unexpected end of input",
-    };
-    format!(
-        "{category} at line {} column {}",
-        error.line(),
-        error.column()
-    )
 }
 
 #[cfg(test)]

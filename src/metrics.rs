@@ -6,7 +6,7 @@ use std::io::Write;
 
 use serde_json::{Map, Value, json};
 
-use crate::batch::BatchReport;
+use crate::outcome::BatchReport;
 use crate::outcome::{FailureClass, Outcome};
 
 /// EMF takes at most 100 values per metric in one document.

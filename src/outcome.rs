@@ -4,6 +4,7 @@
 //! which [`FailureClass`] it belongs to and whether retrying could ever help, and
 //! every failure reaching the batch response carries both.
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::Serialize;
@@ -185,6 +186,79 @@ impl<E: Classify> From<E> for RecordFailure {
 }
 
 /// Outcomes for the tests of the modules that turn outcomes into responses.
+/// The outcome of every record, in the order the records arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchReport {
+    pub outcomes: Vec<Outcome>,
+}
+
+/// Counts by outcome, for the per-batch summary line and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BatchSummary {
+    pub received: usize,
+    pub written: usize,
+    pub healthchecks: usize,
+    pub failed: usize,
+    pub failed_permanent: usize,
+    pub failed_by_class: BTreeMap<FailureClass, usize>,
+    /// Poison records set aside on the dead-letter queue (Kafka only).
+    pub dead_lettered: usize,
+    pub bytes_written: u64,
+    /// Items a sink skipped because a newer version was already stored.
+    pub stale_items: usize,
+    /// Records completed from the archive because their URL had expired.
+    pub recovered_from_archive: usize,
+}
+
+impl BatchReport {
+    pub fn summary(&self) -> BatchSummary {
+        let mut summary = BatchSummary {
+            received: self.outcomes.len(),
+            ..BatchSummary::default()
+        };
+        for outcome in &self.outcomes {
+            match outcome {
+                Outcome::Written(written) => {
+                    summary.written += 1;
+                    summary.bytes_written += written.payload_bytes;
+                    summary.stale_items += written.stale_items;
+                    summary.recovered_from_archive += usize::from(written.recovered_from_archive);
+                }
+                Outcome::Healthcheck => summary.healthchecks += 1,
+                Outcome::Failed(failure) => {
+                    summary.failed += 1;
+                    if failure.retry == Retry::Permanent {
+                        summary.failed_permanent += 1;
+                    }
+                    *summary.failed_by_class.entry(failure.class).or_default() += 1;
+                }
+                Outcome::DeadLettered(_) => summary.dead_lettered += 1,
+            }
+        }
+        summary
+    }
+
+    /// The one summary line per invocation, once the source has settled every
+    /// outcome (dead-lettering included).
+    pub fn log_summary(&self) {
+        let summary = self.summary();
+        let failed_by_class = serde_json::to_string(&summary.failed_by_class).unwrap_or_default();
+        tracing::info!(
+            received = summary.received,
+            written = summary.written,
+            healthchecks = summary.healthchecks,
+            failed = summary.failed,
+            failed_permanent = summary.failed_permanent,
+            failed_by_class = %failed_by_class,
+            bytes_written = summary.bytes_written,
+            stale_items = summary.stale_items,
+            recovered_from_archive = summary.recovered_from_archive,
+            dead_lettered = summary.dead_lettered,
+            "batch done"
+        );
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod examples {
     use super::*;

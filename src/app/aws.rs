@@ -14,7 +14,7 @@ use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::redelivery::sqs::{Redelivery, SqsQueueControl};
-use crate::sink::{Archive, DynamoDbSink, S3Compression, S3Sink, Sink};
+use crate::sink::{Archive, DynamoDbSink, S3Archive, S3Compression, Sink};
 use crate::source::kafka::ResponseMode;
 
 const DYNAMODB_MAX_ATTEMPTS: u32 = 8;
@@ -36,7 +36,7 @@ impl App {
             let s3_config = aws_sdk_s3::config::Builder::from(&aws)
                 .force_path_style(config.s3_force_path_style)
                 .build();
-            Arc::new(S3Sink::new(
+            Arc::new(S3Archive::new(
                 aws_sdk_s3::Client::from_conf(s3_config),
                 settings,
             )) as Arc<dyn Archive>

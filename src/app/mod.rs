@@ -13,11 +13,12 @@ use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use tokio::time::Instant;
 
-use crate::batch::{self, BatchLimits, BatchReport};
+use crate::batch::{self, BatchLimits};
 use crate::config::ConfigError;
 use crate::dead_letter::{self, DeadLetterQueue};
 use crate::fetch::ClientBuildError;
 use crate::metrics::Metrics;
+use crate::outcome::BatchReport;
 use crate::pipeline::Pipeline;
 use crate::redelivery::sqs::Redelivery;
 use crate::source::kafka::{
@@ -162,8 +163,7 @@ impl App {
         &self,
         event: LambdaEvent<KafkaEvent>,
     ) -> Result<KafkaBatchResponse, HandlerError> {
-        let mut decoded = kafka::decode(&event.payload);
-        let items = std::mem::take(&mut decoded.items);
+        let (decoded, items) = kafka::decode(&event.payload);
         let mut report = batch::run(Arc::clone(&self.pipeline), items, self.limits(&event)).await;
         if let Some(queue) = &self.dead_letters {
             let diverted = dead_letter::divert_poison(

@@ -18,10 +18,9 @@ use crate::fakes::{Answer, Journal, MemoryArchive, MemoryDeadLetters, MemoryQueu
 use crate::fetch::{FetchSettings, Fetcher, HostPattern, UrlPolicy};
 use crate::message::{self, TerraMessage};
 use crate::metrics::Metrics;
-use crate::payload::ArchiveName;
 use crate::pipeline::Pipeline;
 use crate::redelivery::sqs::Redelivery;
-use crate::sink::{Archive, Sink};
+use crate::sink::{Archive, ArchiveName, Sink};
 use crate::source::kafka::{KafkaBatchResponse, KafkaEvent, ResponseMode};
 
 /// The invocation's time: enough for a fetch, short enough that a record

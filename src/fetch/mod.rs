@@ -2,7 +2,6 @@
 //! backoff inside the URL's lifetime and the invocation's deadline, a size
 //! limit enforced while streaming, and failure classification.
 
-mod redact;
 mod url_policy;
 
 use std::error::Error as StdError;
@@ -21,7 +20,7 @@ use url::Url;
 use crate::budget::{HoldingCost, MemoryBudget, Reservation};
 use crate::outcome::{Classify, FailureClass, RecordFailure, Retry};
 
-pub use redact::{RedactedUrl, strip_query_strings, strip_query_strings_in_json};
+pub use crate::redact::RedactedUrl;
 pub use url_policy::{HostPattern, PolicyViolation, UrlPolicy, is_public};
 
 /// Fetch limits, from configuration.

@@ -6,7 +6,6 @@
 //! tree.
 
 mod incremental;
-mod keys;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -16,12 +15,10 @@ use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use crate::message::json_error_position;
 use crate::outcome::{Classify, FailureClass, Retry};
+use crate::redact::json_error_position;
 
 pub use incremental::IncrementalInspector;
-pub(crate) use keys::sha256_hex;
-pub use keys::{ArchiveName, KeyPrefix, KeyPrefixError};
 
 /// What the sinks need to know about a payload besides its bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

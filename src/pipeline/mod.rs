@@ -15,9 +15,9 @@ use crate::budget::Reservation;
 use crate::fetch::{FetchDeadlines, FetchError, Fetched, Fetcher, RedactedUrl, RetryDelays};
 use crate::message::{self, PayloadPointer, TerraMessage};
 use crate::outcome::{Classify, FailureClass, FetchTiming, Outcome, RecordFailure, Retry, Written};
-use crate::payload::{self, ArchiveName, PayloadSummary};
-use crate::sink::{Archive, ArchiveWrite, ArchivedObject, Delivery, Sink, SinkError};
-use crate::source::InboundRecord;
+use crate::payload::{self, PayloadSummary};
+use crate::record::InboundRecord;
+use crate::sink::{Archive, ArchiveName, ArchiveWrite, ArchivedObject, Delivery, Sink, SinkError};
 use streaming::{ArchiveBoundBody, ReceivedPayload};
 
 pub use streaming::STREAM_ABOVE_BYTES;

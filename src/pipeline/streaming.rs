@@ -11,8 +11,8 @@ use tokio::task::JoinError;
 
 use crate::fetch::{BodyReceiver, HeldBody};
 use crate::outcome::{FailureClass, RecordFailure, Retry};
-use crate::payload::{ArchiveName, IncrementalInspector, PayloadSummary};
-use crate::sink::{Archive, ArchiveUpload, ArchiveWrite};
+use crate::payload::{IncrementalInspector, PayloadSummary};
+use crate::sink::{Archive, ArchiveName, ArchiveUpload, ArchiveWrite};
 
 /// Bodies up to this size are held and stored whole, as with every other
 /// store; larger ones are streamed.

@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
-use aws_sdk_sqs::error::DisplayErrorContext;
 use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, QueueAttributeName};
 use futures::StreamExt;
 use futures::future::join_all;
@@ -17,6 +16,7 @@ use futures::future::join_all;
 use super::{QueueSettings, hold_for_invocation, return_after};
 use crate::message::{self, TerraMessage};
 use crate::outcome::Outcome;
+use crate::sdk_error::describe;
 
 /// SQS's limit of entries per batch call.
 const BATCH_ENTRIES: usize = 10;
@@ -93,12 +93,7 @@ impl SqsQueueControl {
             .set_entries(Some(entries))
             .send()
             .await
-            .map_err(|e| {
-                QueueError(format!(
-                    "ChangeMessageVisibilityBatch: {}",
-                    DisplayErrorContext(&e)
-                ))
-            })?;
+            .map_err(|e| QueueError(format!("ChangeMessageVisibilityBatch: {}", describe(&e))))?;
         let failed: Vec<String> = output
             .failed()
             .iter()
@@ -133,7 +128,7 @@ impl QueueControl for SqsQueueControl {
             .attribute_names(QueueAttributeName::RedrivePolicy)
             .send()
             .await
-            .map_err(|e| QueueError(format!("GetQueueAttributes: {}", DisplayErrorContext(&e))))?;
+            .map_err(|e| QueueError(format!("GetQueueAttributes: {}", describe(&e))))?;
         let attributes = output.attributes();
         let attribute = |name| attributes.and_then(|a| a.get(&name)).map(String::as_str);
         let visibility_timeout = attribute(QueueAttributeName::VisibilityTimeout)

@@ -2,6 +2,7 @@
 //! also give a payload back), every other store behind [`Sink`], so the
 //! pipeline neither knows nor cares which stores are configured.
 
+mod archive_name;
 mod dynamodb;
 mod s3;
 
@@ -13,10 +14,11 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 
 use crate::outcome::{Classify, FailureClass, Retry};
-use crate::payload::{ArchiveName, PayloadSummary};
+use crate::payload::PayloadSummary;
 
+pub use archive_name::{ArchiveName, KeyPrefix, KeyPrefixError};
 pub use dynamodb::{DEFAULT_MAX_ITEMS, DynamoDbSink, from_attribute, to_attribute};
-pub use s3::{S3Compression, S3Settings, S3Sink};
+pub use s3::{S3Archive, S3Compression, S3Settings};
 
 /// One fetched payload on its way to the stores.
 #[derive(Debug, Clone)]

@@ -4,8 +4,8 @@
 use aws_lambda_events::event::sqs::{BatchItemFailure, SqsBatchResponse, SqsEvent, SqsMessage};
 use bytes::Bytes;
 
-use super::{InboundRecord, SourceItem};
 use crate::outcome::{FailureClass, Outcome, RecordFailure, Retry};
+use crate::record::{InboundRecord, SourceItem};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SqsResponseError {

@@ -8,7 +8,8 @@ use serde_json::Value;
 use terra_sink::fetch::UrlPolicy;
 use terra_sink::message::{self, TerraMessage};
 use terra_sink::outcome::{FailureClass, Outcome, RecordFailure, Retry};
-use terra_sink::payload::{self, ArchiveName, KeyPrefix};
+use terra_sink::payload;
+use terra_sink::sink::{ArchiveName, KeyPrefix};
 use terra_sink::source::kafka::{self, KafkaEvent, ResponseMode};
 
 /// An SQS body (Terra's pointer message): decoding never panics, errors never
@@ -38,8 +39,8 @@ pub fn kafka_event(data: &[u8]) {
     let Ok(event) = serde_json::from_slice::<KafkaEvent>(data) else {
         return;
     };
-    let batch = kafka::decode(&event);
-    assert_eq!(batch.items.len(), batch.records.len());
+    let (batch, items) = kafka::decode(&event);
+    assert_eq!(items.len(), batch.records.len());
     let failure = RecordFailure::new(FailureClass::Invalid, Retry::Permanent, "fuzz");
     let outcomes: Vec<Outcome> = (0..batch.records.len())
         .map(|_| Outcome::Failed(failure.clone()))

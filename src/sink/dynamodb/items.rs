@@ -16,7 +16,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use super::projection::LooseText;
-use crate::payload::sha256_hex;
+use crate::digest::sha256_hex;
 
 /// The partition for events that carry no user (e.g. `auth_cancelled`, lab reports).
 pub const NO_USER_PK: &str = "NO_USER";
@@ -272,10 +272,45 @@ fn type_tag(event_type: &str) -> String {
         .collect()
 }
 
-/// A stable short hash of a JSON value (serde_json keeps object keys sorted).
+/// A stable short hash of a JSON value, from its canonical JSON.
 pub fn stable_hash(value: &Value) -> String {
-    let bytes = serde_json::to_vec(value).unwrap_or_default();
-    sha256_hex(&bytes)[..32].to_owned()
+    sha256_hex(&canonical_json(value))[..32].to_owned()
+}
+
+/// JSON with every object's keys sorted, whatever order the value holds
+/// them in. Keys derive from it, so it must not depend on serde_json's
+/// `preserve_order` feature, which any dependency may switch on (the AWS
+/// SDK's test utilities do): with it, a map's order is its insertion order,
+/// and a redelivered record would get a new key.
+pub fn canonical_json(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(&SortedKeys(value)).unwrap_or_default()
+}
+
+struct SortedKeys<'a>(&'a Value);
+
+impl serde::Serialize for SortedKeys<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match self.0 {
+            Value::Object(map) => {
+                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let mut out = serializer.serialize_map(Some(entries.len()))?;
+                for (key, value) in entries {
+                    out.serialize_entry(key, &SortedKeys(value))?;
+                }
+                out.end()
+            }
+            Value::Array(values) => {
+                let mut out = serializer.serialize_seq(Some(values.len()))?;
+                for value in values {
+                    out.serialize_element(&SortedKeys(value))?;
+                }
+                out.end()
+            }
+            scalar => scalar.serialize(serializer),
+        }
+    }
 }
 
 fn user_text(user: Option<&Value>, field: &str) -> Option<String> {
@@ -335,9 +370,7 @@ pub fn plan(mut payload: Value, sent_at_ms: u64) -> Vec<PlannedItem> {
             .enumerate()
             .map(|(index, record)| {
                 let ids = RecordIds::deserialize(&record).unwrap_or_default();
-                let mut item = record_item(&header, index, &ids, || {
-                    serde_json::to_vec(&record).unwrap_or_default()
-                });
+                let mut item = record_item(&header, index, &ids, || canonical_json(&record));
                 item.data = record;
                 item
             })
@@ -493,6 +526,27 @@ mod properties {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Test builds have serde_json's `preserve_order` (through the AWS SDK's
+    /// test utilities), so maps here keep the order keys were inserted in.
+    #[test]
+    fn canonical_json_sorts_keys_whatever_order_they_were_inserted_in() {
+        let mut inner = Map::new();
+        inner.insert("z".into(), json!(1));
+        inner.insert("a".into(), json!([{"y": 2, "b": 3}]));
+        let mut outer = Map::new();
+        outer.insert("m".into(), Value::Object(inner));
+        outer.insert("c".into(), json!(null));
+        let value = Value::Object(outer);
+        assert_eq!(
+            String::from_utf8(canonical_json(&value)).expect("UTF-8"),
+            r#"{"c":null,"m":{"a":[{"b":3,"y":2}],"z":1}}"#
+        );
+        assert_eq!(
+            stable_hash(&value),
+            stable_hash(&json!({"c": null, "m": {"a": [{"b": 3, "y": 2}], "z": 1}}))
+        );
+    }
 
     const USER: &str = "USER#40f7b0e1-89e2-43ac-a5b8-1e29c8d47cad";
     const SENT: u64 = 1_782_897_153_000;

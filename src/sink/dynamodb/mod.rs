@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use super::{Delivery, Sink, SinkError, SinkReport};
 use crate::outcome::Retry;
+use crate::sdk_error;
 
 use crate::budget::HoldingCost;
 use items::PlannedItem;
@@ -189,38 +190,25 @@ impl DynamoDbSink {
     }
 }
 
+/// A failed put: the version guard holding a newer item, the item refused
+/// for its content, or what [`sdk_error::classify`] makes of the rest (a
+/// refusal is the deployment's: a missing table or permission).
 fn classify(error: SdkError<PutItemError>) -> Result<Put, PutFailure> {
-    let failed = |retry| {
-        PutFailure::Failed(SinkError {
-            sink: "dynamodb",
-            retry,
-            message: format!("PutItem: {}", DisplayErrorContext(&error)),
-            record_at_fault: false,
-        })
-    };
-    let SdkError::ServiceError(service) = &error else {
-        // Timeouts, dispatch and response errors: the request may not have landed.
-        return Err(failed(Retry::Transient));
-    };
-    if service.err().is_conditional_check_failed_exception() {
-        return Ok(Put::Stale);
+    if let SdkError::ServiceError(service) = &error {
+        if service.err().is_conditional_check_failed_exception() {
+            return Ok(Put::Stale);
+        }
+        if service.err().code() == Some("ValidationException") {
+            let why = service.err().message().unwrap_or("ValidationException");
+            return Err(PutFailure::Rejected(why.to_owned()));
+        }
     }
-    let code = service.err().code().unwrap_or_default();
-    let throttled = matches!(
-        code,
-        "ThrottlingException"
-            | "ProvisionedThroughputExceededException"
-            | "RequestLimitExceeded"
-            | "LimitExceededException"
-    );
-    if code == "ValidationException" {
-        let why = service.err().message().unwrap_or(code).to_owned();
-        Err(PutFailure::Rejected(why))
-    } else if throttled || service.raw().status().is_server_error() {
-        Err(failed(Retry::Transient))
-    } else {
-        Err(failed(Retry::Permanent))
-    }
+    Err(PutFailure::Failed(SinkError {
+        sink: "dynamodb",
+        retry: sdk_error::classify(&error).retry(),
+        message: format!("PutItem: {}", sdk_error::describe(&error)),
+        record_at_fault: false,
+    }))
 }
 
 /// DynamoDB's words for an item over its limits (size, nesting, number

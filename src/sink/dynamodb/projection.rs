@@ -24,7 +24,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::items::{PlannedItem, RecordIds, plan, record_item, records_header};
+use super::items::{PlannedItem, RecordIds, canonical_json, plan, record_item, records_header};
 use super::to_attribute;
 
 /// Records above this many bytes of JSON skip straight to the compressed form.
@@ -56,7 +56,7 @@ pub enum ProjectionError {
 }
 
 fn not_json(error: &serde_json::Error) -> ProjectionError {
-    ProjectionError::NotJson(crate::message::json_error_position(error))
+    ProjectionError::NotJson(crate::redact::json_error_position(error))
 }
 
 /// The ways an item can hold its record, from the most to the least useful.
@@ -330,10 +330,6 @@ impl<'de> Visitor<'de> for RecordsVisitor {
 enum HashSource<'a> {
     Attribute,
     Text(&'a str),
-}
-
-fn canonical_json(value: &Value) -> Vec<u8> {
-    serde_json::to_vec(value).unwrap_or_default()
 }
 
 /// An item planned from a whole event, made ready the same way.

@@ -6,13 +6,15 @@ mod upload;
 use std::io::Read;
 
 use async_trait::async_trait;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
 use bytes::Bytes;
 
 use super::{Archive, ArchiveUpload, ArchiveWrite, ArchivedObject, Delivery, SinkError, gzip};
 use crate::outcome::Retry;
-use crate::payload::{ArchiveName, KeyPrefix, PayloadSummary};
+use crate::payload::PayloadSummary;
+use crate::sdk_error::describe;
+use crate::sink::{ArchiveName, KeyPrefix};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum S3Compression {
@@ -31,12 +33,12 @@ pub struct S3Settings {
 }
 
 #[derive(Clone)]
-pub struct S3Sink {
+pub struct S3Archive {
     client: aws_sdk_s3::Client,
     settings: S3Settings,
 }
 
-impl S3Sink {
+impl S3Archive {
     pub fn new(client: aws_sdk_s3::Client, settings: S3Settings) -> Self {
         Self { client, settings }
     }
@@ -57,8 +59,10 @@ impl S3Sink {
         }
     }
 
-    /// S3 failures are transient: the record is fine, and the bucket (or its
-    /// permissions) needs to recover.
+    /// Every S3 failure is transient, a refusal too ([`describe`] says which
+    /// it was): the archive is the copy that outlives the URL, so a bucket or
+    /// permission fixed while the URL lives must find the message still
+    /// retrying, not waiting out the queue's visibility timeout.
     fn error(&self, message: impl Into<String>) -> SinkError {
         SinkError {
             sink: "s3",
@@ -90,7 +94,7 @@ enum AfterConflict {
 const CONDITIONAL_ROUNDS: usize = 3;
 const SENT_AT_METADATA: &str = "terra-sent-at";
 
-impl S3Sink {
+impl S3Archive {
     /// One conditional PutObject. `Ok(false)`: the precondition failed (412)
     /// or a concurrent conditional write won (409).
     async fn put(
@@ -196,7 +200,7 @@ fn sent_at(metadata: Option<&std::collections::HashMap<String, String>>) -> Opti
 }
 
 #[async_trait]
-impl Archive for S3Sink {
+impl Archive for S3Archive {
     /// Conditional writes keep the newest send under each name: a late
     /// redelivery of an older send can neither overwrite a newer object nor
     /// race one being written.
@@ -310,10 +314,6 @@ fn metadata_value(value: &str) -> String {
             }
         })
         .collect()
-}
-
-fn describe<E: std::error::Error + 'static, R: std::fmt::Debug>(error: &SdkError<E, R>) -> String {
-    DisplayErrorContext(error).to_string()
 }
 
 #[cfg(test)]

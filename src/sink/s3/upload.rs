@@ -15,10 +15,9 @@ use bytes::{Bytes, BytesMut};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
-use super::{
-    AfterConflict, CONDITIONAL_ROUNDS, Expect, S3Compression, S3Sink, describe, object_metadata,
-};
+use super::{AfterConflict, CONDITIONAL_ROUNDS, Expect, S3Archive, S3Compression, object_metadata};
 use crate::payload::PayloadSummary;
+use crate::sdk_error::describe;
 use crate::sink::{ArchiveUpload, ArchiveWrite, SinkError};
 
 /// Parts are uploaded once this many bytes are ready; S3 wants at least
@@ -30,7 +29,7 @@ const PART_BYTES: usize = 8 * 1024 * 1024;
 pub(super) const HOLDS_BYTES: u64 = 2 * PART_BYTES as u64;
 
 pub(super) struct S3Upload {
-    sink: S3Sink,
+    archive: S3Archive,
     key: String,
     sent_at_ms: u64,
     gzip: Option<GzEncoder<Vec<u8>>>,
@@ -48,11 +47,11 @@ struct Started {
 }
 
 impl S3Upload {
-    pub(super) fn new(sink: S3Sink, key: String, sent_at_ms: u64) -> Self {
-        let gzip = (sink.settings.compression == S3Compression::Gzip)
+    pub(super) fn new(archive: S3Archive, key: String, sent_at_ms: u64) -> Self {
+        let gzip = (archive.settings.compression == S3Compression::Gzip)
             .then(|| GzEncoder::new(Vec::new(), Compression::default()));
         Self {
-            sink,
+            archive,
             key,
             sent_at_ms,
             gzip,
@@ -75,27 +74,27 @@ impl S3Upload {
             Ok((Some(encoder), output))
         })
         .await
-        .map_err(|e| self.sink.error(format!("compression task failed: {e}")))?
-        .map_err(|e| self.sink.error(format!("compression failed: {e}")))?;
+        .map_err(|e| self.archive.error(format!("compression task failed: {e}")))?
+        .map_err(|e| self.archive.error(format!("compression failed: {e}")))?;
         self.gzip = encoder;
         Ok(Bytes::from(output))
     }
 
     async fn start(&self, known_so_far: &PayloadSummary) -> Result<Started, SinkError> {
         let created = self
-            .sink
+            .archive
             .client
             .create_multipart_upload()
-            .bucket(&self.sink.settings.bucket)
+            .bucket(&self.archive.settings.bucket)
             .key(&self.key)
             .content_type("application/json")
-            .set_content_encoding(self.sink.content_encoding())
+            .set_content_encoding(self.archive.content_encoding())
             .set_metadata(Some(object_metadata(known_so_far, self.sent_at_ms)))
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
             .send()
             .await
             .map_err(|e| {
-                self.sink.error(format!(
+                self.archive.error(format!(
                     "CreateMultipartUpload {}: {}",
                     self.key,
                     describe(&e)
@@ -104,7 +103,7 @@ impl S3Upload {
         let upload_id = created.upload_id().unwrap_or_default().to_owned();
         if upload_id.is_empty() {
             return Err(self
-                .sink
+                .archive
                 .error(format!("CreateMultipartUpload {}: no upload id", self.key)));
         }
         Ok(Started {
@@ -124,15 +123,15 @@ impl S3Upload {
         }
         let Some(started) = &mut self.started else {
             return Err(self
-                .sink
+                .archive
                 .error(format!("UploadPart {}: no upload under way", self.key)));
         };
         let number = started.parts.len() as i32 + 1;
         let sent = self
-            .sink
+            .archive
             .client
             .upload_part()
-            .bucket(&self.sink.settings.bucket)
+            .bucket(&self.archive.settings.bucket)
             .key(&self.key)
             .upload_id(&started.upload_id)
             .part_number(number)
@@ -142,7 +141,7 @@ impl S3Upload {
             .send()
             .await
             .map_err(|e| {
-                self.sink.error(format!(
+                self.archive.error(format!(
                     "UploadPart {} #{number}: {}",
                     self.key,
                     describe(&e)
@@ -166,10 +165,10 @@ impl S3Upload {
         expect: &Expect,
     ) -> Result<Option<String>, SinkError> {
         let request = self
-            .sink
+            .archive
             .client
             .complete_multipart_upload()
-            .bucket(&self.sink.settings.bucket)
+            .bucket(&self.archive.settings.bucket)
             .key(&self.key)
             .upload_id(&started.upload_id)
             .multipart_upload(
@@ -186,12 +185,12 @@ impl S3Upload {
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 412 => Ok(None),
             // A concurrent conditional write won, and S3 discarded this upload.
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 409 => {
-                Err(self.sink.error(format!(
+                Err(self.archive.error(format!(
                     "CompleteMultipartUpload {}: a concurrent write won; the upload was discarded",
                     self.key
                 )))
             }
-            Err(e) => Err(self.sink.error(format!(
+            Err(e) => Err(self.archive.error(format!(
                 "CompleteMultipartUpload {}: {}",
                 self.key,
                 describe(&e)
@@ -213,20 +212,20 @@ impl S3Upload {
         }
         let source = format!(
             "{}/{}",
-            self.sink.settings.bucket,
+            self.archive.settings.bucket,
             percent_encode_path(&self.key)
         );
         let copied = self
-            .sink
+            .archive
             .client
             .copy_object()
-            .bucket(&self.sink.settings.bucket)
+            .bucket(&self.archive.settings.bucket)
             .key(&self.key)
             .copy_source(source)
             .copy_source_if_match(etag)
             .metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace)
             .content_type("application/json")
-            .set_content_encoding(self.sink.content_encoding())
+            .set_content_encoding(self.archive.content_encoding())
             .set_metadata(Some(object_metadata(summary, self.sent_at_ms)))
             .send()
             .await;
@@ -242,8 +241,8 @@ impl S3Upload {
 
     async fn abort_started(&self, started: &Started) {
         abort_upload(
-            &self.sink.client,
-            &self.sink.settings.bucket,
+            &self.archive.client,
+            &self.archive.settings.bucket,
             &self.key,
             &started.upload_id,
         )
@@ -280,8 +279,8 @@ impl Drop for S3Upload {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let client = self.sink.client.clone();
-        let bucket = self.sink.settings.bucket.clone();
+        let client = self.archive.client.clone();
+        let bucket = self.archive.settings.bucket.clone();
         let key = std::mem::take(&mut self.key);
         runtime.spawn(async move {
             abort_upload(&client, &bucket, &key, &started.upload_id).await;
@@ -329,7 +328,7 @@ impl ArchiveUpload for S3Upload {
         if self.started.is_none() {
             // Compressed, the whole payload fits one request.
             return self
-                .sink
+                .archive
                 .put_conditionally(self.key.clone(), &last, summary, self.sent_at_ms)
                 .await;
         }
@@ -363,7 +362,7 @@ impl S3Upload {
     ) -> Result<ArchiveWrite, SinkError> {
         let Some(started) = &self.started else {
             return Err(self
-                .sink
+                .archive
                 .error(format!("{}: no upload to complete", self.key)));
         };
         let mut expect = Expect::Absent;
@@ -377,9 +376,15 @@ impl S3Upload {
             };
             if let Some(etag) = completed {
                 self.correct_metadata(started, summary, &etag).await;
-                return Ok(ArchiveWrite::Written(self.sink.location(self.key.clone())));
+                return Ok(ArchiveWrite::Written(
+                    self.archive.location(self.key.clone()),
+                ));
             }
-            let next = match self.sink.after_conflict(&self.key, self.sent_at_ms).await {
+            let next = match self
+                .archive
+                .after_conflict(&self.key, self.sent_at_ms)
+                .await
+            {
                 Ok(next) => next,
                 Err(e) => {
                     self.abort_started(started).await;
@@ -395,7 +400,7 @@ impl S3Upload {
             };
         }
         self.abort_started(started).await;
-        Err(self.sink.error(format!(
+        Err(self.archive.error(format!(
             "CompleteMultipartUpload {}: the object kept changing under concurrent writes",
             self.key
         )))

@@ -5,12 +5,12 @@
 //! an earlier copy without the URL. Every name stays inside the configured
 //! prefix: the variable parts are restricted to a safe alphabet.
 
-use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use time::macros::format_description;
 
-use crate::fetch::RedactedUrl;
+use crate::digest::sha256_hex;
 use crate::message::PayloadPointer;
+use crate::redact::RedactedUrl;
 
 /// A validated `TERRA_S3_PREFIX`: empty, or safe path segments ending in `/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,12 +98,6 @@ fn is_safe_id(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-}
-
-/// SHA-256 of `bytes` as lowercase hex: the one way ids too long or too odd
-/// for a key are shortened.
-pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 fn utc_date(ms: u64) -> String {

@@ -1,3 +1,7 @@
+//! What may be shown of what passes through: URLs without their credentials,
+//! text and JSON with every query string cut, and parse errors by position,
+//! never by the content they would quote (it can be health data).
+
 use std::borrow::Cow;
 use std::fmt;
 
@@ -73,6 +77,21 @@ pub fn strip_query_strings_in_json(value: &mut Value) {
         Value::Object(fields) => fields.values_mut().for_each(strip_query_strings_in_json),
         Value::Null | Value::Bool(_) | Value::Number(_) => {}
     }
+}
+
+/// Describes a serde_json error by category and position only.
+pub fn json_error_position(error: &serde_json::Error) -> String {
+    let category = match error.classify() {
+        serde_json::error::Category::Io => "I/O error",
+        serde_json::error::Category::Syntax => "syntax error",
+        serde_json::error::Category::Data => "unexpected structure",
+        serde_json::error::Category::Eof => "unexpected end of input",
+    };
+    format!(
+        "{category} at line {} column {}",
+        error.line(),
+        error.column()
+    )
 }
 
 #[cfg(test)]

@@ -4,10 +4,13 @@
 //! SQS needs none of this: its redrive policy dead-letters by itself.
 
 use async_trait::async_trait;
-use aws_sdk_sqs::error::DisplayErrorContext;
 use futures::future::join_all;
 
 use crate::outcome::{FailureClass, Outcome, RecordFailure};
+
+mod sqs;
+
+pub use sqs::SqsDeadLetterQueue;
 
 /// One record set aside, ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,55 +34,6 @@ pub struct DeadLetterError(pub String);
 #[async_trait]
 pub trait DeadLetterQueue: Send + Sync {
     async fn send(&self, letter: &DeadLetter) -> Result<(), DeadLetterError>;
-}
-
-pub struct SqsDeadLetterQueue {
-    client: aws_sdk_sqs::Client,
-    queue_url: String,
-    fifo: bool,
-}
-
-impl SqsDeadLetterQueue {
-    pub fn new(client: aws_sdk_sqs::Client, queue_url: String) -> Self {
-        let fifo = queue_url.ends_with(".fifo");
-        Self {
-            client,
-            queue_url,
-            fifo,
-        }
-    }
-}
-
-#[async_trait]
-impl DeadLetterQueue for SqsDeadLetterQueue {
-    async fn send(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
-        let class = aws_sdk_sqs::types::MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(letter.class.as_str())
-            .build()
-            .map_err(|e| DeadLetterError(e.to_string()))?;
-        let mut request = self
-            .client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(&letter.body)
-            .message_attributes("terra_failure_class", class);
-        if self.fifo {
-            request = request
-                .message_group_id(&letter.group)
-                .message_deduplication_id(dedup_token(&letter.deduplication_id));
-        }
-        request
-            .send()
-            .await
-            .map(drop)
-            .map_err(|e| DeadLetterError(format!("SendMessage: {}", DisplayErrorContext(&e))))
-    }
-}
-
-/// FIFO deduplication ids allow at most 128 characters of a limited set.
-fn dedup_token(id: &str) -> String {
-    crate::payload::sha256_hex(id.as_bytes())
 }
 
 /// Sends every poison failure in `outcomes` to `queue` and marks it
@@ -168,12 +122,5 @@ mod tests {
         for index in [0, 2, 3, 4] {
             assert_eq!(after[index], outcomes[index], "outcome {index}");
         }
-    }
-
-    #[test]
-    fn fifo_deduplication_ids_fit_sqs_rules() {
-        let token = dedup_token(&format!("{}-0@123", "t".repeat(300)));
-        assert_eq!(token.len(), 64);
-        assert!(token.bytes().all(|b| b.is_ascii_hexdigit()));
     }
 }
