@@ -17,8 +17,18 @@ CARGO_FUZZ := .tools/bin/cargo-fuzz
 FUZZ_TARGETS := sqs_body kafka_event payload
 FUZZ_SECONDS ?= 20
 
-.PHONY: test lint unit-and-integration template fuzz demo bench venv clean
+.PHONY: check test lint unit-and-integration template fuzz demo bench venv clean
 
+# The fast tier: formatting, lints, and the unit and in-process tests (the
+# handlers on in-memory stores, the fetcher against local HTTP servers).
+# Needs nothing installed; under a minute warm.
+check:
+	cargo fmt --all --check
+	cargo clippy --locked --workspace --all-targets --features terra-sink/integration -- -D warnings
+	cargo test --locked --workspace
+
+# Everything: the fast tier's checks, the tests against moto and the compiled
+# handlers, the template, and the fuzz targets. What CI runs.
 test: lint unit-and-integration template fuzz
 
 venv: $(VENV_STAMP)
@@ -31,14 +41,14 @@ $(VENV_STAMP): requirements-dev.txt
 
 lint:
 	cargo fmt --all --check
-	cargo clippy --locked --workspace --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets --features terra-sink/integration -- -D warnings
 
 # The memory scenario runs the Lambda artifact (release), as Lambda would:
 # a debug build neither uses memory nor keeps time the way it does.
 unit-and-integration: $(VENV_STAMP)
 	$(TOOLS) cargo lambda build --release --bin sqs-handler
 	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server SQS_HANDLER_ARTIFACT=$(HANDLER_ARTIFACT) \
-	  cargo test --locked --workspace
+	  cargo test --locked --workspace --features terra-sink/integration
 
 # The template's promises, cfn-lint through SAM, and the deployable build
 # (x86_64: the only Rust target on the CI machine; deploys default to arm64).

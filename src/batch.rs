@@ -166,7 +166,8 @@ fn log_failure(log_id: &str, outcome: Outcome) -> Outcome {
             class = %failure.class,
             retry = %failure.retry,
             error = %failure.message,
-            "record failed"
+            "{}",
+            crate::log_events::RECORD_FAILED
         );
     }
     outcome

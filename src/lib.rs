@@ -22,6 +22,7 @@ pub mod digest;
 #[cfg(test)]
 mod fakes;
 pub mod fetch;
+pub mod log_events;
 pub mod message;
 pub mod metrics;
 pub mod outcome;

@@ -254,7 +254,8 @@ impl BatchReport {
             stale_items = summary.stale_items,
             recovered_from_archive = summary.recovered_from_archive,
             dead_lettered = summary.dead_lettered,
-            "batch done"
+            "{}",
+            crate::log_events::BATCH_DONE
         );
     }
 }

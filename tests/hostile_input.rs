@@ -10,9 +10,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::bed::{Bed, SECRETS, failed_ids, pointer, sqs_record};
+use support::bed::{Bed, assert_no_secrets, failed_ids, pointer, sqs_record};
 use support::now_ms;
 use support::payload_server::Behaviour;
+use support::payload_server::PRESIGNED_QUERY;
 use support::runtime_api::{HandlerProcess, InvocationResult};
 use terra_sink_dev::logs::record_failures;
 
@@ -24,7 +25,6 @@ fn gzip(body: &[u8]) -> Vec<u8> {
 
 const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
 const SECRET_ACCESS_KEY: &str = "wJalrXUtnFEMIK7MDENGbPxRfiCYHOSTILETESTKEY";
-const QUERY: &str = "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIASECRETKEYID&X-Amz-Signature=5ec7e7516a7c0ffee";
 
 /// Runs `records` (id, body) through a fresh handler; returns the failed ids'
 /// (class, retry) and everything the process printed plus the response.
@@ -63,12 +63,11 @@ async fn run(
 }
 
 fn assert_clean(everything: &str) {
-    for secret in SECRETS.iter().chain([&SECRET_ACCESS_KEY]) {
-        assert!(
-            !everything.contains(secret),
-            "output leaks {secret}:\n{everything}"
-        );
-    }
+    assert_no_secrets(everything);
+    assert!(
+        !everything.contains(SECRET_ACCESS_KEY),
+        "output leaks the secret access key:\n{everything}"
+    );
 }
 
 fn expect(cases: &[(&str, &str, &str)]) -> BTreeMap<String, (String, String)> {
@@ -141,7 +140,7 @@ async fn a_hostile_payload_server_gets_bounded_classified_failures() {
             pointer(&p.route(
                 "/to-metadata.json",
                 Behaviour::Redirect(format!(
-                    "http://169.254.169.254/latest/meta-data/iam/{QUERY}"
+                    "http://169.254.169.254/latest/meta-data/iam/{PRESIGNED_QUERY}"
                 )),
             )),
         ),
@@ -149,7 +148,7 @@ async fn a_hostile_payload_server_gets_bounded_classified_failures() {
             "redirect-loop",
             pointer(&p.route(
                 "/loop.json",
-                Behaviour::Redirect(format!("http://{}/loop.json{QUERY}", p.addr)),
+                Behaviour::Redirect(format!("http://{}/loop.json{PRESIGNED_QUERY}", p.addr)),
             )),
         ),
     ];
@@ -185,7 +184,7 @@ async fn a_hostile_payload_server_gets_bounded_classified_failures() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_queue_messages_are_refused_before_any_request() {
     let bed = Bed::start("terra-ssrf").await;
-    let url = |base: &str| format!("{base}{QUERY}");
+    let url = |base: &str| format!("{base}{PRESIGNED_QUERY}");
     let records = [
         (
             "metadata-literal",
@@ -223,7 +222,7 @@ async fn hostile_queue_messages_are_refused_before_any_request() {
         ),
         (
             "body-not-json",
-            format!("see https://b.s3.amazonaws.com/a.json{QUERY}"),
+            format!("see https://b.s3.amazonaws.com/a.json{PRESIGNED_QUERY}"),
         ),
         (
             "unknown-type",
@@ -270,7 +269,7 @@ async fn hostile_queue_messages_are_refused_before_any_request() {
     let summary: Value = everything
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|line| line["fields"]["message"] == "batch done")
+        .find(|line| line["fields"]["message"] == support::logs::BATCH_DONE)
         .expect("a summary line");
     assert_eq!(summary["fields"]["failed"], records.len());
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
-use support::bed::{Bed, KafkaRecord, KafkaSource, SECRETS, base64, kafka_event, pointer};
+use support::bed::{
+    Bed, KafkaRecord, KafkaSource, assert_no_secrets, base64, kafka_event, pointer,
+};
 use support::payload_server::Behaviour;
 use support::runtime_api::{HandlerProcess, InvocationResult};
 use support::{fixture, now_ms};
@@ -138,12 +140,6 @@ fn response(result: &InvocationResult, handler: &HandlerProcess) -> Value {
     }
 }
 
-fn assert_no_secrets(text: &str) {
-    for secret in SECRETS {
-        assert!(!text.contains(secret), "leaks {secret}:\n{text}");
-    }
-}
-
 fn fast_retries<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
     let mut env = vec![("TERRA_FETCH_MAX_ATTEMPTS", "2")];
     env.extend_from_slice(extra);
@@ -210,7 +206,7 @@ async fn msk_partial_batch_resumes_each_partition_at_its_lowest_failed_offset() 
     let summary = output
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .find(|line| line["fields"]["message"] == "batch done")
+        .find(|line| line["fields"]["message"] == support::logs::BATCH_DONE)
         .unwrap_or_else(|| panic!("a summary line:\n{output}"));
     assert_eq!(
         (

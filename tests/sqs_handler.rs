@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::bed::{Bed, SECRETS, assert_all_succeeded, failed_ids, pointer, sqs_record};
+use support::bed::{Bed, assert_all_succeeded, assert_no_secrets, failed_ids, pointer, sqs_record};
 use support::payload_server::Behaviour;
 use support::runtime_api::{HandlerProcess, RuntimeApi, lambda_environment};
 use support::{fixture, now_ms};
@@ -136,13 +136,11 @@ async fn mixed_batch_reports_exactly_the_failed_records_and_archives_the_rest() 
     assert_eq!(again_keys, keys, "a replayed batch must not add objects");
 
     let output = handler.output();
-    for secret in SECRETS {
-        assert!(!output.contains(secret), "output leaks {secret}:\n{output}");
-    }
+    assert_no_secrets(&output);
     let summaries: Vec<Value> = output
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|line| line["fields"]["message"] == "batch done")
+        .filter(|line| line["fields"]["message"] == support::logs::BATCH_DONE)
         .collect();
     assert_eq!(summaries.len(), 2, "one summary line per batch:\n{output}");
     assert_eq!(summaries[0]["fields"]["received"], 11);
@@ -186,7 +184,7 @@ async fn mixed_batch_reports_exactly_the_failed_records_and_archives_the_rest() 
     );
     let failure_lines = output
         .lines()
-        .filter(|l| l.contains("record failed"))
+        .filter(|l| l.contains(support::logs::RECORD_FAILED))
         .count();
     assert_eq!(
         failure_lines, 12,
@@ -277,7 +275,7 @@ async fn sink_failures_are_reported_for_retry() {
     let output = handler.output();
     let failure = output
         .lines()
-        .find(|l| l.contains("record failed"))
+        .find(|l| l.contains(support::logs::RECORD_FAILED))
         .unwrap_or_else(|| panic!("a failure line:\n{output}"));
     assert!(
         failure.contains(r#""class":"sink""#) && failure.contains(r#""retry":"transient""#),

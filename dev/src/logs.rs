@@ -4,7 +4,11 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-/// How a record failed, as its `record failed` log line says.
+#[path = "../../src/log_events.rs"]
+mod log_events;
+pub use log_events::{BATCH_DONE, RECORD_FAILED};
+
+/// How a record failed, as its [`RECORD_FAILED`] log line says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoggedFailure {
     pub class: String,
@@ -31,7 +35,7 @@ pub fn record_failures(output: &str) -> BTreeMap<String, LoggedFailure> {
             continue;
         };
         let fields = &entry["fields"];
-        if fields["message"] != "record failed" {
+        if fields["message"] != RECORD_FAILED {
             continue;
         }
         let id = fields["id"]

@@ -15,6 +15,21 @@ use axum::extract::State;
 use axum::http::{HeaderValue, Request, Response, StatusCode, header};
 use futures::StreamExt;
 
+/// The query string of every URL this server gives out, like an S3
+/// pre-signed URL's: its credentials.
+pub const PRESIGNED_QUERY: &str = "?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIASECRETKEYID&X-Amz-Signature=5ec7e7516a7c0ffee";
+
+/// The parts of [`PRESIGNED_QUERY`] no output may show.
+pub const SECRETS: [&str; 3] = ["X-Amz-Signature", "5ec7e7516a7c0ffee", "AKIASECRETKEYID"];
+
+/// Fails when `text` (a log, an error, a response) shows any part of a
+/// pre-signed URL's credentials.
+pub fn assert_no_secrets(text: &str) {
+    for secret in SECRETS {
+        assert!(!text.contains(secret), "leaks {secret}:\n{text}");
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum Behaviour {
     /// 200 with the body as is.
@@ -88,10 +103,7 @@ impl PayloadServer {
             .expect("not poisoned")
             .behaviours
             .insert(path.to_owned(), behaviour);
-        format!(
-            "http://{}{path}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIASECRETKEYID&X-Amz-Signature=5ec7e7516a7c0ffee",
-            self.addr
-        )
+        format!("http://{}{path}{PRESIGNED_QUERY}", self.addr)
     }
 
     /// As [`PayloadServer::route`], for a URL that, like S3's, refuses

@@ -346,7 +346,8 @@ impl RecordProcessor for Pipeline {
                         class = %failure.class,
                         retry = %failure.retry,
                         error = %failure.message,
-                        "record failed"
+                        "{}",
+                        crate::log_events::RECORD_FAILED
                     );
                     Outcome::Failed(failure)
                 }
