@@ -268,91 +268,73 @@ mod tests {
             .build()
     }
 
+    async fn s3_at(endpoint: &str) -> Fault {
+        let config = aws_sdk_s3::Config::builder()
+            .with_test_defaults_v2()
+            .endpoint_url(endpoint)
+            .force_path_style(true)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(quick_timeouts());
+        let client = aws_sdk_s3::Client::from_conf(config.build());
+        let call = client.put_object().bucket("archive").key("k").send();
+        classify(&call.await.expect_err("nothing answers"))
+    }
+
+    async fn dynamodb_at(endpoint: &str) -> Fault {
+        let config = aws_sdk_dynamodb::Config::builder()
+            .with_test_defaults_v2()
+            .endpoint_url(endpoint)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(quick_timeouts());
+        let client = aws_sdk_dynamodb::Client::from_conf(config.build());
+        let call = client.put_item().table_name("records").send();
+        classify(&call.await.expect_err("nothing answers"))
+    }
+
+    async fn sqs_at(
+        endpoint: &str,
+    ) -> SdkError<aws_sdk_sqs::operation::send_message::SendMessageError, HttpResponse> {
+        let config = aws_sdk_sqs::Config::builder()
+            .with_test_defaults_v2()
+            .endpoint_url(endpoint)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(quick_timeouts());
+        let client = aws_sdk_sqs::Client::from_conf(config.build());
+        let call = client
+            .send_message()
+            .queue_url(format!("{endpoint}/123456789012/dlq"))
+            .message_body("{}")
+            .send();
+        call.await.expect_err("nothing answers")
+    }
+
     #[tokio::test]
     async fn calls_that_never_reach_a_service_are_unavailable_for_every_client() {
         let (refused, hanging, _server) = unreachable_endpoints().await;
         for endpoint in [&refused, &hanging] {
-            let s3 = aws_sdk_s3::Client::from_conf(
-                aws_sdk_s3::Config::builder()
-                    .with_test_defaults_v2()
-                    .endpoint_url(endpoint)
-                    .force_path_style(true)
-                    .retry_config(RetryConfig::disabled())
-                    .timeout_config(quick_timeouts())
-                    .build(),
-            );
-            let error = s3
-                .put_object()
-                .bucket("archive")
-                .key("k")
-                .send()
-                .await
-                .expect_err("nothing answers");
             assert_eq!(
-                classify(&error),
+                s3_at(endpoint).await,
                 Fault::Unavailable,
-                "S3 at {endpoint}: {error:?}"
+                "S3 at {endpoint}"
             );
-
-            let dynamodb = aws_sdk_dynamodb::Client::from_conf(
-                aws_sdk_dynamodb::Config::builder()
-                    .with_test_defaults_v2()
-                    .endpoint_url(endpoint)
-                    .retry_config(RetryConfig::disabled())
-                    .timeout_config(quick_timeouts())
-                    .build(),
-            );
-            let error = dynamodb
-                .put_item()
-                .table_name("records")
-                .send()
-                .await
-                .expect_err("nothing answers");
             assert_eq!(
-                classify(&error),
+                dynamodb_at(endpoint).await,
                 Fault::Unavailable,
-                "DynamoDB at {endpoint}: {error:?}"
+                "DynamoDB at {endpoint}"
             );
-
-            let sqs = aws_sdk_sqs::Client::from_conf(
-                aws_sdk_sqs::Config::builder()
-                    .with_test_defaults_v2()
-                    .endpoint_url(endpoint)
-                    .retry_config(RetryConfig::disabled())
-                    .timeout_config(quick_timeouts())
-                    .build(),
-            );
-            let error = sqs
-                .send_message()
-                .queue_url(format!("{endpoint}/123456789012/dlq"))
-                .message_body("{}")
-                .send()
-                .await
-                .expect_err("nothing answers");
             assert_eq!(
-                classify(&error),
+                classify(&sqs_at(endpoint).await),
                 Fault::Unavailable,
-                "SQS at {endpoint}: {error:?}"
+                "SQS at {endpoint}"
             );
         }
-        let (_, hanging, _server) = unreachable_endpoints().await;
-        let sqs = aws_sdk_sqs::Client::from_conf(
-            aws_sdk_sqs::Config::builder()
-                .with_test_defaults_v2()
-                .endpoint_url(&hanging)
-                .retry_config(RetryConfig::disabled())
-                .timeout_config(quick_timeouts())
-                .build(),
-        );
-        let error = sqs
-            .send_message()
-            .queue_url(format!("{hanging}/123456789012/dlq"))
-            .message_body("{}")
-            .send()
-            .await
-            .expect_err("nothing answers");
-        assert!(matches!(error, SdkError::TimeoutError(_)), "{error:?}");
-        let described = describe(&error);
+        let silence = sqs_at(&hanging).await;
+        assert!(matches!(silence, SdkError::TimeoutError(_)), "{silence:?}");
+        assert!(matches!(
+            sqs_at(&refused).await,
+            SdkError::DispatchFailure(_)
+        ));
+        let described = describe(&silence);
         assert!(described.starts_with("unavailable: "), "{described}");
     }
 

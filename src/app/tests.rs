@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use aws_lambda_events::event::sqs::SqsEvent;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{Value, json};
 use terra_sink_dev::events::{KafkaRecord, KafkaSource, base64, kafka_event, pointer};
@@ -100,6 +100,20 @@ async fn harness(setup: Setup) -> Harness {
     }
 }
 
+impl Harness {
+    /// A pointer message to an activity of `user` served at `path`.
+    fn activity_pointer(&self, path: &str, user: &str) -> String {
+        pointer(&self.payloads.route(path, Behaviour::Ok(activity(user))))
+    }
+
+    async fn handle_sqs(&self, records: &[Value]) -> SqsBatchResponse {
+        self.app
+            .handle_sqs(invocation(sqs_event(records)))
+            .await
+            .expect("a batch response")
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -138,7 +152,7 @@ fn name_of(body: &str, sent_at_ms: u64) -> ArchiveName {
     }
 }
 
-fn failed_ids(response: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<String> {
+fn failed_ids(response: &SqsBatchResponse) -> Vec<String> {
     let mut ids: Vec<String> = response
         .batch_item_failures
         .iter()
@@ -161,12 +175,9 @@ fn counted(harness: &Harness, metric: &str) -> u64 {
 async fn sqs_reports_only_the_messages_that_failed() {
     let h = harness(Setup::default()).await;
     let now = now_ms();
-    let good = pointer(
-        &h.payloads
-            .route("/good.json", Behaviour::Ok(activity("u-1"))),
-    );
+    let good = h.activity_pointer("/good.json", "u-1");
     let gone = pointer(&h.payloads.route("/gone.json", Behaviour::Status(404)));
-    let event = sqs_event(&[
+    let event = [
         sqs_record("good", &good, now),
         sqs_record("garbled", "not a pointer", now),
         sqs_record("gone", &gone, now),
@@ -175,13 +186,9 @@ async fn sqs_reports_only_the_messages_that_failed() {
             r#"{"type":"healthcheck","status":"success"}"#,
             now,
         ),
-    ]);
+    ];
 
-    let response = h
-        .app
-        .handle_sqs(invocation(event))
-        .await
-        .expect("a batch response");
+    let response = h.handle_sqs(&event).await;
 
     assert_eq!(failed_ids(&response), ["garbled", "gone"]);
     let name = name_of(&good, now);
@@ -207,11 +214,8 @@ async fn sqs_reports_only_the_messages_that_failed() {
 async fn metrics_count_the_invocation_by_outcome_and_class() {
     let h = harness(Setup::default()).await;
     let now = now_ms();
-    let good = pointer(
-        &h.payloads
-            .route("/good.json", Behaviour::Ok(activity("u-1"))),
-    );
-    let event = sqs_event(&[
+    let good = h.activity_pointer("/good.json", "u-1");
+    let event = [
         sqs_record("good", &good, now),
         sqs_record("garbled", "not a pointer", now),
         sqs_record(
@@ -219,11 +223,8 @@ async fn metrics_count_the_invocation_by_outcome_and_class() {
             r#"{"type":"healthcheck","status":"success"}"#,
             now,
         ),
-    ]);
-    h.app
-        .handle_sqs(invocation(event))
-        .await
-        .expect("a batch response");
+    ];
+    h.handle_sqs(&event).await;
 
     let documents = h.metrics.lock().expect("not poisoned").clone();
     assert_eq!(documents.len(), 1, "{documents:?}");
@@ -250,15 +251,8 @@ async fn metrics_count_the_invocation_by_outcome_and_class() {
 async fn the_archive_is_written_before_the_table_and_its_failure_stops_the_record() {
     let h = harness(Setup::default()).await;
     let now = now_ms();
-    let good = pointer(
-        &h.payloads
-            .route("/good.json", Behaviour::Ok(activity("u-1"))),
-    );
-    let response = h
-        .app
-        .handle_sqs(invocation(sqs_event(&[sqs_record("good", &good, now)])))
-        .await
-        .expect("a batch response");
+    let good = h.activity_pointer("/good.json", "u-1");
+    let response = h.handle_sqs(&[sqs_record("good", &good, now)]).await;
     assert!(failed_ids(&response).is_empty());
     let name = name_of(&good, now);
     assert_eq!(
@@ -281,16 +275,8 @@ async fn the_archive_is_written_before_the_table_and_its_failure_stops_the_recor
         ..Setup::default()
     })
     .await;
-    let url = pointer(
-        &down
-            .payloads
-            .route("/good.json", Behaviour::Ok(activity("u-1"))),
-    );
-    let response = down
-        .app
-        .handle_sqs(invocation(sqs_event(&[sqs_record("good", &url, now)])))
-        .await
-        .expect("a batch response");
+    let url = down.activity_pointer("/good.json", "u-1");
+    let response = down.handle_sqs(&[sqs_record("good", &url, now)]).await;
     assert_eq!(failed_ids(&response), ["good"]);
     assert_eq!(down.sink.len(), 0, "nothing reaches the table unarchived");
     let journal = down.journal.lock().expect("not poisoned").clone();
@@ -306,22 +292,17 @@ async fn an_expired_url_is_completed_from_the_archived_copy() {
     let sent = now_ms() - 700_000;
     let h = harness(Setup::default()).await;
     let path = "/expired.json";
-    let body = pointer(&h.payloads.route(path, Behaviour::Ok(activity("u-1"))));
+    let body = h.activity_pointer(path, "u-1");
     let name = name_of(&body, sent);
     h.archive.hold(&name, sent, &activity("u-1"));
-    let lost = pointer(
-        &h.payloads
-            .route("/lost.json", Behaviour::Ok(activity("u-2"))),
-    );
+    let lost = h.activity_pointer("/lost.json", "u-2");
 
     let response = h
-        .app
-        .handle_sqs(invocation(sqs_event(&[
+        .handle_sqs(&[
             sqs_record("archived", &body, sent),
             sqs_record("lost", &lost, sent),
-        ])))
-        .await
-        .expect("a batch response");
+        ])
+        .await;
 
     assert_eq!(failed_ids(&response), ["lost"]);
     assert_eq!(h.payloads.hits(path), 0, "an expired URL is not tried");
@@ -358,10 +339,7 @@ fn failed_offsets(response: &KafkaBatchResponse) -> Vec<i64> {
 #[tokio::test]
 async fn kafka_poison_is_dead_lettered_and_the_partition_moves_on() {
     let h = harness(Setup::default()).await;
-    let good = pointer(
-        &h.payloads
-            .route("/good.json", Behaviour::Ok(activity("u-1"))),
-    );
+    let good = h.activity_pointer("/good.json", "u-1");
     let response = h
         .app
         .handle_kafka(kafka_invocation(&[
@@ -411,10 +389,7 @@ async fn kafka_without_partial_batch_responses_fails_the_invocation_for_a_transi
         ..Setup::default()
     })
     .await;
-    let good = pointer(
-        &h.payloads
-            .route("/good.json", Behaviour::Ok(activity("u-1"))),
-    );
+    let good = h.activity_pointer("/good.json", "u-1");
     let down = pointer(&h.payloads.route("/down.json", Behaviour::Status(503)));
     let error = h
         .app
