@@ -82,7 +82,7 @@ demo: $(VENV_STAMP)
 # built in release too, so its servers are not what is measured.
 bench: $(VENV_STAMP)
 	$(TOOLS) cargo lambda build --release --bin sqs-handler --bin kafka-handler
-	cargo run --locked --release -p terra-sink-dev --bin bench -- \
+	cargo run --locked --release -p terra-sink-dev --features bench --bin bench -- \
 	  $(HANDLER_ARTIFACT) $(KAFKA_ARTIFACT) BENCHMARKS.md
 
 clean:

@@ -6,6 +6,7 @@
 //!
 //! Test code: it panics on broken setup rather than returning errors.
 
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod demo;
 pub mod deployed;
@@ -15,6 +16,7 @@ pub mod kafka_mapping;
 pub mod local_stack;
 pub mod logs;
 pub mod moto;
+#[cfg(feature = "bench")]
 pub mod null_store;
 pub mod payload_server;
 pub mod runtime_api;
