@@ -9,13 +9,14 @@
 
 use std::time::Duration;
 
+use terra_sink_dev::demo::kafka::{KafkaFaults, KafkaScenario};
 use terra_sink_dev::demo::{self, DemoReport, Scenario};
 use terra_sink_dev::deployed::Deployed;
-use terra_sink_dev::fault_proxy::{Fault, FaultProxy, FaultSchedule};
-use terra_sink_dev::local_stack::LocalStack;
+use terra_sink_dev::fault_proxy::{Fault, FaultSchedule};
 use terra_sink_dev::terra_simulator::Kind;
 
 const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
+const KAFKA_HANDLER: &str = env!("CARGO_BIN_EXE_kafka-handler");
 
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -199,273 +200,42 @@ async fn a_deadline_too_short_for_the_batch() {
     );
 }
 
-/// Faults for a Kafka scenario besides the payload server's.
-#[derive(Default)]
-struct KafkaFaults {
-    /// S3 and SQS (dead letters) traffic through the fault proxy.
-    stores: bool,
-    /// Kill the handler this long after the start, and start a new one.
-    kill_after: Option<Duration>,
-    /// The payload host answers 500 to everything for this long from the
-    /// start.
-    host_outage: Option<Duration>,
-    /// The template's deployment, durations scaled down by [`TIME_SCALE`]:
-    /// its function timeout, Kafka batch size and retry limit, its function
-    /// environment, and a URL lifetime scaled the same way.
-    production_ratios: bool,
-    /// Also in the stack `template.yaml` creates for self-managed Kafka,
-    /// deployed into moto with IAM enforced: the function's environment and
-    /// role, its bucket, table and dead-letter queue, and the mapping's
-    /// settings as the template would create it (moto cannot).
-    in_the_stack: bool,
-}
-
 /// `kafka-handler` behind the local Kafka mapping, in both response modes,
 /// with transient faults and poison records (dead-lettered by the function).
-async fn kafka_scenario(report_batch_item_failures: bool, faults: KafkaFaults) {
-    use std::collections::BTreeSet;
-    use terra_sink_dev::events;
-    use terra_sink_dev::kafka_mapping::{self, KafkaMappingSettings, TopicRecord};
-    use terra_sink_dev::moto::Moto;
-    use terra_sink_dev::runtime_api::{HandlerPool, RuntimeApi};
-    use terra_sink_dev::terra_simulator::TerraSimulator;
-
+async fn kafka_scenario(partial_batch: bool, faults: KafkaFaults) {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let mut moto = Moto::start().await;
-    let stack = if faults.in_the_stack {
-        let partial_batch = report_batch_item_failures.to_string();
-        let parameters = [
-            ("KafkaSource", "self-managed"),
-            ("KafkaBootstrapServers", "b-1.kafka.internal:9096"),
-            (
-                "KafkaSecretArn",
-                "arn:aws:secretsmanager:us-east-1:123456789012:secret:terra-kafka-AbCdEf",
-            ),
-            ("KafkaPartialBatch", partial_batch.as_str()),
-        ];
-        Some(LocalStack::deploy_for(&mut moto, "KafkaHandlerFunction", &parameters).await)
-    } else {
-        None
-    };
-    let (bucket, dlq) = match &stack {
-        Some(stack) => (
-            stack
-                .variable("TERRA_S3_BUCKET")
-                .expect("a bucket")
-                .to_owned(),
-            stack
-                .variable("TERRA_DEAD_LETTER_QUEUE_URL")
-                .expect("a dead-letter queue")
-                .to_owned(),
-        ),
-        None => {
-            moto.create_bucket(demo::BUCKET).await;
-            (
-                demo::BUCKET.to_owned(),
-                moto.create_queue("terra-kafka-dlq").await,
-            )
-        }
-    };
-    let mut terra = TerraSimulator::start().await;
-    let deployed = Deployed::from_template().scaled_down(TIME_SCALE);
-    if faults.production_ratios || faults.in_the_stack {
-        terra.url_lifetime = deployed.url_lifetime;
+    let killed = faults.kill_after.is_some();
+    let store_faults = faults.stores;
+    let report = demo::kafka::run(&KafkaScenario {
+        handler_binary: KAFKA_HANDLER.into(),
+        partial_batch,
+        faults,
+        time_scale: TIME_SCALE,
+    })
+    .await;
+    println!("{}: {}", report.name, report.figures());
+    let output = &report.output;
+    if store_faults {
+        assert!(report.store_faults_injected > 0, "faults were injected");
     }
-    if let Some(lasting) = faults.host_outage {
-        terra.payloads.outage(tokio::time::Instant::now(), lasting);
-    }
-    let runtime = RuntimeApi::start().await;
-    let mix = [
-        Kind::Good,
-        Kind::Outage,
-        Kind::Expired,
-        Kind::Flaky,
-        Kind::Reset,
-        Kind::Large,
-        Kind::ShortBody,
-        Kind::Good,
-    ];
-    let now = terra_sink_dev::now_ms();
-    let mut records = Vec::new();
-    let mut kinds = Vec::new();
-    for n in 0..24 {
-        let kind = mix[n % mix.len()];
-        let (pointer, _) = terra.message(n, kind);
-        records.push(TopicRecord {
-            partition: (n % 3) as i64,
-            offset: 100 + (n / 3) as i64,
-            value: events::base64(&pointer),
-            timestamp_ms: now,
-        });
-        kinds.push((n, kind));
-    }
-    let proxy = if faults.stores {
-        Some(
-            FaultProxy::start(
-                &moto.endpoint,
-                FaultSchedule {
-                    every: 4,
-                    faults: vec![Fault::Throttle, Fault::DropAfterForward, Fault::Internal],
-                },
-            )
-            .await,
-        )
-    } else {
-        None
-    };
-    let endpoint = proxy
-        .as_ref()
-        .map_or(moto.endpoint.as_str(), |p| p.endpoint.as_str());
-    let env = if let Some(stack) = &stack {
-        stack.handler_environment(runtime.addr, endpoint)
-    } else {
-        let mut env = if faults.production_ratios {
-            let mut env = demo::archive_function_env(runtime.addr, endpoint);
-            env.extend(deployed.loopback_environment());
-            env
-        } else {
-            demo::local_function_env(runtime.addr, endpoint)
-        };
-        env.push(("TERRA_DEAD_LETTER_QUEUE_URL".into(), dlq.clone()));
-        env.push((
-            "TERRA_KAFKA_PARTIAL_BATCH".into(),
-            report_batch_item_failures.to_string(),
-        ));
-        env
-    };
-    let handlers = HandlerPool::spawn(env!("CARGO_BIN_EXE_kafka-handler"), &env, 1);
-    let chaos = async {
-        if let Some(after) = faults.kill_after {
-            tokio::time::sleep(after).await;
-            handlers.kill_and_replace_one();
-        }
-    };
-    let settings = if let Some(stack) = &stack {
-        let mapping = stack.kafka_mapping.clone().expect("the Kafka mapping");
-        assert_eq!(
-            mapping.report_batch_item_failures, report_batch_item_failures,
-            "the stack wires KafkaPartialBatch to the mapping"
-        );
-        KafkaMappingSettings {
-            topic: mapping.topic,
-            batch_size: mapping.batch_size,
-            function_timeout: stack.function.timeout / TIME_SCALE,
-            report_batch_item_failures: mapping.report_batch_item_failures,
-            max_retry_attempts: mapping.maximum_retry_attempts.unwrap_or(u32::MAX),
-        }
-    } else if faults.production_ratios {
-        KafkaMappingSettings {
-            topic: "terra-events".into(),
-            batch_size: deployed.kafka_batch_size,
-            function_timeout: deployed.function_timeout,
-            report_batch_item_failures,
-            // Without partial batch responses the mapping retries until the
-            // record leaves the topic.
-            max_retry_attempts: if report_batch_item_failures {
-                deployed.kafka_maximum_retry_attempts
-            } else {
-                u32::MAX
-            },
-        }
-    } else {
-        KafkaMappingSettings {
-            topic: "terra-events".into(),
-            batch_size: 4,
-            function_timeout: Duration::from_secs(5),
-            report_batch_item_failures,
-            max_retry_attempts: 10,
-        }
-    };
-    let (stats, ()) = tokio::join!(
-        kafka_mapping::run(&runtime, &records, &settings, Duration::from_secs(240)),
-        chaos
-    );
-
-    let archived: BTreeSet<String> = moto
-        .objects(&bucket)
-        .await
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
-    let mut dead_lettered: BTreeSet<(i64, i64)> = stats.discarded.clone();
-    for letter in moto.drain(&dlq).await {
-        let body: serde_json::Value =
-            serde_json::from_str(letter.body().expect("body")).expect("JSON letter");
-        dead_lettered.insert((
-            body["partition"].as_i64().expect("partition"),
-            body["offset"].as_i64().expect("offset"),
-        ));
-    }
-    let (mut lost, mut duplicates, mut unexpected) = (0, 0, Vec::new());
-    for ((n, kind), record) in kinds.iter().zip(&records) {
-        let is_archived = archived
-            .iter()
-            .any(|key| key.ends_with(&format!("/sim-{n:04}-{}.json", kind.as_str())));
-        let is_dead = dead_lettered.contains(&(record.partition, record.offset));
-        // A deliverable record that was dead-lettered is lost all the same.
-        lost += usize::from(!is_archived && (kind.deliverable() || !is_dead));
-        duplicates += usize::from(is_archived && is_dead);
-        if is_archived != kind.deliverable() {
-            unexpected.push(format!("{n} ({})", kind.as_str()));
-        }
-    }
-    let name = format!(
-        "kafka, {} batch{}{}{}{}{}",
-        if report_batch_item_failures {
-            "partial"
-        } else {
-            "whole"
-        },
-        if faults.stores { ", S3/SQS faults" } else { "" },
-        if faults.kill_after.is_some() {
-            ", handler killed"
-        } else {
-            ""
-        },
-        if faults.host_outage.is_some() {
-            ", payload host outage"
-        } else {
-            ""
-        },
-        if faults.production_ratios {
-            ", production ratios"
-        } else {
-            ""
-        },
-        if faults.in_the_stack {
-            ", in the stack"
-        } else {
-            ""
-        },
-    );
-    println!(
-        "{name}: sent {} / delivered {} / dead-lettered {} / lost {lost} / duplicates {duplicates} ({} invocations, {} failed, {} discarded by the mapping)",
-        records.len(),
-        archived.len(),
-        dead_lettered.len(),
-        stats.invocations,
-        stats.failed_invocations,
-        stats.discarded.len()
-    );
-    let output = handlers.output();
-    if let Some(proxy) = &proxy {
-        assert!(proxy.injected() > 0, "faults were injected");
-    }
-    if faults.kill_after.is_some() {
+    if killed {
         assert!(
-            stats.failed_invocations > 0,
+            report.failed_invocations > 0,
             "the killed invocation timed out"
         );
     }
-    assert_eq!((lost, duplicates), (0, 0), "{output}");
-    assert!(unexpected.is_empty(), "{unexpected:?}\n{output}");
+    assert_eq!((report.lost, report.duplicates), (0, 0), "{output}");
     assert!(
-        stats.discarded.is_empty(),
+        report.unexpected.is_empty(),
+        "{:?}\n{output}",
+        report.unexpected
+    );
+    assert_eq!(
+        report.discarded_by_the_mapping, 0,
         "the function handled its poison itself"
     );
-    let expired = kinds.iter().filter(|(_, k)| *k == Kind::Expired).count();
-    assert_eq!(dead_lettered.len(), expired);
-    let denied = terra_sink_dev::logs::refused_by_iam(&output);
+    assert_eq!(report.dead_lettered, report.expired_sent);
+    let denied = terra_sink_dev::logs::refused_by_iam(output);
     assert!(
         denied.is_empty(),
         "the function's role lacks a permission its code uses:\n{}",

@@ -3,6 +3,8 @@
 //! compiled `sqs-handler` through the Runtime API. `make demo` prints the
 //! result; the end-to-end test asserts on it.
 
+pub mod kafka;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
