@@ -136,6 +136,18 @@ impl Archive for MemoryArchive {
             .map(|(bytes, _)| (bytes.clone(), location(name.as_str()))))
     }
 
+    async fn holds(
+        &self,
+        name: &ArchiveName,
+        sent_at_ms: u64,
+    ) -> Result<Option<ArchivedObject>, SinkError> {
+        lock(&self.journal).push(format!("holds {}", name.as_str()));
+        Ok(lock(&self.objects)
+            .get(name.as_str())
+            .filter(|(_, held)| *held == sent_at_ms)
+            .map(|_| location(name.as_str())))
+    }
+
     fn begin_upload(&self, name: &ArchiveName, sent_at_ms: u64) -> Box<dyn ArchiveUpload> {
         Box::new(MemoryUpload {
             objects: Arc::clone(&self.objects),

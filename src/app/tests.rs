@@ -41,6 +41,8 @@ struct Harness {
 
 struct Setup {
     archive: fn(&Journal) -> MemoryArchive,
+    /// A table (the in-memory sink) besides the archive.
+    table: bool,
     dead_letters: Answer,
     kafka_response: ResponseMode,
 }
@@ -49,6 +51,7 @@ impl Default for Setup {
     fn default() -> Self {
         Self {
             archive: MemoryArchive::new,
+            table: true,
             dead_letters: Answer::Accept,
             kafka_response: ResponseMode::PartialBatch,
         }
@@ -78,7 +81,11 @@ async fn harness(setup: Setup) -> Harness {
     let pipeline = Pipeline::new(
         fetcher,
         Some(Arc::clone(&archive) as Arc<dyn Archive>),
-        vec![Arc::clone(&sink) as Arc<dyn Sink>],
+        if setup.table {
+            vec![Arc::clone(&sink) as Arc<dyn Sink>]
+        } else {
+            Vec::new()
+        },
     );
     let app = App::new(AppParts {
         pipeline,
@@ -310,6 +317,38 @@ async fn an_expired_url_is_completed_from_the_archived_copy() {
     assert_eq!(&written.payload[..], &activity("u-1")[..]);
     assert_eq!(counted(&h, "RecordsRecoveredFromArchive"), 1);
     assert_eq!(counted(&h, "RecordsFailedExpired"), 1);
+}
+
+/// With the archive as the only store there is nothing to project: the
+/// archive is asked whether it holds the send, and nothing is read back.
+#[tokio::test]
+async fn with_the_archive_alone_an_expired_url_needs_only_the_archived_copy_to_exist() {
+    let sent = now_ms() - 700_000;
+    let h = harness(Setup {
+        table: false,
+        ..Setup::default()
+    })
+    .await;
+    let body = h.activity_pointer("/expired.json", "u-1");
+    let name = name_of(&body, sent);
+    h.archive.hold(&name, sent, &activity("u-1"));
+    let lost = h.activity_pointer("/lost.json", "u-2");
+
+    let response = h
+        .handle_sqs(&[
+            sqs_record("archived", &body, sent),
+            sqs_record("lost", &lost, sent),
+        ])
+        .await;
+
+    assert_eq!(failed_ids(&response), ["lost"]);
+    let journal = h.journal.lock().expect("not poisoned").clone();
+    assert!(
+        journal.iter().all(|entry| entry.starts_with("holds ")),
+        "asked, never read back or rewritten: {journal:?}"
+    );
+    assert_eq!(counted(&h, "RecordsRecoveredFromArchive"), 1);
+    assert_eq!(counted(&h, "RecordsWritten"), 1);
 }
 
 fn kafka_invocation(records: &[KafkaRecord]) -> LambdaEvent<KafkaEvent> {

@@ -39,7 +39,7 @@ struct Obtained {
     /// Set when the payload was read back from the archive.
     archived: Option<ArchivedObject>,
     /// The budget the payload holds while the record is in flight.
-    _reservation: Reservation,
+    _reservation: Option<Reservation>,
 }
 
 impl Pipeline {
@@ -100,6 +100,13 @@ impl Pipeline {
             .await?;
         let payload = match obtained.payload {
             ReceivedPayload::Held(payload) => payload,
+            ReceivedPayload::AlreadyArchived => {
+                tracing::debug!("payload already archived by an earlier delivery");
+                return Ok(Outcome::Written(Written {
+                    recovered_from_archive: true,
+                    ..Written::default()
+                }));
+            }
             ReceivedPayload::Streamed {
                 summary,
                 bytes,
@@ -212,7 +219,7 @@ impl Pipeline {
                         age_at_fetch_ms,
                     }),
                     archived: None,
-                    _reservation: fetched.reservation,
+                    _reservation: Some(fetched.reservation),
                 });
             }
             Err(error) => error,
@@ -222,6 +229,21 @@ impl Pipeline {
         };
         if error.class() != FailureClass::Expired {
             return Err(error.into());
+        }
+        if self.sinks.is_empty() {
+            // Nothing to project: that the archive holds this send is all
+            // the record needs, and asking costs no payload in memory.
+            let Some(archived) = archive.holds(name, sent_at_ms).await? else {
+                return Err(error.into());
+            };
+            tracing::info!(reason = %error, "URL unusable; the archive already holds the payload");
+            return Ok(Obtained {
+                payload: ReceivedPayload::AlreadyArchived,
+                attempts: 0,
+                fetch: None,
+                archived: Some(archived),
+                _reservation: None,
+            });
         }
         // The archived copy's size is known only once it is read: hold room
         // for the largest payload accepted until then.
@@ -245,7 +267,7 @@ impl Pipeline {
             attempts: 0,
             fetch: None,
             archived: Some(archived),
-            _reservation: reservation,
+            _reservation: Some(reservation),
         })
     }
 }

@@ -41,6 +41,9 @@ pub fn streamed_holds_bytes(archive: &dyn Archive) -> u64 {
 /// A payload as the pipeline received it.
 pub enum ReceivedPayload {
     Held(Bytes),
+    /// Already in the archive, from an earlier delivery, and nothing else
+    /// to write it to: the URL expired, and the archive is the only store.
+    AlreadyArchived,
     /// Validated and archived on the way.
     Streamed {
         summary: PayloadSummary,

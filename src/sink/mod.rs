@@ -89,6 +89,14 @@ pub trait Archive: Send + Sync {
         sent_at_ms: u64,
     ) -> Result<Option<(Bytes, ArchivedObject)>, SinkError>;
 
+    /// Where the archive holds the payload sent at `sent_at_ms` under `name`,
+    /// if it does: `retrieve` without reading it back.
+    async fn holds(
+        &self,
+        name: &ArchiveName,
+        sent_at_ms: u64,
+    ) -> Result<Option<ArchivedObject>, SinkError>;
+
     /// Starts storing a payload that arrives in pieces, too large to hold
     /// whole; nothing is visible under the name until it is finished.
     fn begin_upload(&self, name: &ArchiveName, sent_at_ms: u64) -> Box<dyn ArchiveUpload>;

@@ -232,6 +232,18 @@ impl Archive for S3Archive {
         upload::HOLDS_BYTES
     }
 
+    async fn holds(
+        &self,
+        name: &ArchiveName,
+        sent_at_ms: u64,
+    ) -> Result<Option<ArchivedObject>, SinkError> {
+        let key = self.key_for(name);
+        Ok(match self.stored_send(&key).await? {
+            Some((stored, _)) if stored == sent_at_ms => Some(self.location(key)),
+            _ => None,
+        })
+    }
+
     async fn retrieve(
         &self,
         name: &ArchiveName,
