@@ -4,7 +4,6 @@
 //! real services do on the wire is tested against moto.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -34,8 +33,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 pub struct MemoryArchive {
     objects: Arc<Mutex<HashMap<String, (Bytes, u64)>>>,
-    /// Stores that fail (transiently) before one succeeds.
-    failing_stores: AtomicUsize,
+    /// Every store fails, transiently, as during an outage.
+    failing: bool,
     journal: Journal,
 }
 
@@ -49,9 +48,10 @@ impl MemoryArchive {
 
     /// Every store fails, as during an outage.
     pub fn failing(journal: &Journal) -> Self {
-        let archive = Self::new(journal);
-        archive.failing_stores.store(usize::MAX, Ordering::SeqCst);
-        archive
+        Self {
+            failing: true,
+            ..Self::new(journal)
+        }
     }
 
     /// Holds `payload` under `name` for the send at `sent_at_ms`, as an
@@ -102,13 +102,7 @@ fn store_conditionally(
 impl Archive for MemoryArchive {
     async fn store(&self, delivery: &Delivery) -> Result<ArchiveWrite, SinkError> {
         lock(&self.journal).push(format!("archive {}", delivery.name.as_str()));
-        let failing = self
-            .failing_stores
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                left.checked_sub(1)
-            })
-            .is_ok();
-        if failing {
+        if self.failing {
             return Err(SinkError {
                 sink: "memory archive",
                 retry: Retry::Transient,
