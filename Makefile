@@ -11,13 +11,21 @@ TOOLS := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" SAM_CLI_TELEMETRY=0
 TARGET_DIR := $(abspath $(or $(CARGO_TARGET_DIR),target))
 HANDLER_ARTIFACT := $(TARGET_DIR)/lambda/sqs-handler/bootstrap
 KAFKA_ARTIFACT := $(TARGET_DIR)/lambda/kafka-handler/bootstrap
+# The deployable arm64 (Graviton) artifacts, as `sam build` makes them at the
+# template's default architecture. Debian's Rust goes ahead of rustup's on
+# PATH: only it has the aarch64 standard library on an offline machine (see
+# dev/install-arm64-toolchain.sh); zig, from cargo-lambda, links. Its own
+# target directory, since its compiler differs from rustup's.
+ARM64_TOOLS := PATH="$(CURDIR)/$(VENV)/bin:/usr/bin:$$PATH" SAM_CLI_TELEMETRY=0 CARGO_TARGET_DIR=$(TARGET_DIR)/arm64
+SAM_BUILD_DIR := $(CURDIR)/.aws-sam/build
+ARM64_EMULATOR := qemu-aarch64-static
 # cargo-fuzz, installed into the project; the fuzz targets build with nightly.
 CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ := .tools/bin/cargo-fuzz
 FUZZ_TARGETS := sqs_body kafka_event payload
 FUZZ_SECONDS ?= 20
 
-.PHONY: check test lint unit-and-integration template fuzz demo bench venv clean
+.PHONY: check test lint arm64 unit-and-integration template fuzz demo bench venv clean
 
 # The fast tier: formatting, lints, and the unit and in-process tests (the
 # handlers on in-memory stores, the fetcher against local HTTP servers).
@@ -27,9 +35,10 @@ check:
 	cargo clippy --locked --workspace --all-targets --features terra-sink/integration -- -D warnings
 	cargo test --locked --workspace
 
-# Everything: the fast tier's checks, the tests against moto and the compiled
-# handlers, the template, and the fuzz targets. What CI runs.
-test: lint unit-and-integration template fuzz
+# Everything: the fast tier's checks, the deployable arm64 build, the tests
+# against moto and the compiled handlers (x86_64 and arm64), the template,
+# and the fuzz targets. What CI runs.
+test: lint arm64 unit-and-integration template fuzz
 
 venv: $(VENV_STAMP)
 
@@ -43,19 +52,27 @@ lint:
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets --features terra-sink/integration -- -D warnings
 
+# `sam build` at the template's defaults: both handlers for arm64, with the
+# toolchain and emulator the arm64 tests need installed first.
+arm64: $(VENV_STAMP)
+	dev/install-arm64-toolchain.sh
+	$(ARM64_TOOLS) sam build
+
 # The memory scenario runs the Lambda artifact (release), as Lambda would:
-# a debug build neither uses memory nor keeps time the way it does.
-unit-and-integration: $(VENV_STAMP)
+# a debug build neither uses memory nor keeps time the way it does. The
+# arm64 artifacts run under qemu (tests/lambda_artifacts.rs).
+unit-and-integration: $(VENV_STAMP) arm64
 	$(TOOLS) cargo lambda build --release --bin sqs-handler
 	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server SQS_HANDLER_ARTIFACT=$(HANDLER_ARTIFACT) \
+	  SQS_HANDLER_ARM64_ARTIFACT=$(SAM_BUILD_DIR)/SqsHandlerFunction/bootstrap \
+	  KAFKA_HANDLER_ARM64_ARTIFACT=$(SAM_BUILD_DIR)/KafkaHandlerFunction/bootstrap \
+	  ARM64_EMULATOR=$(ARM64_EMULATOR) \
 	  cargo test --locked --workspace --features terra-sink/integration
 
-# The template's promises, cfn-lint through SAM, and the deployable build
-# (x86_64: the only Rust target on the CI machine; deploys default to arm64).
+# The template's promises and cfn-lint through SAM (`make arm64` builds it).
 template: $(VENV_STAMP)
 	$(VENV)/bin/python -m pytest -q tests/template
 	$(TOOLS) sam validate --lint
-	$(TOOLS) sam build --parameter-overrides Architecture=x86_64
 
 # Each fuzz target for FUZZ_SECONDS, from the seeds plus what earlier runs
 # found (fuzz/corpus, not committed). A crash fails the run and is left in

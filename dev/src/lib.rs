@@ -6,6 +6,7 @@
 //!
 //! Test code: it panics on broken setup rather than returning errors.
 
+pub mod artifact;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod demo;

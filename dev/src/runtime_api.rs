@@ -277,20 +277,68 @@ pub fn lambda_environment(runtime_api: SocketAddr) -> Vec<(String, String)> {
     .collect()
 }
 
+/// How a handler binary is started: directly, or under a user-mode emulator
+/// when it was built for another architecture (the arm64 artifact on an
+/// x86_64 machine).
+#[derive(Debug, Clone)]
+pub struct Executable {
+    binary: String,
+    emulator: Option<String>,
+}
+
+impl Executable {
+    pub fn native(binary: &str) -> Executable {
+        Executable {
+            binary: binary.to_owned(),
+            emulator: None,
+        }
+    }
+
+    /// `binary` run by `emulator` (e.g. `qemu-aarch64-static`). No `-L`
+    /// sysroot is passed: the binary's loader and libc are found at `/`
+    /// (Debian's `libc6:arm64`), one glibc build, as on Lambda. A cross
+    /// sysroot's loader beside the multiarch libc mixes two builds and hangs
+    /// in the first `pthread_create`.
+    pub fn emulated(emulator: &str, binary: &str) -> Executable {
+        Executable {
+            binary: binary.to_owned(),
+            emulator: Some(emulator.to_owned()),
+        }
+    }
+
+    fn command(&self) -> Command {
+        match &self.emulator {
+            None => Command::new(&self.binary),
+            Some(emulator) => {
+                let mut command = Command::new(emulator);
+                command.arg(&self.binary);
+                command
+            }
+        }
+    }
+}
+
 impl HandlerProcess {
     /// Starts `binary` with only `env` set (nothing leaks in from the test's
     /// own environment).
     pub fn spawn(binary: &str, env: &[(String, String)]) -> HandlerProcess {
-        HandlerProcess::spawn_into(binary, env, Arc::new(Mutex::new(String::new())))
+        HandlerProcess::start(&Executable::native(binary), env)
+    }
+
+    /// As [`HandlerProcess::spawn`], for a binary that may need an emulator.
+    pub fn start(executable: &Executable, env: &[(String, String)]) -> HandlerProcess {
+        HandlerProcess::spawn_into(executable, env, Arc::new(Mutex::new(String::new())))
     }
 
     /// The same, its output lines appended to `output` as they come.
     fn spawn_into(
-        binary: &str,
+        executable: &Executable,
         env: &[(String, String)],
         output: Arc<Mutex<String>>,
     ) -> HandlerProcess {
-        let mut child = Command::new(binary)
+        let binary = &executable.binary;
+        let mut child = executable
+            .command()
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
@@ -373,7 +421,7 @@ impl HandlerProcess {
 
 /// Handler processes sharing one Runtime API, as a function's instances do.
 pub struct HandlerPool {
-    binary: String,
+    executable: Executable,
     env: Vec<(String, String)>,
     processes: Mutex<Vec<HandlerProcess>>,
     /// Every instance's lines in the order they came, so that the last line
@@ -384,14 +432,15 @@ pub struct HandlerPool {
 impl HandlerPool {
     pub fn spawn(binary: &str, env: &[(String, String)], instances: usize) -> HandlerPool {
         let output = Arc::new(Mutex::new(String::new()));
+        let executable = Executable::native(binary);
         HandlerPool {
-            binary: binary.to_owned(),
             env: env.to_vec(),
             processes: Mutex::new(
                 (0..instances.max(1))
-                    .map(|_| HandlerProcess::spawn_into(binary, env, Arc::clone(&output)))
+                    .map(|_| HandlerProcess::spawn_into(&executable, env, Arc::clone(&output)))
                     .collect(),
             ),
+            executable,
             output,
         }
     }
@@ -402,7 +451,7 @@ impl HandlerPool {
         let mut processes = self.processes.lock().expect("not poisoned");
         processes[0].kill();
         processes.push(HandlerProcess::spawn_into(
-            &self.binary,
+            &self.executable,
             &self.env,
             Arc::clone(&self.output),
         ));

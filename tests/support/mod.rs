@@ -3,6 +3,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod bed;
+pub mod mixed_batch;
 
 pub use terra_sink_dev::{
     fixture, free_port, logs, moto, now_ms, payload_server, runtime_api, sqs_mapping,
