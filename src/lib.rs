@@ -31,6 +31,7 @@ pub mod pipeline;
 pub mod record;
 pub mod redact;
 pub mod redelivery;
+pub mod replay;
 pub mod sdk_error;
 pub mod sink;
 pub mod source;

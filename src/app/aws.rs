@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use aws_config::BehaviorVersion;
 use aws_config::retry::RetryConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
 
 use super::{App, AppParts, InitError};
 use crate::budget::{HoldingCost, MemoryBudget};
@@ -33,23 +33,15 @@ impl App {
         let fetcher = Fetcher::new(config.url_policy, config.fetch)?.with_budget(budget, cost);
         let aws = aws_config::defaults(BehaviorVersion::latest()).load().await;
         let archive = config.s3.map(|settings| {
-            let s3_config = aws_sdk_s3::config::Builder::from(&aws)
-                .force_path_style(config.s3_force_path_style)
-                .build();
             Arc::new(S3Archive::new(
-                aws_sdk_s3::Client::from_conf(s3_config),
+                s3_client(&aws, config.s3_force_path_style),
                 settings,
             )) as Arc<dyn Archive>
         });
         let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
         if let Some(table) = config.dynamodb_table {
-            // Throttling and 5xx are retried by the SDK with backoff; the batch
-            // cutoff bounds the total.
-            let dynamodb_config = aws_sdk_dynamodb::config::Builder::from(&aws)
-                .retry_config(RetryConfig::standard().with_max_attempts(DYNAMODB_MAX_ATTEMPTS))
-                .build();
             sinks.push(Arc::new(DynamoDbSink::new(
-                aws_sdk_dynamodb::Client::from_conf(dynamodb_config),
+                dynamodb_client(&aws),
                 table,
                 config.dynamodb_max_items,
             )));
@@ -81,6 +73,23 @@ impl App {
 
 /// What a record holds for its payload, by the stores configured. The
 /// factors are measured by `make bench` (BENCHMARKS.md, "Memory budget").
+/// The archive's client; path-style addressing for local emulators.
+pub fn s3_client(aws: &SdkConfig, force_path_style: bool) -> aws_sdk_s3::Client {
+    let s3_config = aws_sdk_s3::config::Builder::from(aws)
+        .force_path_style(force_path_style)
+        .build();
+    aws_sdk_s3::Client::from_conf(s3_config)
+}
+
+/// The table's client. Throttling and 5xx are retried by the SDK with
+/// backoff; a batch's cutoff bounds the total.
+pub fn dynamodb_client(aws: &SdkConfig) -> aws_sdk_dynamodb::Client {
+    let dynamodb_config = aws_sdk_dynamodb::config::Builder::from(aws)
+        .retry_config(RetryConfig::standard().with_max_attempts(DYNAMODB_MAX_ATTEMPTS))
+        .build();
+    aws_sdk_dynamodb::Client::from_conf(dynamodb_config)
+}
+
 fn holding_cost(config: &Config) -> HoldingCost {
     let mut cost = HoldingCost::BUFFER_ONLY;
     if config

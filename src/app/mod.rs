@@ -3,6 +3,8 @@
 //! the narrow traits, so tests run them in process on in-memory fakes.
 
 mod aws;
+
+pub use aws::{dynamodb_client, s3_client};
 #[cfg(test)]
 mod tests;
 

@@ -82,6 +82,12 @@ impl ArchiveName {
         Self(format!("dt={}/{id}.json", utc_date(sent_at_ms)))
     }
 
+    /// The name an archived object's `key` stands for under `prefix`.
+    pub fn of_key(prefix: &str, key: &str) -> Self {
+        let name = key.strip_prefix(prefix).unwrap_or(key);
+        Self(name.strip_suffix(".gz").unwrap_or(name).to_owned())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -1,7 +1,10 @@
 //! The raw archive: each payload as one S3 object, bytes unchanged. Payloads
 //! too large to hold are uploaded in parts as they arrive ([`upload`]).
 
+mod replay_reads;
 mod upload;
+
+pub use replay_reads::{ArchiveRead, ArchivedAbout, ArchivedPayload};
 
 use std::io::Read;
 
@@ -93,6 +96,8 @@ enum AfterConflict {
 /// How many times a write re-reads the object after losing a race.
 const CONDITIONAL_ROUNDS: usize = 3;
 const SENT_AT_METADATA: &str = "terra-sent-at";
+const TYPE_METADATA: &str = "terra-type";
+const USER_METADATA: &str = "terra-user-id";
 
 impl S3Archive {
     /// One conditional PutObject. `Ok(false)`: the precondition failed (412)
@@ -195,6 +200,19 @@ impl S3Archive {
     }
 }
 
+/// Decompressing tens of MB is CPU work: off the async workers.
+async fn inflate(stored: Bytes) -> Result<Bytes, String> {
+    tokio::task::spawn_blocking(move || {
+        let mut inflated = Vec::new();
+        flate2::read::GzDecoder::new(&stored[..])
+            .read_to_end(&mut inflated)
+            .map(|_| Bytes::from(inflated))
+    })
+    .await
+    .map_err(|e| format!("decompression task failed: {e}"))?
+    .map_err(|e| format!("not valid gzip: {e}"))
+}
+
 fn sent_at(metadata: Option<&std::collections::HashMap<String, String>>) -> Option<u64> {
     metadata?.get(SENT_AT_METADATA)?.parse().ok()
 }
@@ -279,18 +297,9 @@ impl Archive for S3Archive {
             .into_bytes();
         let payload = match self.settings.compression {
             S3Compression::None => stored,
-            S3Compression::Gzip => {
-                // Decompressing tens of MB is CPU work: off the async workers.
-                tokio::task::spawn_blocking(move || {
-                    let mut inflated = Vec::new();
-                    flate2::read::GzDecoder::new(&stored[..])
-                        .read_to_end(&mut inflated)
-                        .map(|_| Bytes::from(inflated))
-                })
+            S3Compression::Gzip => inflate(stored)
                 .await
-                .map_err(|e| self.error(format!("decompression task failed: {e}")))?
-                .map_err(|e| self.error(format!("GetObject {key}: not valid gzip: {e}")))?
-            }
+                .map_err(|e| self.error(format!("GetObject {key}: {e}")))?,
         };
         Ok(Some((payload, self.location(key))))
     }
@@ -301,11 +310,14 @@ fn object_metadata(
     sent_at_ms: u64,
 ) -> std::collections::HashMap<String, String> {
     let mut metadata = std::collections::HashMap::from([
-        ("terra-type".to_owned(), metadata_value(&summary.event_type)),
+        (
+            TYPE_METADATA.to_owned(),
+            metadata_value(&summary.event_type),
+        ),
         (SENT_AT_METADATA.to_owned(), sent_at_ms.to_string()),
     ]);
     if let Some(user_id) = &summary.user_id {
-        metadata.insert("terra-user-id".to_owned(), metadata_value(user_id));
+        metadata.insert(USER_METADATA.to_owned(), metadata_value(user_id));
     }
     if let Some(provider) = &summary.provider {
         metadata.insert("terra-provider".to_owned(), metadata_value(provider));

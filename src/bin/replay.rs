@@ -1,0 +1,157 @@
+//! `replay`: an operator's tool, not deployed. Runs with ordinary AWS
+//! credentials and the handlers' configuration variables.
+//!
+//! `replay archive --from DATE --to DATE` projects archived payloads into
+//! the DynamoDB table again (see `terra_sink::replay`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use terra_sink::app::{dynamodb_client, s3_client};
+use terra_sink::config::Config;
+use terra_sink::replay::{ArchiveReplay, ArchiveSelection, ReplayRun, StateFile};
+use terra_sink::sink::{DynamoDbSink, S3Archive};
+use time::Date;
+use time::macros::format_description;
+
+#[derive(Parser)]
+#[command(
+    name = "replay",
+    about = "Replays what terra-sink archived. Reads the handlers' variables \
+             (TERRA_S3_BUCKET, TERRA_S3_PREFIX, TERRA_DYNAMODB_TABLE, ...) and \
+             the usual AWS credentials."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Projects archived payloads into the DynamoDB table again. Never
+    /// overwrites a newer item; safe to run twice; resumes where it stopped.
+    Archive(ArchiveArgs),
+}
+
+#[derive(Args)]
+struct ArchiveArgs {
+    /// First UTC send date (YYYY-MM-DD), inclusive.
+    #[arg(long, value_parser = parse_date)]
+    from: Date,
+    /// Last UTC send date (YYYY-MM-DD), inclusive.
+    #[arg(long, value_parser = parse_date)]
+    to: Date,
+    /// Only payloads of this type (activity, sleep, daily, ...).
+    #[arg(long = "type")]
+    event_type: Option<String>,
+    /// Only payloads of this Terra user_id.
+    #[arg(long)]
+    user: Option<String>,
+    /// Read and check every selected payload, write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Objects replayed at once.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
+    concurrency: u16,
+    /// Where progress is kept, to resume an interrupted run; removed when
+    /// the run completes.
+    #[arg(long, default_value = "replay-archive.state.json")]
+    state: PathBuf,
+}
+
+fn parse_date(text: &str) -> Result<Date, String> {
+    Date::parse(text, format_description!("[year]-[month]-[day]"))
+        .map_err(|e| format!("{text:?} is not a date (YYYY-MM-DD): {e}"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let Command::Archive(args) = Cli::parse().command;
+    match replay_archive(args).await {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("replay: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn replay_archive(args: ArchiveArgs) -> Result<ExitCode, String> {
+    if args.from > args.to {
+        return Err(format!("--from {} is after --to {}", args.from, args.to));
+    }
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let settings = config
+        .s3
+        .ok_or("TERRA_S3_BUCKET: not set; replay reads the archive in this bucket")?;
+    let table = config
+        .dynamodb_table
+        .ok_or("TERRA_DYNAMODB_TABLE: not set; replay archive writes this table")?;
+    let run = ReplayRun {
+        bucket: settings.bucket.clone(),
+        prefix: settings.prefix.as_str().to_owned(),
+        table: table.clone(),
+        from: args.from.to_string(),
+        to: args.to.to_string(),
+        event_type: args.event_type.clone(),
+        user_id: args.user.clone(),
+        dry_run: args.dry_run,
+    };
+    let mut state = StateFile::open(&args.state, run).map_err(|e| e.to_string())?;
+
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let archive = S3Archive::new(s3_client(&aws, config.s3_force_path_style), settings);
+    let sink = DynamoDbSink::new(dynamodb_client(&aws), table, config.dynamodb_max_items);
+    let replay = ArchiveReplay::new(
+        archive,
+        Arc::new(sink),
+        usize::from(args.concurrency),
+        args.dry_run,
+    );
+    let selection = ArchiveSelection {
+        from: args.from,
+        to: args.to,
+        event_type: args.event_type,
+        user_id: args.user,
+    };
+
+    // Drawn only when stderr is a terminal.
+    let bar = ProgressBar::new(0).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} objects {msg} ({eta})")
+            .map_err(|e| e.to_string())?,
+    );
+    let summary = replay
+        .run(&selection, &mut state, |summary, total| {
+            bar.set_length(total);
+            bar.set_position(summary.objects_done());
+            bar.set_message(format!(
+                "{} items written, {} stale, {} failed",
+                summary.items_written,
+                summary.items_stale,
+                summary.failed_keys.len()
+            ));
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?
+    );
+    Ok(if summary.failed_keys.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,330 @@
+//! `replay archive` against moto: the archive the compiled `sqs-handler`
+//! wrote, projected again into DynamoDB by the compiled `replay`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_dynamodb::types::AttributeValue;
+use serde_json::{Value, json};
+use support::bed::{Bed, assert_all_succeeded, sqs_record};
+use support::payload_server::Behaviour;
+use support::runtime_api::HandlerProcess;
+use support::{fixture, now_ms};
+use terra_sink::sink::from_attribute;
+
+const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
+const REPLAY: &str = env!("CARGO_BIN_EXE_replay");
+const TABLE: &str = "terra-replayed";
+const USER: &str = "USER#40f7b0e1-89e2-43ac-a5b8-1e29c8d47cad";
+
+type Items = BTreeMap<(String, String), std::collections::HashMap<String, AttributeValue>>;
+
+/// Terra's daily example, for day `day` after 2026-01-01 with `steps`.
+fn daily(day: u32, steps: u64) -> (String, Vec<u8>) {
+    let date = time::macros::date!(2026 - 01 - 01) + time::Duration::days(i64::from(day));
+    let mut payload: Value =
+        serde_json::from_slice(&fixture("openapi_daily.json")).expect("JSON example");
+    payload["data"][0]["metadata"]["start_time"] = json!(format!("{date}T00:00:00.000000+00:00"));
+    payload["data"][0]["distance_data"]["steps"] = json!(steps);
+    (
+        date.to_string(),
+        serde_json::to_vec_pretty(&payload).expect("JSON"),
+    )
+}
+
+/// Sends `payloads` (reference, body, sent at) through the handler into
+/// both sinks.
+async fn archive(bed: &Bed, payloads: &[(String, Vec<u8>, u64)]) {
+    let records: Vec<Value> = payloads
+        .iter()
+        .map(|(reference, body, sent)| {
+            let url = bed
+                .payloads
+                .route(&format!("/p/{reference}.json"), Behaviour::Ok(body.clone()));
+            let message = json!({
+                "type": "s3_payload", "url": url, "expires_in": 600,
+                "payload_reference": reference,
+            });
+            sqs_record(reference, &message.to_string(), *sent)
+        })
+        .collect();
+    let env = bed.env(&[("TERRA_DYNAMODB_TABLE", TABLE)]);
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
+    let result = bed
+        .runtime
+        .invoke(&json!({ "Records": records }), Duration::from_secs(120))
+        .await;
+    assert_all_succeeded(&result, &handler);
+}
+
+async fn empty_table(bed: &Bed) {
+    bed.moto
+        .dynamodb()
+        .delete_table()
+        .table_name(TABLE)
+        .send()
+        .await
+        .expect("table deleted");
+    bed.moto.create_table(TABLE).await;
+    assert!(bed.moto.items(TABLE).await.is_empty());
+}
+
+fn replay_command(bed: &Bed, state: &Path, extra: &[&str]) -> Command {
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let mut command = Command::new(REPLAY);
+    command
+        .env_clear()
+        .envs([
+            ("AWS_ENDPOINT_URL", bed.moto.endpoint.as_str()),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("TERRA_S3_BUCKET", bed.bucket.as_str()),
+            ("TERRA_DYNAMODB_TABLE", TABLE),
+        ])
+        .args(["archive", "--from", &today, "--to", &today, "--state"])
+        .arg(state)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+fn summary_of(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "a JSON summary on stdout ({e}); stdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn state_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("terra-replay-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir.join("state.json")
+}
+
+/// The items as replay must leave them: all but the time they were written.
+fn without_received_at(items: &Items) -> BTreeMap<(String, String), Value> {
+    items
+        .iter()
+        .map(|(key, item)| {
+            let mut item = item.clone();
+            item.remove("received_at");
+            let value = from_attribute(&AttributeValue::M(item));
+            (key.clone(), value)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_rebuilds_a_deleted_table_from_the_archive() {
+    let bed = Bed::start("terra-replay-rebuild").await;
+    bed.moto.create_table(TABLE).await;
+    let sent = now_ms() - 60_000;
+    let mut payloads: Vec<(String, Vec<u8>, u64)> = (0..12)
+        .map(|day| {
+            (
+                format!("daily-{day:02}"),
+                daily(day, 1000 + u64::from(day)).1,
+                sent,
+            )
+        })
+        .collect();
+    for (reference, example) in [
+        ("activity", "openapi_activity.json"),
+        ("sleep", "openapi_sleep.json"),
+        ("auth", "openapi_auth__authSuccess.json"),
+    ] {
+        payloads.push((reference.to_owned(), fixture(example), sent));
+    }
+    archive(&bed, &payloads).await;
+    let before = bed.moto.items(TABLE).await;
+    assert_eq!(
+        before.len(),
+        12 + 4,
+        "12 days, an activity, a sleep, an auth event and a profile"
+    );
+
+    empty_table(&bed).await;
+    let state = state_path("rebuild");
+    let output = replay_command(&bed, &state, &[])
+        .output()
+        .expect("replay runs");
+    assert!(
+        output.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = summary_of(&output);
+    assert_eq!(summary["objects_listed"], 15);
+    assert_eq!(summary["objects_read"], 15);
+    assert_eq!(summary["items_written"], 16);
+    assert_eq!(summary["items_stale"], 0);
+    assert_eq!(summary["failures"], json!({}));
+    assert!(!state.exists(), "a finished run leaves nothing to resume");
+
+    let after = bed.moto.items(TABLE).await;
+    assert_eq!(without_received_at(&after), without_received_at(&before));
+
+    // Twice is as once: every item is already this version.
+    let again = replay_command(&bed, &state, &[])
+        .output()
+        .expect("replay runs");
+    assert!(again.status.success());
+    assert_eq!(
+        without_received_at(&bed.moto.items(TABLE).await),
+        without_received_at(&before)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_never_overwrites_an_item_from_a_newer_message() {
+    let bed = Bed::start("terra-replay-newer").await;
+    bed.moto.create_table(TABLE).await;
+    let sent = now_ms() - 60_000;
+    // Terra re-sends the same day in a new payload: two archived objects.
+    let (date, older) = daily(3, 5_000);
+    let (_, newer) = daily(3, 9_999);
+    archive(&bed, &[("daily-first".into(), older, sent)]).await;
+    archive(&bed, &[("daily-resent".into(), newer, sent + 1_000)]).await;
+
+    let dry = replay_command(&bed, &state_path("newer-dry"), &["--dry-run"])
+        .output()
+        .expect("replay runs");
+    assert!(dry.status.success());
+    let dry_summary = summary_of(&dry);
+    assert_eq!(
+        (
+            &dry_summary["objects_read"],
+            &dry_summary["items_written"],
+            &dry_summary["dry_run"]
+        ),
+        (&json!(2), &json!(0), &json!(true))
+    );
+
+    let output = replay_command(&bed, &state_path("newer"), &[])
+        .output()
+        .expect("replay runs");
+    assert!(output.status.success());
+    let summary = summary_of(&output);
+    assert_eq!(summary["objects_read"], 2);
+    assert_eq!(
+        summary["items_stale"], 1,
+        "the first send is older: {summary}"
+    );
+
+    let items = bed.moto.items(TABLE).await;
+    let day = &items[&(USER.to_owned(), format!("DAILY#{date}"))];
+    assert_eq!(
+        from_attribute(&day["data"])["distance_data"]["steps"],
+        9_999,
+        "the newer message's record stays"
+    );
+
+    // A selection by type or user reads only what it names.
+    let other_type = replay_command(&bed, &state_path("newer-type"), &["--type", "sleep"])
+        .output()
+        .expect("replay runs");
+    let other_summary = summary_of(&other_type);
+    assert_eq!(
+        (
+            &other_summary["objects_read"],
+            &other_summary["objects_not_selected"]
+        ),
+        (&json!(0), &json!(2))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replay_resumes_without_redoing_finished_work() {
+    const OBJECTS: u32 = 300;
+    let bed = Bed::start("terra-replay-resume").await;
+    bed.moto.create_table(TABLE).await;
+    let sent = now_ms() - 60_000;
+    let payloads: Vec<(String, Vec<u8>, u64)> = (0..OBJECTS)
+        .map(|day| {
+            (
+                format!("daily-{day:04}"),
+                daily(day, u64::from(day)).1,
+                sent,
+            )
+        })
+        .collect();
+    archive(&bed, &payloads).await;
+    empty_table(&bed).await;
+
+    let state = state_path("resume");
+    let mut first = replay_command(&bed, &state, &["--concurrency", "1"])
+        .spawn()
+        .expect("replay starts");
+    let started = Instant::now();
+    while !state.exists() {
+        assert!(
+            first.try_wait().expect("waitable").is_none(),
+            "replay finished before it could be stopped; archive more objects"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().expect("killed");
+    first.wait().expect("reaped");
+
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(&state).expect("state kept")).expect("JSON state");
+    let resume_after = saved["resume_after"]
+        .as_str()
+        .expect("a resume point")
+        .to_owned();
+    let done = payloads
+        .iter()
+        .filter(|(reference, _, _)| resume_after.ends_with(&format!("/{reference}.json")))
+        .count();
+    assert_eq!(
+        done, 1,
+        "the resume point names an archived object: {resume_after}"
+    );
+    let finished: u32 = resume_after
+        .rsplit_once("daily-")
+        .and_then(|(_, rest)| rest.strip_suffix(".json"))
+        .and_then(|n| n.parse::<u32>().ok())
+        .map(|n| n + 1)
+        .expect("a daily object");
+    assert!(finished < OBJECTS, "stopped mid-run");
+    let written_before_resume = bed.moto.items(TABLE).await;
+
+    let output = replay_command(&bed, &state, &["--concurrency", "1"])
+        .output()
+        .expect("replay runs");
+    assert!(
+        output.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = summary_of(&output);
+    assert_eq!(summary["resumed_after"], resume_after);
+    assert_eq!(
+        summary["objects_read"],
+        OBJECTS - finished,
+        "only what the first run had not finished"
+    );
+    assert!(!state.exists());
+
+    let items = bed.moto.items(TABLE).await;
+    assert_eq!(items.len(), OBJECTS as usize, "every day projected");
+    for day in 0..finished {
+        let (date, _) = daily(day, 0);
+        let key = (USER.to_owned(), format!("DAILY#{date}"));
+        assert_eq!(
+            items[&key]["received_at"], written_before_resume[&key]["received_at"],
+            "day {day} was finished before the kill and must not be written again"
+        );
+    }
+}
