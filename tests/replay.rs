@@ -328,3 +328,206 @@ async fn a_killed_replay_resumes_without_redoing_finished_work() {
         );
     }
 }
+
+fn dead_letter_command(bed: &Bed, queue: &str) -> Command {
+    let mut command = Command::new(REPLAY);
+    command
+        .env_clear()
+        .envs([
+            ("AWS_ENDPOINT_URL", bed.moto.endpoint.as_str()),
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("TERRA_S3_BUCKET", bed.bucket.as_str()),
+            ("TERRA_DYNAMODB_TABLE", TABLE),
+            ("TERRA_ALLOW_INSECURE_URLS", "true"),
+            ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
+            ("TERRA_FETCH_TIMEOUT_SECS", "2"),
+        ])
+        .args(["dead-letters", "--queue", queue])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+async fn visible_messages(bed: &Bed, queue: &str) -> u64 {
+    let attributes = bed
+        .moto
+        .sqs()
+        .get_queue_attributes()
+        .queue_url(queue)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+        .send()
+        .await
+        .expect("queue attributes");
+    attributes
+        .attributes()
+        .and_then(|a| a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages))
+        .and_then(|n| n.parse().ok())
+        .expect("a count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_with_an_archived_payload_complete_and_the_rest_stay_listed() {
+    use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+    let bed = Bed::start("terra-replay-dlq").await;
+    let sqs = bed.moto.sqs();
+    // Terra's queue and its dead-letter queue, as the template makes them
+    // (one receipt is enough here).
+    let dead_letters = bed.moto.create_queue("terra-replay-dlq").await;
+    let dead_letter_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dead_letters)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("attributes")
+        .attributes()
+        .and_then(|a| a.get(&QueueAttributeName::QueueArn).cloned())
+        .expect("an ARN");
+    let queue = sqs
+        .create_queue()
+        .queue_name("terra-replay-events")
+        .attributes(
+            QueueAttributeName::RedrivePolicy,
+            json!({"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": "1"}).to_string(),
+        )
+        .send()
+        .await
+        .expect("queue")
+        .queue_url()
+        .expect("URL")
+        .to_owned();
+
+    // Archived, but the table was missing: the message failed until it was
+    // dead-lettered. Its URL lives two seconds.
+    let (date, body) = daily(40, 4_040);
+    let archived_url = bed.payloads.route("/p/archived.json", Behaviour::Ok(body));
+    let archived = json!({"type": "s3_payload", "url": archived_url, "expires_in": 2,
+                          "payload_reference": "dlq-archived"});
+    // Never fetched in time, so never archived.
+    let lost_url = bed.payloads.route("/p/lost.json", Behaviour::Status(403));
+    let lost = json!({"type": "s3_payload", "url": lost_url, "expires_in": 600,
+                      "payload_reference": "dlq-lost"});
+    for body in [
+        archived.to_string(),
+        lost.to_string(),
+        "not Terra's".to_owned(),
+    ] {
+        sqs.send_message()
+            .queue_url(&queue)
+            .message_body(body)
+            .send()
+            .await
+            .expect("sent");
+    }
+    let received = sqs
+        .receive_message()
+        .queue_url(&queue)
+        .max_number_of_messages(10)
+        .visibility_timeout(0)
+        .message_system_attribute_names(MessageSystemAttributeName::SentTimestamp)
+        .send()
+        .await
+        .expect("received");
+    let records: Vec<Value> = received
+        .messages()
+        .iter()
+        .map(|m| {
+            let sent = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::SentTimestamp))
+                .and_then(|t| t.parse::<u64>().ok())
+                .expect("SentTimestamp");
+            sqs_record(m.message_id().expect("id"), m.body().expect("body"), sent)
+        })
+        .collect();
+    assert_eq!(records.len(), 3);
+    let env = bed.env(&[("TERRA_DYNAMODB_TABLE", TABLE)]);
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
+    let result = bed
+        .runtime
+        .invoke(&json!({ "Records": records }), Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        support::bed::failed_ids(&result).len(),
+        3,
+        "no table yet: every message fails\n{}",
+        handler.output()
+    );
+    assert_eq!(
+        bed.moto.objects(&bed.bucket).await.len(),
+        1,
+        "but one is archived"
+    );
+    // The next receive finds them past maxReceiveCount: on the dead-letter queue.
+    let again = sqs
+        .receive_message()
+        .queue_url(&queue)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .expect("received");
+    assert!(again.messages().is_empty());
+    assert_eq!(visible_messages(&bed, &dead_letters).await, 3);
+
+    bed.moto.create_table(TABLE).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let output = dead_letter_command(&bed, &dead_letters)
+        .output()
+        .expect("replay runs");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "messages are left: stderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary = summary_of(&output);
+    assert_eq!(
+        (&summary["received"], &summary["completed"]),
+        (&json!(3), &json!(1)),
+        "{summary}"
+    );
+    let mut left: Vec<(Value, Value)> = summary["left"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|m| (m["payload_reference"].clone(), m["failure"].clone()))
+        .collect();
+    left.sort_by_key(|(reference, _)| reference.to_string());
+    assert_eq!(
+        left,
+        [
+            (json!("dlq-lost"), json!("expired/permanent")),
+            (Value::Null, json!("invalid/permanent")),
+        ]
+    );
+    for message in summary["left"].as_array().expect("a list") {
+        assert!(
+            message["sent_at_ms"].as_u64().is_some_and(|t| t > 0),
+            "{message}"
+        );
+    }
+    support::bed::assert_no_secrets(&String::from_utf8_lossy(&output.stdout));
+    support::bed::assert_no_secrets(&String::from_utf8_lossy(&output.stderr));
+
+    let items = bed.moto.items(TABLE).await;
+    let day = items
+        .get(&(USER.to_owned(), format!("DAILY#{date}")))
+        .unwrap_or_else(|| panic!("the archived payload's record: {:?}", items.keys()));
+    assert_eq!(
+        from_attribute(&day["data"])["distance_data"]["steps"],
+        4_040
+    );
+    assert_eq!(
+        bed.payloads.hits("/p/archived.json"),
+        1,
+        "completed from the archive, not the expired URL"
+    );
+    assert_eq!(
+        visible_messages(&bed, &dead_letters).await,
+        2,
+        "the completed message is deleted; the others are visible again"
+    );
+}

@@ -26,36 +26,12 @@ impl App {
     }
 
     pub async fn from_config(config: Config) -> Result<Self, InitError> {
-        let cost = holding_cost(&config);
-        let budget = MemoryBudget::new(config.memory_budget_bytes);
-        let budget_bytes = budget.total_bytes();
-        let max_payload_bytes = config.fetch.max_payload_bytes;
-        let fetcher = Fetcher::new(config.url_policy, config.fetch)?.with_budget(budget, cost);
         let aws = aws_config::defaults(BehaviorVersion::latest()).load().await;
-        let archive = config.s3.map(|settings| {
-            Arc::new(S3Archive::new(
-                s3_client(&aws, config.s3_force_path_style),
-                settings,
-            )) as Arc<dyn Archive>
-        });
-        let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
-        if let Some(table) = config.dynamodb_table {
-            sinks.push(Arc::new(DynamoDbSink::new(
-                dynamodb_client(&aws),
-                table,
-                config.dynamodb_max_items,
-            )));
-        }
+        let pipeline = pipeline(&config, &aws)?;
         let sqs = aws_sdk_sqs::Client::new(&aws);
         let dead_letters = config.kafka.dead_letter_queue_url.map(|queue_url| {
             Box::new(SqsDeadLetterQueue::new(sqs.clone(), queue_url)) as Box<dyn DeadLetterQueue>
         });
-        let pipeline = Pipeline::new(fetcher, archive, sinks);
-        tracing::info!(
-            memory_budget_bytes = budget_bytes,
-            largest_record_holds = pipeline.largest_record_holds(max_payload_bytes),
-            "memory budget"
-        );
         Ok(Self::new(AppParts {
             pipeline,
             concurrency: config.concurrency,
@@ -73,6 +49,38 @@ impl App {
 
 /// What a record holds for its payload, by the stores configured. The
 /// factors are measured by `make bench` (BENCHMARKS.md, "Memory budget").
+/// The pipeline the configuration describes: fetcher, memory budget,
+/// archive and sinks.
+pub fn pipeline(config: &Config, aws: &SdkConfig) -> Result<Pipeline, InitError> {
+    let cost = holding_cost(config);
+    let budget = MemoryBudget::new(config.memory_budget_bytes);
+    let budget_bytes = budget.total_bytes();
+    let max_payload_bytes = config.fetch.max_payload_bytes;
+    let fetcher =
+        Fetcher::new(config.url_policy.clone(), config.fetch.clone())?.with_budget(budget, cost);
+    let archive = config.s3.clone().map(|settings| {
+        Arc::new(S3Archive::new(
+            s3_client(aws, config.s3_force_path_style),
+            settings,
+        )) as Arc<dyn Archive>
+    });
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    if let Some(table) = &config.dynamodb_table {
+        sinks.push(Arc::new(DynamoDbSink::new(
+            dynamodb_client(aws),
+            table.clone(),
+            config.dynamodb_max_items,
+        )));
+    }
+    let pipeline = Pipeline::new(fetcher, archive, sinks);
+    tracing::info!(
+        memory_budget_bytes = budget_bytes,
+        largest_record_holds = pipeline.largest_record_holds(max_payload_bytes),
+        "memory budget"
+    );
+    Ok(pipeline)
+}
+
 /// The archive's client; path-style addressing for local emulators.
 pub fn s3_client(aws: &SdkConfig, force_path_style: bool) -> aws_sdk_s3::Client {
     let s3_config = aws_sdk_s3::config::Builder::from(aws)

@@ -2,7 +2,8 @@
 //! credentials and the handlers' configuration variables.
 //!
 //! `replay archive --from DATE --to DATE` projects archived payloads into
-//! the DynamoDB table again (see `terra_sink::replay`).
+//! the DynamoDB table again; `replay dead-letters --queue URL` completes the
+//! dead-letter queue's messages from the archive (see `terra_sink::replay`).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,9 +11,9 @@ use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use terra_sink::app::{dynamodb_client, s3_client};
+use terra_sink::app::{dynamodb_client, pipeline, s3_client};
 use terra_sink::config::Config;
-use terra_sink::replay::{ArchiveReplay, ArchiveSelection, ReplayRun, StateFile};
+use terra_sink::replay::{ArchiveReplay, ArchiveSelection, DeadLetterReplay, ReplayRun, StateFile};
 use terra_sink::sink::{DynamoDbSink, S3Archive};
 use time::Date;
 use time::macros::format_description;
@@ -34,6 +35,17 @@ enum Command {
     /// Projects archived payloads into the DynamoDB table again. Never
     /// overwrites a newer item; safe to run twice; resumes where it stopped.
     Archive(ArchiveArgs),
+    /// Runs each message of Terra's dead-letter queue through the handlers'
+    /// pipeline once more: those whose payload the archive holds are
+    /// completed from it and deleted; the rest stay, listed.
+    DeadLetters(DeadLetterArgs),
+}
+
+#[derive(Args)]
+struct DeadLetterArgs {
+    /// The dead-letter queue's URL (the stack output DeadLetterQueueUrl).
+    #[arg(long)]
+    queue: String,
 }
 
 #[derive(Args)]
@@ -76,8 +88,11 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let Command::Archive(args) = Cli::parse().command;
-    match replay_archive(args).await {
+    let outcome = match Cli::parse().command {
+        Command::Archive(args) => replay_archive(args).await,
+        Command::DeadLetters(args) => replay_dead_letters(args).await,
+    };
+    match outcome {
         Ok(code) => code,
         Err(message) => {
             eprintln!("replay: {message}");
@@ -150,6 +165,29 @@ async fn replay_archive(args: ArchiveArgs) -> Result<ExitCode, String> {
         serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?
     );
     Ok(if summary.failed_keys.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn replay_dead_letters(args: DeadLetterArgs) -> Result<ExitCode, String> {
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    if config.s3.is_none() {
+        return Err(
+            "TERRA_S3_BUCKET: not set; replay dead-letters completes messages from the archive"
+                .into(),
+        );
+    }
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let pipeline = pipeline(&config, &aws).map_err(|e| e.to_string())?;
+    let replay = DeadLetterReplay::new(aws_sdk_sqs::Client::new(&aws), args.queue, pipeline);
+    let summary = replay.run().await.map_err(|e| e.to_string())?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?
+    );
+    Ok(if summary.left.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -1,14 +1,17 @@
-//! `replay archive`: the archive projected into DynamoDB again, for a new
-//! table, after a change of the item model, or after an outage. Run by an
-//! operator (`src/bin/replay.rs`), never deployed.
+//! The operator's replays (`src/bin/replay.rs`, never deployed).
 //!
-//! Every write goes through the same version guard as the handlers (the
-//! object's `terra-sent-at`), so an archived payload older than what the
-//! table holds changes nothing, and a replay is safe to run twice. Progress
-//! is kept in a state file after every object, in key order, so a run that
-//! is stopped resumes after the last object all of whose predecessors were
-//! done.
+//! `replay archive` (here) projects the archive into DynamoDB again, for a
+//! new table, after a change of the item model, or after an outage. Every
+//! write goes through the same version guard as the handlers (the object's
+//! `terra-sent-at`), so an archived payload older than what the table holds
+//! changes nothing, and a replay is safe to run twice. Progress is kept in a
+//! state file after every object, in key order, so a run that is stopped
+//! resumes after the last object all of whose predecessors were done.
+//!
+//! `replay dead-letters` (`dead_letters.rs`) completes dead-lettered
+//! messages from the archive.
 
+mod dead_letters;
 mod state;
 
 use std::collections::BTreeMap;
@@ -24,6 +27,7 @@ use crate::sink::{
     ArchiveName, ArchiveRead, ArchivedAbout, ArchivedObject, Delivery, S3Archive, Sink, SinkError,
 };
 
+pub use dead_letters::{DeadLetterQueueError, DeadLetterReplay, DeadLetterSummary, LeftMessage};
 pub use state::{ReplayRun, StateError, StateFile};
 
 /// What a replay selects and how it runs.
