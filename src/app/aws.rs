@@ -47,8 +47,6 @@ impl App {
     }
 }
 
-/// What a record holds for its payload, by the stores configured. The
-/// factors are measured by `make bench` (BENCHMARKS.md, "Memory budget").
 /// The pipeline the configuration describes: fetcher, memory budget,
 /// archive and sinks.
 pub fn pipeline(config: &Config, aws: &SdkConfig) -> Result<Pipeline, InitError> {
@@ -98,6 +96,8 @@ pub fn dynamodb_client(aws: &SdkConfig) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(dynamodb_config)
 }
 
+/// What a record holds for its payload, by the stores configured. The
+/// factors are measured by `make bench` (BENCHMARKS.md, "Memory budget").
 fn holding_cost(config: &Config) -> HoldingCost {
     let mut cost = HoldingCost::BUFFER_ONLY;
     if config

@@ -4,6 +4,7 @@
 //! then deleted. The rest stay on the queue, listed with why, so the
 //! operator knows what to ask Terra's API to send again.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,8 @@ impl DeadLetterReplay {
     pub async fn run(&self) -> Result<DeadLetterSummary, DeadLetterQueueError> {
         let mut summary = DeadLetterSummary::default();
         let mut left_receipts = Vec::new();
+        // A message left early can come round again once its hold ends.
+        let mut seen = HashSet::new();
         loop {
             let received = self
                 .sqs
@@ -91,7 +94,11 @@ impl DeadLetterReplay {
             if messages.is_empty() {
                 break;
             }
-            for message in messages {
+            // Received again, it is hidden for another hold: the loop ends.
+            let unseen = messages
+                .into_iter()
+                .filter(|m| seen.insert(m.message_id().unwrap_or_default().to_owned()));
+            for message in unseen {
                 summary.received += 1;
                 let receipt = message.receipt_handle().unwrap_or_default().to_owned();
                 match self.replay_one(&message).await {

@@ -62,7 +62,8 @@ pub struct ReplaySummary {
     pub objects_listed: u64,
     /// Objects whose payload was read.
     pub objects_read: u64,
-    /// Objects left alone because their type or user was not selected.
+    /// Objects left alone: their type or user was not selected, or they
+    /// were deleted after the listing.
     pub objects_not_selected: u64,
     pub items_written: u64,
     /// Items not written because the table holds a newer version.
