@@ -73,8 +73,9 @@ async fn empty_table(bed: &Bed) {
     assert!(bed.moto.items(TABLE).await.is_empty());
 }
 
-fn replay_command(bed: &Bed, state: &Path, extra: &[&str]) -> Command {
-    let today = time::OffsetDateTime::now_utc().date().to_string();
+/// `replay` as an operator runs it: the handlers' variables, test
+/// credentials, and nothing else from the test's environment.
+fn replay(bed: &Bed, extra_env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(REPLAY);
     command
         .env_clear()
@@ -86,12 +87,20 @@ fn replay_command(bed: &Bed, state: &Path, extra: &[&str]) -> Command {
             ("TERRA_S3_BUCKET", bed.bucket.as_str()),
             ("TERRA_DYNAMODB_TABLE", TABLE),
         ])
-        .args(["archive", "--from", &today, "--to", &today, "--state"])
-        .arg(state)
-        .args(extra)
+        .envs(extra_env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    command
+}
+
+fn replay_command(bed: &Bed, state: &Path, extra: &[&str]) -> Command {
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let mut command = replay(bed, &[]);
+    command
+        .args(["archive", "--from", &today, "--to", &today, "--state"])
+        .arg(state)
+        .args(extra);
     command
 }
 
@@ -330,24 +339,15 @@ async fn a_killed_replay_resumes_without_redoing_finished_work() {
 }
 
 fn dead_letter_command(bed: &Bed, queue: &str) -> Command {
-    let mut command = Command::new(REPLAY);
-    command
-        .env_clear()
-        .envs([
-            ("AWS_ENDPOINT_URL", bed.moto.endpoint.as_str()),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("TERRA_S3_BUCKET", bed.bucket.as_str()),
-            ("TERRA_DYNAMODB_TABLE", TABLE),
+    let mut command = replay(
+        bed,
+        &[
             ("TERRA_ALLOW_INSECURE_URLS", "true"),
             ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
             ("TERRA_FETCH_TIMEOUT_SECS", "2"),
-        ])
-        .args(["dead-letters", "--queue", queue])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        ],
+    );
+    command.args(["dead-letters", "--queue", queue]);
     command
 }
 

@@ -159,16 +159,7 @@ async fn replay_archive(args: ArchiveArgs) -> Result<ExitCode, String> {
         .await
         .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
-
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?
-    );
-    Ok(if summary.failed_keys.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    report(&summary, summary.failed_keys.is_empty())
 }
 
 async fn replay_dead_letters(args: DeadLetterArgs) -> Result<ExitCode, String> {
@@ -183,11 +174,17 @@ async fn replay_dead_letters(args: DeadLetterArgs) -> Result<ExitCode, String> {
     let pipeline = pipeline(&config, &aws).map_err(|e| e.to_string())?;
     let replay = DeadLetterReplay::new(aws_sdk_sqs::Client::new(&aws), args.queue, pipeline);
     let summary = replay.run().await.map_err(|e| e.to_string())?;
+    report(&summary, summary.left.is_empty())
+}
+
+/// The summary on stdout, for people and scripts; failure (1) unless
+/// everything was done.
+fn report(summary: &impl serde::Serialize, all_done: bool) -> Result<ExitCode, String> {
     println!(
         "{}",
-        serde_json::to_string_pretty(&summary).map_err(|e| e.to_string())?
+        serde_json::to_string_pretty(summary).map_err(|e| e.to_string())?
     );
-    Ok(if summary.left.is_empty() {
+    Ok(if all_done {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

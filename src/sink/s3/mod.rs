@@ -200,6 +200,29 @@ impl S3Archive {
     }
 }
 
+impl S3Archive {
+    /// An object's body as the payload it stores: read whole, and inflated
+    /// when it was stored gzipped.
+    async fn payload_of(
+        &self,
+        key: &str,
+        body: ByteStream,
+        gzipped: bool,
+    ) -> Result<Bytes, SinkError> {
+        let stored = body
+            .collect()
+            .await
+            .map_err(|e| self.error(format!("GetObject {key}: reading body: {e}")))?
+            .into_bytes();
+        if !gzipped {
+            return Ok(stored);
+        }
+        inflate(stored)
+            .await
+            .map_err(|e| self.error(format!("GetObject {key}: {e}")))
+    }
+}
+
 /// Decompressing tens of MB is CPU work: off the async workers.
 async fn inflate(stored: Bytes) -> Result<Bytes, String> {
     tokio::task::spawn_blocking(move || {
@@ -289,18 +312,13 @@ impl Archive for S3Archive {
             );
             return Ok(None);
         }
-        let stored = object
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.error(format!("GetObject {key}: reading body: {e}")))?
-            .into_bytes();
-        let payload = match self.settings.compression {
-            S3Compression::None => stored,
-            S3Compression::Gzip => inflate(stored)
-                .await
-                .map_err(|e| self.error(format!("GetObject {key}: {e}")))?,
-        };
+        let payload = self
+            .payload_of(
+                &key,
+                object.body,
+                self.settings.compression == S3Compression::Gzip,
+            )
+            .await?;
         Ok(Some((payload, self.location(key))))
     }
 }

@@ -4,7 +4,7 @@
 use aws_sdk_s3::error::SdkError;
 use bytes::Bytes;
 
-use super::{S3Archive, SENT_AT_METADATA, TYPE_METADATA, USER_METADATA, inflate};
+use super::{S3Archive, SENT_AT_METADATA, TYPE_METADATA, USER_METADATA};
 use crate::sdk_error::describe;
 use crate::sink::SinkError;
 
@@ -111,19 +111,7 @@ impl S3Archive {
                 ))
             })?;
         let gzipped = object.content_encoding() == Some("gzip") || key.ends_with(".gz");
-        let stored = object
-            .body
-            .collect()
-            .await
-            .map_err(|e| self.error(format!("GetObject {key}: reading body: {e}")))?
-            .into_bytes();
-        let payload = if gzipped {
-            inflate(stored)
-                .await
-                .map_err(|e| self.error(format!("GetObject {key}: {e}")))?
-        } else {
-            stored
-        };
+        let payload = self.payload_of(key, object.body, gzipped).await?;
         Ok(ArchiveRead::Payload(ArchivedPayload {
             key: key.to_owned(),
             payload,
