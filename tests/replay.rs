@@ -114,6 +114,17 @@ fn summary_of(output: &Output) -> Value {
     })
 }
 
+/// Runs `command` to a successful end and returns its summary.
+fn succeeded(mut command: Command) -> Value {
+    let output = command.output().expect("replay runs");
+    assert!(
+        output.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    summary_of(&output)
+}
+
 fn state_path(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("terra-replay-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -164,15 +175,7 @@ async fn replay_rebuilds_a_deleted_table_from_the_archive() {
 
     empty_table(&bed).await;
     let state = state_path("rebuild");
-    let output = replay_command(&bed, &state, &[])
-        .output()
-        .expect("replay runs");
-    assert!(
-        output.status.success(),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary = summary_of(&output);
+    let summary = succeeded(replay_command(&bed, &state, &[]));
     assert_eq!(summary["objects_listed"], 15);
     assert_eq!(summary["objects_read"], 15);
     assert_eq!(summary["items_written"], 16);
@@ -184,10 +187,11 @@ async fn replay_rebuilds_a_deleted_table_from_the_archive() {
     assert_eq!(without_received_at(&after), without_received_at(&before));
 
     // Twice is as once: every item is already this version.
-    let again = replay_command(&bed, &state, &[])
-        .output()
-        .expect("replay runs");
-    assert!(again.status.success());
+    let again = succeeded(replay_command(&bed, &state, &[]));
+    assert_eq!(
+        again["items_written"], 16,
+        "written again, as the same version"
+    );
     assert_eq!(
         without_received_at(&bed.moto.items(TABLE).await),
         without_received_at(&before)
@@ -205,11 +209,11 @@ async fn replay_never_overwrites_an_item_from_a_newer_message() {
     archive(&bed, &[("daily-first".into(), older, sent)]).await;
     archive(&bed, &[("daily-resent".into(), newer, sent + 1_000)]).await;
 
-    let dry = replay_command(&bed, &state_path("newer-dry"), &["--dry-run"])
-        .output()
-        .expect("replay runs");
-    assert!(dry.status.success());
-    let dry_summary = summary_of(&dry);
+    let dry_summary = succeeded(replay_command(
+        &bed,
+        &state_path("newer-dry"),
+        &["--dry-run"],
+    ));
     assert_eq!(
         (
             &dry_summary["objects_read"],
@@ -219,11 +223,7 @@ async fn replay_never_overwrites_an_item_from_a_newer_message() {
         (&json!(2), &json!(0), &json!(true))
     );
 
-    let output = replay_command(&bed, &state_path("newer"), &[])
-        .output()
-        .expect("replay runs");
-    assert!(output.status.success());
-    let summary = summary_of(&output);
+    let summary = succeeded(replay_command(&bed, &state_path("newer"), &[]));
     assert_eq!(summary["objects_read"], 2);
     assert_eq!(
         summary["items_stale"], 1,
@@ -309,15 +309,7 @@ async fn a_killed_replay_resumes_without_redoing_finished_work() {
     assert!(finished < OBJECTS, "stopped mid-run");
     let written_before_resume = bed.moto.items(TABLE).await;
 
-    let output = replay_command(&bed, &state, &["--concurrency", "1"])
-        .output()
-        .expect("replay runs");
-    assert!(
-        output.status.success(),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let summary = summary_of(&output);
+    let summary = succeeded(replay_command(&bed, &state, &["--concurrency", "1"]));
     assert_eq!(summary["resumed_after"], resume_after);
     assert_eq!(
         summary["objects_read"],
