@@ -48,9 +48,12 @@ $(VENV_STAMP): requirements-dev.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
+# Also: what the handlers link has one HTTP/TLS stack (hyper 1, rustls 0.23
+# on aws-lc), none of the AWS SDK defaults' legacy one.
 lint:
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets --features terra-sink/integration -- -D warnings
+	! cargo tree --locked -e normal -p terra-sink | grep -E '── (hyper v0\.|h2 v0\.3|rustls v0\.(1|2[0-2])\.|ring v)'
 
 # `sam build` at the template's defaults: both handlers for arm64, with the
 # toolchain and emulator the arm64 tests need installed first.

@@ -365,8 +365,8 @@ async fn dead_letters_with_an_archived_payload_complete_and_the_rest_stay_listed
     use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
     let bed = Bed::start("terra-replay-dlq").await;
     let sqs = bed.moto.sqs();
-    // Terra's queue and its dead-letter queue, as the template makes them
-    // (one receipt is enough here).
+    // Terra's queue and its dead-letter queue, with the template's redrive.
+    let max_receive_count = terra_sink_dev::deployed::Deployed::from_template().max_receive_count;
     let dead_letters = bed.moto.create_queue("terra-replay-dlq").await;
     let dead_letter_arn = sqs
         .get_queue_attributes()
@@ -383,7 +383,9 @@ async fn dead_letters_with_an_archived_payload_complete_and_the_rest_stay_listed
         .queue_name("terra-replay-events")
         .attributes(
             QueueAttributeName::RedrivePolicy,
-            json!({"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": "1"}).to_string(),
+            json!({"deadLetterTargetArn": dead_letter_arn,
+                   "maxReceiveCount": max_receive_count.to_string()})
+            .to_string(),
         )
         .send()
         .await
@@ -453,7 +455,20 @@ async fn dead_letters_with_an_archived_payload_complete_and_the_rest_stay_listed
         1,
         "but one is archived"
     );
-    // The next receive finds them past maxReceiveCount: on the dead-letter queue.
+    // Every later delivery fails the same way while the table is missing
+    // (the handler, run above, is not needed to see that again); once past
+    // maxReceiveCount they are on the dead-letter queue.
+    for delivery in 2..=max_receive_count {
+        let retried = sqs
+            .receive_message()
+            .queue_url(&queue)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .expect("received");
+        assert_eq!(retried.messages().len(), 3, "delivery {delivery}");
+    }
     let again = sqs
         .receive_message()
         .queue_url(&queue)

@@ -21,8 +21,8 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use time::Date;
 
-use crate::outcome::{Classify, FailureClass, Retry};
-use crate::payload::inspect;
+use crate::outcome::{FailureClass, RecordFailure, Retry};
+use crate::pipeline::inspect_off_the_workers;
 use crate::sink::{
     ArchiveName, ArchiveRead, ArchivedAbout, ArchivedObject, Delivery, S3Archive, Sink, SinkError,
 };
@@ -200,11 +200,11 @@ impl ArchiveReplay {
     }
 
     async fn replay_one(&self, key: &str, selection: &ArchiveSelection) -> ObjectOutcome {
-        let failed = |error: &dyn Classify, message: String| {
-            tracing::warn!(object = %key, error = %message, "replay of an archived payload failed");
+        let failed = |failure: RecordFailure| {
+            tracing::warn!(object = %key, error = %failure.message, "replay of an archived payload failed");
             ObjectOutcome::Failed {
-                class: error.class(),
-                retry: error.retry(),
+                class: failure.class,
+                retry: failure.retry,
             }
         };
         let archived = match self
@@ -214,11 +214,11 @@ impl ArchiveReplay {
         {
             Ok(ArchiveRead::Payload(archived)) => archived,
             Ok(ArchiveRead::NotWanted | ArchiveRead::Gone) => return ObjectOutcome::NotSelected,
-            Err(e) => return failed(&e, e.to_string()),
+            Err(e) => return failed(e.into()),
         };
-        let summary = match inspect(&archived.payload) {
+        let summary = match inspect_off_the_workers(&archived.payload).await {
             Ok(summary) => summary,
-            Err(e) => return failed(&e, e.to_string()),
+            Err(failure) => return failed(failure),
         };
         if self.dry_run {
             return ObjectOutcome::Read;
@@ -238,7 +238,7 @@ impl ArchiveReplay {
                 items: report.items_written,
                 stale: report.items_stale,
             },
-            Err(e) => failed(&e, e.to_string()),
+            Err(e) => failed(e.into()),
         }
     }
 }
