@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use crate::budget::derived_budget_bytes;
+use crate::fetch::source_bucket::SourceBuckets;
 use crate::fetch::{FetchSettings, HostPattern, UrlPolicy};
 use crate::sink::KeyPrefix;
 use crate::sink::{DEFAULT_MAX_ITEMS, S3Compression, S3Settings};
@@ -23,6 +24,9 @@ pub struct Config {
     /// Path-style S3 addressing, for local emulators (set when
     /// `AWS_ENDPOINT_URL` or `AWS_ENDPOINT_URL_S3` is).
     pub s3_force_path_style: bool,
+    /// Terra's own-bucket mode: the buckets Terra uploads payloads to
+    /// (`TERRA_SOURCE_BUCKETS`), read with the function's role.
+    pub source_buckets: Option<SourceBuckets>,
     pub kafka: KafkaSettings,
     /// CloudWatch namespace of the EMF metrics (`TERRA_METRICS_NAMESPACE`).
     pub metrics_namespace: String,
@@ -132,6 +136,19 @@ impl Config {
         }
         let s3_force_path_style =
             env.text("AWS_ENDPOINT_URL")?.is_some() || env.text("AWS_ENDPOINT_URL_S3")?.is_some();
+        let source_buckets = match env.text("TERRA_SOURCE_BUCKETS")? {
+            None => None,
+            Some(raw) => {
+                let names = raw
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|name| !name.is_empty())
+                    .map(validate_bucket)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|problem| invalid("TERRA_SOURCE_BUCKETS", problem))?;
+                SourceBuckets::new(names, env.s3_endpoint()?)
+            }
+        };
         let kafka = KafkaSettings {
             partial_batch: env.flag("TERRA_KAFKA_PARTIAL_BATCH", false)?,
             dead_letter_queue_url: match env.text("TERRA_DEAD_LETTER_QUEUE_URL")? {
@@ -166,6 +183,7 @@ impl Config {
             url_policy,
             concurrency,
             s3_force_path_style,
+            source_buckets,
             kafka,
             metrics_namespace,
             memory_budget_bytes,
@@ -233,6 +251,19 @@ impl<F: Fn(&str) -> Option<Result<String, ()>>> Env<'_, F> {
                 format!("expected true or false, got {other:?}"),
             )),
         }
+    }
+
+    /// The S3 endpoint set for the SDK, if any: `AWS_ENDPOINT_URL_S3`, else
+    /// `AWS_ENDPOINT_URL`.
+    fn s3_endpoint(&self) -> Result<Option<url::Url>, ConfigError> {
+        for var in ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"] {
+            if let Some(raw) = self.text(var)? {
+                return url::Url::parse(&raw)
+                    .map(Some)
+                    .map_err(|e| invalid(var, format!("{raw:?} is not a URL: {e}")));
+            }
+        }
+        Ok(None)
     }
 
     fn host_list(&self, var: &'static str) -> Result<Option<Vec<HostPattern>>, ConfigError> {
@@ -520,5 +551,37 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn source_buckets_are_checked_and_know_the_emulator() {
+        let bucket = ("TERRA_S3_BUCKET", "bucket");
+        assert_eq!(load(&[bucket]).expect("valid").source_buckets, None);
+        let config =
+            load(&[bucket, ("TERRA_SOURCE_BUCKETS", " terra-drop , terra.eu ,")]).expect("valid");
+        let sources = config.source_buckets.expect("source buckets");
+        assert_eq!(sources.names(), ["terra-drop", "terra.eu"]);
+        let emulated = load(&[
+            bucket,
+            ("TERRA_SOURCE_BUCKETS", "terra-drop"),
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
+        ])
+        .expect("valid")
+        .source_buckets
+        .expect("source buckets");
+        let url = url::Url::parse("http://127.0.0.1:5000/terra-drop/a.json").expect("url");
+        assert_eq!(emulated.locate(&url).expect("located").key, "a.json");
+        assert_eq!(
+            failing_var(&[bucket, ("TERRA_SOURCE_BUCKETS", "terra-drop,Not_A_Bucket")]),
+            "TERRA_SOURCE_BUCKETS"
+        );
+        assert_eq!(
+            failing_var(&[
+                bucket,
+                ("TERRA_SOURCE_BUCKETS", "terra-drop"),
+                ("AWS_ENDPOINT_URL_S3", "not a url"),
+            ]),
+            "AWS_ENDPOINT_URL_S3"
+        );
     }
 }

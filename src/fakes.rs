@@ -11,6 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterQueue};
+use crate::fetch::source_bucket::SourceVersion;
 use crate::outcome::Retry;
 use crate::payload::PayloadSummary;
 use crate::redelivery::QueueSettings;
@@ -153,6 +154,27 @@ impl Archive for MemoryArchive {
 
     fn upload_holds_bytes(&self) -> u64 {
         0
+    }
+
+    /// Memory holds no source bucket to copy from: payloads from one are
+    /// stored as read.
+    fn copies_in(&self) -> bool {
+        false
+    }
+
+    async fn copy_in(
+        &self,
+        _name: &ArchiveName,
+        _sent_at_ms: u64,
+        source: &SourceVersion,
+        _summary: &PayloadSummary,
+    ) -> Result<ArchiveWrite, SinkError> {
+        Err(SinkError {
+            sink: "memory archive",
+            retry: Retry::Permanent,
+            message: format!("cannot copy {} in", source.object),
+            record_at_fault: false,
+        })
     }
 }
 

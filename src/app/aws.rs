@@ -11,6 +11,7 @@ use crate::budget::{HoldingCost, MemoryBudget};
 use crate::config::Config;
 use crate::dead_letter::{DeadLetterQueue, SqsDeadLetterQueue};
 use crate::fetch::Fetcher;
+use crate::fetch::source_bucket::S3SourceBucket;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::redelivery::sqs::{Redelivery, SqsQueueControl};
@@ -70,7 +71,11 @@ pub fn pipeline(config: &Config, aws: &SdkConfig) -> Result<Pipeline, InitError>
             config.dynamodb_max_items,
         )));
     }
-    let pipeline = Pipeline::new(fetcher, archive, sinks);
+    let mut pipeline = Pipeline::new(fetcher, archive, sinks);
+    if let Some(buckets) = config.source_buckets.clone() {
+        let reader = S3SourceBucket::new(s3_client(aws, config.s3_force_path_style));
+        pipeline = pipeline.reading_source_buckets(buckets, Arc::new(reader));
+    }
     tracing::info!(
         memory_budget_bytes = budget_bytes,
         largest_record_holds = pipeline.largest_record_holds(max_payload_bytes),

@@ -2,6 +2,7 @@
 //! backoff inside the URL's lifetime and the invocation's deadline, a size
 //! limit enforced while streaming, and failure classification.
 
+pub mod source_bucket;
 mod url_policy;
 
 use std::error::Error as StdError;
@@ -318,9 +319,19 @@ impl Fetcher {
     /// whole, for a payload read from elsewhere whose size is not known
     /// beforehand.
     pub async fn reserve_for_any_payload(&self) -> Reservation {
-        self.budget
-            .reserve(self.cost.held_whole(self.settings.max_payload_bytes))
+        self.reserve_for_payload_of(self.settings.max_payload_bytes)
             .await
+    }
+
+    /// Holds room in the budget for a payload of `bytes` held whole, read
+    /// from elsewhere.
+    pub async fn reserve_for_payload_of(&self, bytes: u64) -> Reservation {
+        self.budget.reserve(self.cost.held_whole(bytes)).await
+    }
+
+    /// `TERRA_MAX_PAYLOAD_BYTES`.
+    pub fn max_payload_bytes(&self) -> u64 {
+        self.settings.max_payload_bytes
     }
 
     /// Bodies above `above` bytes are streamed, holding `holds` bytes

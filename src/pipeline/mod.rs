@@ -1,5 +1,6 @@
 //! One record from queue message to written payload.
 
+mod source_bucket;
 mod streaming;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use tracing::Instrument;
 
 use crate::batch::RecordProcessor;
 use crate::budget::Reservation;
+use crate::fetch::source_bucket::{SourceBucket, SourceBuckets, SourceVersion};
 use crate::fetch::{FetchDeadlines, FetchError, Fetched, Fetcher, RedactedUrl, RetryDelays};
 use crate::message::{self, PayloadPointer, TerraMessage};
 use crate::outcome::{Classify, FailureClass, FetchTiming, Outcome, RecordFailure, Retry, Written};
@@ -28,6 +30,14 @@ pub struct Pipeline {
     sinks: Vec<Arc<dyn Sink>>,
     /// Large payloads go to the archive as they download.
     streams_to_archive: bool,
+    /// Own-bucket mode: payloads in Terra's bucket are read with the role.
+    source_buckets: Option<SourceBucketReads>,
+}
+
+/// Which URLs point into a source bucket, and how to read it.
+struct SourceBucketReads {
+    buckets: SourceBuckets,
+    reader: Arc<dyn SourceBucket>,
 }
 
 /// A payload ready for the stores, and where it came from.
@@ -38,6 +48,8 @@ struct Obtained {
     fetch: Option<FetchTiming>,
     /// Set when the payload was read back from the archive.
     archived: Option<ArchivedObject>,
+    /// Set when the payload is in a source bucket.
+    source: Option<SourceVersion>,
     /// The budget the payload holds while the record is in flight.
     _reservation: Option<Reservation>,
 }
@@ -67,6 +79,19 @@ impl Pipeline {
             archive,
             sinks,
             streams_to_archive,
+            source_buckets: None,
+        }
+    }
+
+    /// Payload URLs into `buckets` are read with `reader` instead of fetched.
+    pub fn reading_source_buckets(
+        self,
+        buckets: SourceBuckets,
+        reader: Arc<dyn SourceBucket>,
+    ) -> Self {
+        Self {
+            source_buckets: Some(SourceBucketReads { buckets, reader }),
+            ..self
         }
     }
 
@@ -95,9 +120,22 @@ impl Pipeline {
             span.record("payload_reference", reference.as_str());
         }
 
-        let obtained = self
-            .obtain(&pointer, record.sent_at_ms, &name, give_up_at)
-            .await?;
+        let in_source_bucket = self.source_buckets.as_ref().and_then(|reads| {
+            let object = reads.buckets.locate(&pointer.url)?;
+            Some((reads.reader.as_ref(), object))
+        });
+        let obtained = match in_source_bucket {
+            Some((reader, object)) => {
+                span.record("source", tracing::field::display(&object));
+                self.obtain_from_source(reader, object, record.sent_at_ms, &name, give_up_at)
+                    .await?
+            }
+            None => {
+                self.obtain(&pointer, record.sent_at_ms, &name, give_up_at)
+                    .await?
+            }
+        };
+        let source = obtained.source;
         let payload = match obtained.payload {
             ReceivedPayload::Held(payload) => payload,
             ReceivedPayload::AlreadyArchived => {
@@ -127,6 +165,17 @@ impl Pipeline {
                     fetch: obtained.fetch,
                 }));
             }
+            ReceivedPayload::InSourceBucket { summary, bytes } => {
+                return self
+                    .copy_only(&name, record.sent_at_ms, source, summary, bytes, give_up_at)
+                    .await
+                    .map(|written| {
+                        Outcome::Written(Written {
+                            fetch: obtained.fetch,
+                            ..written
+                        })
+                    });
+            }
         };
         let summary = inspect_off_the_workers(&payload).await?;
         let recovered = obtained.archived.is_some();
@@ -138,7 +187,20 @@ impl Pipeline {
             archived: obtained.archived,
         };
         if let (Some(archive), false) = (&self.archive, recovered) {
-            let stored = until_stored(give_up_at, || archive.store(&delivery)).await?;
+            let stored = match &source {
+                Some(version) if archive.copies_in() => {
+                    until_stored(give_up_at, || {
+                        archive.copy_in(
+                            &delivery.name,
+                            delivery.sent_at_ms,
+                            version,
+                            &delivery.summary,
+                        )
+                    })
+                    .await?
+                }
+                _ => until_stored(give_up_at, || archive.store(&delivery)).await?,
+            };
             log_newer_held(&stored);
             delivery.archived = stored.this_send();
         }
@@ -219,29 +281,45 @@ impl Pipeline {
                         age_at_fetch_ms,
                     }),
                     archived: None,
+                    source: None,
                     _reservation: Some(fetched.reservation),
                 });
             }
             Err(error) => error,
         };
-        let Some(archive) = &self.archive else {
-            return Err(error.into());
-        };
         if error.class() != FailureClass::Expired {
             return Err(error.into());
         }
+        self.recover_from_archive(error.into(), name, sent_at_ms, give_up_at)
+            .await
+    }
+
+    /// The payload can no longer be had where the message points (the URL
+    /// expired, the source object is gone): the copy an earlier attempt
+    /// archived stands in, or the record fails with `error`.
+    async fn recover_from_archive(
+        &self,
+        error: RecordFailure,
+        name: &ArchiveName,
+        sent_at_ms: u64,
+        give_up_at: Instant,
+    ) -> Result<Obtained, RecordFailure> {
+        let Some(archive) = &self.archive else {
+            return Err(error);
+        };
         if self.sinks.is_empty() {
             // Nothing to project: that the archive holds this send is all
             // the record needs, and asking costs no payload in memory.
             let Some(archived) = archive.holds(name, sent_at_ms).await? else {
-                return Err(error.into());
+                return Err(error);
             };
-            tracing::info!(reason = %error, "URL unusable; the archive already holds the payload");
+            tracing::info!(reason = %error.message, "payload unobtainable; the archive already holds it");
             return Ok(Obtained {
                 payload: ReceivedPayload::AlreadyArchived,
                 attempts: 0,
                 fetch: None,
                 archived: Some(archived),
+                source: None,
                 _reservation: None,
             });
         }
@@ -258,15 +336,16 @@ impl Pipeline {
             ));
         };
         let Some((payload, archived)) = archive.retrieve(name, sent_at_ms).await? else {
-            return Err(error.into());
+            return Err(error);
         };
         reservation.shrink_to(self.fetcher.holding_cost().held_whole(payload.len() as u64));
-        tracing::info!(reason = %error, "URL unusable; continuing from the archived copy");
+        tracing::info!(reason = %error.message, "payload unobtainable; continuing from the archived copy");
         Ok(Obtained {
             payload: ReceivedPayload::Held(payload),
             attempts: 0,
             fetch: None,
             archived: Some(archived),
+            source: None,
             _reservation: Some(reservation),
         })
     }
@@ -359,6 +438,7 @@ impl RecordProcessor for Pipeline {
             "record",
             id = %record.log_id,
             url = tracing::field::Empty,
+            source = tracing::field::Empty,
             object = tracing::field::Empty,
             payload_reference = tracing::field::Empty,
         );

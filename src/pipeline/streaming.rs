@@ -50,6 +50,13 @@ pub enum ReceivedPayload {
         bytes: u64,
         stored: ArchiveWrite,
     },
+    /// Left in its source bucket, for the archive to copy in: the archive is
+    /// the only store, or the payload is too large for the others.
+    /// `summary` is from the payload's start.
+    InSourceBucket {
+        summary: PayloadSummary,
+        bytes: u64,
+    },
 }
 
 /// The body of one download attempt: held, or streamed once it is large.

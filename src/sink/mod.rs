@@ -13,6 +13,7 @@ use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
+use crate::fetch::source_bucket::SourceVersion;
 use crate::outcome::{Classify, FailureClass, Retry};
 use crate::payload::PayloadSummary;
 
@@ -104,6 +105,21 @@ pub trait Archive: Send + Sync {
     /// The most an upload holds in memory at once, besides the piece being
     /// appended.
     fn upload_holds_bytes(&self) -> u64;
+
+    /// Whether [`Archive::copy_in`] can take a source-bucket object: the
+    /// archive is in S3 and stores payloads as they are (not compressed).
+    fn copies_in(&self) -> bool;
+
+    /// Stores the payload `source` holds under `name` by a copy inside S3, no
+    /// bytes passing through the function, under the conditions of
+    /// [`Archive::store`]. `summary` gives the metadata, as far as known.
+    async fn copy_in(
+        &self,
+        name: &ArchiveName,
+        sent_at_ms: u64,
+        source: &SourceVersion,
+        summary: &PayloadSummary,
+    ) -> Result<ArchiveWrite, SinkError>;
 }
 
 /// A payload on its way into the archive piece by piece.

@@ -11,9 +11,11 @@ use std::io::Read;
 use async_trait::async_trait;
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::MetadataDirective;
 use bytes::Bytes;
 
 use super::{Archive, ArchiveUpload, ArchiveWrite, ArchivedObject, Delivery, SinkError, gzip};
+use crate::fetch::source_bucket::SourceVersion;
 use crate::outcome::Retry;
 use crate::payload::PayloadSummary;
 use crate::sdk_error::describe;
@@ -95,6 +97,8 @@ enum AfterConflict {
 
 /// How many times a write re-reads the object after losing a race.
 const CONDITIONAL_ROUNDS: usize = 3;
+/// S3's limit for one CopyObject (5 GiB).
+const MAX_COPY_BYTES: u64 = 5 * 1024 * 1024 * 1024;
 const SENT_AT_METADATA: &str = "terra-sent-at";
 const TYPE_METADATA: &str = "terra-type";
 const USER_METADATA: &str = "terra-user-id";
@@ -163,9 +167,28 @@ impl S3Archive {
         summary: &PayloadSummary,
         sent_at_ms: u64,
     ) -> Result<ArchiveWrite, SinkError> {
+        self.write_conditionally(key, sent_at_ms, |key, expect| async move {
+            self.put(&key, body, summary, sent_at_ms, &expect).await
+        })
+        .await
+    }
+
+    /// Runs `write` under the precondition each round calls for, as many
+    /// rounds as concurrent writers make necessary. `write` answers
+    /// `Ok(false)` when its precondition failed.
+    async fn write_conditionally<F, Fut>(
+        &self,
+        key: String,
+        sent_at_ms: u64,
+        write: F,
+    ) -> Result<ArchiveWrite, SinkError>
+    where
+        F: Fn(String, Expect) -> Fut,
+        Fut: Future<Output = Result<bool, SinkError>>,
+    {
         let mut expect = Expect::Absent;
         for _ in 0..CONDITIONAL_ROUNDS {
-            if self.put(&key, body, summary, sent_at_ms, &expect).await? {
+            if write(key.clone(), expect).await? {
                 return Ok(ArchiveWrite::Written(self.location(key)));
             }
             expect = match self.after_conflict(&key, sent_at_ms).await? {
@@ -174,8 +197,50 @@ impl S3Archive {
             };
         }
         Err(self.error(format!(
-            "PutObject {key}: the object kept changing under concurrent writes"
+            "writing {key}: the object kept changing under concurrent writes"
         )))
+    }
+
+    /// One conditional CopyObject of a source-bucket object. `Ok(false)`: a
+    /// precondition failed (412; the source's too, when it changed) or a
+    /// concurrent conditional write won (409).
+    async fn copy(
+        &self,
+        key: &str,
+        source: &SourceVersion,
+        summary: &PayloadSummary,
+        sent_at_ms: u64,
+        expect: &Expect,
+    ) -> Result<bool, SinkError> {
+        let request = self
+            .client
+            .copy_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .copy_source(format!(
+                "{}/{}",
+                source.object.bucket,
+                upload::percent_encode_path(&source.object.key)
+            ))
+            .copy_source_if_match(&source.etag)
+            .metadata_directive(MetadataDirective::Replace)
+            .content_type("application/json")
+            .set_metadata(Some(object_metadata(summary, sent_at_ms)));
+        let request = match expect {
+            Expect::Absent => request.if_none_match("*"),
+            Expect::Replacing(etag) => request.if_match(etag),
+        };
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 409 | 412) => {
+                Ok(false)
+            }
+            Err(e) => Err(self.error(format!(
+                "CopyObject {key} from {}: {}",
+                source.object,
+                describe(&e)
+            ))),
+        }
     }
 
     /// The send time and ETag of the object under `key`, if there is one.
@@ -271,6 +336,37 @@ impl Archive for S3Archive {
 
     fn upload_holds_bytes(&self) -> u64 {
         upload::HOLDS_BYTES
+    }
+
+    fn copies_in(&self) -> bool {
+        self.settings.compression == S3Compression::None
+    }
+
+    async fn copy_in(
+        &self,
+        name: &ArchiveName,
+        sent_at_ms: u64,
+        source: &SourceVersion,
+        summary: &PayloadSummary,
+    ) -> Result<ArchiveWrite, SinkError> {
+        if !self.copies_in() {
+            return Err(self.error("a compressed archive cannot take a server-side copy"));
+        }
+        if source.size > MAX_COPY_BYTES {
+            return Err(SinkError {
+                retry: Retry::Permanent,
+                record_at_fault: true,
+                ..self.error(format!(
+                    "{} is {} bytes; one server-side copy takes at most {MAX_COPY_BYTES}",
+                    source.object, source.size
+                ))
+            });
+        }
+        let key = self.key_for(name);
+        self.write_conditionally(key, sent_at_ms, |key, expect| async move {
+            self.copy(&key, source, summary, sent_at_ms, &expect).await
+        })
+        .await
     }
 
     async fn holds(

@@ -408,7 +408,7 @@ impl S3Upload {
 }
 
 /// A copy source names the object in a URL path.
-fn percent_encode_path(key: &str) -> String {
+pub(super) fn percent_encode_path(key: &str) -> String {
     let mut encoded = String::with_capacity(key.len());
     for byte in key.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b'/') {
