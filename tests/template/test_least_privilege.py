@@ -175,6 +175,40 @@ def test_the_sqs_handler_role_may_do_what_the_code_calls_and_no_more(moto_server
     denied(lambda: dynamodb.get_item(TableName="not-terras", Key=item))
 
 
+def test_a_source_bucket_is_read_and_copied_from_never_written(moto_server):
+    stack = Stack(Endpoint(moto_server), overrides={"TerraSourceBucket": "terra-drop"})
+    stack.restore_policies()
+    admin, outputs, parameters = stack.admin, stack.outputs, stack.parameters
+    s3_admin = admin.client("s3")
+    for bucket in ("terra-drop", "not-terras"):
+        s3_admin.create_bucket(Bucket=bucket)
+        s3_admin.put_object(Bucket=bucket, Key="payloads/a.json", Body=b'{"type":"activity"}')
+    credentials = stack.role_credentials("SqsHandlerRole")
+    enforce_iam(moto_server)
+    s3 = Endpoint(
+        moto_server,
+        credentials["AccessKeyId"],
+        credentials["SecretAccessKey"],
+        credentials["SessionToken"],
+    ).client("s3")
+
+    # What own-bucket mode calls: the version, the envelope's start or the
+    # whole payload, and a copy into the archive.
+    s3.head_object(Bucket="terra-drop", Key="payloads/a.json")
+    s3.get_object(Bucket="terra-drop", Key="payloads/a.json", Range="bytes=0-9")
+    s3.get_object(Bucket="terra-drop", Key="payloads/a.json")
+    s3.copy_object(
+        Bucket=outputs["BucketName"],
+        Key=f"{parameters['S3Prefix']}dt=2026-11-30/copied.json",
+        CopySource={"Bucket": "terra-drop", "Key": "payloads/a.json"},
+        MetadataDirective="REPLACE",
+        Metadata={"terra-type": "activity"},
+    )
+    denied(lambda: s3.put_object(Bucket="terra-drop", Key="payloads/b.json", Body=b"{}"))
+    denied(lambda: s3.delete_object(Bucket="terra-drop", Key="payloads/a.json"))
+    denied(lambda: s3.get_object(Bucket="not-terras", Key="payloads/a.json"))
+
+
 KAFKA = {
     "KafkaSource": "self-managed",
     "KafkaBootstrapServers": "b-1.kafka.internal:9096",

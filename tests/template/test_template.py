@@ -345,6 +345,11 @@ def test_customer_managed_keys_get_exactly_what_their_store_needs():
             {"kms:Encrypt", "kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey"},
             "ExistingTableKmsKeyArn",
         ),
+        "source-bucket-key": (
+            "SourceBucketHasKey",
+            {"kms:Decrypt"},
+            "TerraSourceBucketKmsKeyArn",
+        ),
     }
     for role in ("SqsHandlerRole", "KafkaHandlerRole"):
         for name, (condition, actions, key) in expected.items():
@@ -360,6 +365,26 @@ def test_customer_managed_keys_get_exactly_what_their_store_needs():
     )
     (assertion,) = TEMPLATE["Rules"]["MskScramSecretKeyNamed"]["Assertions"]
     assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "KafkaSecretKmsKeyArn"}, ""]}]}
+
+
+def test_a_source_bucket_is_read_only_and_only_when_named():
+    for role in ("SqsHandlerRole", "KafkaHandlerRole"):
+        condition, (read, list_keys) = policy_named(role, "read-terra-source-bucket")
+        assert condition == "HasSourceBucket"
+        assert (read["Action"], read["Resource"]) == (
+            "s3:GetObject",
+            {"Fn::Sub": "arn:${AWS::Partition}:s3:::${TerraSourceBucket}/*"},
+        )
+        assert (list_keys["Action"], list_keys["Resource"]) == (
+            "s3:ListBucket",
+            {"Fn::Sub": "arn:${AWS::Partition}:s3:::${TerraSourceBucket}"},
+        )
+    assert TEMPLATE["Conditions"]["HasSourceBucket"] == {
+        "Fn::Not": [{"Fn::Equals": [{"Ref": "TerraSourceBucket"}, ""]}]
+    }
+    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    assert variables["TERRA_SOURCE_BUCKETS"] == {"Ref": "TerraSourceBucket"}
+    assert TEMPLATE["Parameters"]["TerraSourceBucket"]["Default"] == ""
 
 
 def test_mappings_report_their_metrics():
