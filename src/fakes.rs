@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterQueue};
-use crate::fetch::source_bucket::SourceVersion;
+use crate::fetch::source_bucket::{SourceBucket, SourceObject, SourceReadError, SourceVersion};
 use crate::outcome::Retry;
 use crate::payload::PayloadSummary;
 use crate::redelivery::QueueSettings;
@@ -36,6 +36,8 @@ pub struct MemoryArchive {
     objects: Arc<Mutex<HashMap<String, (Bytes, u64)>>>,
     /// Every store fails, transiently, as during an outage.
     failing: bool,
+    /// The source bucket it copies in from, as S3 does server-side.
+    copies_from: Option<MemorySourceBucket>,
     journal: Journal,
 }
 
@@ -51,6 +53,15 @@ impl MemoryArchive {
     pub fn failing(journal: &Journal) -> Self {
         Self {
             failing: true,
+            ..Self::new(journal)
+        }
+    }
+
+    /// Copies payloads in from `source` without them passing through the
+    /// pipeline, as the S3 archive does from a source bucket.
+    pub fn copying_from(journal: &Journal, source: &MemorySourceBucket) -> Self {
+        Self {
+            copies_from: Some(source.clone()),
             ..Self::new(journal)
         }
     }
@@ -156,25 +167,36 @@ impl Archive for MemoryArchive {
         0
     }
 
-    /// Memory holds no source bucket to copy from: payloads from one are
-    /// stored as read.
     fn copies_in(&self) -> bool {
-        false
+        self.copies_from.is_some()
     }
 
     async fn copy_in(
         &self,
-        _name: &ArchiveName,
-        _sent_at_ms: u64,
+        name: &ArchiveName,
+        sent_at_ms: u64,
         source: &SourceVersion,
         _summary: &PayloadSummary,
     ) -> Result<ArchiveWrite, SinkError> {
-        Err(SinkError {
-            sink: "memory archive",
-            retry: Retry::Permanent,
-            message: format!("cannot copy {} in", source.object),
-            record_at_fault: false,
-        })
+        lock(&self.journal).push(format!("copy {}", name.as_str()));
+        let copied = match &self.copies_from {
+            Some(bucket) => bucket.current(source),
+            None => None,
+        };
+        let Some(payload) = copied else {
+            return Err(SinkError {
+                sink: "memory archive",
+                retry: Retry::Transient,
+                message: format!("cannot copy {} in", source.object),
+                record_at_fault: false,
+            });
+        };
+        Ok(store_conditionally(
+            &self.objects,
+            name.as_str(),
+            sent_at_ms,
+            payload,
+        ))
     }
 }
 
@@ -202,6 +224,77 @@ impl ArchiveUpload for MemoryUpload {
     }
 
     async fn abort(self: Box<Self>) {}
+}
+
+/// A source bucket of own-bucket mode: objects by key (whatever the bucket),
+/// each version's ETag a digest of its bytes.
+#[derive(Clone, Default)]
+pub struct MemorySourceBucket {
+    objects: Arc<Mutex<HashMap<String, Bytes>>>,
+    journal: Journal,
+}
+
+impl MemorySourceBucket {
+    pub fn new(journal: &Journal) -> Self {
+        Self {
+            journal: Arc::clone(journal),
+            ..Self::default()
+        }
+    }
+
+    pub fn put(&self, key: &str, payload: &[u8]) {
+        lock(&self.objects).insert(key.to_owned(), Bytes::copy_from_slice(payload));
+    }
+
+    fn etag(payload: &[u8]) -> String {
+        format!("\"{}\"", crate::digest::sha256_hex(payload))
+    }
+
+    /// The object's bytes, if it is still the version given.
+    fn current(&self, version: &SourceVersion) -> Option<Bytes> {
+        lock(&self.objects)
+            .get(&version.object.key)
+            .filter(|payload| Self::etag(payload) == version.etag)
+            .cloned()
+    }
+}
+
+#[async_trait]
+impl SourceBucket for MemorySourceBucket {
+    async fn version(&self, object: &SourceObject) -> Result<SourceVersion, SourceReadError> {
+        lock(&self.journal).push(format!("source version {}", object.key));
+        let objects = lock(&self.objects);
+        let payload = objects
+            .get(&object.key)
+            .ok_or_else(|| SourceReadError::Missing {
+                object: object.clone(),
+            })?;
+        Ok(SourceVersion {
+            object: object.clone(),
+            etag: Self::etag(payload),
+            size: payload.len() as u64,
+            kms_encrypted: false,
+        })
+    }
+
+    async fn read(
+        &self,
+        version: &SourceVersion,
+        first_bytes: Option<u64>,
+    ) -> Result<Bytes, SourceReadError> {
+        let key = &version.object.key;
+        lock(&self.journal).push(match first_bytes {
+            Some(n) => format!("source read {key} first {n}"),
+            None => format!("source read {key}"),
+        });
+        let payload = self
+            .current(version)
+            .ok_or_else(|| SourceReadError::Changed {
+                object: version.object.clone(),
+            })?;
+        let len = first_bytes.map_or(payload.len(), |n| payload.len().min(n as usize));
+        Ok(payload.slice(..len))
+    }
 }
 
 /// Keeps the newest delivery per name, as the DynamoDB version guard does.

@@ -181,3 +181,245 @@ async fn summary_of_start(
     inspector.feed(start)?;
     Ok(inspector.summary_so_far())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use serde_json::json;
+    use url::Url;
+
+    use super::ENVELOPE_START_BYTES;
+    use crate::batch::RecordProcessor;
+    use crate::fakes::{Journal, MemoryArchive, MemorySink, MemorySourceBucket};
+    use crate::fetch::source_bucket::SourceBuckets;
+    use crate::fetch::{FetchSettings, Fetcher, UrlPolicy};
+    use crate::message::{self, TerraMessage};
+    use crate::outcome::{FailureClass, Outcome, Retry};
+    use crate::pipeline::Pipeline;
+    use crate::record::InboundRecord;
+    use crate::sink::{Archive, ArchiveName, Sink};
+
+    const KEY: &str = "payloads/u-1/activity.json";
+    /// Terra's URL shape, its signature long expired.
+    const URL: &str = "https://terra-drop.s3.eu-west-2.amazonaws.com/payloads/u-1/activity.json\
+                       ?X-Amz-Date=20261130T060000Z&X-Amz-Expires=600&X-Amz-Signature=0ff1ce";
+
+    struct Bed {
+        journal: Journal,
+        source: MemorySourceBucket,
+        archive: Arc<MemoryArchive>,
+        sink: Arc<MemorySink>,
+        pipeline: Pipeline,
+    }
+
+    /// A source bucket and an archive that copies from it or not, with or
+    /// without a table, payloads up to `max_payload_bytes`.
+    fn bed(copying: bool, table: bool, max_payload_bytes: u64) -> Bed {
+        let journal = Journal::default();
+        let source = MemorySourceBucket::new(&journal);
+        let archive = Arc::new(if copying {
+            MemoryArchive::copying_from(&journal, &source)
+        } else {
+            MemoryArchive::new(&journal)
+        });
+        let sink = Arc::new(MemorySink::new(&journal));
+        let fetcher = Fetcher::new(
+            UrlPolicy::default(),
+            FetchSettings {
+                max_payload_bytes,
+                ..FetchSettings::default()
+            },
+        )
+        .expect("client builds");
+        let sinks = if table {
+            vec![Arc::clone(&sink) as Arc<dyn Sink>]
+        } else {
+            Vec::new()
+        };
+        let buckets = SourceBuckets::new(vec!["terra-drop".into()], None).expect("named");
+        let pipeline = Pipeline::new(
+            fetcher,
+            Some(Arc::clone(&archive) as Arc<dyn Archive>),
+            sinks,
+        )
+        .reading_source_buckets(buckets, Arc::new(source.clone()));
+        Bed {
+            journal,
+            source,
+            archive,
+            sink,
+            pipeline,
+        }
+    }
+
+    /// An activity of `samples` heart-rate samples, in Terra's field order.
+    fn activity(samples: usize) -> Vec<u8> {
+        let samples: Vec<_> = (0..samples)
+            .map(|i| json!({"timestamp": format!("2026-11-30T07:{:02}:00Z", i % 60), "bpm": 120}))
+            .collect();
+        format!(
+            r#"{{"type":"activity","user":{{"user_id":"u-1","provider":"GARMIN"}},"data":[{{"metadata":{{"summary_id":"run-1","start_time":"2026-11-30T07:00:00Z"}},"heart_rate_data":{{"detailed":{{"hr_samples":{}}}}}}}]}}"#,
+            serde_json::to_string(&samples).expect("json")
+        )
+        .into_bytes()
+    }
+
+    /// Sent twenty minutes ago: the URL itself has been dead ten minutes.
+    fn record() -> (InboundRecord, ArchiveName) {
+        let sent_at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64
+            - 20 * 60 * 1000;
+        let body = json!({"type": "s3_payload", "url": URL, "expires_in": 600}).to_string();
+        let TerraMessage::Payload(pointer) = message::decode(body.as_bytes()).expect("pointer")
+        else {
+            panic!("not a payload");
+        };
+        let name = ArchiveName::for_message(&pointer, sent_at_ms);
+        let record = InboundRecord {
+            log_id: "m-1".into(),
+            sent_at_ms,
+            body: Bytes::from(body),
+        };
+        (record, name)
+    }
+
+    async fn process(bed: &Bed, record: &InboundRecord) -> Outcome {
+        let give_up_at = tokio::time::Instant::now() + Duration::from_secs(5);
+        bed.pipeline.process(record, give_up_at).await
+    }
+
+    fn journal(bed: &Bed) -> Vec<String> {
+        bed.journal.lock().expect("not poisoned").clone()
+    }
+
+    #[test]
+    fn the_url_is_terras_shape_and_points_into_the_bucket() {
+        let buckets = SourceBuckets::new(vec!["terra-drop".into()], None).expect("named");
+        let located = buckets
+            .locate(&Url::parse(URL).expect("url"))
+            .expect("in the source bucket");
+        assert_eq!(located.key, KEY);
+    }
+
+    #[tokio::test]
+    async fn an_expired_url_into_the_source_bucket_is_read_for_both_stores() {
+        let bed = bed(false, true, 1024 * 1024);
+        let payload = activity(10);
+        bed.source.put(KEY, &payload);
+        let (record, name) = record();
+
+        let outcome = process(&bed, &record).await;
+
+        assert!(matches!(outcome, Outcome::Written(_)), "{outcome:?}");
+        assert_eq!(bed.archive.object(&name).as_deref(), Some(&payload[..]));
+        let written = bed.sink.written(&name).expect("projected");
+        assert_eq!(&written.payload[..], &payload[..]);
+        assert_eq!(
+            journal(&bed),
+            [
+                format!("source version {KEY}"),
+                format!("source read {KEY}"),
+                format!("archive {}", name.as_str()),
+                format!("sink {}", name.as_str()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_copying_archive_alone_reads_only_the_envelopes_start() {
+        let bed = bed(true, false, 64 * 1024);
+        let payload = activity(20_000);
+        assert!(payload.len() as u64 > 4 * ENVELOPE_START_BYTES);
+        bed.source.put(KEY, &payload);
+        let (record, name) = record();
+
+        let outcome = process(&bed, &record).await;
+
+        let Outcome::Written(written) = outcome else {
+            panic!("not written: {outcome:?}");
+        };
+        assert_eq!(written.event_type, "activity");
+        assert_eq!(written.payload_bytes, payload.len() as u64);
+        assert_eq!(bed.archive.object(&name).as_deref(), Some(&payload[..]));
+        assert_eq!(
+            journal(&bed),
+            [
+                format!("source version {KEY}"),
+                format!("source read {KEY} first {ENVELOPE_START_BYTES}"),
+                format!("copy {}", name.as_str()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn too_large_for_the_table_is_archived_by_copy_and_fails_for_good() {
+        let bed = bed(true, true, 64 * 1024);
+        let payload = activity(20_000);
+        bed.source.put(KEY, &payload);
+        let (record, name) = record();
+
+        let Outcome::Failed(failure) = process(&bed, &record).await else {
+            panic!("a payload over the limit cannot be projected");
+        };
+        assert_eq!(
+            (failure.class, failure.retry),
+            (FailureClass::Fetch, Retry::Permanent)
+        );
+        assert!(failure.message.contains("archived"), "{}", failure.message);
+        assert_eq!(bed.archive.object(&name).as_deref(), Some(&payload[..]));
+        assert_eq!(bed.sink.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_copying_archive_with_a_table_copies_what_the_table_reads() {
+        let bed = bed(true, true, 1024 * 1024);
+        let payload = activity(10);
+        bed.source.put(KEY, &payload);
+        let (record, name) = record();
+
+        let outcome = process(&bed, &record).await;
+
+        assert!(matches!(outcome, Outcome::Written(_)), "{outcome:?}");
+        assert_eq!(bed.archive.object(&name).as_deref(), Some(&payload[..]));
+        assert!(bed.sink.written(&name).is_some());
+        assert_eq!(
+            journal(&bed),
+            [
+                format!("source version {KEY}"),
+                format!("source read {KEY}"),
+                format!("copy {}", name.as_str()),
+                format!("sink {}", name.as_str()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_source_object_gone_is_completed_from_an_earlier_archived_copy() {
+        let bed = bed(false, true, 1024 * 1024);
+        let payload = activity(10);
+        let (record, name) = record();
+
+        let Outcome::Failed(failure) = process(&bed, &record).await else {
+            panic!("nothing to read and nothing archived");
+        };
+        assert_eq!(
+            (failure.class, failure.retry, failure.is_poison()),
+            (FailureClass::Fetch, Retry::Permanent, true)
+        );
+
+        bed.archive.hold(&name, record.sent_at_ms, &payload);
+        let Outcome::Written(written) = process(&bed, &record).await else {
+            panic!("the archived copy stands in");
+        };
+        assert!(written.recovered_from_archive);
+        assert_eq!(
+            &bed.sink.written(&name).expect("projected").payload[..],
+            &payload[..]
+        );
+    }
+}

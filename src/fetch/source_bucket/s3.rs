@@ -143,3 +143,145 @@ async fn md5_of(body: &Bytes) -> Option<[u8; 16]> {
     let body = body.clone();
     tokio::task::spawn_blocking(move || hash(&body)).await.ok()
 }
+
+#[cfg(test)]
+mod tests {
+    //! What S3 answers, on the wire through aws-smithy-mocks: moto cannot
+    //! change an object between two reads or send bytes that are not its own.
+
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::http::{Response, StatusCode};
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::retry::RetryConfig;
+
+    use super::*;
+    use crate::outcome::{Classify, Retry};
+
+    const PAYLOAD: &[u8] = br#"{"type":"activity","user":{"user_id":"u-1"},"data":[]}"#;
+
+    fn answer(
+        status: u16,
+        headers: &'static [(&'static str, &'static str)],
+        body: &'static [u8],
+    ) -> impl Fn() -> HttpResponse + Send + Sync {
+        move || {
+            let mut response = Response::new(
+                StatusCode::try_from(status).expect("a status"),
+                SdkBody::from(body),
+            );
+            for (name, value) in headers {
+                response.headers_mut().insert(*name, *value);
+            }
+            response
+        }
+    }
+
+    fn version(etag: &str, size: u64) -> SourceVersion {
+        SourceVersion {
+            object: SourceObject {
+                bucket: "terra-drop".into(),
+                key: "payloads/a.json".into(),
+                region: Some("eu-west-2".into()),
+            },
+            etag: etag.into(),
+            size,
+            kms_encrypted: false,
+        }
+    }
+
+    fn md5_etag() -> String {
+        format!("\"{}\"", hex::encode(Md5::digest(PAYLOAD)))
+    }
+
+    async fn read(
+        status: u16,
+        body: &'static [u8],
+        version: &SourceVersion,
+    ) -> Result<Bytes, SourceReadError> {
+        let rule =
+            mock!(aws_sdk_s3::Client::get_object).then_http_response(answer(status, &[], body));
+        let client = mock_client!(aws_sdk_s3, RuleMode::Sequential, [&rule], |c| c
+            .retry_config(RetryConfig::disabled()));
+        S3SourceBucket::new(client).read(version, None).await
+    }
+
+    #[tokio::test]
+    async fn a_whole_read_must_match_the_size_and_md5_it_was_asked_for() {
+        let size = PAYLOAD.len() as u64;
+        let read_back = read(200, PAYLOAD, &version(&md5_etag(), size)).await;
+        assert_eq!(read_back.as_deref().ok(), Some(PAYLOAD));
+
+        let other = br#"{"type":"activity","user":{"user_id":"u-2"},"data":[]}"#;
+        assert!(matches!(
+            read(200, other, &version(&md5_etag(), size)).await,
+            Err(SourceReadError::Corrupt { .. })
+        ));
+        // A multipart object's ETag is no MD5: size alone is checked.
+        let multipart = "\"0cc175b9c0f1b6a831c399e269772661-2\"";
+        assert!(read(200, other, &version(multipart, size)).await.is_ok());
+        assert!(matches!(
+            read(200, &PAYLOAD[..10], &version(multipart, size)).await,
+            Err(SourceReadError::Truncated { got: 10, .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_version_replaced_since_it_was_looked_at_is_read_again_later() {
+        let failed = read(
+            412,
+            b"<Error><Code>PreconditionFailed</Code></Error>",
+            &version(&md5_etag(), 3),
+        )
+        .await
+        .expect_err("the precondition failed");
+        assert!(matches!(failed, SourceReadError::Changed { .. }));
+        assert_eq!(failed.retry(), Retry::Transient);
+    }
+
+    async fn head(
+        status: u16,
+        headers: &'static [(&'static str, &'static str)],
+    ) -> Result<SourceVersion, SourceReadError> {
+        let rule =
+            mock!(aws_sdk_s3::Client::head_object).then_http_response(answer(status, headers, b""));
+        let client = mock_client!(aws_sdk_s3, RuleMode::Sequential, [&rule], |c| c
+            .retry_config(RetryConfig::disabled()));
+        S3SourceBucket::new(client)
+            .version(&version("", 0).object)
+            .await
+    }
+
+    #[tokio::test]
+    async fn missing_is_for_good_and_refused_is_for_now() {
+        let found = head(
+            200,
+            &[
+                ("etag", "\"abc\""),
+                ("content-length", "1234"),
+                ("x-amz-server-side-encryption", "aws:kms"),
+            ],
+        )
+        .await
+        .expect("found");
+        assert_eq!((found.etag.as_str(), found.size), ("\"abc\"", 1234));
+        assert!(found.kms_encrypted && found.content_md5().is_none());
+
+        let missing = head(404, &[]).await.expect_err("not found");
+        assert!(missing.is_gone());
+        assert_eq!(
+            (missing.retry(), missing.record_at_fault()),
+            (Retry::Permanent, true)
+        );
+
+        let denied = head(403, &[]).await.expect_err("denied");
+        assert!(
+            matches!(denied, SourceReadError::Unavailable { .. }),
+            "{denied}"
+        );
+        assert_eq!(
+            (denied.retry(), denied.record_at_fault()),
+            (Retry::Transient, false)
+        );
+    }
+}

@@ -457,6 +457,124 @@ fn metadata_value(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fetch::source_bucket::SourceObject;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+    use aws_smithy_runtime_api::http::{Response, StatusCode};
+    use aws_smithy_types::body::SdkBody;
+    use aws_smithy_types::retry::RetryConfig;
+
+    fn answer(
+        status: u16,
+        headers: &'static [(&'static str, &'static str)],
+    ) -> impl Fn() -> HttpResponse + Send + Sync {
+        move || {
+            let body = if status == 200 {
+                "<CopyObjectResult><ETag>\"new\"</ETag></CopyObjectResult>"
+            } else {
+                "<Error><Code>PreconditionFailed</Code></Error>"
+            };
+            let mut response = Response::new(
+                StatusCode::try_from(status).expect("a status"),
+                SdkBody::from(body),
+            );
+            for (name, value) in headers {
+                response.headers_mut().insert(*name, *value);
+            }
+            response
+        }
+    }
+
+    fn source() -> SourceVersion {
+        SourceVersion {
+            object: SourceObject {
+                bucket: "terra-drop".into(),
+                key: "payloads/a b.json".into(),
+                region: None,
+            },
+            etag: "\"source-etag\"".into(),
+            size: 100,
+            kms_encrypted: false,
+        }
+    }
+
+    fn archive(client: aws_sdk_s3::Client) -> S3Archive {
+        S3Archive::new(
+            client,
+            S3Settings {
+                bucket: "archive".into(),
+                prefix: KeyPrefix::parse("terra/").expect("prefix"),
+                compression: S3Compression::None,
+            },
+        )
+    }
+
+    fn summary() -> PayloadSummary {
+        crate::payload::inspect(br#"{"type":"activity","user":{"user_id":"u-1"},"data":[]}"#)
+            .expect("valid")
+    }
+
+    /// The copy names its source by that version and asks for an empty key
+    /// first; when a later send holds the key, it stays.
+    #[tokio::test]
+    async fn a_copy_keeps_the_newest_send_under_its_name() {
+        let name = ArchiveName::of_key("terra/", "terra/dt=2026-11-30/a.json");
+        let first_copy = mock!(aws_sdk_s3::Client::copy_object)
+            .match_requests(|copy| {
+                copy.if_none_match() == Some("*")
+                    && copy.copy_source_if_match() == Some("\"source-etag\"")
+                    && copy.copy_source() == Some("terra-drop/payloads/a%20b.json")
+                    && copy.metadata().is_some_and(|m| {
+                        m.get(SENT_AT_METADATA).map(String::as_str) == Some("1000")
+                            && m.get(TYPE_METADATA).map(String::as_str) == Some("activity")
+                    })
+            })
+            .then_http_response(answer(412, &[]));
+        let newer = mock!(aws_sdk_s3::Client::head_object).then_http_response(answer(
+            200,
+            &[("etag", "\"held\""), ("x-amz-meta-terra-sent-at", "2000")],
+        ));
+        let client = mock_client!(
+            aws_sdk_s3,
+            RuleMode::Sequential,
+            [&first_copy, &newer],
+            |c| c.retry_config(RetryConfig::disabled())
+        );
+        let stored = archive(client)
+            .copy_in(&name, 1000, &source(), &summary())
+            .await
+            .expect("settled");
+        assert!(matches!(stored, ArchiveWrite::NewerHeld(_)), "{stored:?}");
+    }
+
+    /// An older send under the key is replaced, by that very object only.
+    #[tokio::test]
+    async fn a_copy_replaces_an_older_send_by_its_etag() {
+        let name = ArchiveName::of_key("terra/", "terra/dt=2026-11-30/a.json");
+        let first_copy =
+            mock!(aws_sdk_s3::Client::copy_object).then_http_response(answer(412, &[]));
+        let older = mock!(aws_sdk_s3::Client::head_object).then_http_response(answer(
+            200,
+            &[("etag", "\"held\""), ("x-amz-meta-terra-sent-at", "500")],
+        ));
+        let replacing = mock!(aws_sdk_s3::Client::copy_object)
+            .match_requests(|copy| {
+                copy.if_match() == Some("\"held\"") && copy.if_none_match().is_none()
+            })
+            .then_http_response(answer(200, &[]));
+        let client = mock_client!(
+            aws_sdk_s3,
+            RuleMode::Sequential,
+            [&first_copy, &older, &replacing],
+            |c| c.retry_config(RetryConfig::disabled())
+        );
+        let stored = archive(client)
+            .copy_in(&name, 1000, &source(), &summary())
+            .await
+            .expect("copied");
+        assert!(matches!(stored, ArchiveWrite::Written(_)), "{stored:?}");
+        assert_eq!(replacing.num_calls(), 1);
+    }
 
     #[test]
     fn metadata_values_are_header_safe() {
