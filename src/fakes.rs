@@ -8,6 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_runtime_api::http::{Response, StatusCode};
+use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterQueue};
@@ -20,6 +23,24 @@ use crate::sink::{
     Archive, ArchiveName, ArchiveUpload, ArchiveWrite, ArchivedObject, Delivery, Sink, SinkError,
     SinkReport,
 };
+
+/// An S3 answer as it comes over the wire, for aws-smithy-mocks rules.
+pub fn s3_answer(
+    status: u16,
+    headers: &'static [(&'static str, &'static str)],
+    body: &'static [u8],
+) -> impl Fn() -> HttpResponse + Send + Sync {
+    move || {
+        let mut response = Response::new(
+            StatusCode::try_from(status).expect("a status"),
+            SdkBody::from(body),
+        );
+        for (name, value) in headers {
+            response.headers_mut().insert(*name, *value);
+        }
+        response
+    }
+}
 
 /// What the stores were asked to do, in order, across all of them.
 pub type Journal = Arc<Mutex<Vec<String>>>;

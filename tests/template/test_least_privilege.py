@@ -50,6 +50,16 @@ def moto_server():
         server.wait(timeout=10)
 
 
+def as_role(moto_server, credentials):
+    """The endpoint as the role whose assumed `credentials` these are."""
+    return Endpoint(
+        moto_server,
+        credentials["AccessKeyId"],
+        credentials["SecretAccessKey"],
+        credentials["SessionToken"],
+    )
+
+
 def denied(call):
     with pytest.raises(botocore.exceptions.ClientError) as raised:
         call()
@@ -185,12 +195,7 @@ def test_a_source_bucket_is_read_and_copied_from_never_written(moto_server):
         s3_admin.put_object(Bucket=bucket, Key="payloads/a.json", Body=b'{"type":"activity"}')
     credentials = stack.role_credentials("SqsHandlerRole")
     enforce_iam(moto_server)
-    s3 = Endpoint(
-        moto_server,
-        credentials["AccessKeyId"],
-        credentials["SecretAccessKey"],
-        credentials["SessionToken"],
-    ).client("s3")
+    s3 = as_role(moto_server, credentials).client("s3")
 
     # What own-bucket mode calls: the version, the envelope's start or the
     # whole payload, and a copy into the archive.
@@ -224,12 +229,7 @@ def test_the_kafka_handler_role_may_do_what_the_code_calls_and_no_more(moto_serv
     outputs, parameters = stack.outputs, stack.parameters
     credentials = stack.role_credentials("KafkaHandlerRole")
     enforce_iam(moto_server)
-    role = Endpoint(
-        moto_server,
-        credentials["AccessKeyId"],
-        credentials["SecretAccessKey"],
-        credentials["SessionToken"],
-    )
+    role = as_role(moto_server, credentials)
 
     sqs = role.client("sqs")
     # Its own dead letters, and the mapping's records of discarded batches.

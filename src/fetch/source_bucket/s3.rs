@@ -150,32 +150,13 @@ mod tests {
     //! change an object between two reads or send bytes that are not its own.
 
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
-    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-    use aws_smithy_runtime_api::http::{Response, StatusCode};
-    use aws_smithy_types::body::SdkBody;
     use aws_smithy_types::retry::RetryConfig;
 
     use super::*;
+    use crate::fakes::s3_answer as answer;
     use crate::outcome::{Classify, Retry};
 
     const PAYLOAD: &[u8] = br#"{"type":"activity","user":{"user_id":"u-1"},"data":[]}"#;
-
-    fn answer(
-        status: u16,
-        headers: &'static [(&'static str, &'static str)],
-        body: &'static [u8],
-    ) -> impl Fn() -> HttpResponse + Send + Sync {
-        move || {
-            let mut response = Response::new(
-                StatusCode::try_from(status).expect("a status"),
-                SdkBody::from(body),
-            );
-            for (name, value) in headers {
-                response.headers_mut().insert(*name, *value);
-            }
-            response
-        }
-    }
 
     fn version(etag: &str, size: u64) -> SourceVersion {
         SourceVersion {

@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::MetadataDirective;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use bytes::Bytes;
 
 use super::{Archive, ArchiveUpload, ArchiveWrite, ArchivedObject, Delivery, SinkError, gzip};
@@ -127,13 +129,8 @@ impl S3Archive {
             Expect::Absent => request.if_none_match("*"),
             Expect::Replacing(etag) => request.if_match(etag),
         };
-        match request.body(ByteStream::from(body.clone())).send().await {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 409 | 412) => {
-                Ok(false)
-            }
-            Err(e) => Err(self.error(format!("PutObject {key}: {}", describe(&e)))),
-        }
+        let sent = request.body(ByteStream::from(body.clone())).send().await;
+        precondition_held(sent).map_err(|e| self.error(format!("PutObject {key}: {e}")))
     }
 
     fn content_encoding(&self) -> Option<String> {
@@ -230,17 +227,8 @@ impl S3Archive {
             Expect::Absent => request.if_none_match("*"),
             Expect::Replacing(etag) => request.if_match(etag),
         };
-        match request.send().await {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 409 | 412) => {
-                Ok(false)
-            }
-            Err(e) => Err(self.error(format!(
-                "CopyObject {key} from {}: {}",
-                source.object,
-                describe(&e)
-            ))),
-        }
+        precondition_held(request.send().await)
+            .map_err(|e| self.error(format!("CopyObject {key} from {}: {e}", source.object)))
     }
 
     /// The send time and ETag of the object under `key`, if there is one.
@@ -285,6 +273,22 @@ impl S3Archive {
         inflate(stored)
             .await
             .map_err(|e| self.error(format!("GetObject {key}: {e}")))
+    }
+}
+
+/// A conditional write's answer: `Ok(false)` when its precondition failed
+/// (412) or a concurrent conditional write won (409); any other failure,
+/// described.
+fn precondition_held<T, E>(answer: Result<T, SdkError<E, HttpResponse>>) -> Result<bool, String>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match answer {
+        Ok(_) => Ok(true),
+        Err(SdkError::ServiceError(e)) if matches!(e.raw().status().as_u16(), 409 | 412) => {
+            Ok(false)
+        }
+        Err(e) => Err(describe(&e)),
     }
 }
 
@@ -457,33 +461,13 @@ fn metadata_value(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fakes::s3_answer as answer;
     use crate::fetch::source_bucket::SourceObject;
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
-    use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-    use aws_smithy_runtime_api::http::{Response, StatusCode};
-    use aws_smithy_types::body::SdkBody;
     use aws_smithy_types::retry::RetryConfig;
 
-    fn answer(
-        status: u16,
-        headers: &'static [(&'static str, &'static str)],
-    ) -> impl Fn() -> HttpResponse + Send + Sync {
-        move || {
-            let body = if status == 200 {
-                "<CopyObjectResult><ETag>\"new\"</ETag></CopyObjectResult>"
-            } else {
-                "<Error><Code>PreconditionFailed</Code></Error>"
-            };
-            let mut response = Response::new(
-                StatusCode::try_from(status).expect("a status"),
-                SdkBody::from(body),
-            );
-            for (name, value) in headers {
-                response.headers_mut().insert(*name, *value);
-            }
-            response
-        }
-    }
+    const COPIED: &[u8] = b"<CopyObjectResult><ETag>\"new\"</ETag></CopyObjectResult>";
+    const PRECONDITION_FAILED: &[u8] = b"<Error><Code>PreconditionFailed</Code></Error>";
 
     fn source() -> SourceVersion {
         SourceVersion {
@@ -529,10 +513,11 @@ mod tests {
                             && m.get(TYPE_METADATA).map(String::as_str) == Some("activity")
                     })
             })
-            .then_http_response(answer(412, &[]));
+            .then_http_response(answer(412, &[], PRECONDITION_FAILED));
         let newer = mock!(aws_sdk_s3::Client::head_object).then_http_response(answer(
             200,
             &[("etag", "\"held\""), ("x-amz-meta-terra-sent-at", "2000")],
+            b"",
         ));
         let client = mock_client!(
             aws_sdk_s3,
@@ -551,17 +536,21 @@ mod tests {
     #[tokio::test]
     async fn a_copy_replaces_an_older_send_by_its_etag() {
         let name = ArchiveName::of_key("terra/", "terra/dt=2026-11-30/a.json");
-        let first_copy =
-            mock!(aws_sdk_s3::Client::copy_object).then_http_response(answer(412, &[]));
+        let first_copy = mock!(aws_sdk_s3::Client::copy_object).then_http_response(answer(
+            412,
+            &[],
+            PRECONDITION_FAILED,
+        ));
         let older = mock!(aws_sdk_s3::Client::head_object).then_http_response(answer(
             200,
             &[("etag", "\"held\""), ("x-amz-meta-terra-sent-at", "500")],
+            b"",
         ));
         let replacing = mock!(aws_sdk_s3::Client::copy_object)
             .match_requests(|copy| {
                 copy.if_match() == Some("\"held\"") && copy.if_none_match().is_none()
             })
-            .then_http_response(answer(200, &[]));
+            .then_http_response(answer(200, &[], COPIED));
         let client = mock_client!(
             aws_sdk_s3,
             RuleMode::Sequential,
