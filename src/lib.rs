@@ -3,10 +3,12 @@
 //!
 //! The flow for one record: [`source`] decodes the trigger's record into a
 //! [`record`], [`message`] decodes Terra's pointer, [`fetch`] downloads the
-//! payload under the URL policy, [`payload`] checks it, [`sink`] names and
-//! writes it. [`pipeline`] strings these together for one record, and
-//! [`batch`] runs a whole invocation: concurrency, deadline, ordering and the
-//! per-record [`outcome`]s the sources turn into partial batch responses.
+//! payload under the URL policy (or, in Terra's own-bucket mode, reads it
+//! from the customer's bucket with the function's role), [`payload`] checks
+//! it, [`sink`] names and writes it. [`pipeline`] strings these together for
+//! one record, and [`batch`] runs a whole invocation: concurrency, deadline,
+//! ordering and the per-record [`outcome`]s the sources turn into partial
+//! batch responses.
 //! [`redelivery`] times the return of failed SQS messages; [`dead_letter`]
 //! sets aside Kafka records that can never succeed. [`metrics`] reports each
 //! invocation to CloudWatch. [`app`] builds all of it once at cold start from

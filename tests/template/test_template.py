@@ -158,16 +158,20 @@ def test_sqs_handler_gets_exactly_the_queue_actions_the_mapping_and_code_call():
 
 
 def test_archive_access_is_confined_to_the_prefix():
+    """Writes go under the prefix, wherever granted; the archive's listing
+    too (a source bucket's listing is the whole bucket, Terra's alone)."""
     for role in ("SqsHandlerRole", "KafkaHandlerRole"):
         for statement in statements(role):
-            actions = as_list(statement["Action"])
-            if "s3:PutObject" in actions:
+            if "s3:PutObject" in as_list(statement["Action"]):
                 arn, _ = statement["Resource"]["Fn::Sub"]
                 assert arn.endswith("/${S3Prefix}*"), arn
-            if "s3:ListBucket" in actions:
-                assert statement["Condition"]["StringLike"]["s3:prefix"] == {
-                    "Fn::Sub": "${S3Prefix}*"
-                }
+        _, archive_statements = policy_named(role, "archive")
+        listing = [s for s in archive_statements if "s3:ListBucket" in as_list(s["Action"])]
+        assert listing, role
+        for statement in listing:
+            assert statement["Condition"]["StringLike"]["s3:prefix"] == {
+                "Fn::Sub": "${S3Prefix}*"
+            }
 
 
 def test_created_stores_are_private_encrypted_and_kept():
