@@ -57,12 +57,11 @@ pub fn pipeline(config: &Config, aws: &SdkConfig) -> Result<Pipeline, InitError>
     let max_payload_bytes = config.fetch.max_payload_bytes;
     let fetcher =
         Fetcher::new(config.url_policy.clone(), config.fetch.clone())?.with_budget(budget, cost);
-    let archive = config.s3.clone().map(|settings| {
-        Arc::new(S3Archive::new(
-            s3_client(aws, config.s3_force_path_style),
-            settings,
-        )) as Arc<dyn Archive>
-    });
+    let s3 = s3_client(aws, config.s3_force_path_style);
+    let archive = config
+        .s3
+        .clone()
+        .map(|settings| Arc::new(S3Archive::new(s3.clone(), settings)) as Arc<dyn Archive>);
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if let Some(table) = &config.dynamodb_table {
         sinks.push(Arc::new(DynamoDbSink::new(
@@ -73,8 +72,7 @@ pub fn pipeline(config: &Config, aws: &SdkConfig) -> Result<Pipeline, InitError>
     }
     let mut pipeline = Pipeline::new(fetcher, archive, sinks);
     if let Some(buckets) = config.source_buckets.clone() {
-        let reader = S3SourceBucket::new(s3_client(aws, config.s3_force_path_style));
-        pipeline = pipeline.reading_source_buckets(buckets, Arc::new(reader));
+        pipeline = pipeline.reading_source_buckets(buckets, Arc::new(S3SourceBucket::new(s3)));
     }
     tracing::info!(
         memory_budget_bytes = budget_bytes,

@@ -48,7 +48,7 @@ struct Obtained {
     fetch: Option<FetchTiming>,
     /// Set when the payload was read back from the archive.
     archived: Option<ArchivedObject>,
-    /// Set when the payload is in a source bucket.
+    /// Set when the payload was read whole from a source bucket.
     source: Option<SourceVersion>,
     /// The budget the payload holds while the record is in flight.
     _reservation: Option<Reservation>,
@@ -165,9 +165,9 @@ impl Pipeline {
                     fetch: obtained.fetch,
                 }));
             }
-            ReceivedPayload::InSourceBucket { summary, bytes } => {
+            ReceivedPayload::InSourceBucket { version, summary } => {
                 return self
-                    .copy_only(&name, record.sent_at_ms, source, summary, bytes, give_up_at)
+                    .copy_only(&name, record.sent_at_ms, version, summary, give_up_at)
                     .await
                     .map(|written| {
                         Outcome::Written(Written {

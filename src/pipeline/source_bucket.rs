@@ -44,7 +44,7 @@ impl Pipeline {
             }
             Err(error) => return Err(RecordFailure::from_error(&error)),
         };
-        let timing = |started: Instant| {
+        let timing = || {
             Some(FetchTiming {
                 latency_ms: started.elapsed().as_millis() as u64,
                 age_at_fetch_ms,
@@ -65,14 +65,11 @@ impl Pipeline {
             .map_err(|e| RecordFailure::from_error(&e))?;
             let summary = summary_of_start(&start, version.size).await?;
             return Ok(Obtained {
-                payload: ReceivedPayload::InSourceBucket {
-                    summary,
-                    bytes: version.size,
-                },
+                payload: ReceivedPayload::InSourceBucket { version, summary },
                 attempts: 1,
-                fetch: timing(started),
+                fetch: timing(),
                 archived: None,
-                source: Some(version),
+                source: None,
                 _reservation: None,
             });
         }
@@ -96,7 +93,7 @@ impl Pipeline {
         Ok(Obtained {
             payload: ReceivedPayload::Held(body),
             attempts: 1,
-            fetch: timing(started),
+            fetch: timing(),
             archived: None,
             source: Some(version),
             _reservation: Some(reservation),
@@ -110,12 +107,11 @@ impl Pipeline {
         &self,
         name: &ArchiveName,
         sent_at_ms: u64,
-        source: Option<SourceVersion>,
+        version: SourceVersion,
         summary: PayloadSummary,
-        bytes: u64,
         give_up_at: Instant,
     ) -> Result<Written, RecordFailure> {
-        let (Some(archive), Some(version)) = (&self.archive, source) else {
+        let Some(archive) = &self.archive else {
             return Err(RecordFailure::new(
                 FailureClass::Internal,
                 Retry::Transient,
@@ -137,12 +133,12 @@ impl Pipeline {
         }
         tracing::debug!(
             event_type = %summary.event_type,
-            bytes,
+            bytes = version.size,
             "payload copied into the archive"
         );
         Ok(Written {
             event_type: summary.event_type,
-            payload_bytes: bytes,
+            payload_bytes: version.size,
             stale_items: 0,
             recovered_from_archive: false,
             fetch: None,

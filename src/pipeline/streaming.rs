@@ -9,6 +9,7 @@
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinError;
 
+use crate::fetch::source_bucket::SourceVersion;
 use crate::fetch::{BodyReceiver, HeldBody};
 use crate::outcome::{FailureClass, RecordFailure, Retry};
 use crate::payload::{IncrementalInspector, PayloadSummary};
@@ -54,8 +55,8 @@ pub enum ReceivedPayload {
     /// the only store, or the payload is too large for the others.
     /// `summary` is from the payload's start.
     InSourceBucket {
+        version: SourceVersion,
         summary: PayloadSummary,
-        bytes: u64,
     },
 }
 
