@@ -289,3 +289,32 @@ async fn a_compressed_archive_reads_the_payload_and_compresses_it() {
     assert_eq!(objects[0].content_encoding.as_deref(), Some("gzip"));
     assert!(support::gunzip(&objects[0].body) == activity);
 }
+
+/// An empty object is no payload: refused for good, not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_source_object_is_invalid_for_good() {
+    let bed = bed_with_source().await;
+    put(&bed, SOURCE, "payloads/empty.json", b"").await;
+    let sent = long_ago();
+    let url = presigned(&bed, SOURCE, "payloads/empty.json", sent).await;
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &bed.env(&[("TERRA_SOURCE_BUCKETS", SOURCE)]));
+    let result = bed
+        .runtime
+        .invoke(
+            &json!({ "Records": [sqs_record("empty", &pointer(&url), sent)] }),
+            Duration::from_secs(60),
+        )
+        .await;
+    let output = handler.output();
+    assert_eq!(
+        failed_ids(&result),
+        BTreeSet::from(["empty".into()]),
+        "{output}"
+    );
+    assert_eq!(
+        record_failures(&output).get("empty"),
+        Some(&failure("invalid")),
+        "{output}"
+    );
+    assert!(bed.moto.objects(ARCHIVE).await.is_empty());
+}

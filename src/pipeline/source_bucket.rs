@@ -57,12 +57,12 @@ impl Pipeline {
         let max_payload_bytes = self.fetcher.max_payload_bytes();
         let fits = version.size <= max_payload_bytes;
         if archive_copies && (self.sinks.is_empty() || !fits) {
-            let start = by_deadline(
-                give_up_at,
-                reader.read(&version, Some(ENVELOPE_START_BYTES)),
-            )
-            .await?
-            .map_err(|e| RecordFailure::from_error(&e))?;
+            // A small object is read whole: S3 refuses a range of an empty
+            // one (416), which would fail as transient for ever.
+            let first_bytes = (version.size > ENVELOPE_START_BYTES).then_some(ENVELOPE_START_BYTES);
+            let start = by_deadline(give_up_at, reader.read(&version, first_bytes))
+                .await?
+                .map_err(|e| RecordFailure::from_error(&e))?;
             let summary = summary_of_start(&start, version.size).await?;
             return Ok(Obtained {
                 payload: ReceivedPayload::InSourceBucket { version, summary },
