@@ -1,5 +1,9 @@
 //! Running one invocation's batch: bounded concurrency, FIFO ordering, the
 //! deadline, panic isolation, and one outcome per record, in input order.
+//!
+//! A FIFO group runs in order and stops at its first failure that may yet
+//! succeed; the rest of the group is `deferred`. A permanent failure does
+//! not stop it (see `run_lane`).
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -125,7 +129,13 @@ async fn run_lane<P: RecordProcessor>(
             (None, Err(failure)) => log_failure(&item.log_id, Outcome::Failed(failure.clone())),
             (None, Ok(record)) => process_guarded(&*processor, record, cutoff).await,
         };
-        if outcome.is_failure() && item.ordering_group.is_some() {
+        // Only a failure that may yet succeed holds its group: a permanent
+        // one never will, so nothing behind it can be written out of order
+        // with it, and holding the group would let their URLs die.
+        let may_yet_succeed = outcome
+            .failure()
+            .is_some_and(|failure| failure.retry == Retry::Transient);
+        if may_yet_succeed && item.ordering_group.is_some() {
             blocked_by.get_or_insert(item.log_id);
         }
         outcomes.push(outcome);
@@ -198,7 +208,8 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    /// Behaviour is chosen by the record body: "ok", "fail", "panic", "slow".
+    /// Behaviour is chosen by the record body: "ok", "fail" (transient),
+    /// "invalid" (permanent), "panic", "slow".
     #[derive(Default)]
     struct Scripted {
         started: Mutex<Vec<String>>,
@@ -228,6 +239,11 @@ mod tests {
                     FailureClass::Fetch,
                     Retry::Transient,
                     "boom",
+                )),
+                b"invalid" => Outcome::Failed(RecordFailure::new(
+                    FailureClass::Invalid,
+                    Retry::Permanent,
+                    "not Terra's",
                 )),
                 b"panic" => panic!("scripted panic"),
                 b"slow" => {
@@ -350,6 +366,33 @@ mod tests {
         );
         let started = processor.started.lock().expect("not poisoned").clone();
         assert!(!started.contains(&"g1-c".to_owned()), "{started:?}");
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_does_not_hold_its_fifo_group() {
+        let processor = Arc::new(Scripted::default());
+        let report = run(
+            Arc::clone(&processor),
+            vec![
+                item("g1-a", "invalid", Some("g1")),
+                item("g1-b", "ok", Some("g1")),
+                item("g1-c", "fail", Some("g1")),
+                item("g1-d", "ok", Some("g1")),
+            ],
+            limits(4, Duration::from_secs(10)),
+        )
+        .await;
+        assert_eq!(
+            classes(&report),
+            [
+                Some(FailureClass::Invalid),
+                None,
+                Some(FailureClass::Fetch),
+                Some(FailureClass::Deferred)
+            ]
+        );
+        let started = processor.started.lock().expect("not poisoned").clone();
+        assert_eq!(started, ["g1-a", "g1-b", "g1-c"], "in order");
     }
 
     #[tokio::test]

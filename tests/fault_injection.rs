@@ -7,6 +7,7 @@
 //! The scenarios run one at a time: their timeouts are part of what they
 //! test, and two cores shared by four of them would blur that.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use terra_sink_dev::demo::kafka::{KafkaFaults, KafkaScenario};
@@ -384,6 +385,51 @@ async fn production_ratios_outage_longer_than_the_url_lives() {
         "RecordsFailedExpired counted {}",
         report.expired_in_metrics
     );
+}
+
+/// A FIFO queue: SQS delivers nothing more from a message group while one
+/// of its messages is in flight, so a failure must not hold its group past
+/// the URLs behind it. At the head of a group: a body that is not Terra's
+/// (`invalid`, for good), a payload host that recovers only after a whole
+/// invocation (transient), and a URL already dead when it is received
+/// (`expired`). Every good message behind them is delivered; the two that
+/// can never be are dead-lettered, in their remaining receipts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_ratios_fifo_groups_move_past_their_failures() {
+    let mut fifo = at_production_ratios(&[], 0);
+    fifo.fifo_groups = vec![
+        vec![Kind::NotTerra, Kind::Good, Kind::Good],
+        vec![Kind::DownAtFirst, Kind::Good, Kind::Good],
+        vec![Kind::ExpiresWhileWaiting, Kind::Good, Kind::Good],
+        vec![Kind::Good, Kind::Good],
+    ];
+    let report = run("production ratios, FIFO groups", fifo).await;
+    let summary = report.summary();
+    assert!(report.lost().is_empty(), "lost messages:\n{summary}");
+    assert!(
+        report.unexpected().is_empty(),
+        "unexpected ends:\n{summary}"
+    );
+    assert_eq!(report.duplicates(), 0, "{summary}");
+    let dead_letter_classes: Vec<&str> = report
+        .dead_lettered
+        .iter()
+        .filter_map(|id| report.last_failure.get(id).map(String::as_str))
+        .collect();
+    assert_eq!(
+        BTreeSet::from_iter(dead_letter_classes),
+        BTreeSet::from(["expired", "invalid"]),
+        "{summary}"
+    );
+    assert_eq!(report.dead_lettered.len(), 2, "{summary}");
+    // The recovering host's message did fail first, holding its group.
+    let held_up: Vec<&str> = report
+        .sent
+        .iter()
+        .filter(|m| m.kind == Kind::DownAtFirst)
+        .filter_map(|m| report.last_failure.get(&m.message_id).map(String::as_str))
+        .collect();
+    assert_eq!(held_up, ["fetch"], "{summary}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -252,26 +252,32 @@ async fn the_archive_keeps_the_latest_send_and_recovers_only_the_same_send() {
 }
 
 /// Only a FIFO queue (its ARN ends in `.fifo`) orders a message group: a
-/// standard queue with fair-queue groups carries `MessageGroupId` too.
+/// standard queue with fair-queue groups carries `MessageGroupId` too. In a
+/// FIFO group a failure that may yet succeed holds the messages behind it;
+/// a permanent one does not, since it never will be written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn message_groups_are_ordered_only_on_fifo_queues() {
     let bed = Bed::start("terra-fifo-source").await;
     let p = &bed.payloads;
     let daily = fixture("openapi_daily.json");
-    let handler = HandlerProcess::spawn(SQS_HANDLER, &bed.env(&[]));
+    let handler =
+        HandlerProcess::spawn(SQS_HANDLER, &bed.env(&[("TERRA_FETCH_MAX_ATTEMPTS", "1")]));
     for (queue, expected_failures) in [
-        ("terra-events", vec!["a-gone"]),
-        ("terra-events.fifo", vec!["a-gone", "b-after"]),
+        ("terra-events", vec!["a-down", "c-gone"]),
+        ("terra-events.fifo", vec!["a-down", "b-after", "c-gone"]),
     ] {
-        let grouped = |id: &str, path: &str, behaviour: Behaviour| {
-            let mut record = sqs_record(id, &pointer(&p.route(path, behaviour)), now_ms());
-            record["attributes"]["MessageGroupId"] = json!("user-1");
+        let grouped = |id: &str, group: &str, behaviour: Behaviour| {
+            let path = format!("/{queue}/{id}.json");
+            let mut record = sqs_record(id, &pointer(&p.route(&path, behaviour)), now_ms());
+            record["attributes"]["MessageGroupId"] = json!(group);
             record["eventSourceARN"] = json!(format!("arn:aws:sqs:us-east-1:123456789012:{queue}"));
             record
         };
         let event = json!({"Records": [
-            grouped("a-gone", &format!("/{queue}/a.json"), Behaviour::Status(404)),
-            grouped("b-after", &format!("/{queue}/b.json"), Behaviour::Ok(daily.clone())),
+            grouped("a-down", "user-1", Behaviour::Status(500)),
+            grouped("b-after", "user-1", Behaviour::Ok(daily.clone())),
+            grouped("c-gone", "user-2", Behaviour::Status(404)),
+            grouped("d-after", "user-2", Behaviour::Ok(daily.clone())),
         ]});
         let result = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
         let expected: BTreeSet<String> = expected_failures.iter().map(|s| s.to_string()).collect();
@@ -281,11 +287,12 @@ async fn message_groups_are_ordered_only_on_fifo_queues() {
             "{queue}:\n{}",
             handler.output()
         );
-        let fetched_after = p.hits(&format!("/{queue}/b.json"));
+        let fetched = |id: &str| p.hits(&format!("/{queue}/{id}.json"));
         assert_eq!(
-            fetched_after,
+            fetched("b-after"),
             usize::from(!queue.ends_with(".fifo")),
             "{queue}"
         );
+        assert_eq!(fetched("d-after"), 1, "{queue}");
     }
 }

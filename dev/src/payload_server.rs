@@ -48,6 +48,8 @@ pub enum Behaviour {
         retry_after: Option<u64>,
         body: Vec<u8>,
     },
+    /// 503 until `until`, then 200: a host that recovers.
+    UnavailableUntil { until: Instant, body: Vec<u8> },
     /// Always `status`, with a body like S3's.
     Status(u16),
     /// Waits, then 200. The body is shared, not copied, between requests.
@@ -206,6 +208,13 @@ async fn serve(State(routes): State<Arc<Mutex<Routes>>>, request: Request<Body>)
                         .insert(header::RETRY_AFTER, HeaderValue::from(secs));
                 }
                 response
+            } else {
+                ok(body)
+            }
+        }
+        Behaviour::UnavailableUntil { until, body } => {
+            if Instant::now() < until {
+                status(503)
             } else {
                 ok(body)
             }

@@ -36,13 +36,14 @@ pub enum Kind {
     Reset,
     /// The first body is shorter than its Content-Length, then served.
     ShortBody,
-    /// `expires_in` 2 s, and the message only becomes visible after 4 s:
-    /// expired before anyone can fetch it. Ends dead-lettered.
+    /// `expires_in` 2 s, and the message only becomes visible after 4 s (on
+    /// a FIFO queue, nothing is sent after it for 4 s): expired before
+    /// anyone can fetch it. Ends dead-lettered.
     ExpiresWhileWaiting,
     /// Every response takes 700 ms: a batch of them outlasts a short deadline.
     Slow,
     /// The first response takes longer than an invocation has
-    /// ([`TerraSimulator::slow_first_answer`]), later ones are fast: a batch
+    /// ([`TerraSimulator::longer_than_an_invocation`]), later ones are fast: a batch
     /// too long for its deadline.
     SlowFirst,
     /// An activity of exactly [`TerraSimulator::max_payload_bytes`], in records
@@ -51,6 +52,13 @@ pub enum Kind {
     /// A daily payload of a million tiny records: over any sensible bound of
     /// items per payload, so it can be archived but not projected.
     MillionTinyRecords,
+    /// 503 for [`TerraSimulator::longer_than_an_invocation`] after the
+    /// message is made, then served: a host that recovers while the URL
+    /// lives, but only after a whole invocation's retries.
+    DownAtFirst,
+    /// A message body that is not Terra's: fails `invalid`, for good, and
+    /// ends dead-lettered.
+    NotTerra,
     /// A newer version (`terra_sim_revision` 2) of the previous message's
     /// records, sent after it. When the previous one is an `Outage`, this one
     /// is written first and the older version must not overwrite it.
@@ -60,7 +68,10 @@ pub enum Kind {
 impl Kind {
     /// Whether the message can end written (else dead-lettered).
     pub fn deliverable(self) -> bool {
-        !matches!(self, Kind::Expired | Kind::ExpiresWhileWaiting)
+        !matches!(
+            self,
+            Kind::Expired | Kind::ExpiresWhileWaiting | Kind::NotTerra
+        )
     }
 
     pub fn as_str(self) -> &'static str {
@@ -82,9 +93,16 @@ impl Kind {
             Kind::Revision => "revision",
             Kind::MaxSize => "max-size",
             Kind::MillionTinyRecords => "million-tiny-records",
+            Kind::DownAtFirst => "down-at-first",
+            Kind::NotTerra => "not-terra",
         }
     }
 }
+
+/// A [`Kind::ExpiresWhileWaiting`] URL's lifetime, and how long its message
+/// waits before anything can receive it.
+const EXPIRES_WHILE_WAITING_LIFETIME: Duration = Duration::from_secs(2);
+const EXPIRES_WHILE_WAITING_DELAY: Duration = Duration::from_secs(4);
 
 /// The usual mix: mostly good payloads, a few of each fault.
 pub const MIX: [Kind; 12] = [
@@ -130,8 +148,10 @@ pub struct TerraSimulator {
     /// `expires_in` of the URLs, and when the payload server starts refusing
     /// them (counted from when the message is made, just before it is sent).
     pub url_lifetime: Duration,
-    /// How long a [`Kind::SlowFirst`] payload's first answer takes.
-    pub slow_first_answer: Duration,
+    /// Longer than an invocation, shorter than a URL lives: how long a
+    /// [`Kind::SlowFirst`] payload's first answer takes, and a
+    /// [`Kind::DownAtFirst`] payload's host stays down.
+    pub longer_than_an_invocation: Duration,
     /// The size of a [`Kind::MaxSize`] payload: the function's
     /// `TERRA_MAX_PAYLOAD_BYTES`.
     pub max_payload_bytes: usize,
@@ -145,7 +165,7 @@ impl TerraSimulator {
         TerraSimulator {
             payloads: PayloadServer::start().await,
             url_lifetime: crate::deployed::TERRA_URL_LIFETIME,
-            slow_first_answer: Duration::from_secs(10),
+            longer_than_an_invocation: Duration::from_secs(10),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
         }
     }
@@ -159,33 +179,72 @@ impl TerraSimulator {
         mix: &[Kind],
         count: usize,
     ) -> Vec<Sent> {
+        let messages: Vec<(Kind, Option<String>)> =
+            (0..count).map(|n| (mix[n % mix.len()], None)).collect();
+        self.send_each(sqs, queue_url, &messages).await
+    }
+
+    /// Sends each group's messages, in order, to the FIFO queue at
+    /// `queue_url`: group `i` has `MessageGroupId` `g{i}`.
+    pub async fn send_groups(
+        &self,
+        sqs: &aws_sdk_sqs::Client,
+        queue_url: &str,
+        groups: &[Vec<Kind>],
+    ) -> Vec<Sent> {
+        let messages: Vec<(Kind, Option<String>)> = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(i, kinds)| kinds.iter().map(move |kind| (*kind, Some(format!("g{i}")))))
+            .collect();
+        self.send_each(sqs, queue_url, &messages).await
+    }
+
+    /// Sends one pointer message per `(kind, message group)`, in order.
+    async fn send_each(
+        &self,
+        sqs: &aws_sdk_sqs::Client,
+        queue_url: &str,
+        messages: &[(Kind, Option<String>)],
+    ) -> Vec<Sent> {
         // Generated payloads (tens of MB) are made before anything is sent,
         // so messages arrive as fast as Terra sends them and fill batches.
-        let mut generated: Vec<Option<(&'static str, Vec<u8>)>> = (0..count)
-            .map(|n| self.generated(n, mix[n % mix.len()]))
+        let mut generated: Vec<Option<(&'static str, Vec<u8>)>> = messages
+            .iter()
+            .enumerate()
+            .map(|(n, (kind, _))| self.generated(n, *kind))
             .collect();
-        let mut sent = Vec::with_capacity(count);
-        for n in 0..count {
-            let kind = mix[n % mix.len()];
+        let mut sent = Vec::with_capacity(messages.len());
+        for (n, (kind, group)) in messages.iter().enumerate() {
+            let kind = *kind;
             let (body, event_type) = self.message_with(n, kind, generated[n].take());
-            let delay = if kind == Kind::ExpiresWhileWaiting {
-                4
-            } else {
-                0
-            };
+            let expires_while_waiting = kind == Kind::ExpiresWhileWaiting;
             if kind == Kind::Revision {
                 // SentTimestamp has millisecond precision: keep the newer
                 // version strictly newer.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            let output = sqs
-                .send_message()
-                .delay_seconds(delay)
-                .queue_url(queue_url)
-                .message_body(body)
+            let mut request = sqs.send_message().queue_url(queue_url).message_body(body);
+            match group {
+                // A FIFO queue takes no delay per message.
+                Some(group) => {
+                    request = request
+                        .message_group_id(group)
+                        .message_deduplication_id(format!("sim-{n}"));
+                }
+                None if expires_while_waiting => {
+                    request = request.delay_seconds(EXPIRES_WHILE_WAITING_DELAY.as_secs() as i32);
+                }
+                None => {}
+            }
+            let output = request
                 .send()
                 .await
                 .unwrap_or_else(|e| panic!("send to {queue_url}: {e:?}"));
+            if expires_while_waiting && group.is_some() {
+                // Nothing behind it is sent, or received, before its URL dies.
+                tokio::time::sleep(EXPIRES_WHILE_WAITING_DELAY).await;
+            }
             sent.push(Sent {
                 message_id: output.message_id().expect("message id").to_owned(),
                 kind,
@@ -219,6 +278,10 @@ impl TerraSimulator {
         kind: Kind,
         generated: Option<(&'static str, Vec<u8>)>,
     ) -> (String, String) {
+        if kind == Kind::NotTerra {
+            let body = json!({"event": "order.created", "order": n});
+            return (body.to_string(), "none".into());
+        }
         if kind == Kind::Healthcheck {
             let body = json!({
                 "type": "healthcheck",
@@ -264,10 +327,14 @@ impl TerraSimulator {
             ]),
             Kind::Slow => Behaviour::Delay(Duration::from_millis(700), bytes.into()),
             Kind::SlowFirst => Behaviour::Sequence(vec![
-                Behaviour::Delay(self.slow_first_answer, bytes.clone().into()),
+                Behaviour::Delay(self.longer_than_an_invocation, bytes.clone().into()),
                 Behaviour::Ok(bytes),
             ]),
             Kind::Gzip => Behaviour::Gzip(bytes),
+            Kind::DownAtFirst => Behaviour::UnavailableUntil {
+                until: tokio::time::Instant::now() + self.longer_than_an_invocation,
+                body: bytes,
+            },
             Kind::Flaky => Behaviour::FailThenOk {
                 failures: 1,
                 status: 503,
@@ -287,7 +354,7 @@ impl TerraSimulator {
                 body: bytes,
             },
             Kind::Expired => Behaviour::Status(403),
-            Kind::Healthcheck | Kind::MaxSize | Kind::MillionTinyRecords => {
+            Kind::Healthcheck | Kind::NotTerra | Kind::MaxSize | Kind::MillionTinyRecords => {
                 unreachable!("handled above")
             }
         };
@@ -297,7 +364,7 @@ impl TerraSimulator {
     /// Serves the `n`th payload as `behaviour` and returns its pointer message.
     fn pointer(&self, n: usize, kind: Kind, behaviour: Behaviour) -> String {
         let lifetime = if kind == Kind::ExpiresWhileWaiting {
-            Duration::from_secs(2)
+            EXPIRES_WHILE_WAITING_LIFETIME
         } else {
             self.url_lifetime
         };

@@ -44,10 +44,50 @@ pub fn hold_for_invocation(time_left: Duration) -> Duration {
     whole_seconds_up(time_left + margin)
 }
 
+/// The two counts that time a failed message's return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Clock {
+    /// Receipts so far (SQS's `ApproximateReceiveCount`).
+    pub receive_count: u32,
+    /// How long its URL still works, when its lifetime is known.
+    pub url_life_left: Option<Duration>,
+}
+
+impl Clock {
+    /// The clock two messages share when they must come back together (a
+    /// FIFO group's): the soonest living URL and the most receipts decide,
+    /// so the last receipt of either still lands while both URLs live.
+    pub fn shared_with(self, other: Clock) -> Clock {
+        let living = |clock: Clock| clock.url_life_left.filter(|left| !left.is_zero());
+        let url_life_left = match (living(self), living(other)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Clock {
+            receive_count: self.receive_count.max(other.receive_count),
+            url_life_left,
+        }
+    }
+}
+
+/// Whether the failed message holds others back: on a FIFO queue SQS
+/// delivers nothing more from a message group while one of its messages is
+/// in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ordering {
+    /// A standard queue: a message comes back on its own.
+    Unordered,
+    /// A message of a FIFO group: its group waits for it.
+    FifoGroup,
+}
+
 /// When a failed message should become visible again, counted from now.
 ///
 /// - Permanent failures keep the queue's visibility timeout (`None` when the
-///   queue's settings are unknown: the batch's hold stands).
+///   queue's settings are unknown: the batch's hold stands). In a FIFO group
+///   under a redrive policy they come back at once instead, so that they
+///   reach the dead-letter queue in their remaining receipts and do not hold
+///   up the group's later messages, whose URLs are dying.
 /// - A transient failure whose URL still lives comes back within the URL's
 ///   remaining life, spread over the receipts the redrive policy leaves. The
 ///   last receipt is aimed half an invocation before the URL dies, so its
@@ -55,7 +95,9 @@ pub fn hold_for_invocation(time_left: Duration) -> Duration {
 ///   URL's final minutes is still caught, and one that never does ends
 ///   `expired`, not given up on while the URL lived. The receipts before it
 ///   are spaced evenly up to then. A message on its last receipt comes back
-///   at once, since only the dead-letter queue follows.
+///   at once, since only the dead-letter queue follows. In a FIFO group the
+///   clock is the group's ([`Clock::shared_with`]): the failure and the
+///   messages held behind it come back together.
 /// - A transient failure whose URL is dead (the payload is in the archive)
 ///   or has no known lifetime keeps the queue's timeout.
 ///
@@ -63,21 +105,26 @@ pub fn hold_for_invocation(time_left: Duration) -> Duration {
 /// one had when it started.
 pub fn return_after(
     failure: &RecordFailure,
-    receive_count: u32,
+    clock: Clock,
     queue: Option<&QueueSettings>,
-    url_life_left: Option<Duration>,
+    ordering: Ordering,
     invocation: Duration,
 ) -> Option<Duration> {
     let queue_timeout = queue.map(|q| q.visibility_timeout);
     if failure.retry == Retry::Permanent {
-        return queue_timeout;
+        let dead_letters_follow = queue.is_some_and(|q| q.max_receive_count.is_some());
+        return if ordering == Ordering::FifoGroup && dead_letters_follow {
+            Some(Duration::ZERO)
+        } else {
+            queue_timeout
+        };
     }
-    let url_life_left = match url_life_left {
+    let url_life_left = match clock.url_life_left {
         Some(left) if !left.is_zero() => left,
         _ => return queue_timeout,
     };
     let receipts_left = match queue.and_then(|q| q.max_receive_count) {
-        Some(max) => max.saturating_sub(receive_count),
+        Some(max) => max.saturating_sub(clock.receive_count),
         None => RECEIPTS_WITHOUT_REDRIVE,
     };
     if receipts_left == 0 {
@@ -115,6 +162,13 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    fn clock(receive_count: u32, url_life_left: Option<Duration>) -> Clock {
+        Clock {
+            receive_count,
+            url_life_left,
+        }
+    }
+
     #[test]
     fn a_batch_is_held_for_its_invocation_and_a_margin() {
         assert_eq!(hold_for_invocation(secs(119)), secs(149));
@@ -130,9 +184,9 @@ mod tests {
         let back = |count, left| {
             return_after(
                 &transient(),
-                count,
+                clock(count, left),
                 Some(&TEMPLATE_DEFAULTS),
-                left,
+                Ordering::Unordered,
                 INVOCATION,
             )
         };
@@ -166,9 +220,9 @@ mod tests {
                 let left = secs(left_secs);
                 let back = return_after(
                     &transient(),
-                    4,
+                    clock(4, Some(left)),
                     Some(&TEMPLATE_DEFAULTS),
-                    Some(left),
+                    Ordering::Unordered,
                     invocation,
                 )
                 .unwrap_or_default();
@@ -183,26 +237,90 @@ mod tests {
     #[test]
     fn permanent_failures_keep_the_queue_timeout() {
         let expired = RecordFailure::new(FailureClass::Expired, Retry::Permanent, "gone");
-        assert_eq!(
+        let back = |queue, ordering| {
             return_after(
                 &expired,
-                1,
-                Some(&TEMPLATE_DEFAULTS),
-                Some(secs(300)),
-                INVOCATION
-            ),
+                clock(1, Some(secs(300))),
+                queue,
+                ordering,
+                INVOCATION,
+            )
+        };
+        assert_eq!(
+            back(Some(&TEMPLATE_DEFAULTS), Ordering::Unordered),
             Some(secs(1020))
         );
+        assert_eq!(back(None, Ordering::Unordered), None);
+        assert_eq!(back(None, Ordering::FifoGroup), None);
+    }
+
+    /// A FIFO group waits while any of its messages is in flight: a
+    /// permanent failure held for the queue's 1020 s would hold the group's
+    /// later messages past their URLs.
+    #[test]
+    fn in_a_fifo_group_permanent_failures_come_back_at_once_to_be_dead_lettered() {
+        let invalid = RecordFailure::new(FailureClass::Invalid, Retry::Permanent, "not Terra's");
+        let back = |queue| {
+            return_after(
+                &invalid,
+                clock(1, None),
+                queue,
+                Ordering::FifoGroup,
+                INVOCATION,
+            )
+        };
+        assert_eq!(back(Some(&TEMPLATE_DEFAULTS)), Some(Duration::ZERO));
+        let without_redrive = QueueSettings {
+            max_receive_count: None,
+            ..TEMPLATE_DEFAULTS
+        };
         assert_eq!(
-            return_after(&expired, 1, None, Some(secs(300)), INVOCATION),
-            None
+            back(Some(&without_redrive)),
+            Some(secs(1020)),
+            "without a dead-letter queue it would come back for ever"
+        );
+    }
+
+    #[test]
+    fn a_fifo_group_shares_the_soonest_living_url_and_the_most_receipts() {
+        let head = clock(2, Some(secs(400)));
+        let behind = clock(1, Some(secs(250)));
+        let archived = clock(3, Some(Duration::ZERO));
+        assert_eq!(head.shared_with(behind), clock(2, Some(secs(250))));
+        assert_eq!(archived.shared_with(behind), clock(3, Some(secs(250))));
+        assert_eq!(
+            clock(1, None).shared_with(behind),
+            clock(1, Some(secs(250)))
+        );
+        assert_eq!(
+            archived.shared_with(clock(1, None)).url_life_left,
+            None,
+            "no living URL: the queue's timeout"
+        );
+        // The held messages' URLs, not the head's, time the group's return.
+        let group = archived.shared_with(behind);
+        assert_eq!(
+            return_after(
+                &transient(),
+                group,
+                Some(&TEMPLATE_DEFAULTS),
+                Ordering::FifoGroup,
+                INVOCATION
+            ),
+            Some(secs(95))
         );
     }
 
     #[test]
     fn without_queue_settings_transient_failures_still_beat_the_url() {
         assert_eq!(
-            return_after(&transient(), 3, None, Some(secs(100)), secs(20)),
+            return_after(
+                &transient(),
+                clock(3, Some(secs(100))),
+                None,
+                Ordering::Unordered,
+                secs(20)
+            ),
             Some(secs(22))
         );
     }

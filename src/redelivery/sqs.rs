@@ -13,10 +13,11 @@ use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, QueueAttribut
 use futures::StreamExt;
 use futures::future::join_all;
 
-use super::{QueueSettings, hold_for_invocation, return_after};
+use super::{Clock, Ordering, QueueSettings, hold_for_invocation, return_after};
 use crate::message::{self, TerraMessage};
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, RecordFailure, Retry};
 use crate::sdk_error::describe;
+use crate::source::sqs::fifo_group;
 
 /// SQS's limit of entries per batch call.
 const BATCH_ENTRIES: usize = 10;
@@ -246,10 +247,8 @@ impl Redelivery {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let mut failed_by_queue: BTreeMap<
-            String,
-            Vec<(&SqsMessage, &crate::outcome::RecordFailure)>,
-        > = BTreeMap::new();
+        let mut failed_by_queue: BTreeMap<String, Vec<(&SqsMessage, &RecordFailure)>> =
+            BTreeMap::new();
         for (message, outcome) in event.records.iter().zip(outcomes) {
             let (Some(failure), Some(queue_url)) = (outcome.failure(), queue_of(message)) else {
                 continue;
@@ -261,16 +260,13 @@ impl Redelivery {
         }
         let calls = failed_by_queue.into_iter().map(|(queue_url, failed)| async move {
             let settings = self.control.settings(&queue_url).await.ok();
+            let clocks = clocks(&failed, now_ms);
             let changes: Vec<VisibilityChange> = failed
-                .into_iter()
-                .filter_map(|(message, failure)| {
-                    let timeout = return_after(
-                        failure,
-                        receive_count(message),
-                        settings.as_ref(),
-                        url_life_left(message, now_ms),
-                        invocation,
-                    )?;
+                .iter()
+                .zip(clocks)
+                .filter_map(|((message, failure), (clock, ordering))| {
+                    let timeout =
+                        return_after(failure, clock, settings.as_ref(), ordering, invocation)?;
                     let change = visibility_change(message, timeout)?;
                     tracing::info!(id = %change.id, class = %failure.class, retry = %failure.retry, back_in_secs = timeout.as_secs(), "failed message returns");
                     Some(change)
@@ -285,6 +281,47 @@ impl Redelivery {
         });
         join_all(calls).await;
     }
+}
+
+/// Each failed message's clock and ordering. A FIFO group's transient
+/// failures (the first, and the messages held behind it) come back together,
+/// on the clock they share.
+fn clocks(failed: &[(&SqsMessage, &RecordFailure)], now_ms: u64) -> Vec<(Clock, Ordering)> {
+    let own: Vec<Clock> = failed
+        .iter()
+        .map(|(message, _)| Clock {
+            receive_count: receive_count(message),
+            url_life_left: url_life_left(message, now_ms),
+        })
+        .collect();
+    let mut by_group: HashMap<&str, Clock> = HashMap::new();
+    for ((message, failure), clock) in failed.iter().zip(&own) {
+        if let Some(group) = held_back(message, failure) {
+            by_group
+                .entry(group)
+                .and_modify(|shared| *shared = shared.shared_with(*clock))
+                .or_insert(*clock);
+        }
+    }
+    failed
+        .iter()
+        .zip(own)
+        .map(|((message, failure), clock)| {
+            match (fifo_group(message), held_back(message, failure)) {
+                (_, Some(group)) => (
+                    by_group.get(group).copied().unwrap_or(clock),
+                    Ordering::FifoGroup,
+                ),
+                (Some(_), None) => (clock, Ordering::FifoGroup),
+                (None, _) => (clock, Ordering::Unordered),
+            }
+        })
+        .collect()
+}
+
+/// The FIFO group a transient failure holds back (with itself).
+fn held_back<'a>(message: &'a SqsMessage, failure: &RecordFailure) -> Option<&'a str> {
+    fifo_group(message).filter(|_| failure.retry == Retry::Transient)
 }
 
 fn by_queue<'a>(
@@ -361,6 +398,63 @@ mod tests {
             record("last", now_ms - 300_000, 5),
         ]}))
         .expect("valid event")
+    }
+
+    /// On a FIFO queue: group `a`'s head was archived before its URL died
+    /// and its table write failed; the message held behind it still has
+    /// 250 s of URL. Group `b`'s head is not Terra's.
+    #[tokio::test]
+    async fn a_fifo_group_returns_on_its_shared_clock_and_permanent_failures_at_once() {
+        let queue = MemoryQueue::default();
+        let redelivery = Redelivery::new(Box::new(queue.clone()));
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64;
+        let pointer =
+            json!({"type": "s3_payload", "url": "https://h/p", "expires_in": 600}).to_string();
+        let record = |id: &str, group: &str, sent_ms: u64, count: u32| {
+            json!({
+                "messageId": id, "receiptHandle": format!("rh-{id}"), "body": pointer,
+                "attributes": {"SentTimestamp": sent_ms.to_string(), "ApproximateReceiveCount": count.to_string(), "MessageGroupId": group},
+                "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:terra-events.fifo"
+            })
+        };
+        let event: SqsEvent = serde_json::from_value(json!({"Records": [
+            record("a-head", "a", now_ms - 700_000, 3),
+            record("a-held", "a", now_ms - 349_500, 3),
+            record("b-head", "b", now_ms, 1),
+            record("b-next", "b", now_ms, 1),
+        ]}))
+        .expect("valid event");
+        let failed = |class, retry| Outcome::Failed(RecordFailure::new(class, retry, "x"));
+        redelivery
+            .schedule(
+                &event,
+                &[
+                    failed(FailureClass::Sink, Retry::Transient),
+                    failed(FailureClass::Deferred, Retry::Transient),
+                    failed(FailureClass::Invalid, Retry::Permanent),
+                    written(),
+                ],
+                Duration::from_secs(120),
+            )
+            .await;
+        let timed: BTreeMap<String, u64> = queue
+            .changes()
+            .into_iter()
+            .map(|(_, c)| (c.id, c.timeout.as_secs()))
+            .collect();
+        // (250 s - 60 s) over the 2 receipts left; alone, the archived head
+        // would keep the queue's 1020 s and hold `a-held` past its URL.
+        assert_eq!(
+            timed,
+            BTreeMap::from([
+                ("a-head".into(), 95),
+                ("a-held".into(), 95),
+                ("b-head".into(), 0)
+            ])
+        );
     }
 
     #[test]

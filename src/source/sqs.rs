@@ -31,17 +31,7 @@ fn decode_message(index: usize, message: &SqsMessage) -> SourceItem {
         Some(id) if !id.is_empty() => id.to_owned(),
         _ => format!("record#{index}"),
     };
-    // Standard queues with fair-queue message groups carry MessageGroupId
-    // too; only a FIFO queue promises (and needs) order within a group.
-    let from_fifo_queue = message
-        .event_source_arn
-        .as_deref()
-        .is_some_and(|arn| arn.ends_with(".fifo"));
-    let ordering_group = message
-        .attributes
-        .get("MessageGroupId")
-        .filter(|_| from_fifo_queue)
-        .cloned();
+    let ordering_group = fifo_group(message).map(str::to_owned);
     let invalid = |why: &str| RecordFailure::new(FailureClass::Invalid, Retry::Permanent, why);
     let record = match (message.body.as_deref(), sent_timestamp(message)) {
         (None, _) => Err(invalid("message has no body")),
@@ -58,6 +48,21 @@ fn decode_message(index: usize, message: &SqsMessage) -> SourceItem {
         ordering_group,
         record,
     }
+}
+
+/// The message group a message of a FIFO queue belongs to. Standard queues
+/// with fair-queue message groups carry `MessageGroupId` too; only a FIFO
+/// queue promises (and needs) order within a group.
+pub(crate) fn fifo_group(message: &SqsMessage) -> Option<&str> {
+    let from_fifo_queue = message
+        .event_source_arn
+        .as_deref()
+        .is_some_and(|arn| arn.ends_with(".fifo"));
+    message
+        .attributes
+        .get("MessageGroupId")
+        .filter(|_| from_fifo_queue)
+        .map(String::as_str)
 }
 
 pub(crate) fn sent_timestamp(message: &SqsMessage) -> Option<u64> {

@@ -41,6 +41,10 @@ pub struct Scenario {
     pub give_up: Duration,
     /// The kinds of message Terra sends, in turn.
     pub mix: Vec<Kind>,
+    /// When not empty, the queue (and its dead-letter queue) is FIFO and
+    /// Terra sends these message groups, one after another, instead of
+    /// `messages` of `mix`.
+    pub fifo_groups: Vec<Vec<Kind>>,
     /// Faults injected between the handlers and S3/DynamoDB.
     pub store_faults: Option<FaultSchedule>,
     /// Kill one handler process this long after the first message is sent
@@ -54,8 +58,10 @@ pub struct Scenario {
     /// Terra's URL lifetime: `expires_in`, and when the payload server
     /// starts refusing a URL.
     pub url_lifetime: Duration,
-    /// How long a `Kind::SlowFirst` payload's first answer takes.
-    pub slow_first_answer: Duration,
+    /// Longer than an invocation, shorter than a URL lives: how long a
+    /// `Kind::SlowFirst` payload's first answer takes, and a
+    /// `Kind::DownAtFirst` payload's host stays down.
+    pub longer_than_an_invocation: Duration,
     /// The payload host answers 500 to everything from this long after the
     /// first message is sent, for the second duration.
     pub host_outage: Option<(Duration, Duration)>,
@@ -87,12 +93,13 @@ impl Scenario {
             max_receive_count: 3,
             give_up: Duration::from_secs(120),
             mix: MIX.to_vec(),
+            fifo_groups: Vec::new(),
             store_faults: None,
             kill_an_instance_after: None,
             handler_env: Vec::new(),
             quick_fetch: true,
             url_lifetime: crate::deployed::TERRA_URL_LIFETIME,
-            slow_first_answer: Duration::from_secs(10),
+            longer_than_an_invocation: Duration::from_secs(10),
             host_outage: None,
             s3_outage: None,
             undeliverable: false,
@@ -132,7 +139,7 @@ impl Scenario {
         scenario.visibility_timeout = deployed.visibility_timeout;
         scenario.max_receive_count = deployed.max_receive_count;
         scenario.url_lifetime = deployed.url_lifetime;
-        scenario.slow_first_answer = deployed.function_timeout * 2;
+        scenario.longer_than_an_invocation = deployed.function_timeout * 2;
         scenario.quick_fetch = false;
         scenario.handler_env = deployed.loopback_environment().collect();
         scenario
@@ -168,11 +175,36 @@ impl Deployment {
         moto.create_bucket(BUCKET).await;
         moto.create_table(TABLE).await;
         let sqs = moto.sqs();
-        let dead_letter_queue_url = moto.create_queue("terra-demo-dlq").await;
+        let fifo = !scenario.fifo_groups.is_empty();
+        // A FIFO queue's dead-letter queue must be FIFO too.
+        let (events, dead_letters) = if fifo {
+            ("terra-demo-events.fifo", "terra-demo-dlq.fifo")
+        } else {
+            ("terra-demo-events", "terra-demo-dlq")
+        };
+        let fifo_attributes = || {
+            fifo.then(|| {
+                std::collections::HashMap::from([(
+                    QueueAttributeName::FifoQueue,
+                    "true".to_owned(),
+                )])
+            })
+        };
+        let dead_letter_queue_url = sqs
+            .create_queue()
+            .queue_name(dead_letters)
+            .set_attributes(fifo_attributes())
+            .send()
+            .await
+            .expect("create the dead-letter queue")
+            .queue_url()
+            .expect("queue URL")
+            .to_owned();
         let dlq_arn = queue_arn(&sqs, &dead_letter_queue_url).await;
         let queue_url = sqs
             .create_queue()
-            .queue_name("terra-demo-events")
+            .queue_name(events)
+            .set_attributes(fifo_attributes())
             .attributes(
                 QueueAttributeName::VisibilityTimeout,
                 scenario.visibility_timeout.as_secs().to_string(),
@@ -201,7 +233,12 @@ impl Deployment {
             mapping_sqs: sqs,
             mapping: MappingSettings {
                 batch_size: scenario.batch_size,
-                batching_window: scenario.batching_window,
+                // Lambda has no batching window for FIFO queues.
+                batching_window: if fifo {
+                    Duration::ZERO
+                } else {
+                    scenario.batching_window
+                },
                 report_batch_item_failures: true,
                 function_timeout: scenario.function_timeout,
                 concurrency: scenario.instances.max(1),
@@ -499,9 +536,9 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .map_or(moto.endpoint.as_str(), |p| p.endpoint.as_str());
     let mut terra = TerraSimulator::start().await;
     terra.url_lifetime = scenario.url_lifetime;
-    terra.slow_first_answer = match scenario.in_the_stack_scaled_down {
+    terra.longer_than_an_invocation = match scenario.in_the_stack_scaled_down {
         Some(_) => deployment.mapping.function_timeout * 2,
-        None => scenario.slow_first_answer,
+        None => scenario.longer_than_an_invocation,
     };
     let runtime = RuntimeApi::start().await;
     let mut env = match (&deployment.stack, scenario.quick_fetch) {
@@ -528,14 +565,24 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
     if let (Some(proxy), Some((after, lasting))) = (&proxy, scenario.s3_outage) {
         proxy.s3_outage(first_sent + after, lasting);
     }
-    let sent = terra
-        .send(
-            &deployment.terra_sqs,
-            &deployment.queue_url,
-            &scenario.mix,
-            scenario.messages,
-        )
-        .await;
+    let sent = if scenario.fifo_groups.is_empty() {
+        terra
+            .send(
+                &deployment.terra_sqs,
+                &deployment.queue_url,
+                &scenario.mix,
+                scenario.messages,
+            )
+            .await
+    } else {
+        terra
+            .send_groups(
+                &deployment.terra_sqs,
+                &deployment.queue_url,
+                &scenario.fifo_groups,
+            )
+            .await
+    };
     let deliverable = sent
         .iter()
         .filter(|m| {
