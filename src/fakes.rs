@@ -252,7 +252,16 @@ impl ArchiveUpload for MemoryUpload {
 #[derive(Clone, Default)]
 pub struct MemorySourceBucket {
     objects: Arc<Mutex<HashMap<String, Bytes>>>,
+    /// Looks that fail before any succeeds, and how.
+    failures: Arc<Mutex<Vec<SourceFailure>>>,
     journal: Journal,
+}
+
+/// How a [`MemorySourceBucket`] look fails.
+#[derive(Clone, Copy, Debug)]
+pub enum SourceFailure {
+    Refused,
+    Unavailable,
 }
 
 impl MemorySourceBucket {
@@ -265,6 +274,11 @@ impl MemorySourceBucket {
 
     pub fn put(&self, key: &str, payload: &[u8]) {
         lock(&self.objects).insert(key.to_owned(), Bytes::copy_from_slice(payload));
+    }
+
+    /// The next looks at an object fail, one per entry, before any succeeds.
+    pub fn fail_next(&self, failures: &[SourceFailure]) {
+        lock(&self.failures).extend_from_slice(failures);
     }
 
     fn etag(payload: &[u8]) -> String {
@@ -284,6 +298,26 @@ impl MemorySourceBucket {
 impl SourceBucket for MemorySourceBucket {
     async fn version(&self, object: &SourceObject) -> Result<SourceVersion, SourceReadError> {
         lock(&self.journal).push(format!("source version {}", object.key));
+        let failure = {
+            let mut failures = lock(&self.failures);
+            (!failures.is_empty()).then(|| failures.remove(0))
+        };
+        let detail = "HeadObject: scripted".to_owned();
+        match failure {
+            Some(SourceFailure::Refused) => {
+                return Err(SourceReadError::Refused {
+                    object: object.clone(),
+                    detail,
+                });
+            }
+            Some(SourceFailure::Unavailable) => {
+                return Err(SourceReadError::Unavailable {
+                    object: object.clone(),
+                    detail,
+                });
+            }
+            None => {}
+        }
         let objects = lock(&self.objects);
         let payload = objects
             .get(&object.key)

@@ -168,10 +168,23 @@ impl App {
         let (decoded, items) = kafka::decode(&event.payload);
         let mut report = batch::run(Arc::clone(&self.pipeline), items, self.limits(&event)).await;
         if let Some(queue) = &self.dead_letters {
+            let settled = kafka::settled_once_set_aside(
+                &decoded,
+                &report.outcomes,
+                self.kafka_response,
+                |failure| !failure.is_poison(),
+            );
             let diverted = dead_letter::divert_poison(
                 queue.as_ref(),
                 report.outcomes.clone(),
-                |index, failure| decoded.dead_letter(index, failure),
+                |index, failure| {
+                    if settled.get(index).copied().unwrap_or(false) {
+                        decoded.dead_letter(index, failure)
+                    } else {
+                        tracing::info!(id = %decoded.records.get(index).map(|r| r.log_id(index)).unwrap_or_default(), "poison record comes back with its batch; dead-lettered once nothing holds it back");
+                        None
+                    }
+                },
             );
             // Past the batch cutoff only the response reserve is left; a
             // letter not sent in time leaves its record failed, to be retried.

@@ -443,3 +443,45 @@ async fn kafka_without_partial_batch_responses_fails_the_invocation_for_a_transi
         reported.error_message
     );
 }
+
+/// Whole-batch mode retries every record while any failure stays: a poison
+/// record is dead-lettered once, on the retry that settles the batch, not
+/// again on every retry before it.
+#[tokio::test]
+async fn kafka_whole_batch_retries_dead_letter_poison_once() {
+    let h = harness(Setup {
+        kafka_response: ResponseMode::WholeBatch,
+        ..Setup::default()
+    })
+    .await;
+    let recovering = pointer(&h.payloads.route(
+        "/recovering.json",
+        Behaviour::FailThenOk {
+            failures: 2,
+            status: 503,
+            retry_after: None,
+            body: activity("u-1"),
+        },
+    ));
+    let batch = || {
+        kafka_invocation(&[
+            kafka_record(8, "not a pointer"),
+            kafka_record(9, &recovering),
+        ])
+    };
+
+    let first = h.app.handle_kafka(batch()).await;
+    assert!(
+        first.is_err(),
+        "the transient failure brings the batch back"
+    );
+    assert!(
+        h.dead_letters.sent().is_empty(),
+        "the poison comes back too"
+    );
+
+    let second = h.app.handle_kafka(batch()).await.expect("settled");
+    assert!(failed_offsets(&second).is_empty());
+    assert_eq!(h.dead_letters.sent().len(), 1);
+    assert_eq!(h.sink.len(), 1);
+}

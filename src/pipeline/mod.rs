@@ -20,6 +20,7 @@ use crate::outcome::{Classify, FailureClass, FetchTiming, Outcome, RecordFailure
 use crate::payload::{self, PayloadSummary};
 use crate::record::InboundRecord;
 use crate::sink::{Archive, ArchiveName, ArchiveWrite, ArchivedObject, Delivery, Sink, SinkError};
+use source_bucket::FromSource;
 use streaming::{ArchiveBoundBody, ReceivedPayload};
 
 pub use streaming::STREAM_ABOVE_BYTES;
@@ -124,12 +125,32 @@ impl Pipeline {
             let object = reads.buckets.locate(&pointer.url)?;
             Some((reads.reader.as_ref(), object))
         });
-        let obtained = match in_source_bucket {
+        let from_source = match in_source_bucket {
             Some((reader, object)) => {
                 span.record("source", tracing::field::display(&object));
-                self.obtain_from_source(reader, object, record.sent_at_ms, &name, give_up_at)
+                let url_lives = url_may_work(&pointer, record.sent_at_ms);
+                match self
+                    .obtain_from_source(
+                        reader,
+                        object,
+                        record.sent_at_ms,
+                        &name,
+                        give_up_at,
+                        url_lives,
+                    )
                     .await?
+                {
+                    FromSource::Obtained(obtained) => Some(*obtained),
+                    FromSource::UseTheUrl(error) => {
+                        tracing::warn!(%error, "the role cannot read the source bucket; fetching the URL instead");
+                        None
+                    }
+                }
             }
+            None => None,
+        };
+        let obtained = match from_source {
+            Some(obtained) => obtained,
             None => {
                 self.obtain(&pointer, record.sent_at_ms, &name, give_up_at)
                     .await?
@@ -411,6 +432,14 @@ fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether the message's pre-signed URL may still work: its lifetime has not
+/// run out, or is not known.
+fn url_may_work(pointer: &PayloadPointer, sent_at_ms: u64) -> bool {
+    pointer
+        .expires_in
+        .is_none_or(|lifetime| url_expiry(sent_at_ms, lifetime).is_some())
 }
 
 /// The instant a URL sent at `sent_at_ms` with `lifetime` stops working, or

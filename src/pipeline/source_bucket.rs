@@ -1,5 +1,18 @@
 //! Own-bucket mode in the pipeline: a payload in Terra's bucket is read with
 //! the function's role, and archived by a copy inside S3.
+//!
+//! When the role's read fails, the pre-signed URL is the other way in:
+//!
+//! | The role's read | URL still lives | URL has died |
+//! |---|---|---|
+//! | the object is missing | an earlier archived copy, else `fetch`/permanent | the same |
+//! | refused (permission, key policy; a bucket whose region S3 would not name) | the URL is fetched, as any other | `fetch`/permanent: the record's to carry (Kafka poison), completed later by `replay dead-letters` |
+//! | unavailable, throttled, the object changed or its bytes do not match | the URL is fetched | retried until the invocation's deadline, then `fetch`/transient |
+//!
+//! A URL on the global endpoint, or naming the wrong region, is read in the
+//! region S3 names for the bucket (see `fetch::source_bucket`).
+
+use std::future::Future;
 
 use tokio::time::Instant;
 
@@ -7,9 +20,9 @@ use super::{
     Obtained, Pipeline, ReceivedPayload, inspect_off_the_workers, log_newer_held, now_ms,
     until_stored,
 };
-use crate::fetch::FetchError;
 use crate::fetch::source_bucket::{SourceBucket, SourceObject, SourceReadError, SourceVersion};
-use crate::outcome::{FailureClass, FetchTiming, RecordFailure, Retry, Written};
+use crate::fetch::{FetchError, RetryDelays};
+use crate::outcome::{Classify, FailureClass, FetchTiming, RecordFailure, Retry, Written};
 use crate::payload::{IncrementalInspector, PayloadSummary};
 use crate::sink::ArchiveName;
 
@@ -17,9 +30,17 @@ use crate::sink::ArchiveName;
 /// `type` and `user`, which Terra sends before `data`.
 const ENVELOPE_START_BYTES: u64 = 64 * 1024;
 
+/// What reading a source object came to.
+pub(super) enum FromSource {
+    Obtained(Box<Obtained>),
+    /// The role could not read it, and the URL still lives: fetch that.
+    UseTheUrl(SourceReadError),
+}
+
 impl Pipeline {
     /// The payload, held, when a store other than a copying archive needs
     /// its bytes; otherwise left in place with what its start says of it.
+    /// `url_lives`: whether the message's pre-signed URL may still work.
     pub(super) async fn obtain_from_source(
         &self,
         reader: &dyn SourceBucket,
@@ -27,10 +48,11 @@ impl Pipeline {
         sent_at_ms: u64,
         name: &ArchiveName,
         give_up_at: Instant,
-    ) -> Result<Obtained, RecordFailure> {
+        url_lives: bool,
+    ) -> Result<FromSource, RecordFailure> {
         let started = Instant::now();
         let age_at_fetch_ms = now_ms().saturating_sub(sent_at_ms);
-        let version = match by_deadline(give_up_at, reader.version(&object)).await? {
+        let version = match role_read(give_up_at, url_lives, || reader.version(&object)).await? {
             Ok(version) => version,
             Err(gone) if gone.is_gone() => {
                 return self
@@ -40,9 +62,10 @@ impl Pipeline {
                         sent_at_ms,
                         give_up_at,
                     )
-                    .await;
+                    .await
+                    .map(|obtained| FromSource::Obtained(Box::new(obtained)));
             }
-            Err(error) => return Err(RecordFailure::from_error(&error)),
+            Err(error) => return unreadable(error, url_lives),
         };
         let timing = || {
             Some(FetchTiming {
@@ -60,18 +83,22 @@ impl Pipeline {
             // A small object is read whole: S3 refuses a range of an empty
             // one (416), which would fail as transient for ever.
             let first_bytes = (version.size > ENVELOPE_START_BYTES).then_some(ENVELOPE_START_BYTES);
-            let start = by_deadline(give_up_at, reader.read(&version, first_bytes))
-                .await?
-                .map_err(|e| RecordFailure::from_error(&e))?;
+            let start =
+                match role_read(give_up_at, url_lives, || reader.read(&version, first_bytes))
+                    .await?
+                {
+                    Ok(start) => start,
+                    Err(error) => return unreadable(error, url_lives),
+                };
             let summary = summary_of_start(&start, version.size).await?;
-            return Ok(Obtained {
+            return Ok(FromSource::Obtained(Box::new(Obtained {
                 payload: ReceivedPayload::InSourceBucket { version, summary },
                 attempts: 1,
                 fetch: timing(),
                 archived: None,
                 source: None,
                 _reservation: None,
-            });
+            })));
         }
         if !fits {
             return Err(RecordFailure::from_error(&FetchError::TooLarge {
@@ -87,17 +114,18 @@ impl Pipeline {
         else {
             return Err(deadline_came());
         };
-        let body = by_deadline(give_up_at, reader.read(&version, None))
-            .await?
-            .map_err(|e| RecordFailure::from_error(&e))?;
-        Ok(Obtained {
+        let body = match role_read(give_up_at, url_lives, || reader.read(&version, None)).await? {
+            Ok(body) => body,
+            Err(error) => return unreadable(error, url_lives),
+        };
+        Ok(FromSource::Obtained(Box::new(Obtained {
             payload: ReceivedPayload::Held(body),
             attempts: 1,
             fetch: timing(),
             archived: None,
             source: Some(version),
             _reservation: Some(reservation),
-        })
+        })))
     }
 
     /// Archives a payload left in its source bucket by a copy inside S3. When
@@ -146,14 +174,42 @@ impl Pipeline {
     }
 }
 
-/// `work`, unless the invocation's deadline comes first.
-async fn by_deadline<T>(
+/// A role read, retried while it fails transiently, the URL is dead and the
+/// invocation has time. While the URL lives the first failure is returned at
+/// once: the URL is tried instead. `Err` only when the deadline came first.
+async fn role_read<T, Fut>(
     give_up_at: Instant,
-    work: impl Future<Output = Result<T, SourceReadError>>,
-) -> Result<Result<T, SourceReadError>, RecordFailure> {
-    tokio::time::timeout_at(give_up_at, work)
-        .await
-        .map_err(|_| deadline_came())
+    url_lives: bool,
+    mut read: impl FnMut() -> Fut,
+) -> Result<Result<T, SourceReadError>, RecordFailure>
+where
+    Fut: Future<Output = Result<T, SourceReadError>>,
+{
+    let mut delays = RetryDelays::new();
+    loop {
+        let error = match tokio::time::timeout_at(give_up_at, read()).await {
+            Err(_elapsed) => return Err(deadline_came()),
+            Ok(Ok(read)) => return Ok(Ok(read)),
+            Ok(Err(error)) => error,
+        };
+        let delay = delays.next_delay();
+        if url_lives || error.retry() == Retry::Permanent || Instant::now() + delay >= give_up_at {
+            return Ok(Err(error));
+        }
+        tracing::debug!(%error, delay_ms = delay.as_millis() as u64, "retrying the source bucket read");
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// The role could not read the object (it is there, or was): the URL is
+/// tried while it lives, and the record fails with the read's error once
+/// it has died.
+fn unreadable(error: SourceReadError, url_lives: bool) -> Result<FromSource, RecordFailure> {
+    if url_lives {
+        Ok(FromSource::UseTheUrl(error))
+    } else {
+        Err(RecordFailure::from_error(&error))
+    }
 }
 
 fn deadline_came() -> RecordFailure {
@@ -189,7 +245,7 @@ mod tests {
 
     use super::ENVELOPE_START_BYTES;
     use crate::batch::RecordProcessor;
-    use crate::fakes::{Journal, MemoryArchive, MemorySink, MemorySourceBucket};
+    use crate::fakes::{Journal, MemoryArchive, MemorySink, MemorySourceBucket, SourceFailure};
     use crate::fetch::source_bucket::SourceBuckets;
     use crate::fetch::{FetchSettings, Fetcher, UrlPolicy};
     use crate::message::{self, TerraMessage};
@@ -300,6 +356,41 @@ mod tests {
             .locate(&Url::parse(URL).expect("url"))
             .expect("in the source bucket");
         assert_eq!(located.key, KEY);
+    }
+
+    /// Once the URL has died there is no other way in: a read the role is
+    /// refused fails for good (a Kafka record is dead-lettered, not left to
+    /// stall its partition), while an outage is retried within the
+    /// invocation.
+    #[tokio::test]
+    async fn once_the_url_has_died_a_refusal_is_for_good_and_an_outage_is_waited_out() {
+        let bed = bed(true, true, 1024 * 1024);
+        bed.source.put(KEY, &activity(3));
+        let (record, name) = record();
+
+        bed.source.fail_next(&[SourceFailure::Refused]);
+        let outcome = process(&bed, &record).await;
+        let failure = outcome.failure().expect("refused");
+        assert_eq!(
+            (failure.class, failure.retry, failure.is_poison()),
+            (FailureClass::Fetch, Retry::Permanent, true),
+            "{failure:?}"
+        );
+        assert_eq!(journal(&bed), [format!("source version {KEY}")], "one look");
+
+        bed.journal.lock().expect("not poisoned").clear();
+        bed.source
+            .fail_next(&[SourceFailure::Unavailable, SourceFailure::Unavailable]);
+        let outcome = process(&bed, &record).await;
+        assert!(matches!(outcome, Outcome::Written(_)), "{outcome:?}");
+        assert!(bed.archive.object(&name).is_some());
+        assert_eq!(
+            journal(&bed)
+                .iter()
+                .filter(|call| call.starts_with("source version"))
+                .count(),
+            3
+        );
     }
 
     /// With a table the payload is read whole; the archive stores what was

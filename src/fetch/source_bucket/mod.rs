@@ -103,8 +103,16 @@ pub enum SourceReadError {
     },
     #[error("{object}: the bytes read do not match the object's ETag (MD5)")]
     Corrupt { object: SourceObject },
+    /// S3 failed, throttled, or could not be reached.
     #[error("{object}: {detail}")]
     Unavailable {
+        object: SourceObject,
+        detail: String,
+    },
+    /// S3 refused the role's read: a permission, a key policy, or a bucket
+    /// whose region could not be found.
+    #[error("{object}: {detail}")]
+    Refused {
         object: SourceObject,
         detail: String,
     },
@@ -118,23 +126,35 @@ impl SourceReadError {
     }
 }
 
+/// A role read's error reaches a record only once the pre-signed URL has
+/// died: while it lives, any failure but a missing object falls back to the
+/// URL (see `pipeline::source_bucket`). Then:
+///
+/// - a missing object is gone for good;
+/// - a refusal will not pass until someone changes a policy: permanent, and
+///   the record's to carry (a Kafka record is dead-lettered instead of
+///   stalling its partition). Nothing is lost: the object stays in the
+///   bucket, and `replay dead-letters` completes the message from there
+///   once the role may read it;
+/// - an outage, a changed object or bytes that do not match are transient,
+///   retried within the invocation and then by the source.
 impl Classify for SourceReadError {
     fn class(&self) -> FailureClass {
         FailureClass::Fetch
     }
 
-    /// Refusals are transient, as with the archive: a missing permission or
-    /// key policy fixed while the message retries loses nothing.
     fn retry(&self) -> Retry {
-        if self.is_gone() {
-            Retry::Permanent
-        } else {
-            Retry::Transient
+        match self {
+            SourceReadError::Missing { .. } | SourceReadError::Refused { .. } => Retry::Permanent,
+            SourceReadError::Changed { .. }
+            | SourceReadError::Truncated { .. }
+            | SourceReadError::Corrupt { .. }
+            | SourceReadError::Unavailable { .. } => Retry::Transient,
         }
     }
 
     fn record_at_fault(&self) -> bool {
-        self.is_gone()
+        self.retry() == Retry::Permanent
     }
 }
 

@@ -1,35 +1,114 @@
 //! The source buckets read with the function's own role.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use async_trait::async_trait;
 use aws_sdk_s3::config::Region;
 use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::types::{ChecksumMode, ServerSideEncryption};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use bytes::Bytes;
 use md5::{Digest, Md5};
 
 use super::{SourceBucket, SourceObject, SourceReadError, SourceVersion};
-use crate::sdk_error::describe;
+use crate::sdk_error::{Fault, classify, describe};
 
 /// Checking a large body's MD5 is CPU work: off the async workers above this.
 const HASH_INLINE_MAX: usize = 256 * 1024;
 
 pub struct S3SourceBucket {
     client: aws_sdk_s3::Client,
+    /// Each bucket's region as S3 named it, where a URL named another or
+    /// none (the global endpoint, `s3.amazonaws.com`, is taken as
+    /// us-east-1): learned once per bucket and instance.
+    learned_regions: Mutex<HashMap<String, String>>,
 }
+
+/// The header S3 names a bucket's region in, also when it refuses a request
+/// sent to another region (301 PermanentRedirect, 400).
+const BUCKET_REGION: &str = "x-amz-bucket-region";
 
 impl S3SourceBucket {
     pub fn new(client: aws_sdk_s3::Client) -> Self {
-        Self { client }
+        Self {
+            client,
+            learned_regions: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The region to ask: the one S3 named for the bucket, else the URL's;
+    /// `None` for the configured endpoint, whose region is the function's.
+    fn region_for(&self, object: &SourceObject) -> Option<String> {
+        let learned = self
+            .learned_regions
+            .lock()
+            .ok()
+            .and_then(|regions| regions.get(&object.bucket).cloned());
+        learned.or_else(|| object.region.clone())
+    }
+
+    /// Sends `call` to the bucket's region. S3 answers a request sent to
+    /// another region with an error naming the right one, which the SDK does
+    /// not follow: the call goes once more, there, and the region is kept.
+    async fn in_bucket_region<T, E, Fut>(
+        &self,
+        object: &SourceObject,
+        call: impl Fn(Option<String>) -> Fut,
+    ) -> Result<T, SdkError<E, HttpResponse>>
+    where
+        Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    {
+        let asked = self.region_for(object);
+        let answer = call(asked.clone()).await;
+        let named = match &answer {
+            Err(SdkError::ServiceError(failed)) => failed
+                .raw()
+                .headers()
+                .get(BUCKET_REGION)
+                .filter(|named| Some(*named) != asked.as_deref())
+                .map(str::to_owned),
+            _ => None,
+        };
+        let Some(named) = named else {
+            return answer;
+        };
+        tracing::info!(bucket = %object.bucket, region = %named, "source bucket found in another region");
+        if let Ok(mut regions) = self.learned_regions.lock() {
+            regions.insert(object.bucket.clone(), named.clone());
+        }
+        call(Some(named)).await
     }
 }
 
-/// A request to the bucket's own region, as its URL names it: S3 answers a
-/// request sent to another region with a redirect the SDK does not follow.
-fn in_region(object: &SourceObject) -> Option<aws_sdk_s3::config::Builder> {
-    object
-        .region
-        .as_ref()
-        .map(|region| aws_sdk_s3::config::Builder::default().region(Region::new(region.clone())))
+/// A request's configuration for `region`, when one is named.
+fn in_region(region: Option<String>) -> Option<aws_sdk_s3::config::Builder> {
+    region.map(|region| aws_sdk_s3::config::Builder::default().region(Region::new(region)))
+}
+
+/// A failed read: refused (a permission, a key policy) or unavailable.
+fn failed<E>(
+    object: &SourceObject,
+    call: &str,
+    error: &SdkError<E, HttpResponse>,
+) -> SourceReadError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let detail = format!("{call}: {}", describe(error));
+    match classify(error) {
+        Fault::Refused => SourceReadError::Refused {
+            object: object.clone(),
+            detail,
+        },
+        Fault::Throttled | Fault::Unavailable | Fault::Unbuildable => {
+            SourceReadError::Unavailable {
+                object: object.clone(),
+                detail,
+            }
+        }
+    }
 }
 
 fn unavailable(object: &SourceObject, detail: String) -> SourceReadError {
@@ -42,15 +121,21 @@ fn unavailable(object: &SourceObject, detail: String) -> SourceReadError {
 #[async_trait]
 impl SourceBucket for S3SourceBucket {
     async fn version(&self, object: &SourceObject) -> Result<SourceVersion, SourceReadError> {
-        let request = self
-            .client
-            .head_object()
-            .bucket(&object.bucket)
-            .key(&object.key);
-        let sent = match in_region(object) {
-            Some(region) => request.customize().config_override(region).send().await,
-            None => request.send().await,
-        };
+        let sent = self
+            .in_bucket_region(object, |region| {
+                let request = self
+                    .client
+                    .head_object()
+                    .bucket(&object.bucket)
+                    .key(&object.key);
+                async move {
+                    match in_region(region) {
+                        Some(region) => request.customize().config_override(region).send().await,
+                        None => request.send().await,
+                    }
+                }
+            })
+            .await;
         let head = match sent {
             Ok(head) => head,
             Err(SdkError::ServiceError(e)) if e.err().is_not_found() => {
@@ -58,7 +143,7 @@ impl SourceBucket for S3SourceBucket {
                     object: object.clone(),
                 });
             }
-            Err(e) => return Err(unavailable(object, format!("HeadObject: {}", describe(&e)))),
+            Err(e) => return Err(failed(object, "HeadObject", &e)),
         };
         let etag = head.e_tag().unwrap_or_default().to_owned();
         if etag.is_empty() {
@@ -81,19 +166,25 @@ impl SourceBucket for S3SourceBucket {
         first_bytes: Option<u64>,
     ) -> Result<Bytes, SourceReadError> {
         let object = &version.object;
-        let request = self
-            .client
-            .get_object()
-            .bucket(&object.bucket)
-            .key(&object.key)
-            .if_match(&version.etag)
-            // The SDK checks the object's own checksum, when it has one.
-            .checksum_mode(ChecksumMode::Enabled)
-            .set_range(first_bytes.map(|n| format!("bytes=0-{}", n.saturating_sub(1))));
-        let sent = match in_region(object) {
-            Some(region) => request.customize().config_override(region).send().await,
-            None => request.send().await,
-        };
+        let sent = self
+            .in_bucket_region(object, |region| {
+                let request = self
+                    .client
+                    .get_object()
+                    .bucket(&object.bucket)
+                    .key(&object.key)
+                    .if_match(&version.etag)
+                    // The SDK checks the object's own checksum, when it has one.
+                    .checksum_mode(ChecksumMode::Enabled)
+                    .set_range(first_bytes.map(|n| format!("bytes=0-{}", n.saturating_sub(1))));
+                async move {
+                    match in_region(region) {
+                        Some(region) => request.customize().config_override(region).send().await,
+                        None => request.send().await,
+                    }
+                }
+            })
+            .await;
         let got = match sent {
             Ok(got) => got,
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 412 => {
@@ -106,7 +197,7 @@ impl SourceBucket for S3SourceBucket {
                     object: object.clone(),
                 });
             }
-            Err(e) => return Err(unavailable(object, format!("GetObject: {}", describe(&e)))),
+            Err(e) => return Err(failed(object, "GetObject", &e)),
         };
         let body = got
             .body
@@ -234,7 +325,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn missing_is_for_good_and_refused_is_for_now() {
+    async fn missing_and_refused_are_for_good_and_an_outage_for_now() {
         let found = head(
             200,
             &[
@@ -257,12 +348,91 @@ mod tests {
 
         let denied = head(403, &[]).await.expect_err("denied");
         assert!(
-            matches!(denied, SourceReadError::Unavailable { .. }),
+            matches!(denied, SourceReadError::Refused { .. }),
             "{denied}"
         );
         assert_eq!(
             (denied.retry(), denied.record_at_fault()),
-            (Retry::Transient, false)
+            (Retry::Permanent, true),
+            "once the URL has died: the dead letter and the bucket complete it later"
+        );
+
+        let down = head(503, &[]).await.expect_err("unavailable");
+        assert!(
+            matches!(down, SourceReadError::Unavailable { .. }),
+            "{down}"
+        );
+        assert_eq!(down.retry(), Retry::Transient);
+    }
+
+    /// Remembers the host each request went to.
+    #[derive(Debug, Clone, Default)]
+    struct Hosts(std::sync::Arc<Mutex<Vec<String>>>);
+
+    impl aws_smithy_runtime_api::client::interceptors::Intercept for Hosts {
+        fn name(&self) -> &'static str {
+            "Hosts"
+        }
+
+        fn read_before_transmit(
+            &self,
+            context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
+            _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+            _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
+        ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+            let uri = context.request().uri().to_owned();
+            let host = uri.split('/').nth(2).unwrap_or_default().to_owned();
+            self.0.lock().expect("not poisoned").push(host);
+            Ok(())
+        }
+    }
+
+    /// A URL on the global endpoint (`s3.amazonaws.com`, taken as
+    /// us-east-1) into a bucket in eu-west-2: S3 refuses, naming the
+    /// bucket's region, and the read goes there, then and from then on.
+    #[tokio::test]
+    async fn a_bucket_in_another_region_is_read_where_s3_says_it_is() {
+        let wrong_region = mock!(aws_sdk_s3::Client::head_object).then_http_response(answer(
+            301,
+            &[("x-amz-bucket-region", "eu-west-2")],
+            b"",
+        ));
+        let found = mock!(aws_sdk_s3::Client::head_object).then_http_response(answer(
+            200,
+            &[("etag", "\"abc\""), ("content-length", "3")],
+            b"",
+        ));
+        let found_again = mock!(aws_sdk_s3::Client::head_object).then_http_response(answer(
+            200,
+            &[("etag", "\"abc\""), ("content-length", "3")],
+            b"",
+        ));
+        let hosts = Hosts::default();
+        let client = mock_client!(
+            aws_sdk_s3,
+            RuleMode::Sequential,
+            [&wrong_region, &found, &found_again],
+            |c| c
+                .retry_config(RetryConfig::disabled())
+                .interceptor(hosts.clone())
+        );
+        let reader = S3SourceBucket::new(client);
+        let global = SourceObject {
+            bucket: "terra-drop".into(),
+            key: "payloads/a.json".into(),
+            region: Some("us-east-1".into()),
+        };
+        for _ in 0..2 {
+            let version = reader.version(&global).await.expect("found");
+            assert_eq!(version.etag, "\"abc\"");
+        }
+        assert_eq!(
+            hosts.0.lock().expect("not poisoned").as_slice(),
+            [
+                "terra-drop.s3.us-east-1.amazonaws.com",
+                "terra-drop.s3.eu-west-2.amazonaws.com",
+                "terra-drop.s3.eu-west-2.amazonaws.com"
+            ]
         );
     }
 }

@@ -23,7 +23,7 @@ mod response;
 
 pub use response::{
     KafkaBatchItemFailure, KafkaBatchResponse, KafkaItemIdentifier, KafkaResponseError,
-    ResponseMode, response,
+    ResponseMode, response, settled_once_set_aside,
 };
 
 /// A Kafka event as Lambda delivers it (MSK: `eventSource` `aws:kafka`;

@@ -122,6 +122,53 @@ pub fn response(
     })
 }
 
+/// For each record, whether it is done with once set aside now: the
+/// mapping will not deliver it again. A failure that stays (one not set
+/// aside) brings back the whole batch in [`ResponseMode::WholeBatch`] (and
+/// when it has no offset to report), and in [`ResponseMode::PartialBatch`]
+/// its partition from its offset on. A poison record that comes back would
+/// be dead-lettered again on every retry: it waits, failed, until nothing
+/// holds it back, and is dead-lettered once.
+pub fn settled_once_set_aside(
+    batch: &DecodedBatch,
+    outcomes: &[Outcome],
+    mode: ResponseMode,
+    stays_failed: impl Fn(&RecordFailure) -> bool,
+) -> Vec<bool> {
+    let staying: Vec<&KafkaRecord> = batch
+        .records
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, outcome)| outcome.failure().is_some_and(&stays_failed))
+        .map(|(record, _)| record)
+        .collect();
+    let whole_batch_again = !staying.is_empty()
+        && (mode == ResponseMode::WholeBatch || staying.iter().any(|r| r.offset.is_none()));
+    let mut resumes_at: BTreeMap<&str, i64> = BTreeMap::new();
+    for record in &staying {
+        if let Some(offset) = record.offset {
+            resumes_at
+                .entry(&record.partition_key)
+                .and_modify(|known| *known = (*known).min(offset))
+                .or_insert(offset);
+        }
+    }
+    batch
+        .records
+        .iter()
+        .map(|record| {
+            if whole_batch_again {
+                return false;
+            }
+            match (resumes_at.get(record.partition_key.as_str()), record.offset) {
+                (None, _) => true,
+                (Some(resume), Some(offset)) => offset < *resume,
+                (Some(_), None) => false,
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::decode;
@@ -184,6 +231,40 @@ mod tests {
             ),
             Ok(KafkaBatchResponse::default())
         );
+    }
+
+    #[test]
+    fn poison_is_settled_only_where_no_staying_failure_brings_it_back() {
+        let (batch, _) = decode(&event(json!({
+            "a-0": [record("a", 0, 10, "e30="), record("a", 0, 11, "e30="), record("a", 0, 12, "e30=")],
+            "b-0": [record("b", 0, 5, "e30=")]
+        })));
+        let poison = Outcome::Failed(RecordFailure::new(
+            FailureClass::Invalid,
+            Retry::Permanent,
+            "x",
+        ));
+        // a-0: poison, then a transient failure, then poison again.
+        let outcomes = [poison.clone(), failed(), poison.clone(), poison.clone()];
+        let stays = |failure: &RecordFailure| !failure.is_poison();
+        assert_eq!(
+            settled_once_set_aside(&batch, &outcomes, ResponseMode::PartialBatch, stays),
+            [true, false, false, true],
+            "a-0 resumes at 11: offset 12 comes back"
+        );
+        assert_eq!(
+            settled_once_set_aside(&batch, &outcomes, ResponseMode::WholeBatch, stays),
+            [false; 4],
+            "the whole batch comes back"
+        );
+        let only_poison = [poison.clone(), written(), poison.clone(), written()];
+        for mode in [ResponseMode::PartialBatch, ResponseMode::WholeBatch] {
+            assert_eq!(
+                settled_once_set_aside(&batch, &only_poison, mode, stays),
+                [true; 4],
+                "{mode:?}"
+            );
+        }
     }
 
     #[test]
