@@ -11,13 +11,17 @@ use std::time::{Duration, SystemTime};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use serde_json::{Value, json};
-use support::bed::{Bed, assert_all_succeeded, big_activity, failed_ids, pointer, sqs_record};
+use support::bed::{
+    Bed, KafkaRecord, KafkaSource, assert_all_succeeded, base64, big_activity, failed_ids,
+    kafka_event, pointer, sqs_record,
+};
 use support::logs::{LoggedFailure, record_failures};
 use support::payload_server::{Behaviour, assert_no_secrets};
-use support::runtime_api::HandlerProcess;
+use support::runtime_api::{HandlerProcess, InvocationResult};
 use support::{fixture, now_ms};
 
 const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
+const KAFKA_HANDLER: &str = env!("CARGO_BIN_EXE_kafka-handler");
 const ARCHIVE: &str = "customer-archive";
 const SOURCE: &str = "terra-drop";
 const TABLE: &str = "terra-records";
@@ -317,4 +321,187 @@ async fn an_empty_source_object_is_invalid_for_good() {
         "{output}"
     );
     assert!(bed.moto.objects(ARCHIVE).await.is_empty());
+}
+
+/// A source bucket under IAM enforcement: Terra (who uploads and signs the
+/// URLs) may read it all; the function may do anything but read one key
+/// (a key policy or an ACL it lacks would look the same). Three pointers:
+/// to the denied key with a live URL and with a dead one, and to a key the
+/// function may read with a dead URL.
+struct DeniedKey {
+    bed: Bed,
+    function: aws_sdk_s3::config::Credentials,
+    dead_letters: String,
+    /// (id, pointer message, sent at)
+    pointers: [(&'static str, String, u64); 3],
+    payloads: BTreeSet<Vec<u8>>,
+}
+
+async fn denied_key() -> DeniedKey {
+    let mut bed = bed_with_source().await;
+    let dead_letters = bed.moto.create_queue("terra-kafka-dlq").await;
+    let activity = fixture("openapi_activity.json");
+    let sleep = fixture("openapi_sleep.json");
+    put(&bed, SOURCE, "payloads/denied/activity.json", &activity).await;
+    put(&bed, SOURCE, "payloads/open/sleep.json", &sleep).await;
+    let keys = bed.moto.enforce_iam_with(&[
+        (
+            "observer",
+            json!({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "*", "Resource": "*"}
+            ]}),
+        ),
+        (
+            "terra",
+            json!({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject"],
+                 "Resource": format!("arn:aws:s3:::{SOURCE}/*")}
+            ]}),
+        ),
+        (
+            "function",
+            json!({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "*", "Resource": "*"},
+                {"Effect": "Deny", "Action": "s3:GetObject",
+                 "Resource": format!("arn:aws:s3:::{SOURCE}/payloads/denied/*")}
+            ]}),
+        ),
+    ]);
+    bed.moto.call_as(keys["terra"].clone());
+    let fresh = now_ms() - 1000;
+    let sent = long_ago();
+    let denied_fresh = presigned(&bed, SOURCE, "payloads/denied/activity.json", fresh).await;
+    let denied_dead = presigned(&bed, SOURCE, "payloads/denied/activity.json", sent).await;
+    let open_dead = presigned(&bed, SOURCE, "payloads/open/sleep.json", sent).await;
+    bed.moto.call_as(keys["observer"].clone());
+    DeniedKey {
+        bed,
+        function: keys["function"].clone(),
+        dead_letters,
+        pointers: [
+            ("denied-fresh", pointer(&denied_fresh), fresh),
+            ("denied-dead", pointer(&denied_dead), sent),
+            ("open-dead", pointer(&open_dead), sent + 1),
+        ],
+        payloads: BTreeSet::from([activity, sleep]),
+    }
+}
+
+impl DeniedKey {
+    /// The bed's environment, calling as the function.
+    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut env = self.bed.env(extra);
+        env.retain(|(name, _)| name != "AWS_ACCESS_KEY_ID" && name != "AWS_SECRET_ACCESS_KEY");
+        env.push((
+            "AWS_ACCESS_KEY_ID".into(),
+            self.function.access_key_id().into(),
+        ));
+        env.push((
+            "AWS_SECRET_ACCESS_KEY".into(),
+            self.function.secret_access_key().into(),
+        ));
+        env
+    }
+
+    async fn archived(&self) -> BTreeSet<Vec<u8>> {
+        self.bed
+            .moto
+            .objects(ARCHIVE)
+            .await
+            .into_iter()
+            .map(|object| object.body)
+            .collect()
+    }
+}
+
+/// While the pre-signed URL lives, a read the role is denied is fetched
+/// through the URL instead; once it has died, the record fails for good
+/// (`fetch`, permanent). Keys the role may read land however old their URLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_the_role_is_denied_falls_back_to_the_url_while_it_lives() {
+    let denied = denied_key().await;
+    let records: Vec<Value> = denied
+        .pointers
+        .iter()
+        .map(|(id, pointer, sent)| sqs_record(id, pointer, *sent))
+        .collect();
+    let handler = HandlerProcess::spawn(
+        SQS_HANDLER,
+        &denied.env(&[("TERRA_SOURCE_BUCKETS", SOURCE)]),
+    );
+    let result = denied
+        .bed
+        .runtime
+        .invoke(&json!({ "Records": records }), Duration::from_secs(60))
+        .await;
+    let output = handler.output();
+
+    assert_eq!(
+        failed_ids(&result),
+        BTreeSet::from(["denied-dead".into()]),
+        "{output}"
+    );
+    assert_eq!(
+        record_failures(&output),
+        BTreeMap::from([("denied-dead".to_owned(), failure("fetch"))]),
+        "{output}"
+    );
+    assert_eq!(denied.archived().await, denied.payloads, "{output}");
+    assert!(
+        output.contains("fetching the URL instead"),
+        "the refusal is logged:\n{output}"
+    );
+    assert_no_secrets(&output);
+}
+
+/// Through `kafka-handler`, in both response modes: the denied key with a
+/// dead URL is poison, dead-lettered once, and the batch settles instead of
+/// stalling its partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kafka_a_denied_read_past_its_url_is_dead_lettered_once_and_the_partition_moves_on() {
+    let denied = denied_key().await;
+    let records: Vec<KafkaRecord> = denied
+        .pointers
+        .iter()
+        .enumerate()
+        .map(|(offset, (_, pointer, sent))| KafkaRecord {
+            topic: "terra-events".into(),
+            partition: 0,
+            offset: offset as i64,
+            value: base64(pointer),
+            timestamp_ms: *sent,
+        })
+        .collect();
+    let event = kafka_event(KafkaSource::SelfManaged, &records);
+    for partial_batch in ["true", "false"] {
+        let handler = HandlerProcess::spawn(
+            KAFKA_HANDLER,
+            &denied.env(&[
+                ("TERRA_SOURCE_BUCKETS", SOURCE),
+                ("TERRA_KAFKA_PARTIAL_BATCH", partial_batch),
+                ("TERRA_DEAD_LETTER_QUEUE_URL", &denied.dead_letters),
+            ]),
+        );
+        let result = denied
+            .bed
+            .runtime
+            .invoke(&event, Duration::from_secs(60))
+            .await;
+        let output = handler.output();
+        let InvocationResult::Response(response) = &result else {
+            panic!("partial batch {partial_batch}: the batch settles, got {result:?}\n{output}");
+        };
+        assert_eq!(
+            response["batchItemFailures"].as_array().map(Vec::len),
+            Some(0),
+            "{output}"
+        );
+        let letters = denied.bed.moto.drain(&denied.dead_letters).await;
+        assert_eq!(letters.len(), 1, "partial batch {partial_batch}: {output}");
+        let letter: Value = serde_json::from_str(letters[0].body().expect("a body")).expect("JSON");
+        assert_eq!(letter["offset"], 1, "{letter}");
+        assert_eq!(letter["failure"]["class"], "fetch", "{letter}");
+        assert_eq!(denied.archived().await, denied.payloads, "{output}");
+        assert_no_secrets(&output);
+    }
 }

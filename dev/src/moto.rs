@@ -82,6 +82,54 @@ impl Moto {
         self.credentials = credentials;
     }
 
+    /// Creates an IAM user per `(name, policy document)`, each with an
+    /// access key, then enforces IAM: every later call is checked against
+    /// its caller's policies (the clients below then need [`Moto::call_as`]
+    /// an identity allowed to look on). The keys, by user name.
+    pub fn enforce_iam_with(
+        &self,
+        identities: &[(&str, serde_json::Value)],
+    ) -> std::collections::BTreeMap<String, Credentials> {
+        use std::io::Write;
+        let policies: serde_json::Map<String, serde_json::Value> = identities
+            .iter()
+            .map(|(name, policy)| ((*name).to_owned(), policy.clone()))
+            .collect();
+        let mut child = Command::new(python())
+            .arg(dev_script("moto_identities.py"))
+            .arg(&self.endpoint)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("run moto_identities.py");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(serde_json::Value::Object(policies).to_string().as_bytes())
+            .expect("write the policies");
+        let output = child.wait_with_output().expect("moto_identities.py ends");
+        assert!(output.status.success(), "moto_identities.py failed");
+        let keys: serde_json::Value = serde_json::from_slice(&output.stdout).expect("keys as JSON");
+        keys.as_object()
+            .expect("keys by user")
+            .iter()
+            .map(|(user, key)| {
+                let field = |name: &str| key[name].as_str().expect("key field").to_owned();
+                (
+                    user.clone(),
+                    Credentials::new(
+                        field("AccessKeyId"),
+                        field("SecretAccessKey"),
+                        None,
+                        None,
+                        "moto",
+                    ),
+                )
+            })
+            .collect()
+    }
+
     pub fn s3(&self) -> aws_sdk_s3::Client {
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
