@@ -133,9 +133,9 @@ impl SourceReadError {
 /// - a missing object is gone for good;
 /// - a refusal will not pass until someone changes a policy: permanent, and
 ///   the record's to carry (a Kafka record is dead-lettered instead of
-///   stalling its partition). Nothing is lost: the object stays in the
-///   bucket, and `replay dead-letters` completes the message from there
-///   once the role may read it;
+///   stalling its partition). Nothing is lost, since the object stays in
+///   the bucket: on SQS `replay dead-letters` completes the message from
+///   there once the role may read it;
 /// - an outage, a changed object or bytes that do not match are transient,
 ///   retried within the invocation and then by the source.
 impl Classify for SourceReadError {
