@@ -20,8 +20,8 @@ use crate::payload::PayloadSummary;
 use crate::redelivery::QueueSettings;
 use crate::redelivery::sqs::{QueueControl, QueueError, VisibilityChange};
 use crate::sink::{
-    Archive, ArchiveName, ArchiveUpload, ArchiveWrite, ArchivedObject, Delivery, Sink, SinkError,
-    SinkReport,
+    Archive, ArchiveName, ArchiveUpload, ArchiveWrite, ArchivedCopy, ArchivedObject, Delivery,
+    Sink, SinkError, SinkReport,
 };
 
 /// An S3 answer as it comes over the wire, for aws-smithy-mocks rules.
@@ -155,12 +155,20 @@ impl Archive for MemoryArchive {
         &self,
         name: &ArchiveName,
         sent_at_ms: u64,
-    ) -> Result<Option<(Bytes, ArchivedObject)>, SinkError> {
+        max_bytes: u64,
+    ) -> Result<Option<ArchivedCopy>, SinkError> {
         lock(&self.journal).push(format!("retrieve {}", name.as_str()));
         Ok(lock(&self.objects)
             .get(name.as_str())
             .filter(|(_, held)| *held == sent_at_ms)
-            .map(|(bytes, _)| (bytes.clone(), location(name.as_str()))))
+            .map(|(bytes, _)| {
+                let object = location(name.as_str());
+                if bytes.len() as u64 > max_bytes {
+                    ArchivedCopy::TooLarge(object)
+                } else {
+                    ArchivedCopy::Payload(bytes.clone(), object)
+                }
+            }))
     }
 
     async fn holds(

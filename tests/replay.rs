@@ -330,6 +330,108 @@ async fn a_killed_replay_resumes_without_redoing_finished_work() {
     }
 }
 
+/// Puts `body` straight into the archive under today's partition, as the
+/// handlers would have stored the send at `sent_at_ms`.
+async fn put_archived(bed: &Bed, name: &str, body: &[u8], sent_at_ms: u64) {
+    let today = time::OffsetDateTime::now_utc().date();
+    bed.moto
+        .s3()
+        .put_object()
+        .bucket(&bed.bucket)
+        .key(format!("terra/dt={today}/{name}.json"))
+        .metadata("terra-sent-at", sent_at_ms.to_string())
+        .body(body.to_vec().into())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("put {name}: {e:?}"));
+}
+
+/// A run killed after an object failed, resumed: the failure is reported,
+/// the run exits 1, and only then is its state removed. Before, the state
+/// kept only the resume point: the resumed run reported no failure, exited
+/// 0, and the table silently lacked that object's items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_replay_still_reports_what_failed_before_the_kill() {
+    const OBJECTS: u32 = 300;
+    let bed = Bed::start("terra-replay-failed").await;
+    bed.moto.create_table(TABLE).await;
+    let sent = now_ms() - 60_000;
+    // First in key order, and not a payload: it fails at once.
+    put_archived(&bed, "000-not-json", b"not json", sent).await;
+    for day in 0..OBJECTS {
+        put_archived(&bed, &format!("daily-{day:04}"), &daily(day, 1).1, sent).await;
+    }
+
+    let state = state_path("failed");
+    let mut first = replay_command(&bed, &state, &["--concurrency", "1"])
+        .spawn()
+        .expect("replay starts");
+    let started = Instant::now();
+    while !state.exists() {
+        assert!(
+            first.try_wait().expect("waitable").is_none(),
+            "replay finished before it could be stopped; archive more objects"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().expect("killed");
+    first.wait().expect("reaped");
+
+    let output = replay_command(&bed, &state, &["--concurrency", "1"])
+        .output()
+        .expect("replay runs");
+    let summary = summary_of(&output);
+    assert!(!output.status.success(), "a failure was left: {summary}");
+    let today = time::OffsetDateTime::now_utc().date();
+    assert_eq!(
+        summary["failed_keys"],
+        json!([format!("terra/dt={today}/000-not-json.json")]),
+        "{summary}"
+    );
+    assert_eq!(summary["failures"], json!({"invalid/permanent": 1}));
+    assert!(summary["resumed_after"].is_string(), "{summary}");
+    assert!(!state.exists(), "reported: nothing left to resume");
+    assert_eq!(bed.moto.items(TABLE).await.len(), OBJECTS as usize);
+}
+
+/// A payload over `TERRA_MAX_PAYLOAD_BYTES` in the archive (copied in from
+/// a source bucket, or a limit lowered since) is not read back into memory:
+/// it fails, and the rest are replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_leaves_archived_payloads_over_the_limit_unread() {
+    let bed = Bed::start("terra-replay-limit").await;
+    bed.moto.create_table(TABLE).await;
+    let sent = now_ms() - 60_000;
+    let small = daily(1, 1).1;
+    let mut large: Value = serde_json::from_slice(&daily(2, 2).1).expect("JSON");
+    large["padding"] = json!("x".repeat(4 * small.len()));
+    let large = serde_json::to_vec(&large).expect("JSON");
+    put_archived(&bed, "daily-small", &small, sent).await;
+    put_archived(&bed, "daily-large", &large, sent).await;
+    let limit = (2 * small.len()).to_string();
+
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let mut command = replay(&bed, &[("TERRA_MAX_PAYLOAD_BYTES", &limit)]);
+    command
+        .args(["archive", "--from", &today, "--to", &today, "--state"])
+        .arg(state_path("limit"));
+    let output = command.output().expect("replay runs");
+    let summary = summary_of(&output);
+    assert!(!output.status.success(), "{summary}");
+    assert_eq!(
+        summary["failures"],
+        json!({"fetch/permanent": 1}),
+        "{summary}"
+    );
+    assert_eq!(
+        summary["failed_keys"],
+        json!([format!("terra/dt={today}/daily-large.json")])
+    );
+    assert_eq!(summary["objects_read"], 1);
+    assert_eq!(bed.moto.items(TABLE).await.len(), 1);
+}
+
 fn dead_letter_command(bed: &Bed, queue: &str) -> Command {
     let mut command = replay(
         bed,

@@ -265,6 +265,33 @@ async fn the_archive_copies_in_past_the_size_limit_without_reading_the_payload()
     assert_eq!(objects.len(), 1, "archived although too large to project");
     assert!(objects[0].body == large);
     assert!(bed.moto.items(TABLE).await.is_empty());
+    drop(handler);
+
+    // The source object gone since (a lifecycle rule, say): the archived
+    // copy stands in only within the limit, so it is not read back either.
+    bed.moto
+        .s3()
+        .delete_object()
+        .bucket(SOURCE)
+        .key("payloads/large.json")
+        .send()
+        .await
+        .expect("delete");
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
+    let result = bed.runtime.invoke(&records, Duration::from_secs(60)).await;
+    let output = handler.output();
+    assert_eq!(
+        failed_ids(&result),
+        BTreeSet::from(["large".into()]),
+        "{output}"
+    );
+    assert_eq!(
+        record_failures(&output).get("large"),
+        Some(&failure("fetch")),
+        "{output}"
+    );
+    assert!(output.contains("archived, not projected"), "{output}");
+    assert!(bed.moto.items(TABLE).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

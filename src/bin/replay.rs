@@ -131,6 +131,7 @@ async fn replay_archive(args: ArchiveArgs) -> Result<ExitCode, String> {
         archive,
         Arc::new(sink),
         usize::from(args.concurrency),
+        config.fetch.max_payload_bytes,
         args.dry_run,
     );
     let selection = ArchiveSelection {

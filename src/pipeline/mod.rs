@@ -19,7 +19,9 @@ use crate::message::{self, PayloadPointer, TerraMessage};
 use crate::outcome::{Classify, FailureClass, FetchTiming, Outcome, RecordFailure, Retry, Written};
 use crate::payload::{self, PayloadSummary};
 use crate::record::InboundRecord;
-use crate::sink::{Archive, ArchiveName, ArchiveWrite, ArchivedObject, Delivery, Sink, SinkError};
+use crate::sink::{
+    Archive, ArchiveName, ArchiveWrite, ArchivedCopy, ArchivedObject, Delivery, Sink, SinkError,
+};
 use source_bucket::FromSource;
 use streaming::{ArchiveBoundBody, ReceivedPayload};
 
@@ -356,8 +358,21 @@ impl Pipeline {
                  read the archived copy",
             ));
         };
-        let Some((payload, archived)) = archive.retrieve(name, sent_at_ms).await? else {
-            return Err(error);
+        let max_payload_bytes = self.fetcher.max_payload_bytes();
+        let (payload, archived) = match archive
+            .retrieve(name, sent_at_ms, max_payload_bytes)
+            .await?
+        {
+            None => return Err(error),
+            Some(ArchivedCopy::Payload(payload, archived)) => (payload, archived),
+            Some(ArchivedCopy::TooLarge(archived)) => {
+                let mut too_large = RecordFailure::from_error(&FetchError::TooLarge {
+                    limit: max_payload_bytes,
+                    url: archived.key,
+                });
+                too_large.message.push_str("; archived, not projected");
+                return Err(too_large);
+            }
         };
         reservation.shrink_to(self.fetcher.holding_cost().held_whole(payload.len() as u64));
         tracing::info!(reason = %error.message, "payload unobtainable; continuing from the archived copy");

@@ -490,4 +490,32 @@ mod tests {
             &payload[..]
         );
     }
+
+    /// An object copied in past the limit whose source is gone since (by
+    /// lifecycle, or replayed a week later): read back, it would hold the
+    /// whole object in memory and put a payload over the limit in the table.
+    /// It is not read; the record fails for good, archived.
+    #[tokio::test]
+    async fn an_archived_copy_over_the_limit_is_not_read_back() {
+        let bed = bed(true, true, 1024);
+        let payload = activity(100);
+        assert!(payload.len() > 1024);
+        let (record, name) = record();
+        bed.archive.hold(&name, record.sent_at_ms, &payload);
+
+        let Outcome::Failed(failure) = process(&bed, &record).await else {
+            panic!("too large to read back");
+        };
+        assert_eq!(
+            (failure.class, failure.retry),
+            (FailureClass::Fetch, Retry::Permanent),
+            "{failure:?}"
+        );
+        assert!(
+            failure.message.contains("archived, not projected"),
+            "{}",
+            failure.message
+        );
+        assert!(bed.sink.written(&name).is_none());
+    }
 }

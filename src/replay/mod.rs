@@ -28,7 +28,7 @@ use crate::sink::{
 };
 
 pub use dead_letters::{DeadLetterQueueError, DeadLetterReplay, DeadLetterSummary, LeftMessage};
-pub use state::{ReplayRun, StateError, StateFile};
+pub use state::{FailedKey, ReplayRun, StateError, StateFile};
 
 /// What a replay selects and how it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,18 +68,30 @@ pub struct ReplaySummary {
     pub items_written: u64,
     /// Items not written because the table holds a newer version.
     pub items_stale: u64,
-    /// Failed objects by class and retry (`sink/transient`, `invalid/permanent`).
+    /// Failed objects by class and retry (`sink/transient`, `invalid/permanent`),
+    /// those of earlier runs this one resumed included.
     pub failures: BTreeMap<String, u64>,
-    /// The keys that failed, to look at or replay again.
+    /// The keys that failed, to look at or replay again (earlier runs'
+    /// included).
     pub failed_keys: Vec<String>,
     /// Where this run started, when it resumed an earlier one.
     pub resumed_after: Option<String>,
+    /// Of `failed_keys`, those the earlier runs failed.
+    #[serde(skip)]
+    failed_before_resuming: u64,
     pub dry_run: bool,
 }
 
 impl ReplaySummary {
+    /// Objects this run has done.
     pub fn objects_done(&self) -> u64 {
         self.objects_read + self.objects_not_selected + self.failed_keys.len() as u64
+            - self.failed_before_resuming
+    }
+
+    fn count_failure(&mut self, key: &str, failure: &str) {
+        *self.failures.entry(failure.to_owned()).or_default() += 1;
+        self.failed_keys.push(key.to_owned());
     }
 }
 
@@ -103,6 +115,9 @@ pub struct ArchiveReplay {
     archive: S3Archive,
     table: Arc<dyn Sink>,
     concurrency: usize,
+    /// `TERRA_MAX_PAYLOAD_BYTES`: a larger archived payload (copied in from
+    /// a source bucket) is not read, as the handlers would not fetch it.
+    max_payload_bytes: u64,
     dry_run: bool,
 }
 
@@ -111,12 +126,14 @@ impl ArchiveReplay {
         archive: S3Archive,
         table: Arc<dyn Sink>,
         concurrency: usize,
+        max_payload_bytes: u64,
         dry_run: bool,
     ) -> Self {
         Self {
             archive,
             table,
             concurrency: concurrency.max(1),
+            max_payload_bytes,
             dry_run,
         }
     }
@@ -137,6 +154,10 @@ impl ArchiveReplay {
             dry_run: self.dry_run,
             ..ReplaySummary::default()
         };
+        for earlier in state.earlier_failures() {
+            summary.count_failure(&earlier.key, &earlier.failure);
+            summary.failed_before_resuming += 1;
+        }
         let keys = self
             .selected_keys(selection, resume_after.as_deref())
             .await?;
@@ -151,6 +172,7 @@ impl ArchiveReplay {
             })
             .buffered(self.concurrency);
         while let Some((key, outcome)) = outcomes.next().await {
+            let mut failure = None;
             match outcome {
                 ObjectOutcome::Written { items, stale } => {
                     summary.objects_read += 1;
@@ -160,14 +182,12 @@ impl ArchiveReplay {
                 ObjectOutcome::Read => summary.objects_read += 1,
                 ObjectOutcome::NotSelected => summary.objects_not_selected += 1,
                 ObjectOutcome::Failed { class, retry } => {
-                    *summary
-                        .failures
-                        .entry(format!("{class}/{retry}"))
-                        .or_default() += 1;
-                    summary.failed_keys.push(key.clone());
+                    let how = format!("{class}/{retry}");
+                    summary.count_failure(&key, &how);
+                    failure = Some(how);
                 }
             }
-            state.completed_through(&key)?;
+            state.completed_through(&key, failure.as_deref())?;
             progress(&summary, total);
         }
         state.finish()?;
@@ -209,11 +229,21 @@ impl ArchiveReplay {
         };
         let archived = match self
             .archive
-            .read_archived(key, |about| selection.wants(about))
+            .read_archived(key, |about| selection.wants(about), self.max_payload_bytes)
             .await
         {
             Ok(ArchiveRead::Payload(archived)) => archived,
             Ok(ArchiveRead::NotWanted | ArchiveRead::Gone) => return ObjectOutcome::NotSelected,
+            Ok(ArchiveRead::TooLarge) => {
+                return failed(RecordFailure::new(
+                    FailureClass::Fetch,
+                    Retry::Permanent,
+                    format!(
+                        "archived payload over TERRA_MAX_PAYLOAD_BYTES ({} bytes): not read",
+                        self.max_payload_bytes
+                    ),
+                ));
+            }
             Err(e) => return failed(e.into()),
         };
         let summary = match inspect_off_the_workers(&archived.payload).await {

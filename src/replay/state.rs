@@ -1,6 +1,8 @@
-//! A replay's progress on disk: which run it belongs to, and the last key
-//! all of whose predecessors are done. Written after every object, by
-//! rename, so a killed run leaves either the old or the new state.
+//! A replay's progress on disk: which run it belongs to, the last key all
+//! of whose predecessors are done, and the keys that failed on the way, so
+//! that a run resumed after a kill still reports them. Written after every
+//! object, by rename, so a killed run leaves either the old or the new
+//! state.
 
 use std::path::{Path, PathBuf};
 
@@ -24,6 +26,18 @@ pub struct ReplayRun {
 struct Saved {
     run: ReplayRun,
     resume_after: Option<String>,
+    /// Keys that failed before `resume_after`, with their failure
+    /// (`class/retry`), in key order.
+    #[serde(default)]
+    failed: Vec<FailedKey>,
+}
+
+/// An object that failed, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedKey {
+    pub key: String,
+    /// `class/retry`, as the summary counts it.
+    pub failure: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +87,7 @@ impl StateFile {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved {
                 run,
                 resume_after: None,
+                failed: Vec::new(),
             },
             Err(source) => {
                 return Err(StateError::Io {
@@ -91,9 +106,26 @@ impl StateFile {
         self.saved.resume_after.as_deref()
     }
 
-    /// Every object up to and including `key` is done.
-    pub fn completed_through(&mut self, key: &str) -> Result<(), StateError> {
+    /// The keys earlier runs of this replay failed, not yet reported by a
+    /// run that finished.
+    pub fn earlier_failures(&self) -> &[FailedKey] {
+        &self.saved.failed
+    }
+
+    /// Every object up to and including `key` is done; `key` itself failed
+    /// with `failure` (`class/retry`) when given.
+    pub fn completed_through(
+        &mut self,
+        key: &str,
+        failure: Option<&str>,
+    ) -> Result<(), StateError> {
         self.saved.resume_after = Some(key.to_owned());
+        if let Some(failure) = failure {
+            self.saved.failed.push(FailedKey {
+                key: key.to_owned(),
+                failure: failure.to_owned(),
+            });
+        }
         let io = |source| StateError::Io {
             path: self.path.display().to_string(),
             source,
@@ -107,7 +139,8 @@ impl StateFile {
         std::fs::rename(&next, &self.path).map_err(io)
     }
 
-    /// The run is complete: nothing to resume.
+    /// The run is complete and has reported every failure, its earlier
+    /// runs' included: nothing to resume.
     pub fn finish(&mut self) -> Result<(), StateError> {
         match std::fs::remove_file(&self.path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StateError::Io {
@@ -146,14 +179,21 @@ mod tests {
         let mut state = StateFile::open(&path, run("t")).expect("fresh");
         assert_eq!(state.resume_after(), None);
         state
-            .completed_through("terra/dt=2026-07-01/a.json")
+            .completed_through("terra/dt=2026-07-01/a.json", Some("invalid/permanent"))
             .expect("saved");
         state
-            .completed_through("terra/dt=2026-07-01/b.json")
+            .completed_through("terra/dt=2026-07-01/b.json", None)
             .expect("saved");
 
         let reopened = StateFile::open(&path, run("t")).expect("same run");
         assert_eq!(reopened.resume_after(), Some("terra/dt=2026-07-01/b.json"));
+        assert_eq!(
+            reopened.earlier_failures(),
+            [FailedKey {
+                key: "terra/dt=2026-07-01/a.json".into(),
+                failure: "invalid/permanent".into()
+            }]
+        );
         let other = StateFile::open(&path, run("other"));
         assert!(
             matches!(other, Err(StateError::OtherRun { .. })),

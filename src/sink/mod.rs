@@ -72,6 +72,15 @@ pub struct SinkReport {
     pub items_stale: usize,
 }
 
+/// This send's payload, read back from the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArchivedCopy {
+    Payload(Bytes, ArchivedObject),
+    /// Larger than the reader may hold (an own-bucket payload copied in
+    /// past the limit, or a limit lowered since): not read.
+    TooLarge(ArchivedObject),
+}
+
 /// The raw archive: written first, and read back when a retried message's URL
 /// has expired. Each object remembers the send it holds (`sent_at_ms`), so a
 /// name reused by another send of the same payload is never mistaken for it.
@@ -83,12 +92,14 @@ pub trait Archive: Send + Sync {
     async fn store(&self, delivery: &Delivery) -> Result<ArchiveWrite, SinkError>;
 
     /// The payload stored under `name`, as it was fetched, if it is the one
-    /// sent at `sent_at_ms`.
+    /// sent at `sent_at_ms`; left unread when it is larger than `max_bytes`
+    /// (stored, or once inflated), as a download over the limit would be.
     async fn retrieve(
         &self,
         name: &ArchiveName,
         sent_at_ms: u64,
-    ) -> Result<Option<(Bytes, ArchivedObject)>, SinkError>;
+        max_bytes: u64,
+    ) -> Result<Option<ArchivedCopy>, SinkError>;
 
     /// Where the archive holds the payload sent at `sent_at_ms` under `name`,
     /// if it does: `retrieve` without reading it back.

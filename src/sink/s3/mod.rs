@@ -10,13 +10,16 @@ use std::io::Read;
 
 use async_trait::async_trait;
 use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::MetadataDirective;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use bytes::Bytes;
 
-use super::{Archive, ArchiveUpload, ArchiveWrite, ArchivedObject, Delivery, SinkError, gzip};
+use super::{
+    Archive, ArchiveUpload, ArchiveWrite, ArchivedCopy, ArchivedObject, Delivery, SinkError, gzip,
+};
 use crate::fetch::source_bucket::SourceVersion;
 use crate::outcome::Retry;
 use crate::payload::PayloadSummary;
@@ -255,22 +258,32 @@ impl S3Archive {
 
 impl S3Archive {
     /// An object's body as the payload it stores: read whole, and inflated
-    /// when it was stored gzipped.
+    /// when it was stored gzipped; `None`, unread, when it holds more than
+    /// `max_bytes` (stored or inflated).
     async fn payload_of(
         &self,
         key: &str,
-        body: ByteStream,
+        object: GetObjectOutput,
         gzipped: bool,
-    ) -> Result<Bytes, SinkError> {
-        let stored = body
+        max_bytes: u64,
+    ) -> Result<Option<Bytes>, SinkError> {
+        let stored_bytes = object.content_length().unwrap_or_default().max(0) as u64;
+        if stored_bytes > max_bytes {
+            return Ok(None);
+        }
+        let stored = object
+            .body
             .collect()
             .await
             .map_err(|e| self.error(format!("GetObject {key}: reading body: {e}")))?
             .into_bytes();
-        if !gzipped {
-            return Ok(stored);
+        if stored.len() as u64 > max_bytes {
+            return Ok(None);
         }
-        inflate(stored)
+        if !gzipped {
+            return Ok(Some(stored));
+        }
+        inflate(stored, max_bytes)
             .await
             .map_err(|e| self.error(format!("GetObject {key}: {e}")))
     }
@@ -292,13 +305,15 @@ where
     }
 }
 
-/// Decompressing tens of MB is CPU work: off the async workers.
-async fn inflate(stored: Bytes) -> Result<Bytes, String> {
+/// Decompressing tens of MB is CPU work: off the async workers. `None` when
+/// it inflates to more than `max_bytes` (a bomb stops there).
+async fn inflate(stored: Bytes, max_bytes: u64) -> Result<Option<Bytes>, String> {
     tokio::task::spawn_blocking(move || {
         let mut inflated = Vec::new();
         flate2::read::GzDecoder::new(&stored[..])
+            .take(max_bytes.saturating_add(1))
             .read_to_end(&mut inflated)
-            .map(|_| Bytes::from(inflated))
+            .map(|_| (inflated.len() as u64 <= max_bytes).then(|| Bytes::from(inflated)))
     })
     .await
     .map_err(|e| format!("decompression task failed: {e}"))?
@@ -389,7 +404,8 @@ impl Archive for S3Archive {
         &self,
         name: &ArchiveName,
         sent_at_ms: u64,
-    ) -> Result<Option<(Bytes, ArchivedObject)>, SinkError> {
+        max_bytes: u64,
+    ) -> Result<Option<ArchivedCopy>, SinkError> {
         let key = self.key_for(name);
         let result = self
             .client
@@ -412,14 +428,13 @@ impl Archive for S3Archive {
             );
             return Ok(None);
         }
-        let payload = self
-            .payload_of(
-                &key,
-                object.body,
-                self.settings.compression == S3Compression::Gzip,
-            )
-            .await?;
-        Ok(Some((payload, self.location(key))))
+        let gzipped = self.settings.compression == S3Compression::Gzip;
+        let payload = self.payload_of(&key, object, gzipped, max_bytes).await?;
+        let location = self.location(key);
+        Ok(Some(match payload {
+            Some(payload) => ArchivedCopy::Payload(payload, location),
+            None => ArchivedCopy::TooLarge(location),
+        }))
     }
 }
 

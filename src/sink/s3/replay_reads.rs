@@ -33,6 +33,8 @@ pub enum ArchiveRead {
     NotWanted,
     /// Deleted since it was listed.
     Gone,
+    /// Holds more than the reader may (stored, or once inflated): not read.
+    TooLarge,
 }
 
 impl S3Archive {
@@ -64,8 +66,6 @@ impl S3Archive {
         Ok(keys)
     }
 
-    /// The payload under `key`, read only when `wanted` accepts what its
-    /// metadata says it is.
     pub fn key_prefix(&self) -> &str {
         self.settings.prefix.as_str()
     }
@@ -74,10 +74,13 @@ impl S3Archive {
         &self.settings.bucket
     }
 
+    /// The payload under `key`, read only when `wanted` accepts what its
+    /// metadata says it is and it holds at most `max_bytes`.
     pub async fn read_archived(
         &self,
         key: &str,
         wanted: impl Fn(&ArchivedAbout) -> bool,
+        max_bytes: u64,
     ) -> Result<ArchiveRead, SinkError> {
         let object = match self
             .client
@@ -111,7 +114,9 @@ impl S3Archive {
                 ))
             })?;
         let gzipped = object.content_encoding() == Some("gzip") || key.ends_with(".gz");
-        let payload = self.payload_of(key, object.body, gzipped).await?;
+        let Some(payload) = self.payload_of(key, object, gzipped, max_bytes).await? else {
+            return Ok(ArchiveRead::TooLarge);
+        };
         Ok(ArchiveRead::Payload(ArchivedPayload {
             key: key.to_owned(),
             payload,
