@@ -581,8 +581,28 @@ async fn dead_letters_with_an_archived_payload_complete_and_the_rest_stay_listed
     assert!(again.messages().is_empty());
     assert_eq!(visible_messages(&bed, &dead_letters).await, 3);
 
-    bed.moto.create_table(TABLE).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // Without the table's name the command cannot know the deployment
+    // writes one: it refuses, rather than take the archive alone for done.
+    let mut without_table = dead_letter_command(&bed, &dead_letters);
+    without_table.env_remove("TERRA_DYNAMODB_TABLE");
+    let refused = without_table.output().expect("replay runs");
+    assert_eq!(refused.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("TERRA_DYNAMODB_TABLE") && said.contains("--archive-only"),
+        "{said}"
+    );
+    assert_eq!(visible_messages(&bed, &dead_letters).await, 3);
+    // The table still missing: the archived message is not done, so it
+    // stays.
+    let output = dead_letter_command(&bed, &dead_letters)
+        .output()
+        .expect("replay runs");
+    assert_eq!(summary_of(&output)["completed"], 0, "no table yet");
+    assert_eq!(visible_messages(&bed, &dead_letters).await, 3);
+
+    bed.moto.create_table(TABLE).await;
     let output = dead_letter_command(&bed, &dead_letters)
         .output()
         .expect("replay runs");

@@ -46,6 +46,12 @@ struct DeadLetterArgs {
     /// The dead-letter queue's URL (the stack output DeadLetterQueueUrl).
     #[arg(long)]
     queue: String,
+    /// The deployment writes the archive alone, no table. A message is
+    /// deleted once every store the deployment writes has it, so without
+    /// TERRA_DYNAMODB_TABLE this must be said: an unset variable cannot be
+    /// told from a forgotten one.
+    #[arg(long)]
+    archive_only: bool,
 }
 
 #[derive(Args)]
@@ -170,6 +176,22 @@ async fn replay_dead_letters(args: DeadLetterArgs) -> Result<ExitCode, String> {
             "TERRA_S3_BUCKET: not set; replay dead-letters completes messages from the archive"
                 .into(),
         );
+    }
+    match (config.dynamodb_table.is_some(), args.archive_only) {
+        (false, false) => {
+            return Err(
+                "TERRA_DYNAMODB_TABLE: not set; set it to the deployment's table, or \
+                        pass --archive-only if the deployment writes no table (a message is \
+                        deleted once every store the deployment writes has it)"
+                    .into(),
+            );
+        }
+        (true, true) => {
+            return Err(
+                "TERRA_DYNAMODB_TABLE: set, yet --archive-only says there is no table".into(),
+            );
+        }
+        _ => {}
     }
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let pipeline = pipeline(&config, &aws).map_err(|e| e.to_string())?;
