@@ -15,9 +15,14 @@ use bytes::{Bytes, BytesMut};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
 use super::{AfterConflict, CONDITIONAL_ROUNDS, Expect, S3Archive, S3Compression, object_metadata};
+use crate::fetch::RetryDelays;
+use crate::outcome::Retry;
 use crate::payload::PayloadSummary;
-use crate::sdk_error::describe;
+use crate::sdk_error::{classify, describe};
 use crate::sink::{ArchiveUpload, ArchiveWrite, SinkError};
 
 /// Parts are uploaded once this many bytes are ready; S3 wants at least
@@ -127,20 +132,21 @@ impl S3Upload {
                 .error(format!("UploadPart {}: no upload under way", self.key)));
         };
         let number = started.parts.len() as i32 + 1;
-        let sent = self
-            .archive
-            .client
-            .upload_part()
-            .bucket(&self.archive.settings.bucket)
-            .key(&self.key)
-            .upload_id(&started.upload_id)
-            .part_number(number)
-            .content_length(bytes.len() as i64)
-            .checksum_algorithm(ChecksumAlgorithm::Crc32)
-            .body(ByteStream::from(bytes))
-            .send()
-            .await
-            .map_err(|e| {
+        let sent = retried(|| {
+            self.archive
+                .client
+                .upload_part()
+                .bucket(&self.archive.settings.bucket)
+                .key(&self.key)
+                .upload_id(&started.upload_id)
+                .part_number(number)
+                .content_length(bytes.len() as i64)
+                .checksum_algorithm(ChecksumAlgorithm::Crc32)
+                .body(ByteStream::from(bytes.clone()))
+                .send()
+        })
+        .await
+        .map_err(|e| {
                 self.archive.error(format!(
                     "UploadPart {} #{number}: {}",
                     self.key,
@@ -164,23 +170,27 @@ impl S3Upload {
         started: &Started,
         expect: &Expect,
     ) -> Result<Option<String>, SinkError> {
-        let request = self
-            .archive
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.archive.settings.bucket)
-            .key(&self.key)
-            .upload_id(&started.upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(started.parts.clone()))
-                    .build(),
-            );
-        let request = match expect {
-            Expect::Absent => request.if_none_match("*"),
-            Expect::Replacing(etag) => request.if_match(etag),
-        };
-        match request.send().await {
+        let sent = retried(|| {
+            let request = self
+                .archive
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.archive.settings.bucket)
+                .key(&self.key)
+                .upload_id(&started.upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(started.parts.clone()))
+                        .build(),
+                );
+            let request = match expect {
+                Expect::Absent => request.if_none_match("*"),
+                Expect::Replacing(etag) => request.if_match(etag),
+            };
+            request.send()
+        })
+        .await;
+        match sent {
             Ok(done) => Ok(Some(done.e_tag().unwrap_or_default().to_owned())),
             Err(SdkError::ServiceError(e)) if e.raw().status().as_u16() == 412 => Ok(None),
             // A concurrent conditional write won, and S3 discarded this upload.
@@ -247,6 +257,30 @@ impl S3Upload {
             &started.upload_id,
         )
         .await;
+    }
+}
+
+/// Tries of one multipart call for a transient failure, each after the
+/// SDK's own: giving up aborts the whole upload, and the download behind it
+/// is redone on the next delivery, so a part is worth a few seconds more.
+/// The invocation's deadline stops the tries first when it comes.
+const CALL_TRIES: u32 = 4;
+
+async fn retried<T, E, Fut>(mut call: impl FnMut() -> Fut) -> Result<T, SdkError<E, HttpResponse>>
+where
+    Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    E: ProvideErrorMetadata,
+{
+    let mut delays = RetryDelays::new();
+    let mut tries = 1;
+    loop {
+        match call().await {
+            Err(e) if tries < CALL_TRIES && classify(&e).retry() == Retry::Transient => {
+                tries += 1;
+                tokio::time::sleep(delays.next_delay()).await;
+            }
+            done => return done,
+        }
     }
 }
 
@@ -423,6 +457,68 @@ pub(super) fn percent_encode_path(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fakes::s3_answer as answer;
+    use crate::sink::{Archive, ArchiveName, KeyPrefix, S3Settings};
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+    use aws_smithy_types::retry::RetryConfig;
+
+    /// A part (or the completion) S3 fails with a 503 is sent again, not
+    /// the whole upload given up, and the download behind it redone.
+    #[tokio::test]
+    async fn a_part_or_completion_s3_fails_for_now_is_sent_again() {
+        let created = mock!(aws_sdk_s3::Client::create_multipart_upload).then_http_response(
+            answer(
+                200,
+                &[],
+                b"<InitiateMultipartUploadResult><UploadId>up-1</UploadId></InitiateMultipartUploadResult>",
+            ),
+        );
+        let slow_down = || {
+            mock!(aws_sdk_s3::Client::upload_part).then_http_response(answer(
+                503,
+                &[],
+                b"<Error><Code>SlowDown</Code></Error>",
+            ))
+        };
+        let (first, second) = (slow_down(), slow_down());
+        let part = mock!(aws_sdk_s3::Client::upload_part)
+            .then_http_response(answer(200, &[("etag", "\"p1\"")], b""));
+        let unavailable = mock!(aws_sdk_s3::Client::complete_multipart_upload).then_http_response(
+            answer(503, &[], b"<Error><Code>ServiceUnavailable</Code></Error>"),
+        );
+        let completed = mock!(aws_sdk_s3::Client::complete_multipart_upload)
+            .match_requests(|complete| complete.if_none_match() == Some("*"))
+            .then_http_response(answer(
+                200,
+                &[],
+                b"<CompleteMultipartUploadResult><ETag>\"done\"</ETag></CompleteMultipartUploadResult>",
+            ));
+        let client = mock_client!(
+            aws_sdk_s3,
+            RuleMode::Sequential,
+            [&created, &first, &second, &part, &unavailable, &completed],
+            |c| c.retry_config(RetryConfig::disabled())
+        );
+        let archive = S3Archive::new(
+            client,
+            S3Settings {
+                bucket: "archive".into(),
+                prefix: KeyPrefix::parse("terra/").expect("prefix"),
+                compression: S3Compression::None,
+            },
+        );
+        let summary = crate::payload::inspect(br#"{"type":"activity","data":[]}"#).expect("valid");
+        let name = ArchiveName::of_key("terra/", "terra/dt=2026-11-30/big.json");
+        let mut upload = archive.begin_upload(&name, 1000);
+        upload
+            .append(Bytes::from(vec![b' '; PART_BYTES]), &summary)
+            .await
+            .expect("the part is sent again");
+        let written = upload.finish(&summary).await.expect("completed");
+        assert!(matches!(written, ArchiveWrite::Written(_)), "{written:?}");
+        assert_eq!(part.num_calls(), 1);
+        assert_eq!(completed.num_calls(), 1);
+    }
 
     #[test]
     fn copy_sources_are_percent_encoded_but_keep_their_slashes() {
