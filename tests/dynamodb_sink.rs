@@ -13,6 +13,7 @@ use support::payload_server::Behaviour;
 use support::runtime_api::HandlerProcess;
 use support::{fixture, now_ms};
 use terra_sink::sink::from_attribute;
+use terra_sink_dev::fault_proxy::{Fault, FaultProxy, FaultSchedule};
 
 const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
 const TABLE: &str = "terra-records";
@@ -361,4 +362,100 @@ async fn a_message_whose_url_expired_completes_from_the_archived_copy() {
         "{}",
         handler.output()
     );
+}
+
+/// One payload holding the same day many times (each record with its own
+/// steps): written concurrently at one version, the last in the payload
+/// must be the one that stays, every time. DynamoDB throttles every fifth
+/// write, so the SDK's retries would land out of order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_sharing_a_key_in_one_payload_end_as_the_last_of_them() {
+    const COPIES: u64 = 48;
+    let bed = bed_with_table("terra-same-key").await;
+    let throttling = FaultProxy::start(
+        &bed.moto.endpoint,
+        FaultSchedule {
+            every: 5,
+            faults: vec![Fault::Throttle],
+        },
+    )
+    .await;
+    let mut payload: Value = serde_json::from_slice(&fixture("openapi_daily.json")).expect("JSON");
+    let record = payload["data"][0].clone();
+    payload["data"] = (0..COPIES)
+        .map(|steps| {
+            let mut copy = record.clone();
+            copy["distance_data"]["steps"] = json!(steps);
+            copy
+        })
+        .collect();
+    let url = bed.payloads.route(
+        "/p/daily-repeated",
+        Behaviour::Ok(payload.to_string().into_bytes()),
+    );
+    let handler = HandlerProcess::spawn(
+        SQS_HANDLER,
+        &bed.env(&[
+            ("TERRA_DYNAMODB_TABLE", TABLE),
+            ("AWS_ENDPOINT_URL_DYNAMODB", &throttling.endpoint),
+        ]),
+    );
+    let result = bed
+        .runtime
+        .invoke(
+            &json!({"Records": [sqs_record("m-repeated", &pointer(&url), now_ms())]}),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_all_succeeded(&result, &handler);
+    let items = bed.moto.items(TABLE).await;
+    assert_eq!(
+        json_of(&items[&key(USER, "DAILY#2026-07-01")], "data")["distance_data"]["steps"],
+        COPIES - 1
+    );
+    assert!(throttling.injected() >= 9, "{}", throttling.injected());
+}
+
+/// A `PROFILE` is merged: a later event whose user object lacks
+/// `reference_id` and `scopes` keeps them (and the `gsi1pk` that finds the
+/// user), and the old user's `replaced_by` survives a later event of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_keep_what_a_later_event_leaves_out() {
+    let bed = bed_with_table("terra-profiles").await;
+    let old_id = "40f7b0e1-89e2-43ac-a5b8-1e29c8d47cad";
+    let new_id = "9c8b7a65-4321-4fed-a0b9-87c6d5e4f321";
+    let events = [
+        json!({"type": "auth", "status": "success", "reference_id": "your-user-123",
+               "user": {"user_id": old_id, "provider": "GARMIN", "reference_id": "your-user-123",
+                        "scopes": "ACTIVITY_EXPORT,HEALTH_EXPORT", "active": true}}),
+        json!({"type": "user_reauth", "status": "success",
+               "old_user": {"user_id": old_id, "provider": "GARMIN", "reference_id": "your-user-123"},
+               "new_user": {"user_id": new_id, "provider": "GARMIN", "reference_id": "your-user-123"}}),
+        // A later event of the old user, whose user object is bare.
+        json!({"type": "connection_error", "status": "warning",
+               "user": {"user_id": old_id, "provider": "GARMIN"}}),
+    ];
+    let base = whole_second_now() - 60_000;
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &bed.env(&[("TERRA_DYNAMODB_TABLE", TABLE)]));
+    for (i, event) in events.iter().enumerate() {
+        let url = bed.payloads.route(
+            &format!("/p/profile-{i}"),
+            Behaviour::Ok(event.to_string().into_bytes()),
+        );
+        let result = bed
+            .runtime
+            .invoke(
+                &json!({"Records": [sqs_record(&format!("m-{i}"), &pointer(&url), base + i as u64 * 1000)]}),
+                Duration::from_secs(30),
+            )
+            .await;
+        assert_all_succeeded(&result, &handler);
+    }
+    let items = bed.moto.items(TABLE).await;
+    let profile = &items[&key(USER, "PROFILE")];
+    assert_eq!(json_of(profile, "last_event_type"), "connection_error");
+    assert_eq!(json_of(profile, "gsi1pk"), "REF#your-user-123");
+    assert_eq!(json_of(profile, "reference_id"), "your-user-123");
+    assert_eq!(json_of(profile, "scopes"), "ACTIVITY_EXPORT,HEALTH_EXPORT");
+    assert_eq!(json_of(profile, "replaced_by"), new_id);
 }

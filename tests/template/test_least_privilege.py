@@ -179,10 +179,24 @@ def test_the_sqs_handler_role_may_do_what_the_code_calls_and_no_more(moto_server
     dynamodb = as_role("dynamodb")
     item = {"pk": {"S": "user#1"}, "sk": {"S": "activity#1"}}
     dynamodb.put_item(TableName=outputs["TableName"], Item=item)
+    merge_profile(dynamodb, outputs["TableName"])
     denied(lambda: dynamodb.put_item(TableName="not-terras", Item=item))
+    denied(lambda: merge_profile(dynamodb, "not-terras"))
     denied(lambda: dynamodb.get_item(TableName=outputs["TableName"], Key=item))
     denied(lambda: dynamodb.delete_item(TableName=outputs["TableName"], Key=item))
     denied(lambda: dynamodb.get_item(TableName="not-terras", Key=item))
+
+
+def merge_profile(dynamodb, table):
+    """A user's PROFILE item as the handlers write it: merged, not replaced."""
+    dynamodb.update_item(
+        TableName=table,
+        Key={"pk": {"S": "user#1"}, "sk": {"S": "PROFILE"}},
+        UpdateExpression="SET #a = :a",
+        ConditionExpression="attribute_not_exists(pk) OR terra_sent_at <= :incoming",
+        ExpressionAttributeNames={"#a": "active"},
+        ExpressionAttributeValues={":a": {"BOOL": True}, ":incoming": {"N": "1"}},
+    )
 
 
 def test_a_source_bucket_is_read_and_copied_from_never_written(moto_server):
@@ -246,4 +260,5 @@ def test_the_kafka_handler_role_may_do_what_the_code_calls_and_no_more(moto_serv
     dynamodb = role.client("dynamodb")
     item = {"pk": {"S": "user#1"}, "sk": {"S": "activity#1"}}
     dynamodb.put_item(TableName=outputs["TableName"], Item=item)
+    merge_profile(dynamodb, outputs["TableName"])
     denied(lambda: dynamodb.get_item(TableName=outputs["TableName"], Key=item))

@@ -133,6 +133,7 @@ def test_handlers_get_exactly_the_store_actions_the_code_calls():
             "s3:AbortMultipartUpload",
             "s3:ListBucket",
             "dynamodb:PutItem",
+            "dynamodb:UpdateItem",
         }, role
 
 

@@ -13,9 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::AttributeValue;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use futures::StreamExt;
 use serde_json::Value;
 
@@ -143,7 +143,8 @@ impl DynamoDbSink {
                     .into_iter()
                     .map(|(name, value)| (name.to_owned(), value)),
             );
-            match self.put(attributes, delivery.sent_at_ms).await {
+            let merge = item.sk == items::PROFILE_SK;
+            match self.put(attributes, delivery.sent_at_ms, merge).await {
                 Ok(put) => return Ok(put),
                 Err(PutFailure::Failed(error)) => return Err(error),
                 Err(PutFailure::Rejected(why)) => {
@@ -169,33 +170,97 @@ impl DynamoDbSink {
         }
     }
 
+    /// Writes the item under the version guard: whole (PutItem), or with
+    /// `merge` only the attributes given (UpdateItem), keeping those an
+    /// event does not carry. A user's `PROFILE` merges: a later event whose
+    /// user object lacks `reference_id` or `scopes` must not drop them (nor
+    /// `gsi1pk`), and `replaced_by` stays once a reauth set it.
     async fn put(
         &self,
         attributes: HashMap<String, AttributeValue>,
         sent_at_ms: u64,
+        merge: bool,
     ) -> Result<Put, PutFailure> {
-        let result = self
-            .client
-            .put_item()
-            .table_name(&self.table)
-            .set_item(Some(attributes))
-            .condition_expression(STALE_GUARD)
-            .expression_attribute_values(":incoming", AttributeValue::N(sent_at_ms.to_string()))
-            .send()
-            .await;
+        let incoming = AttributeValue::N(sent_at_ms.to_string());
+        let result = if merge {
+            self.update(attributes, incoming).await
+        } else {
+            self.client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(attributes))
+                .condition_expression(STALE_GUARD)
+                .expression_attribute_values(":incoming", incoming)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| failed_put("PutItem", e))
+        };
         match result {
-            Ok(_) => Ok(Put::Written),
-            Err(error) => classify(error),
+            Ok(()) => Ok(Put::Written),
+            Err(failure) => failure,
         }
     }
+
+    /// SET for every attribute given; REMOVE for the record's other forms,
+    /// so a record stored compressed before leaves no stale `data_gz`.
+    async fn update(
+        &self,
+        mut attributes: HashMap<String, AttributeValue>,
+        incoming: AttributeValue,
+    ) -> Result<(), Result<Put, PutFailure>> {
+        let mut key = HashMap::new();
+        for name in ["pk", "sk"] {
+            if let Some(value) = attributes.remove(name) {
+                key.insert(name.to_owned(), value);
+            }
+        }
+        let mut names = HashMap::new();
+        let mut values = HashMap::from([(":incoming".to_owned(), incoming)]);
+        let mut sets = Vec::new();
+        for (n, (name, value)) in attributes.iter().enumerate() {
+            names.insert(format!("#s{n}"), name.clone());
+            values.insert(format!(":s{n}"), value.clone());
+            sets.push(format!("#s{n} = :s{n}"));
+        }
+        let mut removes = Vec::new();
+        for (n, form) in RECORD_FORMS.iter().enumerate() {
+            if !attributes.contains_key(*form) {
+                names.insert(format!("#r{n}"), (*form).to_owned());
+                removes.push(format!("#r{n}"));
+            }
+        }
+        let mut expression = format!("SET {}", sets.join(", "));
+        if !removes.is_empty() {
+            expression.push_str(&format!(" REMOVE {}", removes.join(", ")));
+        }
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key))
+            .update_expression(expression)
+            .condition_expression(STALE_GUARD)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| failed_put("UpdateItem", e))
+    }
 }
+
+/// The attributes a record is held in, one form or another.
+const RECORD_FORMS: [&str; 5] = ["data", "data_gz", "s3_bucket", "s3_key", "s3_record_index"];
 
 /// A failed put: the version guard holding a newer item, the item refused
 /// for its content, or what [`sdk_error::classify`] makes of the rest (a
 /// refusal is the deployment's: a missing table or permission).
-fn classify(error: SdkError<PutItemError>) -> Result<Put, PutFailure> {
+fn failed_put<E>(call: &str, error: SdkError<E, HttpResponse>) -> Result<Put, PutFailure>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     if let SdkError::ServiceError(service) = &error {
-        if service.err().is_conditional_check_failed_exception() {
+        if service.err().code() == Some("ConditionalCheckFailedException") {
             return Ok(Put::Stale);
         }
         if service.err().code() == Some("ValidationException") {
@@ -206,7 +271,7 @@ fn classify(error: SdkError<PutItemError>) -> Result<Put, PutFailure> {
     Err(PutFailure::Failed(SinkError {
         sink: "dynamodb",
         retry: sdk_error::classify(&error).retry(),
-        message: format!("PutItem: {}", sdk_error::describe(&error)),
+        message: format!("{call}: {}", sdk_error::describe(&error)),
         record_at_fault: false,
     }))
 }
@@ -321,6 +386,44 @@ pub fn from_attribute(value: &AttributeValue) -> Value {
     }
 }
 
+/// Items of one payload are written concurrently, but two records with the
+/// same key (a daily record sent twice in one payload, say) carry the same
+/// version, so the guard lets both through: they are written in payload
+/// order, and the later one stays, as it would in a tree of the payload.
+#[derive(Default)]
+struct KeyOrder {
+    /// Per key, the end of the last write planned, for the next to wait on.
+    last: HashMap<(String, String), tokio::sync::oneshot::Receiver<()>>,
+}
+
+/// An item's place behind the earlier write of its key.
+struct Turn {
+    after: Option<tokio::sync::oneshot::Receiver<()>>,
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
+impl KeyOrder {
+    fn take_turn(&mut self, item: &PlannedItem) -> Turn {
+        let (done, finished) = tokio::sync::oneshot::channel();
+        let after = self
+            .last
+            .insert((item.pk.clone(), item.sk.clone()), finished);
+        Turn { after, done }
+    }
+}
+
+impl Turn {
+    /// Waits for the earlier write of the key; the returned sender tells the
+    /// next when dropped, once this write is done (or given up).
+    async fn wait(self) -> tokio::sync::oneshot::Sender<()> {
+        if let Some(earlier) = self.after {
+            // A dropped sender (its write gave up) lets this one go too.
+            let _ = earlier.await;
+        }
+        self.done
+    }
+}
+
 /// Hands planned items from the planner's thread to the async writers.
 struct ToWriters(tokio::sync::mpsc::Sender<ReadyItem>);
 
@@ -357,8 +460,15 @@ impl Sink for DynamoDbSink {
         let mut report = SinkReport::default();
         let mut first_error: Option<SinkError> = None;
         let mut receiver = receiver;
+        let mut in_key_order = KeyOrder::default();
         let mut written = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
-            .map(|item| self.write_item(item, delivery, received_at))
+            .map(|item| {
+                let turn = in_key_order.take_turn(&item.item);
+                async move {
+                    let _done_when_dropped = turn.wait().await;
+                    self.write_item(item, delivery, received_at).await
+                }
+            })
             .buffer_unordered(WRITE_CONCURRENCY);
         while let Some(result) = written.next().await {
             match result {

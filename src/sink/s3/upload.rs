@@ -147,12 +147,12 @@ impl S3Upload {
         })
         .await
         .map_err(|e| {
-                self.archive.error(format!(
-                    "UploadPart {} #{number}: {}",
-                    self.key,
-                    describe(&e)
-                ))
-            })?;
+            self.archive.error(format!(
+                "UploadPart {} #{number}: {}",
+                self.key,
+                describe(&e)
+            ))
+        })?;
         started.parts.push(
             CompletedPart::builder()
                 .part_number(number)
@@ -481,8 +481,11 @@ mod tests {
             ))
         };
         let (first, second) = (slow_down(), slow_down());
-        let part = mock!(aws_sdk_s3::Client::upload_part)
-            .then_http_response(answer(200, &[("etag", "\"p1\"")], b""));
+        let part = mock!(aws_sdk_s3::Client::upload_part).then_http_response(answer(
+            200,
+            &[("etag", "\"p1\"")],
+            b"",
+        ));
         let unavailable = mock!(aws_sdk_s3::Client::complete_multipart_upload).then_http_response(
             answer(503, &[], b"<Error><Code>ServiceUnavailable</Code></Error>"),
         );
