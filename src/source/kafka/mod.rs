@@ -83,7 +83,9 @@ impl KafkaRecord {
         }
     }
 
-    fn decode(&self, log_id: &str) -> Result<InboundRecord, RecordFailure> {
+    /// `received_at_ms` bounds the record's timestamp (see
+    /// [`TIMESTAMP_AHEAD_TOLERANCE_MS`]).
+    fn decode(&self, log_id: &str, received_at_ms: u64) -> Result<InboundRecord, RecordFailure> {
         let invalid = |why: &str| RecordFailure::new(FailureClass::Invalid, Retry::Permanent, why);
         let value = self
             .value
@@ -95,11 +97,23 @@ impl KafkaRecord {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Err(invalid("record value is empty"));
         }
-        let sent_at_ms = self
+        let stamped_ms = self
             .timestamp_ms
             .and_then(|ms| u64::try_from(ms).ok())
             .filter(|&ms| ms > 0)
             .ok_or_else(|| invalid("record has no valid timestamp"))?;
+        let sent_at_ms = if stamped_ms > received_at_ms.saturating_add(TIMESTAMP_AHEAD_TOLERANCE_MS)
+        {
+            tracing::warn!(
+                id = %log_id,
+                timestamp = stamped_ms,
+                received_at = received_at_ms,
+                "record timestamp is ahead of its receipt; the receipt's time stands in"
+            );
+            received_at_ms
+        } else {
+            stamped_ms
+        };
         Ok(InboundRecord {
             log_id: log_id.to_owned(),
             sent_at_ms,
@@ -117,9 +131,24 @@ pub struct DecodedBatch {
     pub records: Vec<KafkaRecord>,
 }
 
+/// A record timestamp more than this ahead of the record's receipt is taken
+/// as the receipt's time. A Kafka timestamp is the producer's clock
+/// (`CREATE_TIME`), and one far in the future would pin the record's
+/// DynamoDB items and archive name: every later, real update would count as
+/// older and be skipped. Within it, ordinary clock skew keeps the
+/// timestamp, so a redelivery keeps its version.
+pub const TIMESTAMP_AHEAD_TOLERANCE_MS: u64 = 5 * 60 * 1000;
+
 /// The batch, and the items the batch runner works on: one per record, in
 /// the same order.
 pub fn decode(event: &KafkaEvent) -> (DecodedBatch, Vec<SourceItem>) {
+    let received_at_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    decode_received_at(event, received_at_ms)
+}
+
+fn decode_received_at(event: &KafkaEvent, received_at_ms: u64) -> (DecodedBatch, Vec<SourceItem>) {
     let mut batch = DecodedBatch {
         event_source: event.event_source.clone(),
         event_source_arn: event.event_source_arn.clone(),
@@ -136,7 +165,7 @@ pub fn decode(event: &KafkaEvent) -> (DecodedBatch, Vec<SourceItem>) {
             // since replaying later offsets is harmless (idempotent keys and the
             // DynamoDB version guard).
             items.push(SourceItem {
-                record: record.decode(&log_id),
+                record: record.decode(&log_id, received_at_ms),
                 log_id,
                 ordering_group: None,
             });
@@ -171,6 +200,34 @@ mod tests {
             "records": records
         }))
         .expect("valid event")
+    }
+
+    #[test]
+    fn a_timestamp_far_ahead_of_receipt_gives_way_to_the_receipt() {
+        let received = 1_800_000_000_000_u64;
+        let stamped = |ms: u64| {
+            let mut record = record("terra", 0, 1, &value("{}"));
+            record["timestamp"] = json!(ms);
+            record
+        };
+        let year = 365 * 24 * 60 * 60 * 1000;
+        let (_, items) = decode_received_at(
+            &event(json!({"terra-0": [
+                stamped(received + year),
+                stamped(received + 60_000),
+                stamped(received - 60_000)
+            ]})),
+            received,
+        );
+        let sent: Vec<u64> = items
+            .iter()
+            .map(|item| item.record.as_ref().expect("decoded").sent_at_ms)
+            .collect();
+        assert_eq!(
+            sent,
+            [received, received + 60_000, received - 60_000],
+            "a year ahead is bounded; a minute's skew is kept"
+        );
     }
 
     #[test]
