@@ -146,7 +146,21 @@ impl Config {
                     .map(validate_bucket)
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|problem| invalid("TERRA_SOURCE_BUCKETS", problem))?;
-                SourceBuckets::new(names, env.s3_endpoint()?)
+                let owner = match env.text("TERRA_SOURCE_BUCKET_OWNER")? {
+                    None => None,
+                    Some(account)
+                        if account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        Some(account)
+                    }
+                    Some(_) => {
+                        return Err(invalid(
+                            "TERRA_SOURCE_BUCKET_OWNER",
+                            "must be a 12-digit AWS account id",
+                        ));
+                    }
+                };
+                SourceBuckets::new(names, env.s3_endpoint()?).map(|b| b.owned_by(owner))
             }
         };
         let kafka = KafkaSettings {
@@ -582,6 +596,32 @@ mod tests {
                 ("AWS_ENDPOINT_URL_S3", "not a url"),
             ]),
             "AWS_ENDPOINT_URL_S3"
+        );
+        let owned = load(&[
+            bucket,
+            ("TERRA_SOURCE_BUCKETS", "terra-drop"),
+            ("TERRA_SOURCE_BUCKET_OWNER", "123456789012"),
+        ])
+        .expect("valid")
+        .source_buckets
+        .expect("source buckets");
+        let url =
+            url::Url::parse("https://terra-drop.s3.eu-west-2.amazonaws.com/a.json").expect("url");
+        assert_eq!(
+            owned
+                .locate(&url)
+                .expect("located")
+                .expected_owner
+                .as_deref(),
+            Some("123456789012")
+        );
+        assert_eq!(
+            failing_var(&[
+                bucket,
+                ("TERRA_SOURCE_BUCKETS", "terra-drop"),
+                ("TERRA_SOURCE_BUCKET_OWNER", "12345"),
+            ]),
+            "TERRA_SOURCE_BUCKET_OWNER"
         );
     }
 }

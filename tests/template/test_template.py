@@ -389,6 +389,9 @@ def test_a_source_bucket_is_read_only_and_only_when_named():
     }
     variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
     assert variables["TERRA_SOURCE_BUCKETS"] == {"Ref": "TerraSourceBucket"}
+    assert variables["TERRA_SOURCE_BUCKET_OWNER"] == {
+        "Fn::If": ["HasSourceBucket", {"Ref": "AWS::AccountId"}, ""]
+    }
     assert TEMPLATE["Parameters"]["TerraSourceBucket"]["Default"] == ""
 
 

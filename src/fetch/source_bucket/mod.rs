@@ -26,6 +26,10 @@ use crate::outcome::{Classify, FailureClass, Retry};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SourceBuckets {
     names: Vec<String>,
+    /// The account that must own them (`TERRA_SOURCE_BUCKET_OWNER`): every
+    /// read and copy says so, and S3 refuses it if a bucket of that name
+    /// now belongs to someone else.
+    owner: Option<String>,
     /// The S3 endpoint the function is configured with (`AWS_ENDPOINT_URL_S3`
     /// or `AWS_ENDPOINT_URL`): path-style URLs to it name a bucket too.
     configured_endpoint: Option<Url>,
@@ -39,6 +43,8 @@ pub struct SourceObject {
     /// The bucket's region as the URL's host names it; `None` for the
     /// configured endpoint, whose region is the function's own.
     pub region: Option<String>,
+    /// The account that must own the bucket (`ExpectedBucketOwner`).
+    pub expected_owner: Option<String>,
 }
 
 impl fmt::Display for SourceObject {
@@ -163,8 +169,14 @@ impl SourceBuckets {
     pub fn new(names: Vec<String>, configured_endpoint: Option<Url>) -> Option<Self> {
         (!names.is_empty()).then_some(Self {
             names,
+            owner: None,
             configured_endpoint,
         })
+    }
+
+    /// Every read and copy expects the buckets to belong to `owner`.
+    pub fn owned_by(self, owner: Option<String>) -> Self {
+        Self { owner, ..self }
     }
 
     pub fn names(&self) -> &[String] {
@@ -193,10 +205,11 @@ impl SourceBuckets {
                 }
             }
         };
-        self.names.contains(&bucket).then_some(SourceObject {
+        self.names.contains(&bucket).then(|| SourceObject {
             bucket,
             key,
             region,
+            expected_owner: self.owner.clone(),
         })
     }
 
@@ -328,6 +341,7 @@ mod tests {
                 bucket: "terra-payload-bucket".into(),
                 key: "payloads/40f7b0e1/activity-2026-07-01.json".into(),
                 region: Some("eu-west-2".into()),
+                expected_owner: None,
             })
         );
     }
@@ -384,6 +398,7 @@ mod tests {
                 bucket: "b".into(),
                 key: "k".into(),
                 region: None,
+                expected_owner: None,
             },
             etag: etag.into(),
             size: 0,

@@ -127,7 +127,8 @@ impl SourceBucket for S3SourceBucket {
                     .client
                     .head_object()
                     .bucket(&object.bucket)
-                    .key(&object.key);
+                    .key(&object.key)
+                    .set_expected_bucket_owner(object.expected_owner.clone());
                 async move {
                     match in_region(region) {
                         Some(region) => request.customize().config_override(region).send().await,
@@ -173,6 +174,7 @@ impl SourceBucket for S3SourceBucket {
                     .get_object()
                     .bucket(&object.bucket)
                     .key(&object.key)
+                    .set_expected_bucket_owner(object.expected_owner.clone())
                     .if_match(&version.etag)
                     // The SDK checks the object's own checksum, when it has one.
                     .checksum_mode(ChecksumMode::Enabled)
@@ -255,6 +257,7 @@ mod tests {
                 bucket: "terra-drop".into(),
                 key: "payloads/a.json".into(),
                 region: Some("eu-west-2".into()),
+                expected_owner: None,
             },
             etag: etag.into(),
             size,
@@ -397,11 +400,13 @@ mod tests {
             &[("x-amz-bucket-region", "eu-west-2")],
             b"",
         ));
-        let found = mock!(aws_sdk_s3::Client::head_object).then_http_response(answer(
-            200,
-            &[("etag", "\"abc\""), ("content-length", "3")],
-            b"",
-        ));
+        let found = mock!(aws_sdk_s3::Client::head_object)
+            .match_requests(|head| head.expected_bucket_owner() == Some("123456789012"))
+            .then_http_response(answer(
+                200,
+                &[("etag", "\"abc\""), ("content-length", "3")],
+                b"",
+            ));
         let found_again = mock!(aws_sdk_s3::Client::head_object).then_http_response(answer(
             200,
             &[("etag", "\"abc\""), ("content-length", "3")],
@@ -421,6 +426,7 @@ mod tests {
             bucket: "terra-drop".into(),
             key: "payloads/a.json".into(),
             region: Some("us-east-1".into()),
+            expected_owner: Some("123456789012".into()),
         };
         for _ in 0..2 {
             let version = reader.version(&global).await.expect("found");

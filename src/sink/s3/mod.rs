@@ -223,6 +223,7 @@ impl S3Archive {
                 upload::percent_encode_path(&source.object.key)
             ))
             .copy_source_if_match(&source.etag)
+            .set_expected_source_bucket_owner(source.object.expected_owner.clone())
             .metadata_directive(MetadataDirective::Replace)
             .content_type("application/json")
             .set_metadata(Some(object_metadata(summary, sent_at_ms)));
@@ -490,6 +491,7 @@ mod tests {
                 bucket: "terra-drop".into(),
                 key: "payloads/a b.json".into(),
                 region: None,
+                expected_owner: Some("123456789012".into()),
             },
             etag: "\"source-etag\"".into(),
             size: 100,
@@ -523,6 +525,7 @@ mod tests {
                 copy.if_none_match() == Some("*")
                     && copy.copy_source_if_match() == Some("\"source-etag\"")
                     && copy.copy_source() == Some("terra-drop/payloads/a%20b.json")
+                    && copy.expected_source_bucket_owner() == Some("123456789012")
                     && copy.metadata().is_some_and(|m| {
                         m.get(SENT_AT_METADATA).map(String::as_str) == Some("1000")
                             && m.get(TYPE_METADATA).map(String::as_str) == Some("activity")
