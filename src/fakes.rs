@@ -260,6 +260,8 @@ impl ArchiveUpload for MemoryUpload {
 #[derive(Clone, Default)]
 pub struct MemorySourceBucket {
     objects: Arc<Mutex<HashMap<String, Bytes>>>,
+    /// Keys stored with `Content-Encoding: gzip`.
+    gzipped: Arc<Mutex<std::collections::HashSet<String>>>,
     /// Looks that fail before any succeeds, and how.
     failures: Arc<Mutex<Vec<SourceFailure>>>,
     journal: Journal,
@@ -282,6 +284,12 @@ impl MemorySourceBucket {
 
     pub fn put(&self, key: &str, payload: &[u8]) {
         lock(&self.objects).insert(key.to_owned(), Bytes::copy_from_slice(payload));
+    }
+
+    /// Stores `payload` gzip-compressed, with `Content-Encoding: gzip`.
+    pub fn put_gzipped(&self, key: &str, payload: &[u8]) {
+        self.put(key, &crate::sink::gzip(payload).expect("in-memory gzip"));
+        lock(&self.gzipped).insert(key.to_owned());
     }
 
     /// The next looks at an object fail, one per entry, before any succeeds.
@@ -337,6 +345,7 @@ impl SourceBucket for MemorySourceBucket {
             etag: Self::etag(payload),
             size: payload.len() as u64,
             kms_encrypted: false,
+            gzipped: lock(&self.gzipped).contains(&object.key),
         })
     }
 

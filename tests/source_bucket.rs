@@ -532,3 +532,37 @@ async fn on_kafka_a_denied_read_past_its_url_is_dead_lettered_once_and_the_parti
         assert_no_secrets(&output);
     }
 }
+
+/// An object Terra stored with `Content-Encoding: gzip` lands inflated, as
+/// its URL's download would: archived as the payload it holds, not as the
+/// compressed bytes (which would fail as no JSON, or be archived as such).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gzip_encoded_source_object_lands_inflated() {
+    let bed = bed_with_source().await;
+    let activity = fixture("openapi_activity.json");
+    bed.moto
+        .s3()
+        .put_object()
+        .bucket(SOURCE)
+        .key("payloads/activity.json.gz")
+        .content_encoding("gzip")
+        .body(ByteStream::from(support::payload_server::gzip(&activity)))
+        .send()
+        .await
+        .expect("put");
+    let sent = long_ago();
+    let url = presigned(&bed, SOURCE, "payloads/activity.json.gz", sent).await;
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &bed.env(&[("TERRA_SOURCE_BUCKETS", SOURCE)]));
+    let result = bed
+        .runtime
+        .invoke(
+            &json!({ "Records": [sqs_record("gz-source", &pointer(&url), sent)] }),
+            Duration::from_secs(60),
+        )
+        .await;
+    assert_all_succeeded(&result, &handler);
+    let objects = bed.moto.objects(ARCHIVE).await;
+    assert_eq!(objects.len(), 1);
+    assert!(objects[0].body == activity, "archived inflated");
+    assert_eq!(objects[0].metadata["terra-type"], "activity");
+}

@@ -24,7 +24,7 @@ use crate::fetch::source_bucket::{SourceBucket, SourceObject, SourceReadError, S
 use crate::fetch::{FetchError, RetryDelays};
 use crate::outcome::{Classify, FailureClass, FetchTiming, RecordFailure, Retry, Written};
 use crate::payload::{IncrementalInspector, PayloadSummary};
-use crate::sink::ArchiveName;
+use crate::sink::{ArchiveName, inflate};
 
 /// Read of a payload that is copied, not held: enough for the envelope's
 /// `type` and `user`, which Terra sends before `data`.
@@ -79,6 +79,11 @@ impl Pipeline {
             .is_some_and(|archive| archive.copies_in());
         let max_payload_bytes = self.fetcher.max_payload_bytes();
         let fits = version.size <= max_payload_bytes;
+        if version.gzipped {
+            return self
+                .inflated_from_source(reader, version, give_up_at, url_lives, timing())
+                .await;
+        }
         if archive_copies && (self.sinks.is_empty() || !fits) {
             // A small object is read whole: S3 refuses a range of an empty
             // one (416), which would fail as transient for ever.
@@ -124,6 +129,61 @@ impl Pipeline {
             fetch: timing(),
             archived: None,
             source: Some(version),
+            _reservation: Some(reservation),
+        })))
+    }
+
+    /// An object stored with `Content-Encoding: gzip`: read whole and
+    /// inflated, as an HTTP download of it would be, within the same limit
+    /// (on what it inflates to), then stored like a download: a copy would
+    /// archive the compressed bytes as if they were the payload.
+    async fn inflated_from_source(
+        &self,
+        reader: &dyn SourceBucket,
+        version: SourceVersion,
+        give_up_at: Instant,
+        url_lives: bool,
+        fetch: Option<FetchTiming>,
+    ) -> Result<FromSource, RecordFailure> {
+        let max_payload_bytes = self.fetcher.max_payload_bytes();
+        let too_large = || {
+            RecordFailure::from_error(&FetchError::TooLarge {
+                limit: max_payload_bytes,
+                url: version.object.to_string(),
+            })
+        };
+        if version.size > max_payload_bytes {
+            return Err(too_large());
+        }
+        // What it inflates to is known only once inflated: room for the
+        // largest payload accepted until then.
+        let Ok(mut reservation) =
+            tokio::time::timeout_at(give_up_at, self.fetcher.reserve_for_any_payload()).await
+        else {
+            return Err(deadline_came());
+        };
+        let stored = match role_read(give_up_at, url_lives, || reader.read(&version, None)).await? {
+            Ok(stored) => stored,
+            Err(error) => return unreadable(error, url_lives),
+        };
+        let payload = match inflate(stored, max_payload_bytes).await {
+            Ok(Some(payload)) => payload,
+            Ok(None) => return Err(too_large()),
+            Err(problem) => {
+                return Err(RecordFailure::new(
+                    FailureClass::Invalid,
+                    Retry::Permanent,
+                    format!("{}: Content-Encoding gzip, but {problem}", version.object),
+                ));
+            }
+        };
+        reservation.shrink_to(self.fetcher.holding_cost().held_whole(payload.len() as u64));
+        Ok(FromSource::Obtained(Box::new(Obtained {
+            payload: ReceivedPayload::Held(payload),
+            attempts: 1,
+            fetch,
+            archived: None,
+            source: None,
             _reservation: Some(reservation),
         })))
     }
@@ -517,5 +577,50 @@ mod tests {
             failure.message
         );
         assert!(bed.sink.written(&name).is_none());
+    }
+
+    /// An object stored with `Content-Encoding: gzip` is the payload
+    /// compressed: inflated as an HTTP download would be, and stored, not
+    /// copied (the copy would archive the compressed bytes as the payload).
+    #[tokio::test]
+    async fn a_gzip_encoded_object_is_inflated_not_copied() {
+        for table in [false, true] {
+            let bed = bed(true, table, 1024 * 1024);
+            let payload = activity(50);
+            bed.source.put_gzipped(KEY, &payload);
+            let (record, name) = record();
+
+            let outcome = process(&bed, &record).await;
+
+            assert!(matches!(outcome, Outcome::Written(_)), "{outcome:?}");
+            assert_eq!(bed.archive.object(&name).as_deref(), Some(&payload[..]));
+            assert!(
+                journal(&bed).iter().all(|call| !call.starts_with("copy ")),
+                "{:?}",
+                journal(&bed)
+            );
+            if table {
+                assert_eq!(
+                    &bed.sink.written(&name).expect("projected").payload[..],
+                    &payload[..]
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gzip_encoded_object_over_the_limit_once_inflated_fails_for_good() {
+        let bed = bed(true, false, 2048);
+        let payload = activity(200);
+        assert!(payload.len() > 2048);
+        bed.source.put_gzipped(KEY, &payload);
+        let (record, name) = record();
+        let failure = process(&bed, &record).await;
+        let failure = failure.failure().expect("too large");
+        assert_eq!(
+            (failure.class, failure.retry),
+            (FailureClass::Fetch, Retry::Permanent)
+        );
+        assert!(bed.archive.object(&name).is_none());
     }
 }

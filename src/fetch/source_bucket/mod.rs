@@ -62,6 +62,9 @@ pub struct SourceVersion {
     pub size: u64,
     /// Encrypted with KMS: its ETag is not the MD5 of its bytes.
     pub kms_encrypted: bool,
+    /// Stored with `Content-Encoding: gzip`: its bytes are the payload
+    /// compressed, to be inflated as an HTTP download would be.
+    pub gzipped: bool,
 }
 
 impl SourceVersion {
@@ -403,6 +406,7 @@ mod tests {
             etag: etag.into(),
             size: 0,
             kms_encrypted,
+            gzipped: false,
         };
         let md5 = "\"9e107d9d372bb6826bd81d3542a419d6\"";
         assert!(version(md5, false).content_md5().is_some());

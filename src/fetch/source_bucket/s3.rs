@@ -158,6 +158,9 @@ impl SourceBucket for S3SourceBucket {
                 head.server_side_encryption(),
                 Some(ServerSideEncryption::AwsKms | ServerSideEncryption::AwsKmsDsse)
             ),
+            gzipped: head
+                .content_encoding()
+                .is_some_and(|encoding| encoding.trim().eq_ignore_ascii_case("gzip")),
         })
     }
 
@@ -262,6 +265,7 @@ mod tests {
             etag: etag.into(),
             size,
             kms_encrypted: false,
+            gzipped: false,
         }
     }
 

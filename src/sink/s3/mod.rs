@@ -308,7 +308,7 @@ where
 
 /// Decompressing tens of MB is CPU work: off the async workers. `None` when
 /// it inflates to more than `max_bytes` (a bomb stops there).
-async fn inflate(stored: Bytes, max_bytes: u64) -> Result<Option<Bytes>, String> {
+pub(crate) async fn inflate(stored: Bytes, max_bytes: u64) -> Result<Option<Bytes>, String> {
     tokio::task::spawn_blocking(move || {
         let mut inflated = Vec::new();
         flate2::read::GzDecoder::new(&stored[..])
@@ -496,6 +496,7 @@ mod tests {
             etag: "\"source-etag\"".into(),
             size: 100,
             kms_encrypted: false,
+            gzipped: false,
         }
     }
 
