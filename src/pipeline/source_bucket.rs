@@ -96,14 +96,28 @@ impl Pipeline {
                     Err(error) => return unreadable(error, url_lives),
                 };
             let summary = summary_of_start(&start, version.size).await?;
-            return Ok(FromSource::Obtained(Box::new(Obtained {
-                payload: ReceivedPayload::InSourceBucket { version, summary },
-                attempts: 1,
-                fetch: timing(),
-                archived: None,
-                source: None,
-                _reservation: None,
-            })));
+            // Terra sends `type` first. A payload that does not is read
+            // whole and checked, then copied with its whole summary, when it
+            // fits the limit; past it, it is copied without its
+            // `terra-type` (archived all the same, see the README).
+            let type_unseen = summary.event_type.is_empty();
+            if type_unseen && fits {
+                tracing::debug!("no type in the payload's first bytes; reading it whole");
+            } else {
+                if type_unseen {
+                    tracing::warn!(
+                        "no type in the first bytes of a payload over the limit; archived without terra-type"
+                    );
+                }
+                return Ok(FromSource::Obtained(Box::new(Obtained {
+                    payload: ReceivedPayload::InSourceBucket { version, summary },
+                    attempts: 1,
+                    fetch: timing(),
+                    archived: None,
+                    source: None,
+                    _reservation: None,
+                })));
+            }
         }
         if !fits {
             return Err(RecordFailure::from_error(&FetchError::TooLarge {
@@ -622,5 +636,38 @@ mod tests {
             (FailureClass::Fetch, Retry::Permanent)
         );
         assert!(bed.archive.object(&name).is_none());
+    }
+
+    /// Terra sends `type` first; a payload that puts it after the first
+    /// 64 KiB (and fits the limit) is read whole and checked, and copied
+    /// with its type, not archived with an empty `terra-type`.
+    #[tokio::test]
+    async fn a_payload_whose_type_comes_late_is_read_whole_before_its_copy() {
+        let bed = bed(true, false, 1024 * 1024);
+        let in_terra_order: serde_json::Value =
+            serde_json::from_slice(&activity(20_000)).expect("JSON");
+        let payload = format!(
+            r#"{{"data":{},"type":"activity","user":{}}}"#,
+            in_terra_order["data"], in_terra_order["user"]
+        )
+        .into_bytes();
+        assert!(payload.len() as u64 > 4 * ENVELOPE_START_BYTES);
+        bed.source.put(KEY, &payload);
+        let (record, name) = record();
+
+        let Outcome::Written(written) = process(&bed, &record).await else {
+            panic!("written");
+        };
+        assert_eq!(written.event_type, "activity");
+        assert_eq!(bed.archive.object(&name).as_deref(), Some(&payload[..]));
+        assert_eq!(
+            journal(&bed),
+            [
+                format!("source version {KEY}"),
+                format!("source read {KEY} first {ENVELOPE_START_BYTES}"),
+                format!("source read {KEY}"),
+                format!("copy {}", name.as_str()),
+            ]
+        );
     }
 }
