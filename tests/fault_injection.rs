@@ -387,6 +387,25 @@ async fn production_ratios_outage_longer_than_the_url_lives() {
     );
 }
 
+/// Terra's own-bucket mode, S3 down 10 s from the first send: the role's
+/// reads of the source bucket fail, and so do the URLs into it (the same
+/// S3) and the archive. Every message comes back while its URL lives and
+/// lands once S3 is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_ratios_own_bucket_through_an_s3_outage() {
+    let mut outage = at_production_ratios(&[Kind::Good], 20);
+    outage.own_bucket = true;
+    outage.s3_outage = Some((Duration::ZERO, Duration::from_secs(10)));
+    let report = run("production ratios, own bucket, S3 down 10 s", outage).await;
+    assert_all_delivered(&report);
+    assert!(report.store_faults_injected > 0, "{}", report.summary());
+    assert!(
+        report.deliveries > report.sent.len(),
+        "the outage outlasts the first receipts: {}",
+        report.summary()
+    );
+}
+
 /// A FIFO queue: SQS delivers nothing more from a message group while one
 /// of its messages is in flight, so a failure must not hold its group past
 /// the URLs behind it. At the head of a group: a body that is not Terra's

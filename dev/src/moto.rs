@@ -131,9 +131,14 @@ impl Moto {
     }
 
     pub fn s3(&self) -> aws_sdk_s3::Client {
+        self.s3_at(&self.endpoint)
+    }
+
+    /// An S3 client for moto reached at `endpoint` (a proxy in front of it).
+    pub fn s3_at(&self, endpoint: &str) -> aws_sdk_s3::Client {
         let config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .endpoint_url(&self.endpoint)
+            .endpoint_url(endpoint)
             .region(Region::new("us-east-1"))
             .credentials_provider(self.credentials.clone())
             .force_path_style(true)

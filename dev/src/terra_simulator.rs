@@ -254,6 +254,66 @@ impl TerraSimulator {
         sent
     }
 
+    /// Terra's own-bucket mode: uploads `count` of Terra's examples to
+    /// `bucket` with `uploader` and sends a pointer message for each, its
+    /// URL pre-signed by `signer` (for the endpoint the reader uses) for the
+    /// URL lifetime.
+    pub async fn send_from_bucket(
+        &self,
+        sqs: &aws_sdk_sqs::Client,
+        queue_url: &str,
+        (uploader, signer): (&aws_sdk_s3::Client, &aws_sdk_s3::Client),
+        bucket: &str,
+        count: usize,
+    ) -> Vec<Sent> {
+        let mut sent = Vec::with_capacity(count);
+        for n in 0..count {
+            let payload = unique_example(n);
+            let event_type = payload["type"].as_str().unwrap_or("unknown").to_owned();
+            let key = format!("payloads/{n:04}.json");
+            uploader
+                .put_object()
+                .bucket(bucket)
+                .key(&key)
+                .body(in_terra_order(&payload).into())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("upload {key}: {e:?}"));
+            let presigning =
+                aws_sdk_s3::presigning::PresigningConfig::expires_in(self.url_lifetime)
+                    .expect("a lifetime S3 accepts");
+            let url = signer
+                .get_object()
+                .bucket(bucket)
+                .key(&key)
+                .presigned(presigning)
+                .await
+                .expect("pre-signed")
+                .uri()
+                .to_owned();
+            let pointer = json!({
+                "status": "success",
+                "type": "s3_payload",
+                "url": url,
+                "expires_in": self.url_lifetime.as_secs(),
+                "payload_reference": format!("sim-{n:04}-own-bucket")
+            });
+            let output = sqs
+                .send_message()
+                .queue_url(queue_url)
+                .message_body(pointer.to_string())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("send to {queue_url}: {e:?}"));
+            sent.push(Sent {
+                message_id: output.message_id().expect("message id").to_owned(),
+                kind: Kind::Good,
+                event_type,
+            });
+        }
+        sent
+    }
+
     /// Serves the `n`th payload as `kind` says and returns its pointer
     /// message and the payload's type.
     pub fn message(&self, n: usize, kind: Kind) -> (String, String) {

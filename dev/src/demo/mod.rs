@@ -41,6 +41,11 @@ pub struct Scenario {
     pub give_up: Duration,
     /// The kinds of message Terra sends, in turn.
     pub mix: Vec<Kind>,
+    /// Terra's own-bucket mode: Terra uploads `messages` of its examples to
+    /// a source bucket in moto and sends pre-signed URLs into it; the
+    /// handler reads them with its role (`TERRA_SOURCE_BUCKETS`). `mix` is
+    /// not used.
+    pub own_bucket: bool,
     /// When not empty, the queue (and its dead-letter queue) is FIFO and
     /// Terra sends these message groups, one after another, instead of
     /// `messages` of `mix`.
@@ -94,6 +99,7 @@ impl Scenario {
             give_up: Duration::from_secs(120),
             mix: MIX.to_vec(),
             fifo_groups: Vec::new(),
+            own_bucket: false,
             store_faults: None,
             kill_an_instance_after: None,
             handler_env: Vec::new(),
@@ -149,6 +155,8 @@ impl Scenario {
 pub const BUCKET: &str = "terra-demo-archive";
 pub const TABLE: &str = "terra-demo-records";
 pub const PREFIX: &str = "terra/";
+/// The bucket Terra uploads to in own-bucket scenarios.
+pub const SOURCE_BUCKET: &str = "terra-demo-drop";
 
 /// Where a run's messages go and end, and how they are fed to the handler.
 struct Deployment {
@@ -551,7 +559,14 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         .iter()
         .filter(|_| deployment.stack.is_none())
         .map(|(n, v)| (n.to_string(), v.to_string()));
-    for (name, value) in by_hand.chain(scenario.handler_env.iter().cloned()) {
+    let own_bucket = [("TERRA_SOURCE_BUCKETS", SOURCE_BUCKET)]
+        .iter()
+        .filter(|_| scenario.own_bucket)
+        .map(|(n, v)| (n.to_string(), v.to_string()));
+    for (name, value) in by_hand
+        .chain(own_bucket)
+        .chain(scenario.handler_env.iter().cloned())
+    {
         env.retain(|(existing, _)| *existing != name);
         env.push((name, value));
     }
@@ -565,7 +580,20 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
     if let (Some(proxy), Some((after, lasting))) = (&proxy, scenario.s3_outage) {
         proxy.s3_outage(first_sent + after, lasting);
     }
-    let sent = if scenario.fifo_groups.is_empty() {
+    let sent = if scenario.own_bucket {
+        moto.create_bucket(SOURCE_BUCKET).await;
+        // Uploaded before any outage; signed for the endpoint the handler
+        // reads S3 at, so the URLs point into its source bucket.
+        terra
+            .send_from_bucket(
+                &deployment.terra_sqs,
+                &deployment.queue_url,
+                (&moto.s3(), &moto.s3_at(store_endpoint)),
+                SOURCE_BUCKET,
+                scenario.messages,
+            )
+            .await
+    } else if scenario.fifo_groups.is_empty() {
         terra
             .send(
                 &deployment.terra_sqs,
