@@ -127,6 +127,7 @@ impl Pipeline {
             let object = reads.buckets.locate(&pointer.url)?;
             Some((reads.reader.as_ref(), object))
         });
+        let mut role_read_failed = None;
         let from_source = match in_source_bucket {
             Some((reader, object)) => {
                 span.record("source", tracing::field::display(&object));
@@ -145,6 +146,7 @@ impl Pipeline {
                     FromSource::Obtained(obtained) => Some(*obtained),
                     FromSource::UseTheUrl(error) => {
                         tracing::warn!(%error, "the role cannot read the source bucket; fetching the URL instead");
+                        role_read_failed = Some(error);
                         None
                     }
                 }
@@ -153,10 +155,10 @@ impl Pipeline {
         };
         let obtained = match from_source {
             Some(obtained) => obtained,
-            None => {
-                self.obtain(&pointer, record.sent_at_ms, &name, give_up_at)
-                    .await?
-            }
+            None => self
+                .obtain(&pointer, record.sent_at_ms, &name, give_up_at)
+                .await
+                .map_err(|url_failed| prefer_a_retry(url_failed, role_read_failed))?,
         };
         let source = obtained.source;
         let payload = match obtained.payload {
@@ -449,6 +451,27 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The URL was fetched because the role's read failed. When that read may
+/// succeed later (S3 was down) but the URL failed for good (its host not
+/// allowed, say), the record fails as the read did: the bucket is still the
+/// way in, so it is retried, not given up.
+fn prefer_a_retry(
+    url_failed: RecordFailure,
+    role_read_failed: Option<crate::fetch::source_bucket::SourceReadError>,
+) -> RecordFailure {
+    match role_read_failed {
+        Some(read) if read.retry() == Retry::Transient && url_failed.retry == Retry::Permanent => {
+            let mut failure = RecordFailure::from_error(&read);
+            failure.message = format!(
+                "{}; the URL failed too: {}",
+                failure.message, url_failed.message
+            );
+            failure
+        }
+        _ => url_failed,
+    }
+}
+
 /// Whether the message's pre-signed URL may still work: its lifetime has not
 /// run out, or is not known.
 fn url_may_work(pointer: &PayloadPointer, sent_at_ms: u64) -> bool {
@@ -509,6 +532,41 @@ impl RecordProcessor for Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_role_read_that_may_succeed_later_outweighs_a_url_that_never_will() {
+        use crate::fetch::source_bucket::{SourceObject, SourceReadError};
+        let object = SourceObject {
+            bucket: "terra-drop".into(),
+            key: "a.json".into(),
+            region: None,
+            expected_owner: None,
+        };
+        let refused_url = RecordFailure::new(FailureClass::Refused, Retry::Permanent, "host");
+        let s3_down = SourceReadError::Unavailable {
+            object: object.clone(),
+            detail: "503".into(),
+        };
+        let kept = prefer_a_retry(refused_url.clone(), Some(s3_down));
+        assert_eq!(
+            (kept.class, kept.retry),
+            (FailureClass::Fetch, Retry::Transient)
+        );
+        assert!(
+            kept.message.contains("the URL failed too"),
+            "{}",
+            kept.message
+        );
+        let denied = SourceReadError::Refused {
+            object,
+            detail: "403".into(),
+        };
+        assert_eq!(
+            prefer_a_retry(refused_url.clone(), Some(denied)),
+            refused_url
+        );
+        assert_eq!(prefer_a_retry(refused_url.clone(), None), refused_url);
+    }
 
     #[test]
     fn url_expiry_counts_from_the_send_time() {

@@ -74,7 +74,7 @@ impl Clock {
 /// delivers nothing more from a message group while one of its messages is
 /// in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ordering {
+pub enum QueueOrder {
     /// A standard queue: a message comes back on its own.
     Unordered,
     /// A message of a FIFO group: its group waits for it.
@@ -107,13 +107,13 @@ pub fn return_after(
     failure: &RecordFailure,
     clock: Clock,
     queue: Option<&QueueSettings>,
-    ordering: Ordering,
+    ordering: QueueOrder,
     invocation: Duration,
 ) -> Option<Duration> {
     let queue_timeout = queue.map(|q| q.visibility_timeout);
     if failure.retry == Retry::Permanent {
         let dead_letters_follow = queue.is_some_and(|q| q.max_receive_count.is_some());
-        return if ordering == Ordering::FifoGroup && dead_letters_follow {
+        return if ordering == QueueOrder::FifoGroup && dead_letters_follow {
             Some(Duration::ZERO)
         } else {
             queue_timeout
@@ -186,7 +186,7 @@ mod tests {
                 &transient(),
                 clock(count, left),
                 Some(&TEMPLATE_DEFAULTS),
-                Ordering::Unordered,
+                QueueOrder::Unordered,
                 INVOCATION,
             )
         };
@@ -222,7 +222,7 @@ mod tests {
                     &transient(),
                     clock(4, Some(left)),
                     Some(&TEMPLATE_DEFAULTS),
-                    Ordering::Unordered,
+                    QueueOrder::Unordered,
                     invocation,
                 )
                 .unwrap_or_default();
@@ -247,11 +247,11 @@ mod tests {
             )
         };
         assert_eq!(
-            back(Some(&TEMPLATE_DEFAULTS), Ordering::Unordered),
+            back(Some(&TEMPLATE_DEFAULTS), QueueOrder::Unordered),
             Some(secs(1020))
         );
-        assert_eq!(back(None, Ordering::Unordered), None);
-        assert_eq!(back(None, Ordering::FifoGroup), None);
+        assert_eq!(back(None, QueueOrder::Unordered), None);
+        assert_eq!(back(None, QueueOrder::FifoGroup), None);
     }
 
     /// A FIFO group waits while any of its messages is in flight: a
@@ -265,7 +265,7 @@ mod tests {
                 &invalid,
                 clock(1, None),
                 queue,
-                Ordering::FifoGroup,
+                QueueOrder::FifoGroup,
                 INVOCATION,
             )
         };
@@ -304,7 +304,7 @@ mod tests {
                 &transient(),
                 group,
                 Some(&TEMPLATE_DEFAULTS),
-                Ordering::FifoGroup,
+                QueueOrder::FifoGroup,
                 INVOCATION
             ),
             Some(secs(95))
@@ -318,7 +318,7 @@ mod tests {
                 &transient(),
                 clock(3, Some(secs(100))),
                 None,
-                Ordering::Unordered,
+                QueueOrder::Unordered,
                 secs(20)
             ),
             Some(secs(22))

@@ -13,7 +13,7 @@ use aws_sdk_sqs::types::{ChangeMessageVisibilityBatchRequestEntry, QueueAttribut
 use futures::StreamExt;
 use futures::future::join_all;
 
-use super::{Clock, Ordering, QueueSettings, hold_for_invocation, return_after};
+use super::{Clock, QueueOrder, QueueSettings, hold_for_invocation, return_after};
 use crate::message::{self, TerraMessage};
 use crate::outcome::{Outcome, RecordFailure, Retry};
 use crate::sdk_error::describe;
@@ -286,7 +286,7 @@ impl Redelivery {
 /// Each failed message's clock and ordering. A FIFO group's transient
 /// failures (the first, and the messages held behind it) come back together,
 /// on the clock they share.
-fn clocks(failed: &[(&SqsMessage, &RecordFailure)], now_ms: u64) -> Vec<(Clock, Ordering)> {
+fn clocks(failed: &[(&SqsMessage, &RecordFailure)], now_ms: u64) -> Vec<(Clock, QueueOrder)> {
     let own: Vec<Clock> = failed
         .iter()
         .map(|(message, _)| Clock {
@@ -310,10 +310,10 @@ fn clocks(failed: &[(&SqsMessage, &RecordFailure)], now_ms: u64) -> Vec<(Clock, 
             match (fifo_group(message), held_back(message, failure)) {
                 (_, Some(group)) => (
                     by_group.get(group).copied().unwrap_or(clock),
-                    Ordering::FifoGroup,
+                    QueueOrder::FifoGroup,
                 ),
-                (Some(_), None) => (clock, Ordering::FifoGroup),
-                (None, _) => (clock, Ordering::Unordered),
+                (Some(_), None) => (clock, QueueOrder::FifoGroup),
+                (None, _) => (clock, QueueOrder::Unordered),
             }
         })
         .collect()
