@@ -9,9 +9,10 @@ standard input; prints {"user": {"AccessKeyId": ..., "SecretAccessKey": ...}}.
 
 import json
 import sys
-import urllib.request
 
 import boto3
+
+from local_stack import enforce_iam
 
 
 def main():
@@ -30,13 +31,7 @@ def main():
         iam.put_user_policy(UserName=user, PolicyName=user, PolicyDocument=json.dumps(document))
         key = iam.create_access_key(UserName=user)["AccessKey"]
         keys[user] = {"AccessKeyId": key["AccessKeyId"], "SecretAccessKey": key["SecretAccessKey"]}
-    request = urllib.request.Request(
-        url + "/moto-api/reset-auth",
-        data=b"0",
-        headers={"Content-Type": "text/plain"},
-        method="POST",
-    )
-    urllib.request.urlopen(request, timeout=5)
+    enforce_iam(url)
     json.dump(keys, sys.stdout)
 
 

@@ -125,6 +125,25 @@ fn succeeded(mut command: Command) -> Value {
     summary_of(&output)
 }
 
+/// Starts a replay one object at a time and kills it (SIGKILL) once it has
+/// saved progress.
+fn killed_once_under_way(bed: &Bed, state: &Path) {
+    let mut first = replay_command(bed, state, &["--concurrency", "1"])
+        .spawn()
+        .expect("replay starts");
+    let started = Instant::now();
+    while !state.exists() {
+        assert!(
+            first.try_wait().expect("waitable").is_none(),
+            "replay finished before it could be stopped; archive more objects"
+        );
+        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().expect("killed");
+    first.wait().expect("reaped");
+}
+
 fn state_path(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("terra-replay-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
@@ -271,20 +290,7 @@ async fn a_killed_replay_resumes_without_redoing_finished_work() {
     empty_table(&bed).await;
 
     let state = state_path("resume");
-    let mut first = replay_command(&bed, &state, &["--concurrency", "1"])
-        .spawn()
-        .expect("replay starts");
-    let started = Instant::now();
-    while !state.exists() {
-        assert!(
-            first.try_wait().expect("waitable").is_none(),
-            "replay finished before it could be stopped; archive more objects"
-        );
-        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    first.kill().expect("killed");
-    first.wait().expect("reaped");
+    killed_once_under_way(&bed, &state);
 
     let saved: Value =
         serde_json::from_slice(&std::fs::read(&state).expect("state kept")).expect("JSON state");
@@ -363,20 +369,7 @@ async fn a_killed_replay_still_reports_what_failed_before_the_kill() {
     }
 
     let state = state_path("failed");
-    let mut first = replay_command(&bed, &state, &["--concurrency", "1"])
-        .spawn()
-        .expect("replay starts");
-    let started = Instant::now();
-    while !state.exists() {
-        assert!(
-            first.try_wait().expect("waitable").is_none(),
-            "replay finished before it could be stopped; archive more objects"
-        );
-        assert!(started.elapsed() < Duration::from_secs(60), "no progress");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    first.kill().expect("killed");
-    first.wait().expect("reaped");
+    killed_once_under_way(&bed, &state);
 
     let output = replay_command(&bed, &state, &["--concurrency", "1"])
         .output()

@@ -71,6 +71,20 @@ async fn bed_with_source() -> Bed {
     bed
 }
 
+/// `id` is the batch's only failure, logged as `class`, for good.
+fn assert_failed_alone(result: &InvocationResult, output: &str, id: &str, class: &str) {
+    assert_eq!(
+        failed_ids(result),
+        BTreeSet::from([id.to_owned()]),
+        "{output}"
+    );
+    assert_eq!(
+        record_failures(output).get(id),
+        Some(&failure(class)),
+        "{output}"
+    );
+}
+
 fn failure(class: &str) -> LoggedFailure {
     LoggedFailure {
         class: class.into(),
@@ -251,16 +265,7 @@ async fn the_archive_copies_in_past_the_size_limit_without_reading_the_payload()
     let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
     let result = bed.runtime.invoke(&records, Duration::from_secs(60)).await;
     let output = handler.output();
-    assert_eq!(
-        failed_ids(&result),
-        BTreeSet::from(["large".into()]),
-        "{output}"
-    );
-    assert_eq!(
-        record_failures(&output).get("large"),
-        Some(&failure("fetch")),
-        "{output}"
-    );
+    assert_failed_alone(&result, &output, "large", "fetch");
     let objects = bed.moto.objects(ARCHIVE).await;
     assert_eq!(objects.len(), 1, "archived although too large to project");
     assert!(objects[0].body == large);
@@ -280,16 +285,7 @@ async fn the_archive_copies_in_past_the_size_limit_without_reading_the_payload()
     let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
     let result = bed.runtime.invoke(&records, Duration::from_secs(60)).await;
     let output = handler.output();
-    assert_eq!(
-        failed_ids(&result),
-        BTreeSet::from(["large".into()]),
-        "{output}"
-    );
-    assert_eq!(
-        record_failures(&output).get("large"),
-        Some(&failure("fetch")),
-        "{output}"
-    );
+    assert_failed_alone(&result, &output, "large", "fetch");
     assert!(output.contains("archived, not projected"), "{output}");
     assert!(bed.moto.items(TABLE).await.is_empty());
 }
@@ -337,16 +333,7 @@ async fn an_empty_source_object_is_invalid_for_good() {
         )
         .await;
     let output = handler.output();
-    assert_eq!(
-        failed_ids(&result),
-        BTreeSet::from(["empty".into()]),
-        "{output}"
-    );
-    assert_eq!(
-        record_failures(&output).get("empty"),
-        Some(&failure("invalid")),
-        "{output}"
-    );
+    assert_failed_alone(&result, &output, "empty", "invalid");
     assert!(bed.moto.objects(ARCHIVE).await.is_empty());
 }
 
