@@ -381,16 +381,37 @@ mod tests {
 
     const QUEUE_URL: &str = "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-events";
 
-    fn event(now_ms: u64) -> SqsEvent {
+    /// A message pointing to a 600 s URL, sent at `sent_ms` and received
+    /// `count` times from `queue`, in message group `group` when given.
+    fn record(
+        queue: &str,
+        id: &str,
+        group: Option<&str>,
+        sent_ms: u64,
+        count: u32,
+    ) -> serde_json::Value {
         let pointer =
             json!({"type": "s3_payload", "url": "https://h/p", "expires_in": 600}).to_string();
-        let record = |id: &str, sent_ms: u64, count: u32| {
-            json!({
-                "messageId": id, "receiptHandle": format!("rh-{id}"), "body": pointer,
-                "attributes": {"SentTimestamp": sent_ms.to_string(), "ApproximateReceiveCount": count.to_string()},
-                "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:terra-events"
-            })
-        };
+        let mut record = json!({
+            "messageId": id, "receiptHandle": format!("rh-{id}"), "body": pointer,
+            "attributes": {"SentTimestamp": sent_ms.to_string(), "ApproximateReceiveCount": count.to_string()},
+            "eventSourceARN": format!("arn:aws:sqs:eu-west-1:123456789012:{queue}")
+        });
+        if let Some(group) = group {
+            record["attributes"]["MessageGroupId"] = json!(group);
+        }
+        record
+    }
+
+    fn now_ms() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64
+    }
+
+    fn event(now_ms: u64) -> SqsEvent {
+        let record = |id, sent_ms, count| record("terra-events", id, None, sent_ms, count);
         serde_json::from_value(json!({"Records": [
             record("ok", now_ms, 1),
             record("outage", now_ms - 119_000, 1),
@@ -407,18 +428,9 @@ mod tests {
     async fn a_fifo_group_returns_on_its_shared_clock_and_permanent_failures_at_once() {
         let queue = MemoryQueue::default();
         let redelivery = Redelivery::new(Box::new(queue.clone()));
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_millis() as u64;
-        let pointer =
-            json!({"type": "s3_payload", "url": "https://h/p", "expires_in": 600}).to_string();
-        let record = |id: &str, group: &str, sent_ms: u64, count: u32| {
-            json!({
-                "messageId": id, "receiptHandle": format!("rh-{id}"), "body": pointer,
-                "attributes": {"SentTimestamp": sent_ms.to_string(), "ApproximateReceiveCount": count.to_string(), "MessageGroupId": group},
-                "eventSourceARN": "arn:aws:sqs:eu-west-1:123456789012:terra-events.fifo"
-            })
+        let now_ms = now_ms();
+        let record = |id, group, sent_ms, count| {
+            record("terra-events.fifo", id, Some(group), sent_ms, count)
         };
         let event: SqsEvent = serde_json::from_value(json!({"Records": [
             record("a-head", "a", now_ms - 700_000, 3),
@@ -491,11 +503,7 @@ mod tests {
     async fn the_batch_is_held_and_each_failure_timed_by_its_url() {
         let queue = MemoryQueue::default();
         let redelivery = Redelivery::new(Box::new(queue.clone()));
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_millis() as u64;
-        let event = event(now_ms);
+        let event = event(now_ms());
         redelivery.hold(&event, Duration::from_secs(119)).await;
         let held = queue.changes();
         assert_eq!(held.len(), 4);

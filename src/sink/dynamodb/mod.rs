@@ -216,19 +216,19 @@ impl DynamoDbSink {
             }
         }
         let mut names = HashMap::new();
-        let mut values = HashMap::from([(":incoming".to_owned(), incoming)]);
-        let mut sets = Vec::new();
-        for (n, (name, value)) in attributes.iter().enumerate() {
-            names.insert(format!("#s{n}"), name.clone());
-            values.insert(format!(":s{n}"), value.clone());
-            sets.push(format!("#s{n} = :s{n}"));
-        }
         let mut removes = Vec::new();
         for (n, form) in RECORD_FORMS.iter().enumerate() {
             if !attributes.contains_key(*form) {
                 names.insert(format!("#r{n}"), (*form).to_owned());
                 removes.push(format!("#r{n}"));
             }
+        }
+        let mut values = HashMap::from([(":incoming".to_owned(), incoming)]);
+        let mut sets = Vec::new();
+        for (n, (name, value)) in attributes.into_iter().enumerate() {
+            names.insert(format!("#s{n}"), name);
+            values.insert(format!(":s{n}"), value);
+            sets.push(format!("#s{n} = :s{n}"));
         }
         let mut expression = format!("SET {}", sets.join(", "));
         if !removes.is_empty() {
