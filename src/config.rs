@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::budget::derived_budget_bytes;
-use crate::fetch::source_bucket::SourceBuckets;
+use crate::fetch::own_bucket::SourceBuckets;
 use crate::fetch::{FetchSettings, HostPattern, UrlPolicy};
 use crate::sink::KeyPrefix;
 use crate::sink::{DEFAULT_MAX_ITEMS, S3Compression, S3Settings};

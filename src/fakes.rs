@@ -14,14 +14,14 @@ use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 
 use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterQueue};
-use crate::fetch::source_bucket::{SourceBucket, SourceObject, SourceReadError, SourceVersion};
+use crate::fetch::own_bucket::{SourceBucket, SourceObject, SourceReadError, SourceVersion};
 use crate::outcome::Retry;
 use crate::payload::PayloadSummary;
 use crate::redelivery::QueueSettings;
 use crate::redelivery::sqs::{QueueControl, QueueError, VisibilityChange};
 use crate::sink::{
     Archive, ArchiveName, ArchiveUpload, ArchiveWrite, ArchivedCopy, ArchivedObject, Delivery,
-    Sink, SinkError, SinkReport,
+    ServerSideCopy, Sink, SinkError, SinkReport, StreamedUploads,
 };
 
 /// An S3 answer as it comes over the wire, for aws-smithy-mocks rules.
@@ -183,6 +183,18 @@ impl Archive for MemoryArchive {
             .map(|_| location(name.as_str())))
     }
 
+    fn streamed_uploads(&self) -> Option<&dyn StreamedUploads> {
+        Some(self)
+    }
+
+    fn server_side_copy(&self) -> Option<&dyn ServerSideCopy> {
+        self.copies_from
+            .is_some()
+            .then_some(self as &dyn ServerSideCopy)
+    }
+}
+
+impl StreamedUploads for MemoryArchive {
     fn begin_upload(&self, name: &ArchiveName, sent_at_ms: u64) -> Box<dyn ArchiveUpload> {
         Box::new(MemoryUpload {
             objects: Arc::clone(&self.objects),
@@ -195,11 +207,10 @@ impl Archive for MemoryArchive {
     fn upload_holds_bytes(&self) -> u64 {
         0
     }
+}
 
-    fn copies_in(&self) -> bool {
-        self.copies_from.is_some()
-    }
-
+#[async_trait]
+impl ServerSideCopy for MemoryArchive {
     async fn copy_in(
         &self,
         name: &ArchiveName,

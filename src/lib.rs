@@ -37,3 +37,4 @@ pub mod replay;
 pub mod sdk_error;
 pub mod sink;
 pub mod source;
+pub mod wall_clock;

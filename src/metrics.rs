@@ -48,7 +48,7 @@ impl Metrics {
 
     /// Emits the invocation's metric documents (to stdout, in production).
     pub fn emit(&self, function_name: &str, trigger: &str, report: &BatchReport) {
-        let documents = self.documents(function_name, trigger, report, now_ms());
+        let documents = self.documents(function_name, trigger, report, crate::wall_clock::now_ms());
         match &self.destination {
             Destination::Stdout => {
                 let mut stdout = std::io::stdout().lock();
@@ -196,12 +196,6 @@ fn failed_metric(class: FailureClass) -> String {
         .map(|first| first.to_ascii_uppercase().to_string() + chars.as_str())
         .unwrap_or_default();
     format!("RecordsFailed{capitalised}")
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::budget::{HoldingCost, MemoryBudget};
 use crate::config::Config;
 use crate::dead_letter::{DeadLetterQueue, SqsDeadLetterQueue};
 use crate::fetch::Fetcher;
-use crate::fetch::source_bucket::S3SourceBucket;
+use crate::fetch::own_bucket::S3SourceBucket;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::redelivery::sqs::{Redelivery, SqsQueueControl};

@@ -4,7 +4,7 @@
 //! do on the wire is tested against moto in `tests/`.
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Context, LambdaEvent};
@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
 use crate::redelivery::sqs::Redelivery;
 use crate::sink::{Archive, ArchiveName, Sink};
+use crate::wall_clock::now_ms;
 use crate::source::kafka::{KafkaBatchResponse, KafkaEvent, ResponseMode};
 
 /// The invocation's time: enough for a fetch, short enough that a record
@@ -119,12 +120,6 @@ impl Harness {
             .await
             .expect("a batch response")
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn invocation<T>(payload: T) -> LambdaEvent<T> {

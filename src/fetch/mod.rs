@@ -2,7 +2,7 @@
 //! backoff inside the URL's lifetime and the invocation's deadline, a size
 //! limit enforced while streaming, and failure classification.
 
-pub mod source_bucket;
+pub mod own_bucket;
 mod url_policy;
 
 use std::error::Error as StdError;

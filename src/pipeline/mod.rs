@@ -1,6 +1,20 @@
-//! One record from queue message to written payload.
+//! One record from queue message to written payload: decode Terra's
+//! pointer, obtain the payload, then write it as what was obtained requires.
+//! [`Obtained`] says which way; one `match` in `deliver` takes it.
+//!
+//! | The payload comes from | archive alone | archive and table | table alone |
+//! |---|---|---|---|
+//! | the URL, up to 8 MiB ([`STREAM_ABOVE_BYTES`]) | `Held` | `Held` | `Held` |
+//! | the URL, larger | `Streamed` | `Held` | `Held` |
+//! | the URL, expired, archived by an earlier try | `AlreadyArchived` | `Held`, read back | fails, `expired` |
+//! | Terra's bucket (own-bucket mode) | `LeftInSourceBucket` | `Held`, archived by a copy inside S3; over the limit `LeftInSourceBucket`, failing for the table | `Held` |
+//! | Terra's bucket, an object stored gzip | `Held` | `Held` | `Held` |
+//!
+//! An archive that compresses cannot copy inside S3, nor one that is not S3:
+//! own-bucket payloads are then `Held` too. How own-bucket reads fail over
+//! to the URL is in [`own_bucket`].
 
-mod source_bucket;
+mod own_bucket;
 mod streaming;
 
 use std::sync::Arc;
@@ -13,7 +27,7 @@ use tracing::Instrument;
 
 use crate::batch::RecordProcessor;
 use crate::budget::Reservation;
-use crate::fetch::source_bucket::{SourceBucket, SourceBuckets, SourceVersion};
+use crate::fetch::own_bucket::{SourceBucket, SourceBuckets, SourceReadError, SourceVersion};
 use crate::fetch::{FetchDeadlines, FetchError, Fetched, Fetcher, RedactedUrl, RetryDelays};
 use crate::message::{self, PayloadPointer, TerraMessage};
 use crate::outcome::{Classify, FailureClass, FetchTiming, Outcome, RecordFailure, Retry, Written};
@@ -22,8 +36,9 @@ use crate::record::InboundRecord;
 use crate::sink::{
     Archive, ArchiveName, ArchiveWrite, ArchivedCopy, ArchivedObject, Delivery, Sink, SinkError,
 };
-use source_bucket::FromSource;
-use streaming::{ArchiveBoundBody, ReceivedPayload};
+use crate::wall_clock::now_ms;
+use own_bucket::FromSource;
+use streaming::{ArchiveBound, ArchiveBoundBody};
 
 pub use streaming::STREAM_ABOVE_BYTES;
 
@@ -43,34 +58,73 @@ struct SourceBucketReads {
     reader: Arc<dyn SourceBucket>,
 }
 
-/// A payload ready for the stores, and where it came from.
-struct Obtained {
-    payload: ReceivedPayload,
+/// What obtaining a record's payload came to, and so how it is written.
+enum Obtained {
+    /// In memory: validated, then written to every store.
+    Held(HeldPayload),
+    /// Validated and archived as it downloaded; the archive is the only store.
+    Streamed(StreamedPayload),
+    /// Unobtainable now, but an earlier delivery archived it, and the archive
+    /// is the only store.
+    AlreadyArchived,
+    /// Left in Terra's bucket for the archive to copy in: the archive is the
+    /// only store, or the payload is over the limit for the others.
+    /// `summary` is from the payload's start.
+    LeftInSourceBucket {
+        version: SourceVersion,
+        summary: PayloadSummary,
+        fetch: FetchTiming,
+    },
+}
+
+struct HeldPayload {
+    bytes: Bytes,
+    provenance: Provenance,
     attempts: u32,
-    /// Set when the payload was downloaded.
+    /// How the download or the role's read went; `None` from the archive.
     fetch: Option<FetchTiming>,
-    /// Set when the payload was read back from the archive.
-    archived: Option<ArchivedObject>,
-    /// Set when the payload was read whole from a source bucket.
-    source: Option<SourceVersion>,
     /// The budget the payload holds while the record is in flight.
-    _reservation: Option<Reservation>,
+    _reservation: Reservation,
+}
+
+/// Where held bytes came from, which decides how they are archived.
+enum Provenance {
+    /// Downloaded from the URL, or read from Terra's bucket and inflated:
+    /// stored in the archive as they are.
+    Downloaded,
+    /// Read with the role from Terra's bucket, as stored there: an archive
+    /// that can copies the object in instead of uploading the bytes.
+    SourceBucket(SourceVersion),
+    /// Read back from the archive, where an earlier delivery wrote them.
+    Archive(ArchivedObject),
+}
+
+struct StreamedPayload {
+    summary: PayloadSummary,
+    bytes: u64,
+    stored: ArchiveWrite,
+    attempts: u32,
+    fetch: FetchTiming,
 }
 
 impl Pipeline {
     /// The archive (when configured) is written first, then `sinks` in order;
     /// a record counts as written only when all are. With the archive alone,
-    /// payloads above [`STREAM_ABOVE_BYTES`] are streamed into it.
+    /// payloads above [`STREAM_ABOVE_BYTES`] are streamed into it, when it
+    /// takes streamed uploads.
     pub fn new(
         fetcher: Fetcher,
         archive: Option<Arc<dyn Archive>>,
         sinks: Vec<Arc<dyn Sink>>,
     ) -> Self {
-        let (fetcher, streams_to_archive) = match &archive {
-            Some(archive) if sinks.is_empty() => (
+        let uploads = archive
+            .as_deref()
+            .and_then(|archive| archive.streamed_uploads());
+        let (fetcher, streams_to_archive) = match uploads {
+            Some(uploads) if sinks.is_empty() => (
                 fetcher.streaming_above(
                     STREAM_ABOVE_BYTES,
-                    streaming::streamed_holds_bytes(archive.as_ref()),
+                    streaming::streamed_holds_bytes(uploads),
                     streaming::STREAMS_AT_ONCE,
                 ),
                 true,
@@ -122,105 +176,59 @@ impl Pipeline {
         if let Some(reference) = &pointer.payload_reference {
             span.record("payload_reference", reference.as_str());
         }
-
-        let in_source_bucket = self.source_buckets.as_ref().and_then(|reads| {
-            let object = reads.buckets.locate(&pointer.url)?;
-            Some((reads.reader.as_ref(), object))
-        });
-        let mut role_read_failed = None;
-        let from_source = match in_source_bucket {
-            Some((reader, object)) => {
-                span.record("source", tracing::field::display(&object));
-                let url_lives = url_may_work(&pointer, record.sent_at_ms);
-                match self
-                    .obtain_from_source(
-                        reader,
-                        object,
-                        record.sent_at_ms,
-                        &name,
-                        give_up_at,
-                        url_lives,
-                    )
-                    .await?
-                {
-                    FromSource::Obtained(obtained) => Some(*obtained),
-                    FromSource::UseTheUrl(error) => {
-                        tracing::warn!(%error, "the role cannot read the source bucket; fetching the URL instead");
-                        role_read_failed = Some(error);
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-        let obtained = match from_source {
-            Some(obtained) => obtained,
-            None => self
-                .obtain(&pointer, record.sent_at_ms, &name, give_up_at)
-                .await
-                .map_err(|url_failed| prefer_a_retry(url_failed, role_read_failed))?,
-        };
-        let source = obtained.source;
-        let payload = match obtained.payload {
-            ReceivedPayload::Held(payload) => payload,
-            ReceivedPayload::AlreadyArchived => {
+        let sent_at_ms = record.sent_at_ms;
+        let written = match self.obtain(&pointer, sent_at_ms, &name, give_up_at).await? {
+            Obtained::Held(held) => self.write_held(held, name, sent_at_ms, give_up_at).await?,
+            Obtained::Streamed(streamed) => streamed.written(),
+            Obtained::AlreadyArchived => {
                 tracing::debug!("payload already archived by an earlier delivery");
-                return Ok(Outcome::Written(Written {
+                Written {
                     recovered_from_archive: true,
                     ..Written::default()
-                }));
+                }
             }
-            ReceivedPayload::Streamed {
+            Obtained::LeftInSourceBucket {
+                version,
                 summary,
-                bytes,
-                stored,
-            } => {
-                log_newer_held(&stored);
-                tracing::debug!(
-                    event_type = %summary.event_type,
-                    bytes,
-                    attempts = obtained.attempts,
-                    "payload streamed to the archive"
-                );
-                return Ok(Outcome::Written(Written {
-                    event_type: summary.event_type,
-                    payload_bytes: bytes,
-                    stale_items: 0,
-                    recovered_from_archive: false,
-                    fetch: obtained.fetch,
-                }));
-            }
-            ReceivedPayload::InSourceBucket { version, summary } => {
-                return self
-                    .copy_only(&name, record.sent_at_ms, version, summary, give_up_at)
-                    .await
-                    .map(|written| {
-                        Outcome::Written(Written {
-                            fetch: obtained.fetch,
-                            ..written
-                        })
-                    });
-            }
+                fetch,
+            } => Written {
+                fetch: Some(fetch),
+                ..self
+                    .copy_only(&name, sent_at_ms, version, summary, give_up_at)
+                    .await?
+            },
         };
-        let summary = inspect_off_the_workers(&payload).await?;
-        let recovered = obtained.archived.is_some();
+        Ok(Outcome::Written(written))
+    }
+
+    /// Validates a payload in hand and writes it to every store: the archive
+    /// first (unless it came from there), then each sink in order.
+    async fn write_held(
+        &self,
+        held: HeldPayload,
+        name: ArchiveName,
+        sent_at_ms: u64,
+        give_up_at: Instant,
+    ) -> Result<Written, RecordFailure> {
+        let summary = inspect_off_the_workers(&held.bytes).await?;
+        let (recovered, archived) = match held.provenance {
+            Provenance::Archive(ref object) => (true, Some(object.clone())),
+            _ => (false, None),
+        };
         let mut delivery = Delivery {
             name,
-            sent_at_ms: record.sent_at_ms,
-            payload,
+            sent_at_ms,
+            payload: held.bytes,
             summary,
-            archived: obtained.archived,
+            archived,
         };
         if let (Some(archive), false) = (&self.archive, recovered) {
-            let stored = match &source {
-                Some(version) if archive.copies_in() => {
+            let copier = archive.server_side_copy();
+            let stored = match (&held.provenance, copier) {
+                (Provenance::SourceBucket(version), Some(copier)) => {
                     until_stored(give_up_at, || {
-                        archive.copy_in(
-                            &delivery.name,
-                            delivery.sent_at_ms,
-                            version,
-                            &delivery.summary,
-                        )
+                        let Delivery { name, summary, .. } = &delivery;
+                        copier.copy_in(name, sent_at_ms, version, summary)
                     })
                     .await?
                 }
@@ -238,24 +246,56 @@ impl Pipeline {
         tracing::debug!(
             event_type = %delivery.summary.event_type,
             bytes = delivery.payload.len(),
-            attempts = obtained.attempts,
+            attempts = held.attempts,
             recovered_from_archive = recovered,
             stale_items,
             "payload written"
         );
-        Ok(Outcome::Written(Written {
+        Ok(Written {
             event_type: delivery.summary.event_type,
             payload_bytes: delivery.payload.len() as u64,
             stale_items,
             recovered_from_archive: recovered,
-            fetch: obtained.fetch,
-        }))
+            fetch: held.fetch,
+        })
+    }
+
+    /// From Terra's bucket with the role when own-bucket mode covers the
+    /// URL, falling back to the URL as [`own_bucket`] describes; otherwise
+    /// by the URL.
+    async fn obtain(
+        &self,
+        pointer: &PayloadPointer,
+        sent_at_ms: u64,
+        name: &ArchiveName,
+        give_up_at: Instant,
+    ) -> Result<Obtained, RecordFailure> {
+        let in_source_bucket = self.source_buckets.as_ref().and_then(|reads| {
+            let object = reads.buckets.locate(&pointer.url)?;
+            Some((reads.reader.as_ref(), object))
+        });
+        let Some((reader, object)) = in_source_bucket else {
+            return self.obtain_by_url(pointer, sent_at_ms, name, give_up_at).await;
+        };
+        tracing::Span::current().record("source", tracing::field::display(&object));
+        let url_lives = url_may_work(pointer, sent_at_ms);
+        let role_read_failed = match self
+            .obtain_from_source(reader, object, sent_at_ms, name, give_up_at, url_lives)
+            .await?
+        {
+            FromSource::Obtained(obtained) => return Ok(*obtained),
+            FromSource::UseTheUrl(error) => error,
+        };
+        tracing::warn!(error = %role_read_failed, "the role cannot read the source bucket; fetching the URL instead");
+        self.obtain_by_url(pointer, sent_at_ms, name, give_up_at)
+            .await
+            .map_err(|url_failed| prefer_a_retry(url_failed, role_read_failed))
     }
 
     /// Fetches the payload; when the URL has expired, falls back to the copy an
     /// earlier attempt archived (the archive name derives from the message
     /// alone), so a sink outage longer than the URL lifetime loses nothing.
-    async fn obtain(
+    async fn obtain_by_url(
         &self,
         pointer: &PayloadPointer,
         sent_at_ms: u64,
@@ -274,48 +314,74 @@ impl Pipeline {
                     url_expires_at: url_expires_at.flatten(),
                     give_up_at,
                 };
-                match (&self.archive, self.streams_to_archive) {
-                    (Some(archive), true) => {
-                        self.fetcher
-                            .fetch_into(&pointer.url, deadlines, || {
-                                ArchiveBoundBody::new(archive.as_ref(), name, sent_at_ms)
-                            })
-                            .await
-                    }
-                    _ => self.fetcher.fetch(&pointer.url, deadlines).await.map(
-                        |Fetched {
-                             body,
-                             attempts,
-                             reservation,
-                         }| Fetched {
-                            body: ReceivedPayload::Held(body),
-                            attempts,
-                            reservation,
-                        },
-                    ),
-                }
+                self.download(pointer, deadlines, name, sent_at_ms).await
             }
         };
-        let error = match fetched {
-            Ok(fetched) => {
-                return Ok(Obtained {
-                    payload: fetched.body,
-                    attempts: fetched.attempts,
-                    fetch: Some(FetchTiming {
-                        latency_ms: started.elapsed().as_millis() as u64,
-                        age_at_fetch_ms,
-                    }),
-                    archived: None,
-                    source: None,
-                    _reservation: Some(fetched.reservation),
-                });
+        let Fetched {
+            body,
+            attempts,
+            reservation,
+        } = match fetched {
+            Ok(fetched) => fetched,
+            Err(error) if error.class() == FailureClass::Expired => {
+                return self
+                    .recover_from_archive(error.into(), name, sent_at_ms, give_up_at)
+                    .await;
             }
-            Err(error) => error,
+            Err(error) => return Err(error.into()),
         };
-        if error.class() != FailureClass::Expired {
-            return Err(error.into());
-        }
-        self.recover_from_archive(error.into(), name, sent_at_ms, give_up_at)
+        let fetch = FetchTiming {
+            latency_ms: started.elapsed().as_millis() as u64,
+            age_at_fetch_ms,
+        };
+        Ok(match body {
+            ArchiveBound::Held(bytes) => Obtained::Held(HeldPayload {
+                bytes,
+                provenance: Provenance::Downloaded,
+                attempts,
+                fetch: Some(fetch),
+                _reservation: reservation,
+            }),
+            ArchiveBound::Streamed {
+                summary,
+                bytes,
+                stored,
+            } => Obtained::Streamed(StreamedPayload {
+                summary,
+                bytes,
+                stored,
+                attempts,
+                fetch,
+            }),
+        })
+    }
+
+    /// One download, streamed into the archive once large when that is how
+    /// this pipeline stores payloads.
+    async fn download(
+        &self,
+        pointer: &PayloadPointer,
+        deadlines: FetchDeadlines,
+        name: &ArchiveName,
+        sent_at_ms: u64,
+    ) -> Result<Fetched<ArchiveBound>, FetchError> {
+        let uploads = self
+            .archive
+            .as_deref()
+            .and_then(|archive| archive.streamed_uploads())
+            .filter(|_| self.streams_to_archive);
+        let Some(uploads) = uploads else {
+            let fetched = self.fetcher.fetch(&pointer.url, deadlines).await?;
+            return Ok(Fetched {
+                body: ArchiveBound::Held(fetched.body),
+                attempts: fetched.attempts,
+                reservation: fetched.reservation,
+            });
+        };
+        self.fetcher
+            .fetch_into(&pointer.url, deadlines, || {
+                ArchiveBoundBody::new(uploads, name, sent_at_ms)
+            })
             .await
     }
 
@@ -335,18 +401,11 @@ impl Pipeline {
         if self.sinks.is_empty() {
             // Nothing to project: that the archive holds this send is all
             // the record needs, and asking costs no payload in memory.
-            let Some(archived) = archive.holds(name, sent_at_ms).await? else {
+            if archive.holds(name, sent_at_ms).await?.is_none() {
                 return Err(error);
-            };
+            }
             tracing::info!(reason = %error.message, "payload unobtainable; the archive already holds it");
-            return Ok(Obtained {
-                payload: ReceivedPayload::AlreadyArchived,
-                attempts: 0,
-                fetch: None,
-                archived: Some(archived),
-                source: None,
-                _reservation: None,
-            });
+            return Ok(Obtained::AlreadyArchived);
         }
         // The archived copy's size is known only once it is read: hold room
         // for the largest payload accepted until then.
@@ -361,32 +420,53 @@ impl Pipeline {
             ));
         };
         let max_payload_bytes = self.fetcher.max_payload_bytes();
-        let (payload, archived) = match archive
+        let (bytes, archived) = match archive
             .retrieve(name, sent_at_ms, max_payload_bytes)
             .await?
         {
             None => return Err(error),
             Some(ArchivedCopy::Payload(payload, archived)) => (payload, archived),
             Some(ArchivedCopy::TooLarge(archived)) => {
-                let mut too_large = RecordFailure::from_error(&FetchError::TooLarge {
-                    limit: max_payload_bytes,
-                    url: archived.key,
-                });
-                too_large.message.push_str("; archived, not projected");
-                return Err(too_large);
+                return Err(archived_not_projected(max_payload_bytes, archived.key));
             }
         };
-        reservation.shrink_to(self.fetcher.holding_cost().held_whole(payload.len() as u64));
+        reservation.shrink_to(self.fetcher.holding_cost().held_whole(bytes.len() as u64));
         tracing::info!(reason = %error.message, "payload unobtainable; continuing from the archived copy");
-        Ok(Obtained {
-            payload: ReceivedPayload::Held(payload),
+        Ok(Obtained::Held(HeldPayload {
+            bytes,
+            provenance: Provenance::Archive(archived),
             attempts: 0,
             fetch: None,
-            archived: Some(archived),
-            source: None,
-            _reservation: Some(reservation),
-        })
+            _reservation: reservation,
+        }))
     }
+}
+
+impl StreamedPayload {
+    fn written(self) -> Written {
+        log_newer_held(&self.stored);
+        tracing::debug!(
+            event_type = %self.summary.event_type,
+            bytes = self.bytes,
+            attempts = self.attempts,
+            "payload streamed to the archive"
+        );
+        Written {
+            event_type: self.summary.event_type,
+            payload_bytes: self.bytes,
+            stale_items: 0,
+            recovered_from_archive: false,
+            fetch: Some(self.fetch),
+        }
+    }
+}
+
+/// A payload over the limit the archive holds all the same (copied in, or
+/// archived before the limit was lowered): the other stores cannot take it.
+fn archived_not_projected(limit: u64, object: String) -> RecordFailure {
+    let mut too_large = RecordFailure::from_error(&FetchError::TooLarge { limit, url: object });
+    too_large.message.push_str("; archived, not projected");
+    too_large
 }
 
 fn log_newer_held(stored: &ArchiveWrite) {
@@ -445,30 +525,23 @@ where
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The URL was fetched because the role's read failed. When that read may
 /// succeed later (S3 was down) but the URL failed for good (its host not
 /// allowed, say), the record fails as the read did: the bucket is still the
 /// way in, so it is retried, not given up.
 fn prefer_a_retry(
     url_failed: RecordFailure,
-    role_read_failed: Option<crate::fetch::source_bucket::SourceReadError>,
+    role_read_failed: SourceReadError,
 ) -> RecordFailure {
-    match role_read_failed {
-        Some(read) if read.retry() == Retry::Transient && url_failed.retry == Retry::Permanent => {
-            let mut failure = RecordFailure::from_error(&read);
+    if role_read_failed.retry() == Retry::Transient && url_failed.retry == Retry::Permanent {
+            let mut failure = RecordFailure::from_error(&role_read_failed);
             failure.message = format!(
                 "{}; the URL failed too: {}",
                 failure.message, url_failed.message
             );
             failure
-        }
-        _ => url_failed,
+    } else {
+        url_failed
     }
 }
 
@@ -535,7 +608,7 @@ mod tests {
 
     #[test]
     fn a_role_read_that_may_succeed_later_outweighs_a_url_that_never_will() {
-        use crate::fetch::source_bucket::{SourceObject, SourceReadError};
+        use crate::fetch::own_bucket::{SourceObject, SourceReadError};
         let object = SourceObject {
             bucket: "terra-drop".into(),
             key: "a.json".into(),
@@ -547,7 +620,7 @@ mod tests {
             object: object.clone(),
             detail: "503".into(),
         };
-        let kept = prefer_a_retry(refused_url.clone(), Some(s3_down));
+        let kept = prefer_a_retry(refused_url.clone(), s3_down);
         assert_eq!(
             (kept.class, kept.retry),
             (FailureClass::Fetch, Retry::Transient)
@@ -561,19 +634,12 @@ mod tests {
             object,
             detail: "403".into(),
         };
-        assert_eq!(
-            prefer_a_retry(refused_url.clone(), Some(denied)),
-            refused_url
-        );
-        assert_eq!(prefer_a_retry(refused_url.clone(), None), refused_url);
+        assert_eq!(prefer_a_retry(refused_url.clone(), denied), refused_url);
     }
 
     #[test]
     fn url_expiry_counts_from_the_send_time() {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_millis() as u64;
+        let now_ms = now_ms();
         assert!(url_expiry(now_ms - 601_000, Duration::from_secs(600)).is_none());
         for future in [now_ms + 3_600_000, u64::MAX] {
             let remaining = url_expiry(future, Duration::from_secs(600))

@@ -9,11 +9,10 @@
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinError;
 
-use crate::fetch::source_bucket::SourceVersion;
 use crate::fetch::{BodyReceiver, HeldBody};
 use crate::outcome::{FailureClass, RecordFailure, Retry};
 use crate::payload::{IncrementalInspector, PayloadSummary};
-use crate::sink::{Archive, ArchiveName, ArchiveUpload, ArchiveWrite};
+use crate::sink::{ArchiveName, ArchiveUpload, ArchiveWrite, StreamedUploads};
 
 /// Bodies up to this size are held and stored whole, as with every other
 /// store; larger ones are streamed.
@@ -33,36 +32,25 @@ const PIECE_BYTES: usize = 1024 * 1024;
 /// What a streamed record holds at most: the body until it passes the
 /// threshold, then a piece being validated, one arriving, and the upload's
 /// buffers.
-pub fn streamed_holds_bytes(archive: &dyn Archive) -> u64 {
+pub fn streamed_holds_bytes(uploads: &dyn StreamedUploads) -> u64 {
     let before_streaming = STREAM_ABOVE_BYTES + PIECE_BYTES as u64;
-    let streaming = 2 * PIECE_BYTES as u64 + archive.upload_holds_bytes();
+    let streaming = 2 * PIECE_BYTES as u64 + uploads.upload_holds_bytes();
     before_streaming.max(streaming)
 }
 
-/// A payload as the pipeline received it.
-pub enum ReceivedPayload {
+/// One download's body: held, or validated and archived on the way.
+pub enum ArchiveBound {
     Held(Bytes),
-    /// Already in the archive, from an earlier delivery, and nothing else
-    /// to write it to: the URL expired, and the archive is the only store.
-    AlreadyArchived,
-    /// Validated and archived on the way.
     Streamed {
         summary: PayloadSummary,
         bytes: u64,
         stored: ArchiveWrite,
     },
-    /// Left in its source bucket, for the archive to copy in: the archive is
-    /// the only store, or the payload is too large for the others.
-    /// `summary` is from the payload's start.
-    InSourceBucket {
-        version: SourceVersion,
-        summary: PayloadSummary,
-    },
 }
 
 /// The body of one download attempt: held, or streamed once it is large.
 pub struct ArchiveBoundBody<'a> {
-    archive: &'a dyn Archive,
+    uploads: &'a dyn StreamedUploads,
     name: &'a ArchiveName,
     sent_at_ms: u64,
     held: HeldBody,
@@ -76,9 +64,9 @@ struct Streaming {
 }
 
 impl<'a> ArchiveBoundBody<'a> {
-    pub fn new(archive: &'a dyn Archive, name: &'a ArchiveName, sent_at_ms: u64) -> Self {
+    pub fn new(uploads: &'a dyn StreamedUploads, name: &'a ArchiveName, sent_at_ms: u64) -> Self {
         Self {
-            archive,
+            uploads,
             name,
             sent_at_ms,
             // Sized for what is held before streaming starts, at most.
@@ -126,7 +114,7 @@ fn validation_task_failed(error: JoinError) -> RecordFailure {
 
 #[async_trait::async_trait]
 impl BodyReceiver for ArchiveBoundBody<'_> {
-    type Body = ReceivedPayload;
+    type Body = ArchiveBound;
 
     fn announced(&mut self, length: Option<u64>) {
         self.held.announced(length);
@@ -149,7 +137,7 @@ impl BodyReceiver for ArchiveBoundBody<'_> {
             // What arrived so far is the first piece, not copied.
             let mut streaming = Streaming {
                 inspector: IncrementalInspector::new(),
-                upload: self.archive.begin_upload(self.name, self.sent_at_ms),
+                upload: self.uploads.begin_upload(self.name, self.sent_at_ms),
                 piece: self.held.take_buffer(),
             };
             let sent = streaming.send_piece().await;
@@ -159,10 +147,10 @@ impl BodyReceiver for ArchiveBoundBody<'_> {
         Ok(())
     }
 
-    async fn complete(self) -> Result<(ReceivedPayload, u64), RecordFailure> {
+    async fn complete(self) -> Result<(ArchiveBound, u64), RecordFailure> {
         let Some(mut streaming) = self.streaming else {
             let (payload, held) = self.held.complete().await?;
-            return Ok((ReceivedPayload::Held(payload), held));
+            return Ok((ArchiveBound::Held(payload), held));
         };
         if !streaming.piece.is_empty()
             && let Err(failure) = streaming.send_piece().await
@@ -176,7 +164,7 @@ impl BodyReceiver for ArchiveBoundBody<'_> {
         };
         let stored = streaming.upload.finish(&summary).await?;
         Ok((
-            ReceivedPayload::Streamed {
+            ArchiveBound::Streamed {
                 summary,
                 bytes,
                 stored,

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::{SqsEvent, SqsMessage};
@@ -244,9 +244,7 @@ impl Redelivery {
     /// Makes each failed message visible again when [`return_after`] says;
     /// `invocation` is the time this invocation had when it started.
     pub async fn schedule(&self, event: &SqsEvent, outcomes: &[Outcome], invocation: Duration) {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = crate::wall_clock::now_ms();
         let mut failed_by_queue: BTreeMap<String, Vec<(&SqsMessage, &RecordFailure)>> =
             BTreeMap::new();
         for (message, outcome) in event.records.iter().zip(outcomes) {
@@ -375,6 +373,7 @@ fn url_life_left(message: &SqsMessage, now_ms: u64) -> Option<Duration> {
 mod tests {
     use super::*;
     use crate::fakes::MemoryQueue;
+    use crate::wall_clock::now_ms;
     use crate::outcome::examples::written;
     use crate::outcome::{FailureClass, RecordFailure, Retry};
     use serde_json::json;
@@ -401,13 +400,6 @@ mod tests {
             record["attributes"]["MessageGroupId"] = json!(group);
         }
         record
-    }
-
-    fn now_ms() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("after 1970")
-            .as_millis() as u64
     }
 
     fn event(now_ms: u64) -> SqsEvent {

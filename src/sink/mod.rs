@@ -1,6 +1,9 @@
 //! Where payloads are written. The S3 archive sits behind [`Archive`] (it can
 //! also give a payload back), every other store behind [`Sink`], so the
-//! pipeline neither knows nor cares which stores are configured.
+//! pipeline neither knows nor cares which stores are configured. What only
+//! S3 can do, multipart uploads and copies inside S3, are capabilities an
+//! archive may offer ([`StreamedUploads`], [`ServerSideCopy`]): a fake
+//! implements the three calls every archive answers, and those a test needs.
 
 mod archive_name;
 mod dynamodb;
@@ -13,7 +16,7 @@ use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 
-use crate::fetch::source_bucket::SourceVersion;
+use crate::fetch::own_bucket::SourceVersion;
 use crate::outcome::{Classify, FailureClass, Retry};
 use crate::payload::PayloadSummary;
 
@@ -110,6 +113,22 @@ pub trait Archive: Send + Sync {
         sent_at_ms: u64,
     ) -> Result<Option<ArchivedObject>, SinkError>;
 
+    /// How this archive takes a payload too large to hold, piece by piece;
+    /// `None` when it cannot, and such payloads are held whole.
+    fn streamed_uploads(&self) -> Option<&dyn StreamedUploads> {
+        None
+    }
+
+    /// How this archive copies an own-bucket object in without its bytes
+    /// passing through the function; `None` when it cannot (not in S3, or
+    /// it compresses what it stores), and such payloads are read and stored.
+    fn server_side_copy(&self) -> Option<&dyn ServerSideCopy> {
+        None
+    }
+}
+
+/// An archive's uploads of payloads that arrive in pieces (S3 multipart).
+pub trait StreamedUploads: Send + Sync {
     /// Starts storing a payload that arrives in pieces, too large to hold
     /// whole; nothing is visible under the name until it is finished.
     fn begin_upload(&self, name: &ArchiveName, sent_at_ms: u64) -> Box<dyn ArchiveUpload>;
@@ -117,11 +136,12 @@ pub trait Archive: Send + Sync {
     /// The most an upload holds in memory at once, besides the piece being
     /// appended.
     fn upload_holds_bytes(&self) -> u64;
+}
 
-    /// Whether [`Archive::copy_in`] can take a source-bucket object: the
-    /// archive is in S3 and stores payloads as they are (not compressed).
-    fn copies_in(&self) -> bool;
-
+/// An archive's copy of an object from Terra's bucket (own-bucket mode)
+/// inside S3.
+#[async_trait]
+pub trait ServerSideCopy: Send + Sync {
     /// Stores the payload `source` holds under `name` by a copy inside S3, no
     /// bytes passing through the function, under the conditions of
     /// [`Archive::store`]. `summary` gives the metadata, as far as known.

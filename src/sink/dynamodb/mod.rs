@@ -9,7 +9,6 @@ mod items;
 mod projection;
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
@@ -453,10 +452,7 @@ impl Sink for DynamoDbSink {
             )
         });
 
-        let received_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or_default();
+        let received_at = crate::wall_clock::now_ms();
         let mut report = SinkReport::default();
         let mut first_error: Option<SinkError> = None;
         let mut receiver = receiver;

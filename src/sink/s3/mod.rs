@@ -18,9 +18,10 @@ use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 use bytes::Bytes;
 
 use super::{
-    Archive, ArchiveUpload, ArchiveWrite, ArchivedCopy, ArchivedObject, Delivery, SinkError, gzip,
+    Archive, ArchiveUpload, ArchiveWrite, ArchivedCopy, ArchivedObject, Delivery, ServerSideCopy,
+    SinkError, StreamedUploads, gzip,
 };
-use crate::fetch::source_bucket::SourceVersion;
+use crate::fetch::own_bucket::SourceVersion;
 use crate::outcome::Retry;
 use crate::payload::PayloadSummary;
 use crate::sdk_error::describe;
@@ -346,47 +347,13 @@ impl Archive for S3Archive {
             .await
     }
 
-    fn begin_upload(&self, name: &ArchiveName, sent_at_ms: u64) -> Box<dyn ArchiveUpload> {
-        Box::new(upload::S3Upload::new(
-            self.clone(),
-            self.key_for(name),
-            sent_at_ms,
-        ))
+    fn streamed_uploads(&self) -> Option<&dyn StreamedUploads> {
+        Some(self)
     }
 
-    fn upload_holds_bytes(&self) -> u64 {
-        upload::HOLDS_BYTES
-    }
-
-    fn copies_in(&self) -> bool {
-        self.settings.compression == S3Compression::None
-    }
-
-    async fn copy_in(
-        &self,
-        name: &ArchiveName,
-        sent_at_ms: u64,
-        source: &SourceVersion,
-        summary: &PayloadSummary,
-    ) -> Result<ArchiveWrite, SinkError> {
-        if !self.copies_in() {
-            return Err(self.error("a compressed archive cannot take a server-side copy"));
-        }
-        if source.size > MAX_COPY_BYTES {
-            return Err(SinkError {
-                retry: Retry::Permanent,
-                record_at_fault: true,
-                ..self.error(format!(
-                    "{} is {} bytes; one server-side copy takes at most {MAX_COPY_BYTES}",
-                    source.object, source.size
-                ))
-            });
-        }
-        let key = self.key_for(name);
-        self.write_conditionally(key, sent_at_ms, |key, expect| async move {
-            self.copy(&key, source, summary, sent_at_ms, &expect).await
-        })
-        .await
+    /// A compressed archive stores other bytes than the source object's.
+    fn server_side_copy(&self) -> Option<&dyn ServerSideCopy> {
+        (self.settings.compression == S3Compression::None).then_some(self as &dyn ServerSideCopy)
     }
 
     async fn holds(
@@ -474,11 +441,52 @@ fn metadata_value(value: &str) -> String {
         .collect()
 }
 
+impl StreamedUploads for S3Archive {
+    fn begin_upload(&self, name: &ArchiveName, sent_at_ms: u64) -> Box<dyn ArchiveUpload> {
+        Box::new(upload::S3Upload::new(
+            self.clone(),
+            self.key_for(name),
+            sent_at_ms,
+        ))
+    }
+
+    fn upload_holds_bytes(&self) -> u64 {
+        upload::HOLDS_BYTES
+    }
+}
+
+#[async_trait]
+impl ServerSideCopy for S3Archive {
+    async fn copy_in(
+        &self,
+        name: &ArchiveName,
+        sent_at_ms: u64,
+        source: &SourceVersion,
+        summary: &PayloadSummary,
+    ) -> Result<ArchiveWrite, SinkError> {
+        if source.size > MAX_COPY_BYTES {
+            return Err(SinkError {
+                retry: Retry::Permanent,
+                record_at_fault: true,
+                ..self.error(format!(
+                    "{} is {} bytes; one server-side copy takes at most {MAX_COPY_BYTES}",
+                    source.object, source.size
+                ))
+            });
+        }
+        let key = self.key_for(name);
+        self.write_conditionally(key, sent_at_ms, |key, expect| async move {
+            self.copy(&key, source, summary, sent_at_ms, &expect).await
+        })
+        .await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fakes::s3_answer as answer;
-    use crate::fetch::source_bucket::SourceObject;
+    use crate::fetch::own_bucket::SourceObject;
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
     use aws_smithy_types::retry::RetryConfig;
 

@@ -458,7 +458,7 @@ pub(super) fn percent_encode_path(key: &str) -> String {
 mod tests {
     use super::*;
     use crate::fakes::s3_answer as answer;
-    use crate::sink::{Archive, ArchiveName, KeyPrefix, S3Settings};
+    use crate::sink::{ArchiveName, KeyPrefix, S3Settings, StreamedUploads};
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
     use aws_smithy_types::retry::RetryConfig;
 

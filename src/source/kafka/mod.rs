@@ -142,10 +142,7 @@ pub const TIMESTAMP_AHEAD_TOLERANCE_MS: u64 = 5 * 60 * 1000;
 /// The batch, and the items the batch runner works on: one per record, in
 /// the same order.
 pub fn decode(event: &KafkaEvent) -> (DecodedBatch, Vec<SourceItem>) {
-    let received_at_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
-    decode_received_at(event, received_at_ms)
+    decode_received_at(event, crate::wall_clock::now_ms())
 }
 
 fn decode_received_at(event: &KafkaEvent, received_at_ms: u64) -> (DecodedBatch, Vec<SourceItem>) {

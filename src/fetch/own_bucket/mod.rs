@@ -137,7 +137,7 @@ impl SourceReadError {
 
 /// A role read's error reaches a record only once the pre-signed URL has
 /// died: while it lives, any failure but a missing object falls back to the
-/// URL (see `pipeline::source_bucket`). Then:
+/// URL (see `pipeline::own_bucket`). Then:
 ///
 /// - a missing object is gone for good;
 /// - a refusal will not pass until someone changes a policy: permanent, and

@@ -10,21 +10,22 @@
 //! | unavailable, throttled, the object changed or its bytes do not match | the URL is fetched | retried until the invocation's deadline, then `fetch`/transient |
 //!
 //! A URL on the global endpoint, or naming the wrong region, is read in the
-//! region S3 names for the bucket (see `fetch::source_bucket`).
+//! region S3 names for the bucket (see `fetch::own_bucket`).
 
 use std::future::Future;
 
 use tokio::time::Instant;
 
 use super::{
-    Obtained, Pipeline, ReceivedPayload, inspect_off_the_workers, log_newer_held, now_ms,
-    until_stored,
+    HeldPayload, Obtained, Pipeline, Provenance, archived_not_projected, inspect_off_the_workers,
+    log_newer_held, until_stored,
 };
-use crate::fetch::source_bucket::{SourceBucket, SourceObject, SourceReadError, SourceVersion};
+use crate::fetch::own_bucket::{SourceBucket, SourceObject, SourceReadError, SourceVersion};
 use crate::fetch::{FetchError, RetryDelays};
 use crate::outcome::{Classify, FailureClass, FetchTiming, RecordFailure, Retry, Written};
 use crate::payload::{IncrementalInspector, PayloadSummary};
 use crate::sink::{ArchiveName, inflate};
+use crate::wall_clock::now_ms;
 
 /// Read of a payload that is copied, not held: enough for the envelope's
 /// `type` and `user`, which Terra sends before `data`.
@@ -35,6 +36,36 @@ pub(super) enum FromSource {
     Obtained(Box<Obtained>),
     /// The role could not read it, and the URL still lives: fetch that.
     UseTheUrl(SourceReadError),
+}
+
+/// One record's read of a source object: what it needs at every step.
+struct RoleRead<'a> {
+    reader: &'a dyn SourceBucket,
+    give_up_at: Instant,
+    /// Whether the message's pre-signed URL may still work.
+    url_lives: bool,
+    started: Instant,
+    age_at_fetch_ms: u64,
+}
+
+impl RoleRead<'_> {
+    /// `read`, retried as [`role_read`] says.
+    async fn retried<T, Fut>(
+        &self,
+        read: impl FnMut() -> Fut,
+    ) -> Result<Result<T, SourceReadError>, RecordFailure>
+    where
+        Fut: Future<Output = Result<T, SourceReadError>>,
+    {
+        role_read(self.give_up_at, self.url_lives, read).await
+    }
+
+    fn timing(&self) -> FetchTiming {
+        FetchTiming {
+            latency_ms: self.started.elapsed().as_millis() as u64,
+            age_at_fetch_ms: self.age_at_fetch_ms,
+        }
+    }
 }
 
 impl Pipeline {
@@ -50,9 +81,14 @@ impl Pipeline {
         give_up_at: Instant,
         url_lives: bool,
     ) -> Result<FromSource, RecordFailure> {
-        let started = Instant::now();
-        let age_at_fetch_ms = now_ms().saturating_sub(sent_at_ms);
-        let version = match role_read(give_up_at, url_lives, || reader.version(&object)).await? {
+        let read = RoleRead {
+            reader,
+            give_up_at,
+            url_lives,
+            started: Instant::now(),
+            age_at_fetch_ms: now_ms().saturating_sub(sent_at_ms),
+        };
+        let version = match read.retried(|| reader.version(&object)).await? {
             Ok(version) => version,
             Err(gone) if gone.is_gone() => {
                 return self
@@ -67,84 +103,87 @@ impl Pipeline {
             }
             Err(error) => return unreadable(error, url_lives),
         };
-        let timing = || {
-            Some(FetchTiming {
-                latency_ms: started.elapsed().as_millis() as u64,
-                age_at_fetch_ms,
-            })
-        };
+        if version.gzipped {
+            return self.inflated_from_source(&read, version).await;
+        }
         let archive_copies = self
             .archive
             .as_ref()
-            .is_some_and(|archive| archive.copies_in());
-        let max_payload_bytes = self.fetcher.max_payload_bytes();
-        let fits = version.size <= max_payload_bytes;
-        if version.gzipped {
-            return self
-                .inflated_from_source(reader, version, give_up_at, url_lives, timing())
-                .await;
-        }
+            .is_some_and(|archive| archive.server_side_copy().is_some());
+        let fits = version.size <= self.fetcher.max_payload_bytes();
         if archive_copies && (self.sinks.is_empty() || !fits) {
-            // A small object is read whole: S3 refuses a range of an empty
-            // one (416), which would fail as transient for ever.
-            let first_bytes = (version.size > ENVELOPE_START_BYTES).then_some(ENVELOPE_START_BYTES);
-            let start =
-                match role_read(give_up_at, url_lives, || reader.read(&version, first_bytes))
-                    .await?
-                {
-                    Ok(start) => start,
-                    Err(error) => return unreadable(error, url_lives),
-                };
-            let summary = summary_of_start(&start, version.size).await?;
-            // Terra sends `type` first. A payload that does not is read
-            // whole and checked, then copied with its whole summary, when it
-            // fits the limit; past it, it is copied without its
-            // `terra-type` (archived all the same, see the README).
-            let type_unseen = summary.event_type.is_empty();
-            if type_unseen && fits {
-                tracing::debug!("no type in the payload's first bytes; reading it whole");
-            } else {
-                if type_unseen {
-                    tracing::warn!(
-                        "no type in the first bytes of a payload over the limit; archived without terra-type"
-                    );
-                }
-                return Ok(FromSource::Obtained(Box::new(Obtained {
-                    payload: ReceivedPayload::InSourceBucket { version, summary },
-                    attempts: 1,
-                    fetch: timing(),
-                    archived: None,
-                    source: None,
-                    _reservation: None,
-                })));
-            }
+            return self.left_for_a_copy(&read, version, fits).await;
         }
-        if !fits {
+        self.held_from_source(&read, version).await
+    }
+
+    /// A payload the archive copies in, left where it is once its start has
+    /// given its `type`. Terra sends `type` first; a payload that does not is
+    /// read whole and checked when it fits the limit, and past it copied
+    /// without its `terra-type` (archived all the same, see the README).
+    async fn left_for_a_copy(
+        &self,
+        read: &RoleRead<'_>,
+        version: SourceVersion,
+        fits: bool,
+    ) -> Result<FromSource, RecordFailure> {
+        // A small object is read whole: S3 refuses a range of an empty one
+        // (416), which would fail as transient for ever.
+        let first_bytes = (version.size > ENVELOPE_START_BYTES).then_some(ENVELOPE_START_BYTES);
+        let start = match read.retried(|| read.reader.read(&version, first_bytes)).await? {
+            Ok(start) => start,
+            Err(error) => return unreadable(error, read.url_lives),
+        };
+        let summary = summary_of_start(&start, version.size).await?;
+        let type_unseen = summary.event_type.is_empty();
+        if type_unseen && fits {
+            tracing::debug!("no type in the payload's first bytes; reading it whole");
+            return self.held_from_source(read, version).await;
+        }
+        if type_unseen {
+            tracing::warn!(
+                "no type in the first bytes of a payload over the limit; archived without terra-type"
+            );
+        }
+        Ok(FromSource::Obtained(Box::new(Obtained::LeftInSourceBucket {
+            version,
+            summary,
+            fetch: read.timing(),
+        })))
+    }
+
+    /// The whole object, held, within the payload limit and the budget.
+    async fn held_from_source(
+        &self,
+        read: &RoleRead<'_>,
+        version: SourceVersion,
+    ) -> Result<FromSource, RecordFailure> {
+        let max_payload_bytes = self.fetcher.max_payload_bytes();
+        if version.size > max_payload_bytes {
             return Err(RecordFailure::from_error(&FetchError::TooLarge {
                 limit: max_payload_bytes,
                 url: version.object.to_string(),
             }));
         }
         let Ok(reservation) = tokio::time::timeout_at(
-            give_up_at,
+            read.give_up_at,
             self.fetcher.reserve_for_payload_of(version.size),
         )
         .await
         else {
             return Err(deadline_came());
         };
-        let body = match role_read(give_up_at, url_lives, || reader.read(&version, None)).await? {
-            Ok(body) => body,
-            Err(error) => return unreadable(error, url_lives),
+        let bytes = match read.retried(|| read.reader.read(&version, None)).await? {
+            Ok(bytes) => bytes,
+            Err(error) => return unreadable(error, read.url_lives),
         };
-        Ok(FromSource::Obtained(Box::new(Obtained {
-            payload: ReceivedPayload::Held(body),
+        Ok(FromSource::Obtained(Box::new(Obtained::Held(HeldPayload {
+            bytes,
+            provenance: Provenance::SourceBucket(version),
             attempts: 1,
-            fetch: timing(),
-            archived: None,
-            source: Some(version),
-            _reservation: Some(reservation),
-        })))
+            fetch: Some(read.timing()),
+            _reservation: reservation,
+        }))))
     }
 
     /// An object stored with `Content-Encoding: gzip`: read whole and
@@ -153,11 +192,8 @@ impl Pipeline {
     /// archive the compressed bytes as if they were the payload.
     async fn inflated_from_source(
         &self,
-        reader: &dyn SourceBucket,
+        read: &RoleRead<'_>,
         version: SourceVersion,
-        give_up_at: Instant,
-        url_lives: bool,
-        fetch: Option<FetchTiming>,
     ) -> Result<FromSource, RecordFailure> {
         let max_payload_bytes = self.fetcher.max_payload_bytes();
         let too_large = || {
@@ -172,15 +208,15 @@ impl Pipeline {
         // What it inflates to is known only once inflated: room for the
         // largest payload accepted until then.
         let Ok(mut reservation) =
-            tokio::time::timeout_at(give_up_at, self.fetcher.reserve_for_any_payload()).await
+            tokio::time::timeout_at(read.give_up_at, self.fetcher.reserve_for_any_payload()).await
         else {
             return Err(deadline_came());
         };
-        let stored = match role_read(give_up_at, url_lives, || reader.read(&version, None)).await? {
+        let stored = match read.retried(|| read.reader.read(&version, None)).await? {
             Ok(stored) => stored,
-            Err(error) => return unreadable(error, url_lives),
+            Err(error) => return unreadable(error, read.url_lives),
         };
-        let payload = match inflate(stored, max_payload_bytes).await {
+        let bytes = match inflate(stored, max_payload_bytes).await {
             Ok(Some(payload)) => payload,
             Ok(None) => return Err(too_large()),
             Err(problem) => {
@@ -191,15 +227,14 @@ impl Pipeline {
                 ));
             }
         };
-        reservation.shrink_to(self.fetcher.holding_cost().held_whole(payload.len() as u64));
-        Ok(FromSource::Obtained(Box::new(Obtained {
-            payload: ReceivedPayload::Held(payload),
+        reservation.shrink_to(self.fetcher.holding_cost().held_whole(bytes.len() as u64));
+        Ok(FromSource::Obtained(Box::new(Obtained::Held(HeldPayload {
+            bytes,
+            provenance: Provenance::Downloaded,
             attempts: 1,
-            fetch,
-            archived: None,
-            source: None,
-            _reservation: Some(reservation),
-        })))
+            fetch: Some(read.timing()),
+            _reservation: reservation,
+        }))))
     }
 
     /// Archives a payload left in its source bucket by a copy inside S3. When
@@ -213,7 +248,11 @@ impl Pipeline {
         summary: PayloadSummary,
         give_up_at: Instant,
     ) -> Result<Written, RecordFailure> {
-        let Some(archive) = &self.archive else {
+        let Some(copier) = self
+            .archive
+            .as_deref()
+            .and_then(|archive| archive.server_side_copy())
+        else {
             return Err(RecordFailure::new(
                 FailureClass::Internal,
                 Retry::Transient,
@@ -221,17 +260,15 @@ impl Pipeline {
             ));
         };
         let stored = until_stored(give_up_at, || {
-            archive.copy_in(name, sent_at_ms, &version, &summary)
+            copier.copy_in(name, sent_at_ms, &version, &summary)
         })
         .await?;
         log_newer_held(&stored);
         if !self.sinks.is_empty() {
-            let mut too_large = RecordFailure::from_error(&FetchError::TooLarge {
-                limit: self.fetcher.max_payload_bytes(),
-                url: version.object.to_string(),
-            });
-            too_large.message.push_str("; archived, not projected");
-            return Err(too_large);
+            return Err(archived_not_projected(
+                self.fetcher.max_payload_bytes(),
+                version.object.to_string(),
+            ));
         }
         tracing::debug!(
             event_type = %summary.event_type,
@@ -320,7 +357,7 @@ mod tests {
     use super::ENVELOPE_START_BYTES;
     use crate::batch::RecordProcessor;
     use crate::fakes::{Journal, MemoryArchive, MemorySink, MemorySourceBucket, SourceFailure};
-    use crate::fetch::source_bucket::SourceBuckets;
+    use crate::fetch::own_bucket::SourceBuckets;
     use crate::fetch::{FetchSettings, Fetcher, UrlPolicy};
     use crate::message::{self, TerraMessage};
     use crate::outcome::{FailureClass, Outcome, Retry};
