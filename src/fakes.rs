@@ -18,7 +18,7 @@ use crate::fetch::own_bucket::{SourceBucket, SourceObject, SourceReadError, Sour
 use crate::outcome::Retry;
 use crate::payload::PayloadSummary;
 use crate::redelivery::QueueSettings;
-use crate::redelivery::sqs::{QueueControl, QueueError, VisibilityChange};
+use crate::redelivery::{QueueControl, QueueError, VisibilityChange};
 use crate::sink::{
     Archive, ArchiveName, ArchiveUpload, ArchiveWrite, ArchivedCopy, ArchivedObject, Delivery,
     ServerSideCopy, Sink, SinkError, SinkReport, StreamedUploads,

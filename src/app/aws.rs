@@ -14,7 +14,7 @@ use crate::fetch::Fetcher;
 use crate::fetch::own_bucket::S3SourceBucket;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::redelivery::sqs::{Redelivery, SqsQueueControl};
+use crate::redelivery::{Redelivery, SqsQueueControl};
 use crate::sink::{Archive, DynamoDbSink, S3Archive, S3Compression, Sink};
 use crate::source::kafka::ResponseMode;
 

@@ -22,7 +22,7 @@ use crate::fetch::ClientBuildError;
 use crate::metrics::Metrics;
 use crate::outcome::BatchReport;
 use crate::pipeline::Pipeline;
-use crate::redelivery::sqs::Redelivery;
+use crate::redelivery::Redelivery;
 use crate::source::kafka::{
     self, KafkaBatchResponse, KafkaEvent, KafkaResponseError, ResponseMode,
 };

@@ -19,10 +19,10 @@ use crate::fetch::{FetchSettings, Fetcher, HostPattern, UrlPolicy};
 use crate::message::{self, TerraMessage};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::redelivery::sqs::Redelivery;
+use crate::redelivery::Redelivery;
 use crate::sink::{Archive, ArchiveName, Sink};
-use crate::wall_clock::now_ms;
 use crate::source::kafka::{KafkaBatchResponse, KafkaEvent, ResponseMode};
+use crate::wall_clock::now_ms;
 
 /// The invocation's time: enough for a fetch, short enough that a record
 /// retried until the deadline keeps a test quick.

@@ -275,7 +275,9 @@ impl Pipeline {
             Some((reads.reader.as_ref(), object))
         });
         let Some((reader, object)) = in_source_bucket else {
-            return self.obtain_by_url(pointer, sent_at_ms, name, give_up_at).await;
+            return self
+                .obtain_by_url(pointer, sent_at_ms, name, give_up_at)
+                .await;
         };
         tracing::Span::current().record("source", tracing::field::display(&object));
         let url_lives = url_may_work(pointer, sent_at_ms);
@@ -529,17 +531,14 @@ where
 /// succeed later (S3 was down) but the URL failed for good (its host not
 /// allowed, say), the record fails as the read did: the bucket is still the
 /// way in, so it is retried, not given up.
-fn prefer_a_retry(
-    url_failed: RecordFailure,
-    role_read_failed: SourceReadError,
-) -> RecordFailure {
+fn prefer_a_retry(url_failed: RecordFailure, role_read_failed: SourceReadError) -> RecordFailure {
     if role_read_failed.retry() == Retry::Transient && url_failed.retry == Retry::Permanent {
-            let mut failure = RecordFailure::from_error(&role_read_failed);
-            failure.message = format!(
-                "{}; the URL failed too: {}",
-                failure.message, url_failed.message
-            );
-            failure
+        let mut failure = RecordFailure::from_error(&role_read_failed);
+        failure.message = format!(
+            "{}; the URL failed too: {}",
+            failure.message, url_failed.message
+        );
+        failure
     } else {
         url_failed
     }

@@ -130,7 +130,10 @@ impl Pipeline {
         // A small object is read whole: S3 refuses a range of an empty one
         // (416), which would fail as transient for ever.
         let first_bytes = (version.size > ENVELOPE_START_BYTES).then_some(ENVELOPE_START_BYTES);
-        let start = match read.retried(|| read.reader.read(&version, first_bytes)).await? {
+        let start = match read
+            .retried(|| read.reader.read(&version, first_bytes))
+            .await?
+        {
             Ok(start) => start,
             Err(error) => return unreadable(error, read.url_lives),
         };
@@ -145,11 +148,13 @@ impl Pipeline {
                 "no type in the first bytes of a payload over the limit; archived without terra-type"
             );
         }
-        Ok(FromSource::Obtained(Box::new(Obtained::LeftInSourceBucket {
-            version,
-            summary,
-            fetch: read.timing(),
-        })))
+        Ok(FromSource::Obtained(Box::new(
+            Obtained::LeftInSourceBucket {
+                version,
+                summary,
+                fetch: read.timing(),
+            },
+        )))
     }
 
     /// The whole object, held, within the payload limit and the budget.
@@ -177,13 +182,15 @@ impl Pipeline {
             Ok(bytes) => bytes,
             Err(error) => return unreadable(error, read.url_lives),
         };
-        Ok(FromSource::Obtained(Box::new(Obtained::Held(HeldPayload {
-            bytes,
-            provenance: Provenance::SourceBucket(version),
-            attempts: 1,
-            fetch: Some(read.timing()),
-            _reservation: reservation,
-        }))))
+        Ok(FromSource::Obtained(Box::new(Obtained::Held(
+            HeldPayload {
+                bytes,
+                provenance: Provenance::SourceBucket(version),
+                attempts: 1,
+                fetch: Some(read.timing()),
+                _reservation: reservation,
+            },
+        ))))
     }
 
     /// An object stored with `Content-Encoding: gzip`: read whole and
@@ -228,13 +235,15 @@ impl Pipeline {
             }
         };
         reservation.shrink_to(self.fetcher.holding_cost().held_whole(bytes.len() as u64));
-        Ok(FromSource::Obtained(Box::new(Obtained::Held(HeldPayload {
-            bytes,
-            provenance: Provenance::Downloaded,
-            attempts: 1,
-            fetch: Some(read.timing()),
-            _reservation: reservation,
-        }))))
+        Ok(FromSource::Obtained(Box::new(Obtained::Held(
+            HeldPayload {
+                bytes,
+                provenance: Provenance::Downloaded,
+                attempts: 1,
+                fetch: Some(read.timing()),
+                _reservation: reservation,
+            },
+        ))))
     }
 
     /// Archives a payload left in its source bucket by a copy inside S3. When
