@@ -41,8 +41,8 @@ pub struct KafkaSettings {
     /// Answer with a partial batch response (`TERRA_KAFKA_PARTIAL_BATCH`);
     /// otherwise any failed record fails the invocation.
     pub partial_batch: bool,
-    /// Where records that can never succeed go (`TERRA_DEAD_LETTER_QUEUE_URL`).
-    pub dead_letter_queue_url: Option<String>,
+    /// Where records that can never succeed go (`TERRA_QUARANTINE_QUEUE_URL`).
+    pub quarantine_queue_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -165,11 +165,11 @@ impl Config {
         };
         let kafka = KafkaSettings {
             partial_batch: env.flag("TERRA_KAFKA_PARTIAL_BATCH", false)?,
-            dead_letter_queue_url: match env.text("TERRA_DEAD_LETTER_QUEUE_URL")? {
+            quarantine_queue_url: match env.text("TERRA_QUARANTINE_QUEUE_URL")? {
                 None => None,
                 Some(url) => Some(
                     validate_queue_url(&url)
-                        .map_err(|problem| invalid("TERRA_DEAD_LETTER_QUEUE_URL", problem))?,
+                        .map_err(|problem| invalid("TERRA_QUARANTINE_QUEUE_URL", problem))?,
                 ),
             },
         };
@@ -455,8 +455,8 @@ mod tests {
             ("AWS_ENDPOINT_URL", "http://127.0.0.1:5000"),
             ("TERRA_KAFKA_PARTIAL_BATCH", "true"),
             (
-                "TERRA_DEAD_LETTER_QUEUE_URL",
-                "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-dlq.fifo",
+                "TERRA_QUARANTINE_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-quarantine.fifo",
             ),
             ("TERRA_METRICS_NAMESPACE", "Acme/Terra"),
             ("TERRA_DYNAMODB_MAX_ITEMS", "250"),
@@ -468,8 +468,8 @@ mod tests {
             config.kafka,
             KafkaSettings {
                 partial_batch: true,
-                dead_letter_queue_url: Some(
-                    "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-dlq.fifo".into()
+                quarantine_queue_url: Some(
+                    "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-quarantine.fifo".into()
                 ),
             }
         );
@@ -530,14 +530,14 @@ mod tests {
             ("TERRA_KAFKA_PARTIAL_BATCH", "on"),
             ("TERRA_METRICS_NAMESPACE", "AWS/Lambda"),
             ("TERRA_METRICS_NAMESPACE", "terra{sink}"),
-            ("TERRA_DEAD_LETTER_QUEUE_URL", "terra-dlq"),
+            ("TERRA_QUARANTINE_QUEUE_URL", "terra-quarantine"),
             (
-                "TERRA_DEAD_LETTER_QUEUE_URL",
-                "arn:aws:sqs:eu-west-1:123456789012:terra-dlq",
+                "TERRA_QUARANTINE_QUEUE_URL",
+                "arn:aws:sqs:eu-west-1:123456789012:terra-quarantine",
             ),
             (
-                "TERRA_DEAD_LETTER_QUEUE_URL",
-                "https://sqs.eu-west-1.amazonaws.com/terra-dlq",
+                "TERRA_QUARANTINE_QUEUE_URL",
+                "https://sqs.eu-west-1.amazonaws.com/terra-quarantine",
             ),
         ] {
             let vars = if var == "TERRA_S3_BUCKET" {

@@ -13,10 +13,10 @@ use aws_smithy_runtime_api::http::{Response, StatusCode};
 use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 
-use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterQueue};
 use crate::fetch::own_bucket::{SourceBucket, SourceObject, SourceReadError, SourceVersion};
 use crate::outcome::Retry;
 use crate::payload::PayloadSummary;
+use crate::quarantine::{QuarantineError, QuarantineQueue, QuarantinedRecord};
 use crate::redelivery::QueueSettings;
 use crate::redelivery::{QueueControl, QueueError, VisibilityChange};
 use crate::sink::{
@@ -426,7 +426,7 @@ impl Sink for MemorySink {
     }
 }
 
-/// How a [`MemoryDeadLetters`] answers.
+/// How a [`MemoryQuarantine`] answers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Answer {
     #[default]
@@ -439,12 +439,12 @@ pub enum Answer {
 
 /// Clones share what was sent, so a test keeps one while the app owns another.
 #[derive(Default, Clone)]
-pub struct MemoryDeadLetters {
+pub struct MemoryQuarantine {
     pub answer: Answer,
-    sent: Arc<Mutex<Vec<DeadLetter>>>,
+    sent: Arc<Mutex<Vec<QuarantinedRecord>>>,
 }
 
-impl MemoryDeadLetters {
+impl MemoryQuarantine {
     pub fn answering(answer: Answer) -> Self {
         Self {
             answer,
@@ -452,17 +452,17 @@ impl MemoryDeadLetters {
         }
     }
 
-    pub fn sent(&self) -> Vec<DeadLetter> {
+    pub fn sent(&self) -> Vec<QuarantinedRecord> {
         lock(&self.sent).clone()
     }
 }
 
 #[async_trait]
-impl DeadLetterQueue for MemoryDeadLetters {
-    async fn send(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
+impl QuarantineQueue for MemoryQuarantine {
+    async fn send(&self, letter: &QuarantinedRecord) -> Result<(), QuarantineError> {
         match self.answer {
             Answer::RefuseGroup(group) if letter.group == group => {
-                Err(DeadLetterError("AccessDenied".into()))
+                Err(QuarantineError("AccessDenied".into()))
             }
             Answer::Accept | Answer::RefuseGroup(_) => {
                 lock(&self.sent).push(letter.clone());

@@ -9,7 +9,7 @@
 //! one record, and [`batch`] runs a whole invocation: concurrency, deadline,
 //! ordering and the per-record [`outcome`]s the sources turn into partial
 //! batch responses.
-//! [`redelivery`] times the return of failed SQS messages; [`dead_letter`]
+//! [`redelivery`] times the return of failed SQS messages; [`quarantine`]
 //! sets aside Kafka records that can never succeed. [`metrics`] reports each
 //! invocation to CloudWatch. [`app`] builds all of it once at cold start from
 //! [`config`], within the memory [`budget`]. [`redact`] is what may be shown of
@@ -19,7 +19,6 @@ pub mod app;
 pub mod batch;
 pub mod budget;
 pub mod config;
-pub mod dead_letter;
 pub mod digest;
 #[cfg(test)]
 mod fakes;
@@ -30,6 +29,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod payload;
 pub mod pipeline;
+pub mod quarantine;
 pub mod record;
 pub mod redact;
 pub mod redelivery;

@@ -92,9 +92,9 @@ impl Metrics {
             ),
             ("RecordsFailed".into(), "Count", summary.failed as u64),
             (
-                "RecordsDeadLettered".into(),
+                "RecordsQuarantined".into(),
                 "Count",
-                summary.dead_lettered as u64,
+                summary.quarantined as u64,
             ),
             (
                 "RecordsRecoveredFromArchive".into(),

@@ -137,11 +137,11 @@ pub enum Outcome {
     Written(Written),
     /// A Terra healthcheck: acknowledged, nothing to write.
     Healthcheck,
-    /// Not written; the record must be retried or dead-lettered.
+    /// Not written; the record must be retried, dead-lettered (SQS) or quarantined (Kafka).
     Failed(RecordFailure),
-    /// Not written, and never could be: set aside on the dead-letter queue
+    /// Not written, and never could be: set aside on the quarantine queue
     /// with its reason, so it counts as handled.
-    DeadLettered(RecordFailure),
+    Quarantined(RecordFailure),
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -201,8 +201,8 @@ pub struct BatchSummary {
     pub failed: usize,
     pub failed_permanent: usize,
     pub failed_by_class: BTreeMap<FailureClass, usize>,
-    /// Poison records set aside on the dead-letter queue (Kafka only).
-    pub dead_lettered: usize,
+    /// Poison records set aside on the quarantine queue (Kafka only).
+    pub quarantined: usize,
     pub bytes_written: u64,
     /// Items a sink skipped because a newer version was already stored.
     pub stale_items: usize,
@@ -232,14 +232,14 @@ impl BatchReport {
                     }
                     *summary.failed_by_class.entry(failure.class).or_default() += 1;
                 }
-                Outcome::DeadLettered(_) => summary.dead_lettered += 1,
+                Outcome::Quarantined(_) => summary.quarantined += 1,
             }
         }
         summary
     }
 
     /// The one summary line per invocation, once the source has settled every
-    /// outcome (dead-lettering included).
+    /// outcome (quarantine included).
     pub fn log_summary(&self) {
         let summary = self.summary();
         let failed_by_class = serde_json::to_string(&summary.failed_by_class).unwrap_or_default();
@@ -253,7 +253,7 @@ impl BatchReport {
             bytes_written = summary.bytes_written,
             stale_items = summary.stale_items,
             recovered_from_archive = summary.recovered_from_archive,
-            dead_lettered = summary.dead_lettered,
+            quarantined = summary.quarantined,
             "{}",
             crate::log_events::BATCH_DONE
         );

@@ -34,7 +34,7 @@ impl fmt::Debug for RedactedUrl<'_> {
 }
 
 /// Cuts what could be a query string out of free text, for text that must
-/// leave the function (a dead letter) but may hold a pre-signed URL in any
+/// leave the function (a quarantined record) but may hold a pre-signed URL in any
 /// shape, whole or in part: every word (a run between whitespace and quotes)
 /// loses everything from its first `?`, and a word holding a URL (`://`, or
 /// JSON-escaped `:\/\/`) its fragment too.

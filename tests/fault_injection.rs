@@ -202,7 +202,7 @@ async fn a_deadline_too_short_for_the_batch() {
 }
 
 /// `kafka-handler` behind the local Kafka mapping, in both response modes,
-/// with transient faults and poison records (dead-lettered by the function).
+/// with transient faults and poison records (quarantined by the function).
 async fn kafka_scenario(partial_batch: bool, faults: KafkaFaults) {
     let _turn = ONE_AT_A_TIME.lock().await;
     let killed = faults.kill_after.is_some();
@@ -235,7 +235,7 @@ async fn kafka_scenario(partial_batch: bool, faults: KafkaFaults) {
         report.discarded_by_the_mapping, 0,
         "the function handled its poison itself"
     );
-    assert_eq!(report.dead_lettered, report.expired_sent);
+    assert_eq!(report.set_aside, report.expired_sent);
     let denied = terra_sink_dev::logs::refused_by_iam(output);
     assert!(
         denied.is_empty(),

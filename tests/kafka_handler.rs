@@ -154,7 +154,7 @@ async fn msk_partial_batch_resumes_each_partition_at_its_lowest_failed_offset() 
     let handler = HandlerProcess::spawn(KAFKA_HANDLER, &env);
 
     let first = bed.runtime.invoke(&event, Duration::from_secs(60)).await;
-    // Without a dead-letter queue, poison records are reported like the rest.
+    // Without a quarantine queue, poison records are reported like the rest.
     let expected = json!({"batchItemFailures": [
         {"itemIdentifier": {"partition": "terra-backfill-0", "offset": 1}},
         {"itemIdentifier": {"partition": "terra-events-0", "offset": 101}},
@@ -220,13 +220,13 @@ async fn msk_partial_batch_resumes_each_partition_at_its_lowest_failed_offset() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn poison_records_go_to_the_dead_letter_queue_and_stop_blocking_their_partition() {
-    let bed = Bed::start("terra-kafka-dlq").await;
-    let dlq = bed.moto.create_queue("terra-kafka-dlq").await;
+async fn poison_records_go_to_the_quarantine_queue_and_stop_blocking_their_partition() {
+    let bed = Bed::start("terra-kafka-quarantine").await;
+    let quarantine = bed.moto.create_queue("terra-kafka-quarantine").await;
     let event = mixed_batch(&bed, KafkaSource::SelfManaged);
     let env = bed.env(&fast_retries(&[
         ("TERRA_KAFKA_PARTIAL_BATCH", "true"),
-        ("TERRA_DEAD_LETTER_QUEUE_URL", &dlq),
+        ("TERRA_QUARANTINE_QUEUE_URL", &quarantine),
     ]));
     let handler = HandlerProcess::spawn(KAFKA_HANDLER, &env);
 
@@ -240,12 +240,12 @@ async fn poison_records_go_to_the_dead_letter_queue_and_stop_blocking_their_part
         "only transient failures are retried"
     );
 
-    let letters = bed.moto.drain(&dlq).await;
+    let letters = bed.moto.drain(&quarantine).await;
     let mut by_position: BTreeMap<String, (Value, String)> = BTreeMap::new();
     for letter in &letters {
         let text = letter.body().expect("body");
         assert_no_secrets(text);
-        let body: Value = serde_json::from_str(text).expect("JSON dead letter");
+        let body: Value = serde_json::from_str(text).expect("JSON quarantine message");
         let class = letter
             .message_attributes()
             .and_then(|a| a.get("terra_failure_class"))
@@ -269,35 +269,38 @@ async fn poison_records_go_to_the_dead_letter_queue_and_stop_blocking_their_part
         .collect();
     // Poison behind a transient failure of its partition (backfill-0@2
     // behind @1, events-0@103 behind @101) comes back when the partition
-    // resumes: it is left failed, to be dead-lettered once, on the delivery
+    // resumes: it is left failed, to be quarantined once, on the delivery
     // that settles it, not on every retry.
     assert_eq!(classes, BTreeMap::from([("terra-events-1@8", "invalid")]));
     let (letter, _) = &by_position["terra-events-1@8"];
     assert!(letter["value"].is_string(), "{letter}");
     assert_eq!(bed.moto.objects(&bed.bucket).await.len(), GOOD_PAYLOADS);
 
-    // Replayed: the poison is dead-lettered again (SQS standard queues are
+    // Replayed: the poison is quarantined again (SQS standard queues are
     // at least once; each letter names its partition and offset), nothing else
     // is written twice.
     let replay = bed.runtime.invoke(&event, Duration::from_secs(60)).await;
     assert_eq!(response(&replay, &handler), response(&result, &handler));
-    assert_eq!(bed.moto.drain(&dlq).await.len(), 1);
+    assert_eq!(bed.moto.drain(&quarantine).await.len(), 1);
     assert_eq!(bed.moto.objects(&bed.bucket).await.len(), GOOD_PAYLOADS);
 
     let output = handler.output();
     assert_no_secrets(&output);
     assert_eq!(
-        output.matches("record dead-lettered").count(),
+        output.matches("record quarantined").count(),
         2,
-        "one line per dead letter:\n{output}"
+        "one line per quarantined record:\n{output}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_partial_batch_any_unhandled_failure_fails_the_invocation() {
     let bed = Bed::start("terra-kafka-whole").await;
-    let dlq = bed.moto.create_queue("terra-kafka-whole-dlq").await;
-    let env = bed.env(&fast_retries(&[("TERRA_DEAD_LETTER_QUEUE_URL", &dlq)]));
+    let quarantine = bed.moto.create_queue("terra-kafka-whole-quarantine").await;
+    let env = bed.env(&fast_retries(&[(
+        "TERRA_QUARANTINE_QUEUE_URL",
+        &quarantine,
+    )]));
     let handler = HandlerProcess::spawn(KAFKA_HANDLER, &env);
 
     let mixed = bed
@@ -317,10 +320,13 @@ async fn without_partial_batch_any_unhandled_failure_fails_the_invocation() {
         message.contains("5 of 11 records failed (expired: 1, fetch: 2, invalid: 2)"),
         "{message}"
     );
-    assert!(bed.moto.drain(&dlq).await.is_empty(), "no letter yet");
+    assert!(
+        bed.moto.drain(&quarantine).await.is_empty(),
+        "no letter yet"
+    );
     assert_no_secrets(&message);
 
-    // Poison alone is handled by the dead-letter queue: the batch succeeds.
+    // Poison alone is handled by the quarantine queue: the batch succeeds.
     let p = &bed.payloads;
     let now = now_ms();
     let handled = kafka_event(
@@ -355,7 +361,7 @@ async fn without_partial_batch_any_unhandled_failure_fails_the_invocation() {
     );
     let letters: BTreeSet<String> = bed
         .moto
-        .drain(&dlq)
+        .drain(&quarantine)
         .await
         .iter()
         .map(|letter| {
@@ -368,7 +374,7 @@ async fn without_partial_batch_any_unhandled_failure_fails_the_invocation() {
             )
         })
         .collect();
-    // The mixed batch's poison was not dead-lettered: its transient
+    // The mixed batch's poison was not quarantined: its transient
     // failures bring the whole batch back, poison and all.
     let expected = ["terra-events-3@11:invalid", "terra-events-4@90:refused"];
     assert_eq!(letters, expected.map(str::to_owned).into());
@@ -412,14 +418,14 @@ async fn kafka_records_are_projected_to_dynamodb_as_of_their_record_timestamp() 
 }
 
 /// A record no configured sink can ever take (too large for DynamoDB even
-/// compressed, with no archive to point to) is poison: dead-lettered, so it
+/// compressed, with no archive to point to) is poison: quarantined, so it
 /// does not block its partition. A table that does not exist is the
 /// deployment's fault: that blocks, and alarms.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_no_sink_can_take_are_dead_lettered_but_a_missing_table_blocks() {
+async fn records_no_sink_can_take_are_quarantined_but_a_missing_table_blocks() {
     let bed = Bed::start("terra-kafka-unstorable").await;
     bed.moto.create_table("terra-records").await;
-    let dlq = bed.moto.create_queue("terra-kafka-dlq").await;
+    let quarantine = bed.moto.create_queue("terra-kafka-quarantine").await;
     let huge = support::bed::big_activity("noisy-run", 60_000, true)
         .to_string()
         .into_bytes();
@@ -460,14 +466,14 @@ async fn records_no_sink_can_take_are_dead_lettered_but_a_missing_table_blocks()
     ] {
         let mut env = bed.env(&[
             ("TERRA_KAFKA_PARTIAL_BATCH", "true"),
-            ("TERRA_DEAD_LETTER_QUEUE_URL", &dlq),
+            ("TERRA_QUARANTINE_QUEUE_URL", &quarantine),
             ("TERRA_DYNAMODB_TABLE", table),
         ]);
         env.retain(|(name, _)| name != "TERRA_S3_BUCKET");
         let handler = HandlerProcess::spawn(KAFKA_HANDLER, &env);
         let result = bed.runtime.invoke(&event, Duration::from_secs(60)).await;
         assert_eq!(response(&result, &handler), expected, "{table}");
-        let sent = bed.moto.drain(&dlq).await;
+        let sent = bed.moto.drain(&quarantine).await;
         assert_eq!(sent.len(), letters, "{table}:\n{}", handler.output());
         for letter in sent {
             let body: Value = serde_json::from_str(letter.body().expect("body")).expect("JSON");
@@ -480,22 +486,22 @@ async fn records_no_sink_can_take_are_dead_lettered_but_a_missing_table_blocks()
     let items = bed.moto.items("terra-records").await;
     assert!(
         items.keys().any(|(_, sk)| sk.starts_with("DAILY#")),
-        "the partition went on past the dead letter: {:?}",
+        "the partition went on past the quarantined record: {:?}",
         items.keys().collect::<Vec<_>>()
     );
 }
 
 /// However large the record's key, headers and value, and whatever they
-/// hold, its dead letter fits one SQS message and holds no query string,
+/// hold, its quarantine message fits one SQS message and holds no query string,
 /// searched for in the decoded key and headers as well as the value.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dead_letters_fit_one_sqs_message_whatever_the_record_holds() {
+async fn quarantine_messages_fit_one_sqs_message_whatever_the_record_holds() {
     let bed = Bed::start("terra-kafka-big-letters").await;
     let sqs = bed.moto.sqs();
     // The classic limit: queues made before SQS allowed 1 MiB keep it.
-    let dlq = sqs
+    let quarantine = sqs
         .create_queue()
-        .queue_name("terra-kafka-dlq-256k")
+        .queue_name("terra-kafka-quarantine-256k")
         .attributes(
             aws_sdk_sqs::types::QueueAttributeName::MaximumMessageSize,
             "262144",
@@ -519,7 +525,7 @@ async fn dead_letters_fit_one_sqs_message_whatever_the_record_holds() {
     first["headers"] = json!([{"x-terra-url": bytes.clone()}, {"x-more": bytes}]);
     let env = bed.env(&[
         ("TERRA_KAFKA_PARTIAL_BATCH", "true"),
-        ("TERRA_DEAD_LETTER_QUEUE_URL", &dlq),
+        ("TERRA_QUARANTINE_QUEUE_URL", &quarantine),
     ]);
     let handler = HandlerProcess::spawn(KAFKA_HANDLER, &env);
     let result = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
@@ -528,7 +534,7 @@ async fn dead_letters_fit_one_sqs_message_whatever_the_record_holds() {
         json!({"batchItemFailures": []}),
         "the letter was sent, so the record counts as handled"
     );
-    let letters = bed.moto.drain(&dlq).await;
+    let letters = bed.moto.drain(&quarantine).await;
     assert_eq!(letters.len(), 1, "{}", handler.output());
     let text = letters[0].body().expect("body");
     assert!(text.len() <= 256 * 1024, "{} bytes", text.len());

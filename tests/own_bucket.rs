@@ -345,7 +345,7 @@ async fn an_empty_source_object_is_invalid_for_good() {
 struct DeniedKey {
     bed: Bed,
     function: aws_sdk_s3::config::Credentials,
-    dead_letters: String,
+    quarantine: String,
     /// (id, pointer message, sent at)
     pointers: [(&'static str, String, u64); 3],
     payloads: BTreeSet<Vec<u8>>,
@@ -353,7 +353,7 @@ struct DeniedKey {
 
 async fn denied_key() -> DeniedKey {
     let mut bed = bed_with_source().await;
-    let dead_letters = bed.moto.create_queue("terra-kafka-dlq").await;
+    let quarantine = bed.moto.create_queue("terra-kafka-quarantine").await;
     let activity = fixture("openapi_activity.json");
     let sleep = fixture("openapi_sleep.json");
     put(&bed, SOURCE, "payloads/denied/activity.json", &activity).await;
@@ -391,7 +391,7 @@ async fn denied_key() -> DeniedKey {
     DeniedKey {
         bed,
         function: keys["function"].clone(),
-        dead_letters,
+        quarantine,
         pointers: [
             ("denied-fresh", pointer(&denied_fresh), fresh),
             ("denied-dead", pointer(&denied_dead), sent),
@@ -469,10 +469,10 @@ async fn a_read_the_role_is_denied_falls_back_to_the_url_while_it_lives() {
 }
 
 /// Through `kafka-handler`, in both response modes: the denied key with a
-/// dead URL is poison, dead-lettered once, and the batch settles instead of
+/// dead URL is poison, quarantined once, and the batch settles instead of
 /// stalling its partition.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_kafka_a_denied_read_past_its_url_is_dead_lettered_once_and_the_partition_moves_on() {
+async fn on_kafka_a_denied_read_past_its_url_is_quarantined_once_and_the_partition_moves_on() {
     let denied = denied_key().await;
     let records: Vec<KafkaRecord> = denied
         .pointers
@@ -493,7 +493,7 @@ async fn on_kafka_a_denied_read_past_its_url_is_dead_lettered_once_and_the_parti
             &denied.env(&[
                 ("TERRA_SOURCE_BUCKETS", SOURCE),
                 ("TERRA_KAFKA_PARTIAL_BATCH", partial_batch),
-                ("TERRA_DEAD_LETTER_QUEUE_URL", &denied.dead_letters),
+                ("TERRA_QUARANTINE_QUEUE_URL", &denied.quarantine),
             ]),
         );
         let result = denied
@@ -510,7 +510,7 @@ async fn on_kafka_a_denied_read_past_its_url_is_dead_lettered_once_and_the_parti
             Some(0),
             "{output}"
         );
-        let letters = denied.bed.moto.drain(&denied.dead_letters).await;
+        let letters = denied.bed.moto.drain(&denied.quarantine).await;
         assert_eq!(letters.len(), 1, "partial batch {partial_batch}: {output}");
         let letter: Value = serde_json::from_str(letters[0].body().expect("a body")).expect("JSON");
         assert_eq!(letter["offset"], 1, "{letter}");

@@ -9,11 +9,11 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use super::{App, AppParts, InitError};
 use crate::budget::{HoldingCost, MemoryBudget};
 use crate::config::Config;
-use crate::dead_letter::{DeadLetterQueue, SqsDeadLetterQueue};
 use crate::fetch::Fetcher;
 use crate::fetch::own_bucket::S3SourceBucket;
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
+use crate::quarantine::{QuarantineQueue, SqsQuarantineQueue};
 use crate::redelivery::{Redelivery, SqsQueueControl};
 use crate::sink::{Archive, DynamoDbSink, S3Archive, S3Compression, Sink};
 use crate::source::kafka::ResponseMode;
@@ -30,8 +30,8 @@ impl App {
         let aws = aws_config::defaults(BehaviorVersion::latest()).load().await;
         let pipeline = pipeline(&config, &aws)?;
         let sqs = aws_sdk_sqs::Client::new(&aws);
-        let dead_letters = config.kafka.dead_letter_queue_url.map(|queue_url| {
-            Box::new(SqsDeadLetterQueue::new(sqs.clone(), queue_url)) as Box<dyn DeadLetterQueue>
+        let quarantine = config.kafka.quarantine_queue_url.map(|queue_url| {
+            Box::new(SqsQuarantineQueue::new(sqs.clone(), queue_url)) as Box<dyn QuarantineQueue>
         });
         Ok(Self::new(AppParts {
             pipeline,
@@ -41,7 +41,7 @@ impl App {
             } else {
                 ResponseMode::WholeBatch
             },
-            dead_letters,
+            quarantine,
             redelivery: Redelivery::new(Box::new(SqsQueueControl::new(sqs))),
             metrics: Metrics::new(config.metrics_namespace),
         }))

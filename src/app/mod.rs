@@ -17,11 +17,11 @@ use tokio::time::Instant;
 
 use crate::batch::{self, BatchLimits};
 use crate::config::ConfigError;
-use crate::dead_letter::{self, DeadLetterQueue};
 use crate::fetch::ClientBuildError;
 use crate::metrics::Metrics;
 use crate::outcome::BatchReport;
 use crate::pipeline::Pipeline;
+use crate::quarantine::{self, QuarantineQueue};
 use crate::redelivery::Redelivery;
 use crate::source::kafka::{
     self, KafkaBatchResponse, KafkaEvent, KafkaResponseError, ResponseMode,
@@ -75,7 +75,7 @@ pub struct App {
     pipeline: Arc<Pipeline>,
     concurrency: usize,
     kafka_response: ResponseMode,
-    dead_letters: Option<Box<dyn DeadLetterQueue>>,
+    quarantine: Option<Box<dyn QuarantineQueue>>,
     redelivery: Redelivery,
     metrics: Metrics,
 }
@@ -87,7 +87,7 @@ pub struct AppParts {
     pub concurrency: usize,
     pub kafka_response: ResponseMode,
     /// Where poison Kafka records go, when configured.
-    pub dead_letters: Option<Box<dyn DeadLetterQueue>>,
+    pub quarantine: Option<Box<dyn QuarantineQueue>>,
     pub redelivery: Redelivery,
     pub metrics: Metrics,
 }
@@ -115,7 +115,7 @@ impl App {
             pipeline: Arc::new(parts.pipeline),
             concurrency: parts.concurrency,
             kafka_response: parts.kafka_response,
-            dead_letters: parts.dead_letters,
+            quarantine: parts.quarantine,
             redelivery: parts.redelivery,
             metrics: parts.metrics,
         }
@@ -167,21 +167,21 @@ impl App {
     ) -> Result<KafkaBatchResponse, HandlerError> {
         let (decoded, items) = kafka::decode(&event.payload);
         let mut report = batch::run(Arc::clone(&self.pipeline), items, self.limits(&event)).await;
-        if let Some(queue) = &self.dead_letters {
+        if let Some(queue) = &self.quarantine {
             let settled = kafka::settled_once_set_aside(
                 &decoded,
                 &report.outcomes,
                 self.kafka_response,
                 |failure| !failure.is_poison(),
             );
-            let diverted = dead_letter::divert_poison(
+            let diverted = quarantine::divert_poison(
                 queue.as_ref(),
                 report.outcomes.clone(),
                 |index, failure| {
                     if settled.get(index).copied().unwrap_or(false) {
-                        decoded.dead_letter(index, failure)
+                        decoded.quarantined(index, failure)
                     } else {
-                        tracing::info!(id = %decoded.records.get(index).map(|r| r.log_id(index)).unwrap_or_default(), "poison record comes back with its batch; dead-lettered once nothing holds it back");
+                        tracing::info!(id = %decoded.records.get(index).map(|r| r.log_id(index)).unwrap_or_default(), "poison record comes back with its batch; quarantined once nothing holds it back");
                         None
                     }
                 },
@@ -192,7 +192,7 @@ impl App {
             match tokio::time::timeout_at(by, diverted).await {
                 Ok(outcomes) => report = BatchReport { outcomes },
                 Err(_) => {
-                    tracing::error!("dead-letter queue too slow; poison records will be retried")
+                    tracing::error!("quarantine queue too slow; poison records will be retried")
                 }
             }
         }

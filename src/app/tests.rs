@@ -1,6 +1,6 @@
 //! The handlers in process, on in-memory stores and queues and a real payload
 //! server: their responses, the order of the stores, the archive fallback,
-//! the dead-letter deadline and the metrics, in milliseconds. What the stores
+//! the quarantine deadline and the metrics, in milliseconds. What the stores
 //! do on the wire is tested against moto in `tests/`.
 
 use std::sync::{Arc, Mutex};
@@ -14,7 +14,7 @@ use terra_sink_dev::payload_server::{Behaviour, PayloadServer};
 use terra_sink_dev::sqs_mapping::sqs_record;
 
 use super::{App, AppParts};
-use crate::fakes::{Answer, Journal, MemoryArchive, MemoryDeadLetters, MemoryQueue, MemorySink};
+use crate::fakes::{Answer, Journal, MemoryArchive, MemoryQuarantine, MemoryQueue, MemorySink};
 use crate::fetch::{FetchSettings, Fetcher, HostPattern, UrlPolicy};
 use crate::message::{self, TerraMessage};
 use crate::metrics::Metrics;
@@ -34,7 +34,7 @@ struct Harness {
     journal: Journal,
     archive: Arc<MemoryArchive>,
     sink: Arc<MemorySink>,
-    dead_letters: MemoryDeadLetters,
+    quarantine: MemoryQuarantine,
     queue: MemoryQueue,
     metrics: Arc<Mutex<Vec<Value>>>,
     payloads: PayloadServer,
@@ -44,7 +44,7 @@ struct Setup {
     archive: fn(&Journal) -> MemoryArchive,
     /// A table (the in-memory sink) besides the archive.
     table: bool,
-    dead_letters: Answer,
+    quarantine: Answer,
     kafka_response: ResponseMode,
 }
 
@@ -53,7 +53,7 @@ impl Default for Setup {
         Self {
             archive: MemoryArchive::new,
             table: true,
-            dead_letters: Answer::Accept,
+            quarantine: Answer::Accept,
             kafka_response: ResponseMode::PartialBatch,
         }
     }
@@ -63,7 +63,7 @@ async fn harness(setup: Setup) -> Harness {
     let journal = Journal::default();
     let archive = Arc::new((setup.archive)(&journal));
     let sink = Arc::new(MemorySink::new(&journal));
-    let dead_letters = MemoryDeadLetters::answering(setup.dead_letters);
+    let quarantine = MemoryQuarantine::answering(setup.quarantine);
     let queue = MemoryQueue::default();
     let (metrics, documents) = Metrics::in_memory("Terra/Test");
     let policy = UrlPolicy {
@@ -92,7 +92,7 @@ async fn harness(setup: Setup) -> Harness {
         pipeline,
         concurrency: 4,
         kafka_response: setup.kafka_response,
-        dead_letters: Some(Box::new(dead_letters.clone())),
+        quarantine: Some(Box::new(quarantine.clone())),
         redelivery: Redelivery::new(Box::new(queue.clone())),
         metrics,
     });
@@ -101,7 +101,7 @@ async fn harness(setup: Setup) -> Harness {
         journal,
         archive,
         sink,
-        dead_letters,
+        quarantine,
         queue,
         metrics: documents,
         payloads: PayloadServer::start().await,
@@ -368,7 +368,7 @@ fn failed_offsets(response: &KafkaBatchResponse) -> Vec<i64> {
 }
 
 #[tokio::test]
-async fn kafka_poison_is_dead_lettered_and_the_partition_moves_on() {
+async fn kafka_poison_is_quarantined_and_the_partition_moves_on() {
     let h = harness(Setup::default()).await;
     let good = h.activity_pointer("/good.json", "u-1");
     let response = h
@@ -381,20 +381,20 @@ async fn kafka_poison_is_dead_lettered_and_the_partition_moves_on() {
         .expect("a batch response");
 
     assert!(failed_offsets(&response).is_empty(), "{response:?}");
-    let letters = h.dead_letters.sent();
+    let letters = h.quarantine.sent();
     assert_eq!(letters.len(), 1, "{letters:?}");
     assert_eq!(letters[0].group, "terra-events-0");
-    assert_eq!(counted(&h, "RecordsDeadLettered"), 1);
+    assert_eq!(counted(&h, "RecordsQuarantined"), 1);
     assert_eq!(h.sink.len(), 1);
 }
 
-/// A dead-letter queue that never answers must not cost the response: the
+/// A quarantine queue that never answers must not cost the response: the
 /// handler answers before Lambda's deadline, with the poison record failed
 /// so the mapping retries it.
 #[tokio::test]
-async fn a_dead_letter_queue_that_hangs_leaves_poison_failed_before_the_deadline() {
+async fn a_quarantine_queue_that_hangs_leaves_poison_failed_before_the_deadline() {
     let h = harness(Setup {
-        dead_letters: Answer::Hang,
+        quarantine: Answer::Hang,
         ..Setup::default()
     })
     .await;
@@ -408,8 +408,8 @@ async fn a_dead_letter_queue_that_hangs_leaves_poison_failed_before_the_deadline
 
     assert!(SystemTime::now() < deadline, "answered before the deadline");
     assert_eq!(failed_offsets(&response), [7]);
-    assert!(h.dead_letters.sent().is_empty());
-    assert_eq!(counted(&h, "RecordsDeadLettered"), 0);
+    assert!(h.quarantine.sent().is_empty());
+    assert_eq!(counted(&h, "RecordsQuarantined"), 0);
     assert_eq!(counted(&h, "RecordsFailedInvalid"), 1);
 }
 
@@ -440,10 +440,10 @@ async fn kafka_without_partial_batch_responses_fails_the_invocation_for_a_transi
 }
 
 /// Whole-batch mode retries every record while any failure stays: a poison
-/// record is dead-lettered once, on the retry that settles the batch, not
+/// record is quarantined once, on the retry that settles the batch, not
 /// again on every retry before it.
 #[tokio::test]
-async fn kafka_whole_batch_retries_dead_letter_poison_once() {
+async fn kafka_whole_batch_retries_quarantine_poison_once() {
     let h = harness(Setup {
         kafka_response: ResponseMode::WholeBatch,
         ..Setup::default()
@@ -470,13 +470,10 @@ async fn kafka_whole_batch_retries_dead_letter_poison_once() {
         first.is_err(),
         "the transient failure brings the batch back"
     );
-    assert!(
-        h.dead_letters.sent().is_empty(),
-        "the poison comes back too"
-    );
+    assert!(h.quarantine.sent().is_empty(), "the poison comes back too");
 
     let second = h.app.handle_kafka(batch()).await.expect("settled");
     assert!(failed_offsets(&second).is_empty());
-    assert_eq!(h.dead_letters.sent().len(), 1);
+    assert_eq!(h.quarantine.sent().len(), 1);
     assert_eq!(h.sink.len(), 1);
 }

@@ -479,7 +479,7 @@ mod tests {
     }
 
     /// Once the URL has died there is no other way in: a read the role is
-    /// refused fails for good (a Kafka record is dead-lettered, not left to
+    /// refused fails for good (a Kafka record is quarantined, not left to
     /// stall its partition), while an outage is retried within the
     /// invocation.
     #[tokio::test]

@@ -171,7 +171,7 @@ impl DeadLetterReplay {
             .await
         {
             Outcome::Written(_) | Outcome::Healthcheck => None,
-            Outcome::Failed(failure) | Outcome::DeadLettered(failure) => Some(left(&failure)),
+            Outcome::Failed(failure) | Outcome::Quarantined(failure) => Some(left(&failure)),
         }
     }
 }

@@ -34,7 +34,7 @@ pub fn sqs_body(data: &[u8]) {
 }
 
 /// A Kafka event: every record becomes an item, both answers can be built,
-/// and every dead letter is bounded JSON.
+/// and every quarantine message is bounded JSON.
 pub fn kafka_event(data: &[u8]) {
     let Ok(event) = serde_json::from_slice::<KafkaEvent>(data) else {
         return;
@@ -59,9 +59,9 @@ pub fn kafka_event(data: &[u8]) {
         }
     }
     for index in 0..batch.records.len() {
-        let letter = batch.dead_letter(index, &failure).expect("record exists");
+        let letter = batch.quarantined(index, &failure).expect("record exists");
         assert!(letter.body.len() < 512 * 1024);
-        serde_json::from_str::<Value>(&letter.body).expect("a dead letter is JSON");
+        serde_json::from_str::<Value>(&letter.body).expect("a quarantine message is JSON");
     }
 }
 

@@ -246,10 +246,10 @@ def test_the_kafka_handler_role_may_do_what_the_code_calls_and_no_more(moto_serv
     role = as_role(moto_server, credentials)
 
     sqs = role.client("sqs")
-    # Its own dead letters, and the mapping's records of discarded batches.
-    sqs.send_message(QueueUrl=outputs["KafkaDeadLetterQueueUrl"], MessageBody="{}")
+    # Its own quarantine, and the mapping's records of discarded batches.
+    sqs.send_message(QueueUrl=outputs["KafkaQuarantineQueueUrl"], MessageBody="{}")
     sqs.send_message(QueueUrl=outputs["KafkaDiscardedBatchesQueueUrl"], MessageBody="{}")
-    denied(lambda: sqs.receive_message(QueueUrl=outputs["KafkaDeadLetterQueueUrl"]))
+    denied(lambda: sqs.receive_message(QueueUrl=outputs["KafkaQuarantineQueueUrl"]))
     denied(lambda: sqs.send_message(QueueUrl=outputs["QueueUrl"], MessageBody="{}"))
     denied(lambda: sqs.receive_message(QueueUrl=outputs["QueueUrl"]))
 

@@ -91,11 +91,11 @@ def test_a_kafka_stack_wires_the_kafka_handler_to_its_queues(session):
     outputs = local_stack.deploy(session, overrides=KAFKA, without=("KafkaEventSourceMapping",))
     kafka = functions(session)[outputs["KafkaHandlerFunctionName"]]
     env = kafka["Environment"]["Variables"]
-    assert env["TERRA_DEAD_LETTER_QUEUE_URL"] == outputs["KafkaDeadLetterQueueUrl"]
+    assert env["TERRA_QUARANTINE_QUEUE_URL"] == outputs["KafkaQuarantineQueueUrl"]
     assert env["TERRA_KAFKA_PARTIAL_BATCH"] == "true"
-    assert outputs["KafkaDiscardedBatchesQueueUrl"] != outputs["KafkaDeadLetterQueueUrl"]
+    assert outputs["KafkaDiscardedBatchesQueueUrl"] != outputs["KafkaQuarantineQueueUrl"]
     sqs = session.client("sqs")
-    for url in (outputs["KafkaDeadLetterQueueUrl"], outputs["KafkaDiscardedBatchesQueueUrl"]):
+    for url in (outputs["KafkaQuarantineQueueUrl"], outputs["KafkaDiscardedBatchesQueueUrl"]):
         sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
 
 

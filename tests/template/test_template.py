@@ -194,7 +194,7 @@ def test_created_stores_are_private_encrypted_and_kept():
 def test_kafka_partial_batch_setting_matches_the_mapping():
     env = resource("KafkaHandlerFunction")["Environment"]["Variables"]
     assert env["TERRA_KAFKA_PARTIAL_BATCH"] == {"Ref": "KafkaPartialBatch"}
-    assert env["TERRA_DEAD_LETTER_QUEUE_URL"] == {"Ref": "KafkaDeadLetterQueue"}
+    assert env["TERRA_QUARANTINE_QUEUE_URL"] == {"Ref": "KafkaQuarantineQueue"}
     mapping = resource("KafkaEventSourceMapping")
     for prop in (
         "FunctionResponseTypes",
@@ -433,14 +433,14 @@ def test_metrics_survive_the_log_level():
         assert resource(function)["LoggingConfig"]["ApplicationLogLevel"] in ("TRACE", "DEBUG", "INFO")
 
 
-def test_the_mappings_discarded_batches_and_the_functions_dead_letters_are_apart():
+def test_the_mappings_discarded_batches_and_the_functions_quarantine_are_apart():
     mapping = resource("KafkaEventSourceMapping")
     _, destination, _ = mapping["DestinationConfig"]["Fn::If"]
     assert destination["OnFailure"]["Destination"] == {
         "Fn::GetAtt": ["KafkaDiscardedBatchesQueue", "Arn"]
     }
     env = resource("KafkaHandlerFunction")["Environment"]["Variables"]
-    assert env["TERRA_DEAD_LETTER_QUEUE_URL"] == {"Ref": "KafkaDeadLetterQueue"}
+    assert env["TERRA_QUARANTINE_QUEUE_URL"] == {"Ref": "KafkaQuarantineQueue"}
     condition, (statement,) = policy_named("KafkaHandlerRole", "discarded-batches")
     assert condition == "KafkaDiscardsBatches"
     assert statement["Resource"] == {"Fn::GetAtt": ["KafkaDiscardedBatchesQueue", "Arn"]}

@@ -1,6 +1,6 @@
 //! `kafka-handler` behind the local Kafka mapping, against moto and the Terra
 //! simulator: the Kafka side of the demo flow, for the fault scenarios. Every
-//! record must end archived or dead-lettered, as its kind predicts.
+//! record must end archived or quarantined, as its kind predicts.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -17,7 +17,7 @@ use crate::terra_simulator::{Kind, TerraSimulator};
 /// Faults for a Kafka scenario besides the payload server's.
 #[derive(Debug, Clone, Default)]
 pub struct KafkaFaults {
-    /// S3 and SQS (dead letters) traffic through the fault proxy.
+    /// S3 and SQS (quarantine) traffic through the fault proxy.
     pub stores: bool,
     /// Kill the handler this long after the start, and start a new one.
     pub kill_after: Option<Duration>,
@@ -30,7 +30,7 @@ pub struct KafkaFaults {
     pub production_ratios: bool,
     /// Also in the stack `template.yaml` creates for self-managed Kafka,
     /// deployed into moto with IAM enforced: the function's environment and
-    /// role, its bucket, table and dead-letter queue, and the mapping's
+    /// role, its bucket, table and quarantine queue, and the mapping's
     /// settings as the template would create it (moto cannot).
     pub in_the_stack: bool,
 }
@@ -53,15 +53,17 @@ pub struct KafkaReport {
     pub name: String,
     pub sent: usize,
     pub archived: usize,
-    pub dead_lettered: usize,
+    /// Records set aside: quarantined by the function, or discarded by the
+    /// mapping after its retries.
+    pub set_aside: usize,
     /// Deliverable records not archived, and undeliverable ones neither
-    /// archived nor dead-lettered.
+    /// archived nor set aside.
     pub lost: usize,
-    /// Records both archived and dead-lettered.
+    /// Records both archived and set aside.
     pub duplicates: usize,
     /// Records that did not end as their kind predicts.
     pub unexpected: Vec<String>,
-    /// Records Terra sent with URLs already expired: the ones to dead-letter.
+    /// Records Terra sent with URLs already expired: the ones to quarantine.
     pub expired_sent: usize,
     pub invocations: usize,
     pub failed_invocations: usize,
@@ -76,10 +78,10 @@ pub struct KafkaReport {
 impl KafkaReport {
     pub fn figures(&self) -> String {
         format!(
-            "sent {} / delivered {} / dead-lettered {} / lost {} / duplicates {} ({} invocations, {} failed, {} discarded by the mapping)",
+            "sent {} / delivered {} / set aside {} / lost {} / duplicates {} ({} invocations, {} failed, {} discarded by the mapping)",
             self.sent,
             self.archived,
-            self.dead_lettered,
+            self.set_aside,
             self.lost,
             self.duplicates,
             self.invocations,
@@ -108,22 +110,22 @@ pub async fn run(scenario: &KafkaScenario) -> KafkaReport {
     } else {
         None
     };
-    let (bucket, dlq) = match &stack {
+    let (bucket, quarantine) = match &stack {
         Some(stack) => (
             stack
                 .variable("TERRA_S3_BUCKET")
                 .expect("a bucket")
                 .to_owned(),
             stack
-                .variable("TERRA_DEAD_LETTER_QUEUE_URL")
-                .expect("a dead-letter queue")
+                .variable("TERRA_QUARANTINE_QUEUE_URL")
+                .expect("a quarantine queue")
                 .to_owned(),
         ),
         None => {
             moto.create_bucket(super::BUCKET).await;
             (
                 super::BUCKET.to_owned(),
-                moto.create_queue("terra-kafka-dlq").await,
+                moto.create_queue("terra-kafka-quarantine").await,
             )
         }
     };
@@ -187,7 +189,7 @@ pub async fn run(scenario: &KafkaScenario) -> KafkaReport {
         } else {
             super::local_function_env(runtime.addr, endpoint)
         };
-        env.push(("TERRA_DEAD_LETTER_QUEUE_URL".into(), dlq.clone()));
+        env.push(("TERRA_QUARANTINE_QUEUE_URL".into(), quarantine.clone()));
         env.push((
             "TERRA_KAFKA_PARTIAL_BATCH".into(),
             scenario.partial_batch.to_string(),
@@ -248,11 +250,11 @@ pub async fn run(scenario: &KafkaScenario) -> KafkaReport {
         .into_iter()
         .map(|o| o.key)
         .collect();
-    let mut dead_lettered: BTreeSet<(i64, i64)> = stats.discarded.clone();
-    for letter in moto.drain(&dlq).await {
+    let mut set_aside: BTreeSet<(i64, i64)> = stats.discarded.clone();
+    for letter in moto.drain(&quarantine).await {
         let body: serde_json::Value =
             serde_json::from_str(letter.body().expect("body")).expect("JSON letter");
-        dead_lettered.insert((
+        set_aside.insert((
             body["partition"].as_i64().expect("partition"),
             body["offset"].as_i64().expect("offset"),
         ));
@@ -262,10 +264,10 @@ pub async fn run(scenario: &KafkaScenario) -> KafkaReport {
         let is_archived = archived
             .iter()
             .any(|key| key.ends_with(&format!("/sim-{n:04}-{}.json", kind.as_str())));
-        let is_dead = dead_lettered.contains(&(record.partition, record.offset));
-        // A deliverable record that was dead-lettered is lost all the same.
-        lost += usize::from(!is_archived && (kind.deliverable() || !is_dead));
-        duplicates += usize::from(is_archived && is_dead);
+        let is_set_aside = set_aside.contains(&(record.partition, record.offset));
+        // A deliverable record that was set aside is lost all the same.
+        lost += usize::from(!is_archived && (kind.deliverable() || !is_set_aside));
+        duplicates += usize::from(is_archived && is_set_aside);
         if is_archived != kind.deliverable() {
             unexpected.push(format!("{n} ({})", kind.as_str()));
         }
@@ -308,7 +310,7 @@ pub async fn run(scenario: &KafkaScenario) -> KafkaReport {
         name,
         sent: records.len(),
         archived: archived.len(),
-        dead_lettered: dead_lettered.len(),
+        set_aside: set_aside.len(),
         lost,
         duplicates,
         unexpected,

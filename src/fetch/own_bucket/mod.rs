@@ -141,7 +141,7 @@ impl SourceReadError {
 ///
 /// - a missing object is gone for good;
 /// - a refusal will not pass until someone changes a policy: permanent, and
-///   the record's to carry (a Kafka record is dead-lettered instead of
+///   the record's to carry (a Kafka record is quarantined instead of
 ///   stalling its partition). Nothing is lost, since the object stays in
 ///   the bucket: on SQS `replay dead-letters` completes the message from
 ///   there once the role may read it;

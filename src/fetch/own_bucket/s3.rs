@@ -361,7 +361,7 @@ mod tests {
         assert_eq!(
             (denied.retry(), denied.record_at_fault()),
             (Retry::Permanent, true),
-            "once the URL has died: the dead letter and the bucket complete it later"
+            "once the URL has died: the dead-letter queue's replay, or quarantine, and the bucket complete it later"
         );
 
         let down = head(503, &[]).await.expect_err("unavailable");

@@ -308,7 +308,7 @@ fn permanent(message: String) -> SinkError {
 }
 
 /// DynamoDB refused every form of the record itself (its size or content),
-/// and no archive copy is there to point to: a Kafka dead letter, not a
+/// and no archive copy is there to point to: quarantined on Kafka, not a
 /// blocked partition.
 fn refused_record(message: String) -> SinkError {
     SinkError {

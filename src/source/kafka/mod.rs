@@ -1,5 +1,5 @@
 //! Kafka: the event an Amazon MSK or self-managed Kafka event source mapping
-//! delivers, the partial batch response it accepts, and the dead letter a
+//! delivers, the partial batch response it accepts, and the quarantine message a
 //! poison record becomes.
 //!
 //! The event is read leniently, one record at a time, rather than through
@@ -18,7 +18,7 @@ use serde_json::Value;
 use crate::outcome::{FailureClass, RecordFailure, Retry};
 use crate::record::{InboundRecord, SourceItem};
 
-mod dead_letter;
+mod quarantine;
 mod response;
 
 pub use response::{
@@ -43,7 +43,7 @@ pub struct KafkaEvent {
 }
 
 /// One record's identity and its original content, kept beside the decoded
-/// item for the response and for a dead letter.
+/// item for the response and for quarantine.
 #[derive(Debug, Clone)]
 pub struct KafkaRecord {
     /// The event's name for the partition, `"<topic>-<partition>"`.
@@ -123,7 +123,7 @@ impl KafkaRecord {
 }
 
 /// The event's records in a stable order (partitions by name, each in offset
-/// order), kept for the response and dead letters.
+/// order), kept for the response and for quarantine.
 #[derive(Debug, Clone, Default)]
 pub struct DecodedBatch {
     pub event_source: Option<String>,

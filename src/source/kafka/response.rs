@@ -127,8 +127,8 @@ pub fn response(
 /// aside) brings back the whole batch in [`ResponseMode::WholeBatch`] (and
 /// when it has no offset to report), and in [`ResponseMode::PartialBatch`]
 /// its partition from its offset on. A poison record that comes back would
-/// be dead-lettered again on every retry: it waits, failed, until nothing
-/// holds it back, and is dead-lettered once.
+/// be quarantined again on every retry: it waits, failed, until nothing
+/// holds it back, and is quarantined once.
 pub fn settled_once_set_aside(
     batch: &DecodedBatch,
     outcomes: &[Outcome],
@@ -218,17 +218,13 @@ mod tests {
             error.to_string(),
             "1 of 2 records failed (fetch: 1); retrying the whole batch"
         );
-        let dead_lettered = Outcome::DeadLettered(RecordFailure::new(
+        let quarantined = Outcome::Quarantined(RecordFailure::new(
             FailureClass::Expired,
             Retry::Permanent,
             "late",
         ));
         assert_eq!(
-            response(
-                &batch,
-                &[written(), dead_lettered],
-                ResponseMode::WholeBatch
-            ),
+            response(&batch, &[written(), quarantined], ResponseMode::WholeBatch),
             Ok(KafkaBatchResponse::default())
         );
     }

@@ -1,18 +1,18 @@
-//! The dead-letter queue on SQS: a standard queue, or a FIFO queue grouped
+//! The quarantine queue on SQS: a standard queue, or a FIFO queue grouped
 //! by partition that drops the copy a redelivery sends.
 
 use async_trait::async_trait;
 
-use super::{DeadLetter, DeadLetterError, DeadLetterQueue};
+use super::{QuarantineError, QuarantineQueue, QuarantinedRecord};
 use crate::sdk_error::describe;
 
-pub struct SqsDeadLetterQueue {
+pub struct SqsQuarantineQueue {
     client: aws_sdk_sqs::Client,
     queue_url: String,
     fifo: bool,
 }
 
-impl SqsDeadLetterQueue {
+impl SqsQuarantineQueue {
     pub fn new(client: aws_sdk_sqs::Client, queue_url: String) -> Self {
         let fifo = queue_url.ends_with(".fifo");
         Self {
@@ -24,13 +24,13 @@ impl SqsDeadLetterQueue {
 }
 
 #[async_trait]
-impl DeadLetterQueue for SqsDeadLetterQueue {
-    async fn send(&self, letter: &DeadLetter) -> Result<(), DeadLetterError> {
+impl QuarantineQueue for SqsQuarantineQueue {
+    async fn send(&self, letter: &QuarantinedRecord) -> Result<(), QuarantineError> {
         let class = aws_sdk_sqs::types::MessageAttributeValue::builder()
             .data_type("String")
             .string_value(letter.class.as_str())
             .build()
-            .map_err(|e| DeadLetterError(e.to_string()))?;
+            .map_err(|e| QuarantineError(e.to_string()))?;
         let mut request = self
             .client
             .send_message()
@@ -46,7 +46,7 @@ impl DeadLetterQueue for SqsDeadLetterQueue {
             .send()
             .await
             .map(drop)
-            .map_err(|e| DeadLetterError(format!("SendMessage: {}", describe(&e))))
+            .map_err(|e| QuarantineError(format!("SendMessage: {}", describe(&e))))
     }
 }
 

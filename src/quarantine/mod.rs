@@ -1,4 +1,4 @@
-//! The dead-letter queue for poison Kafka records: records that can never
+//! The quarantine queue for poison Kafka records: records that can never
 //! succeed (expired, malformed, refused, too large) would otherwise block
 //! their partition until the mapping's retry limit discards them silently.
 //! SQS needs none of this: its redrive policy dead-letters by itself.
@@ -10,11 +10,11 @@ use crate::outcome::{FailureClass, Outcome, RecordFailure};
 
 mod sqs;
 
-pub use sqs::SqsDeadLetterQueue;
+pub use sqs::SqsQuarantineQueue;
 
 /// One record set aside, ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadLetter {
+pub struct QuarantinedRecord {
     /// JSON: the record's origin, the failure, and its content with every URL
     /// query string removed.
     pub body: String,
@@ -27,24 +27,24 @@ pub struct DeadLetter {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("dead-letter queue: {0}")]
-pub struct DeadLetterError(pub String);
+#[error("quarantine queue: {0}")]
+pub struct QuarantineError(pub String);
 
 /// Somewhere to put poison records. SQS in production; fakes in tests.
 #[async_trait]
-pub trait DeadLetterQueue: Send + Sync {
-    async fn send(&self, letter: &DeadLetter) -> Result<(), DeadLetterError>;
+pub trait QuarantineQueue: Send + Sync {
+    async fn send(&self, letter: &QuarantinedRecord) -> Result<(), QuarantineError>;
 }
 
 /// Sends every poison failure in `outcomes` to `queue` and marks it
-/// [`Outcome::DeadLettered`]. A record whose dead letter could not be sent
+/// [`Outcome::Quarantined`]. A record that could not be quarantined
 /// stays failed, so the source retries it: it is never dropped.
 pub async fn divert_poison(
-    queue: &dyn DeadLetterQueue,
+    queue: &dyn QuarantineQueue,
     mut outcomes: Vec<Outcome>,
-    letter_for: impl Fn(usize, &RecordFailure) -> Option<DeadLetter>,
+    letter_for: impl Fn(usize, &RecordFailure) -> Option<QuarantinedRecord>,
 ) -> Vec<Outcome> {
-    let poison: Vec<(usize, DeadLetter)> = outcomes
+    let poison: Vec<(usize, QuarantinedRecord)> = outcomes
         .iter()
         .enumerate()
         .filter_map(|(index, outcome)| {
@@ -61,15 +61,15 @@ pub async fn divert_poison(
                         id = %letter.deduplication_id,
                         class = %failure.class,
                         error = %failure.message,
-                        "record dead-lettered"
+                        "record quarantined"
                     );
-                    outcomes[*index] = Outcome::DeadLettered(failure.clone());
+                    outcomes[*index] = Outcome::Quarantined(failure.clone());
                 }
             }
             Err(error) => tracing::error!(
                 id = %letter.deduplication_id,
                 %error,
-                "dead letter not sent; the record will be retried"
+                "quarantine message not sent; the record will be retried"
             ),
         }
     }
@@ -79,15 +79,15 @@ pub async fn divert_poison(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fakes::{Answer, MemoryDeadLetters};
+    use crate::fakes::{Answer, MemoryQuarantine};
     use crate::outcome::Retry;
 
     fn failed(class: FailureClass, retry: Retry) -> Outcome {
         Outcome::Failed(RecordFailure::new(class, retry, "why"))
     }
 
-    fn letter(index: usize, group: &str) -> DeadLetter {
-        DeadLetter {
+    fn letter(index: usize, group: &str) -> QuarantinedRecord {
+        QuarantinedRecord {
             body: format!("{{\"index\":{index}}}"),
             group: group.into(),
             deduplication_id: format!("{group}@{index}"),
@@ -97,7 +97,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_poison_is_diverted_and_an_unsent_letter_stays_failed() {
-        let queue = MemoryDeadLetters::answering(Answer::RefuseGroup("refuse"));
+        let queue = MemoryQuarantine::answering(Answer::RefuseGroup("refuse"));
         let outcomes = vec![
             Outcome::Healthcheck,
             failed(FailureClass::Expired, Retry::Permanent),
@@ -113,7 +113,7 @@ mod tests {
         assert_eq!(sent, [letter(1, "t-0")]);
         assert_eq!(
             after[1],
-            Outcome::DeadLettered(RecordFailure::new(
+            Outcome::Quarantined(RecordFailure::new(
                 FailureClass::Expired,
                 Retry::Permanent,
                 "why"

@@ -1,4 +1,4 @@
-//! The dead letter a poison Kafka record becomes: where it came from, why it
+//! What a poison Kafka record becomes on the quarantine queue: where it came from, why it
 //! failed, and its content as text with every URL query string cut, sized to
 //! fit one SQS message.
 
@@ -7,31 +7,31 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use serde_json::{Value, json};
 
 use super::DecodedBatch;
-use crate::dead_letter::DeadLetter;
 use crate::outcome::RecordFailure;
+use crate::quarantine::QuarantinedRecord;
 use crate::redact::{strip_query_strings, strip_query_strings_in_json};
 
-/// How much of a record's value a dead letter keeps. Terra's pointers are a
+/// How much of a record's value its quarantine message keeps. Terra's pointers are a
 /// few hundred bytes; anything far larger is not Terra's and the queue's
-/// message limit must not turn the dead letter into a transient failure.
-const DEAD_LETTER_VALUE_LIMIT: usize = 64 * 1024;
+/// message limit must not turn quarantining it into a transient failure.
+const QUARANTINED_VALUE_LIMIT: usize = 64 * 1024;
 
 /// SQS refuses messages over 256 KiB; the letter stays under this, leaving
 /// room for its message attribute.
-const DEAD_LETTER_MAX_BYTES: usize = 250 * 1024;
+const QUARANTINED_MAX_BYTES: usize = 250 * 1024;
 /// Budgets for the record's own content, as escaped JSON.
-const DEAD_LETTER_KEY_LIMIT: usize = 16 * 1024;
-const DEAD_LETTER_HEADERS_LIMIT: usize = 64 * 1024;
-const DEAD_LETTER_MESSAGE_LIMIT: usize = 4 * 1024;
+const QUARANTINED_KEY_LIMIT: usize = 16 * 1024;
+const QUARANTINED_HEADERS_LIMIT: usize = 64 * 1024;
+const QUARANTINED_MESSAGE_LIMIT: usize = 4 * 1024;
 
 impl DecodedBatch {
-    /// The dead letter for record `index`: where it came from, why it failed,
+    /// The quarantine message for record `index`: where it came from, why it failed,
     /// and its original key, value and headers, decoded to text, with every
     /// URL query string cut off (a pre-signed URL is a credential, expired or
     /// not) and cut to fit one SQS message.
-    pub fn dead_letter(&self, index: usize, failure: &RecordFailure) -> Option<DeadLetter> {
+    pub fn quarantined(&self, index: usize, failure: &RecordFailure) -> Option<QuarantinedRecord> {
         let record = self.records.get(index)?;
-        let (value, value_note) = dead_letter_value(record.value.as_deref());
+        let (value, value_note) = quarantined_value(record.value.as_deref());
         let mut body = json!({
             "source": "terra-sink/kafka-handler",
             "eventSource": self.event_source,
@@ -45,17 +45,17 @@ impl DecodedBatch {
             "failure": {
                 "class": failure.class,
                 "retry": failure.retry,
-                "message": fit_escaped(&strip_query_strings(&failure.message), DEAD_LETTER_MESSAGE_LIMIT).0,
+                "message": fit_escaped(&strip_query_strings(&failure.message), QUARANTINED_MESSAGE_LIMIT).0,
             },
             "key": record.key.as_deref().map(|key| {
-                fit_escaped(&strip_query_strings(&decoded_text(key)), DEAD_LETTER_KEY_LIMIT).0
+                fit_escaped(&strip_query_strings(&decoded_text(key)), QUARANTINED_KEY_LIMIT).0
             }),
             "value": value,
             "valueNote": value_note,
-            "headers": record.headers.as_ref().map(dead_letter_headers),
+            "headers": record.headers.as_ref().map(quarantined_headers),
         });
         let mut text = sqs_safe(body.to_string());
-        if text.len() > DEAD_LETTER_MAX_BYTES {
+        if text.len() > QUARANTINED_MAX_BYTES {
             // Only the record's own fields can be large; the rest is bounded.
             body["key"] = Value::Null;
             body["headers"] = Value::Null;
@@ -63,7 +63,7 @@ impl DecodedBatch {
             body["valueNote"] = json!("key, value and headers dropped: too large for SQS");
             text = sqs_safe(body.to_string());
         }
-        Some(DeadLetter {
+        Some(QuarantinedRecord {
             body: text,
             group: record.partition_key.clone(),
             deduplication_id: format!(
@@ -90,8 +90,8 @@ fn decoded_text(encoded: &str) -> String {
 /// Kafka headers as Lambda delivers them (`[{"name": [byte, ...]}]`), as
 /// text with query strings cut, within the headers' budget; headers past it
 /// are left out and counted.
-fn dead_letter_headers(headers: &Value) -> Value {
-    let mut budget = DEAD_LETTER_HEADERS_LIMIT;
+fn quarantined_headers(headers: &Value) -> Value {
+    let mut budget = QUARANTINED_HEADERS_LIMIT;
     let mut out = Vec::new();
     let mut left_out = 0;
     let entries = headers.as_array().map(Vec::as_slice).unwrap_or_default();
@@ -168,7 +168,7 @@ fn sqs_safe(json: String) -> String {
 
 /// The record's value as readable text: decoded from base64, URL query strings
 /// cut, and bounded. The note says what was done to it.
-fn dead_letter_value(value: Option<&str>) -> (Option<String>, &'static str) {
+fn quarantined_value(value: Option<&str>) -> (Option<String>, &'static str) {
     let Some(encoded) = value else {
         return (None, "record had no value");
     };
@@ -188,7 +188,7 @@ fn dead_letter_value(value: Option<&str>) -> (Option<String>, &'static str) {
             ),
         },
     };
-    match fit_escaped(&text, DEAD_LETTER_VALUE_LIMIT) {
+    match fit_escaped(&text, QUARANTINED_VALUE_LIMIT) {
         (cut, true) => (Some(cut), "truncated to 64 KiB, URL query strings removed"),
         (whole, false) => (Some(whole), note),
     }
@@ -202,7 +202,7 @@ mod tests {
     use crate::outcome::{FailureClass, Retry};
 
     #[test]
-    fn dead_letters_keep_the_record_but_no_query_string() {
+    fn quarantined_records_keep_their_content_but_no_query_string() {
         let pointer = r#"{"type":"s3_payload","url":"https://b.s3.amazonaws.com/u/p.json?X-Amz-Credential=AKIAEXAMPLE&X-Amz-Signature=abc","expires_in":600}"#;
         let (batch, _) = decode(&event(json!({
             "terra-2": [
@@ -216,8 +216,8 @@ mod tests {
             Retry::Permanent,
             "URL expired at 2026-11-28T00:10:00Z",
         );
-        let letters: Vec<DeadLetter> = (0..3)
-            .map(|i| batch.dead_letter(i, &failure).expect("record exists"))
+        let letters: Vec<QuarantinedRecord> = (0..3)
+            .map(|i| batch.quarantined(i, &failure).expect("record exists"))
             .collect();
         for letter in &letters {
             assert!(!letter.body.contains("X-Amz"), "{}", letter.body);
@@ -240,11 +240,11 @@ mod tests {
         );
         let second: Value = serde_json::from_str(&letters[1].body).expect("json");
         assert_eq!(second["value"], "see https://h/p");
-        assert!(batch.dead_letter(3, &failure).is_none());
+        assert!(batch.quarantined(3, &failure).is_none());
     }
 
     #[test]
-    fn dead_letters_always_fit_one_sqs_message() {
+    fn quarantined_records_always_fit_one_sqs_message() {
         let url = "https://b.s3.amazonaws.com/u/p.json?X-Amz-Signature=abc";
         // Each of these escapes to 6 or 2 bytes of JSON, and U+FFFF is a
         // character SQS refuses outright.
@@ -265,9 +265,9 @@ mod tests {
             "headers": headers
         }]})));
         let failure = RecordFailure::new(FailureClass::Invalid, Retry::Permanent, nasty.clone());
-        let letter = batch.dead_letter(0, &failure).expect("record exists");
+        let letter = batch.quarantined(0, &failure).expect("record exists");
         assert!(
-            letter.body.len() <= DEAD_LETTER_MAX_BYTES,
+            letter.body.len() <= QUARANTINED_MAX_BYTES,
             "{}",
             letter.body.len()
         );
@@ -293,12 +293,12 @@ mod tests {
     }
 
     #[test]
-    fn dead_letter_values_are_bounded() {
+    fn quarantined_values_are_bounded() {
         let huge = "x".repeat(200_000);
         let (batch, _) = decode(&event(json!({"t-0": [record("t", 0, 1, &value(&huge))]})));
         let failure = RecordFailure::new(FailureClass::Invalid, Retry::Permanent, "not JSON");
-        let letter = batch.dead_letter(0, &failure).expect("record exists");
-        assert!(letter.body.len() < DEAD_LETTER_VALUE_LIMIT + 2048);
+        let letter = batch.quarantined(0, &failure).expect("record exists");
+        assert!(letter.body.len() < QUARANTINED_VALUE_LIMIT + 2048);
         let body: Value = serde_json::from_str(&letter.body).expect("json");
         assert_eq!(
             body["valueNote"],
