@@ -25,20 +25,27 @@ CARGO_FUZZ := .tools/bin/cargo-fuzz
 FUZZ_TARGETS := sqs_body kafka_event payload
 FUZZ_SECONDS ?= 20
 
-.PHONY: check test lint arm64 unit-and-integration template fuzz demo bench venv clean
+.PHONY: check test lint arm64 integration soak template fuzz demo bench venv clean
+
+# The test features: the moto and compiled-binary tests of each crate.
+INTEGRATION_FEATURES := terra-sink/integration,terra-sink-ops/integration
+# The soak tier's test targets; every other integration test is the
+# integration tier's.
+SOAK_TESTS := fault_injection lambda_artifacts
+INTEGRATION_TESTS := $(filter-out $(SOAK_TESTS),$(basename $(notdir $(wildcard tests/*.rs ops/tests/*.rs))))
 
 # The fast tier: formatting, lints, and the unit and in-process tests (the
 # handlers on in-memory stores, the fetcher against local HTTP servers).
 # Needs nothing installed; under a minute warm.
 check:
 	cargo fmt --all --check
-	cargo clippy --locked --workspace --all-targets --features terra-sink/integration -- -D warnings
+	cargo clippy --locked --workspace --all-targets --features $(INTEGRATION_FEATURES) -- -D warnings
 	cargo test --locked --workspace
 
 # Everything: the fast tier's checks, the deployable arm64 build, the tests
-# against moto and the compiled handlers (x86_64 and arm64), the template,
-# and the fuzz targets. What CI runs.
-test: lint arm64 unit-and-integration template fuzz
+# against moto and the compiled handlers, the fault suite and the arm64
+# runs, the template, and the fuzz targets. What CI runs.
+test: lint arm64 integration soak template fuzz
 
 venv: $(VENV_STAMP)
 
@@ -49,11 +56,13 @@ $(VENV_STAMP): requirements-dev.txt
 	touch $@
 
 # Also: what the handlers link has one HTTP/TLS stack (hyper 1, rustls 0.23
-# on aws-lc), none of the AWS SDK defaults' legacy one.
+# on aws-lc), none of the AWS SDK defaults' legacy one, and none of the
+# operator tool's command-line crates (they belong in ops/).
 lint:
 	cargo fmt --all --check
-	cargo clippy --locked --workspace --all-targets --features terra-sink/integration -- -D warnings
+	cargo clippy --locked --workspace --all-targets --features $(INTEGRATION_FEATURES) -- -D warnings
 	! cargo tree --locked -e normal -p terra-sink | grep -E '── (hyper v0\.|h2 v0\.3|rustls v0\.(1|2[0-2])\.|ring v)'
+	! cargo tree --locked -e normal -p terra-sink | grep -E '── (clap|indicatif) v'
 
 # `sam build` at the template's defaults: both handlers for arm64, with the
 # toolchain and emulator the arm64 tests need installed first.
@@ -61,16 +70,26 @@ arm64: $(VENV_STAMP)
 	dev/install-arm64-toolchain.sh
 	$(ARM64_TOOLS) sam build
 
-# The memory scenario runs the Lambda artifact (release), as Lambda would:
-# a debug build neither uses memory nor keeps time the way it does. The
-# arm64 artifacts run under qemu (tests/lambda_artifacts.rs).
-unit-and-integration: $(VENV_STAMP) arm64
+# The tests against moto and the compiled handlers (and the operator tool),
+# every integration test but the soak tier's. The handlers are the debug
+# builds cargo makes for the tests.
+integration: $(VENV_STAMP)
+	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server \
+	  cargo test --locked --workspace --features $(INTEGRATION_FEATURES) --lib --bins \
+	    $(addprefix --test ,$(INTEGRATION_TESTS))
+
+# The fault suite at the template's ratios, and the deployable artifacts:
+# the memory scenarios run the x86_64 Lambda artifact (release), as Lambda
+# would, since a debug build neither uses memory nor keeps time the way it
+# does; the arm64 ones run under qemu (tests/lambda_artifacts.rs).
+soak: $(VENV_STAMP) arm64
 	$(TOOLS) cargo lambda build --release --bin sqs-handler
 	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server SQS_HANDLER_ARTIFACT=$(HANDLER_ARTIFACT) \
 	  SQS_HANDLER_ARM64_ARTIFACT=$(SAM_BUILD_DIR)/SqsHandlerFunction/bootstrap \
 	  KAFKA_HANDLER_ARM64_ARTIFACT=$(SAM_BUILD_DIR)/KafkaHandlerFunction/bootstrap \
 	  ARM64_EMULATOR=$(ARM64_EMULATOR) \
-	  cargo test --locked --workspace --features terra-sink/integration
+	  cargo test --locked --workspace --features $(INTEGRATION_FEATURES) \
+	    $(addprefix --test ,$(SOAK_TESTS))
 
 # The template's promises and cfn-lint through SAM (`make arm64` builds it).
 template: $(VENV_STAMP)

@@ -33,7 +33,6 @@ pub mod quarantine;
 pub mod record;
 pub mod redact;
 pub mod redelivery;
-pub mod replay;
 pub mod sdk_error;
 pub mod sink;
 pub mod source;

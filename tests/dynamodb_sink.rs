@@ -92,13 +92,13 @@ async fn every_terra_example_lands_under_its_documented_keys() {
             sqs_record(&format!("m-{i}"), &pointer(&url), sent(i))
         })
         .collect();
-    let env = bed.env(&[("TERRA_DYNAMODB_TABLE", TABLE)]);
-    let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
-    let result = bed
-        .runtime
-        .invoke(&json!({ "Records": records }), Duration::from_secs(60))
-        .await;
-    assert_all_succeeded(&result, &handler);
+    bed.run_to_success(
+        SQS_HANDLER,
+        &[("TERRA_DYNAMODB_TABLE", TABLE)],
+        records,
+        Duration::from_secs(60),
+    )
+    .await;
 
     let items = bed.moto.items(TABLE).await;
     let event = |i: usize, tag: &str| format!("EVENT#{}#{tag}", rfc3339(sent(i)));

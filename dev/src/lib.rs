@@ -7,6 +7,7 @@
 //! Test code: it panics on broken setup rather than returning errors.
 
 pub mod artifact;
+pub mod bed;
 #[cfg(feature = "bench")]
 pub mod bench;
 pub mod demo;
@@ -62,6 +63,27 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock after 1970")
         .as_millis() as u64
+}
+
+/// A binary of another package in the workspace, where cargo built it
+/// beside the running test (`target/<profile>/`): a test gets
+/// `CARGO_BIN_EXE_*` only for its own package's binaries. `cargo test
+/// --workspace` builds every package's binaries before it runs a test.
+pub fn workspace_binary(name: &str) -> String {
+    let test = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let path = test
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("a test runs from target/<profile>/deps")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is not built; run the tests with `cargo test --workspace` (as `make integration` does), \
+         or `cargo build --bin {name}` first",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
 }
 
 /// Terra's example payloads, copied into the repository.

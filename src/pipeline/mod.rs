@@ -485,9 +485,8 @@ fn log_newer_held(stored: &ArchiveWrite) {
 /// (and the deadline timer) on that worker.
 const INSPECT_INLINE_MAX: usize = 256 * 1024;
 
-pub(crate) async fn inspect_off_the_workers(
-    payload: &Bytes,
-) -> Result<PayloadSummary, RecordFailure> {
+/// The payload's summary, validated; a large one on a blocking thread.
+pub async fn inspect_off_the_workers(payload: &Bytes) -> Result<PayloadSummary, RecordFailure> {
     if payload.len() <= INSPECT_INLINE_MAX {
         return Ok(payload::inspect(payload)?);
     }

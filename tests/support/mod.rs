@@ -2,11 +2,10 @@
 //! (`dev/`), and the usual test bed built from them.
 #![allow(dead_code, unused_imports)]
 
-pub mod bed;
 pub mod mixed_batch;
 
 pub use terra_sink_dev::{
-    fixture, free_port, logs, moto, now_ms, payload_server, runtime_api, sqs_mapping,
+    bed, fixture, free_port, logs, moto, now_ms, payload_server, runtime_api, sqs_mapping,
 };
 
 /// The bytes a gzip stream holds.

@@ -1,7 +1,5 @@
-//! `replay archive` against moto: the archive the compiled `sqs-handler`
-//! wrote, projected again into DynamoDB by the compiled `replay`.
-
-mod support;
+//! `terra-sink replay` against moto: the archive the compiled `sqs-handler`
+//! wrote, projected again into DynamoDB by the compiled command.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -10,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 use serde_json::{Value, json};
-use support::bed::{Bed, assert_all_succeeded, sqs_record};
-use support::payload_server::Behaviour;
-use support::runtime_api::HandlerProcess;
-use support::{fixture, now_ms};
 use terra_sink::sink::from_attribute;
+use terra_sink_dev::bed::{Bed, failed_ids, sqs_record};
+use terra_sink_dev::payload_server::Behaviour;
+use terra_sink_dev::runtime_api::HandlerProcess;
+use terra_sink_dev::{fixture, now_ms, workspace_binary};
 
-const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
-const REPLAY: &str = env!("CARGO_BIN_EXE_replay");
+const OPERATOR_TOOL: &str = env!("CARGO_BIN_EXE_terra-sink");
+const OLD_NAME: &str = env!("CARGO_BIN_EXE_replay");
 const TABLE: &str = "terra-replayed";
 const USER: &str = "USER#40f7b0e1-89e2-43ac-a5b8-1e29c8d47cad";
 
@@ -52,13 +50,13 @@ async fn archive(bed: &Bed, payloads: &[(String, Vec<u8>, u64)]) {
             sqs_record(reference, &message.to_string(), *sent)
         })
         .collect();
-    let env = bed.env(&[("TERRA_DYNAMODB_TABLE", TABLE)]);
-    let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
-    let result = bed
-        .runtime
-        .invoke(&json!({ "Records": records }), Duration::from_secs(120))
-        .await;
-    assert_all_succeeded(&result, &handler);
+    bed.run_to_success(
+        &sqs_handler(),
+        &[("TERRA_DYNAMODB_TABLE", TABLE)],
+        records,
+        Duration::from_secs(120),
+    )
+    .await;
 }
 
 async fn empty_table(bed: &Bed) {
@@ -73,11 +71,22 @@ async fn empty_table(bed: &Bed) {
     assert!(bed.moto.items(TABLE).await.is_empty());
 }
 
-/// `replay` as an operator runs it: the handlers' variables, test
+/// `terra-sink replay` as an operator runs it: the handlers' variables, test
 /// credentials, and nothing else from the test's environment.
 fn replay(bed: &Bed, extra_env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(REPLAY);
+    replay_as(OPERATOR_TOOL, &["replay"], bed, extra_env)
+}
+
+/// The compiled sqs-handler, built with this test by `cargo test
+/// --workspace` (another package's binary has no `CARGO_BIN_EXE_`).
+fn sqs_handler() -> String {
+    workspace_binary("sqs-handler")
+}
+
+fn replay_as(program: &str, leading: &[&str], bed: &Bed, extra_env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(program);
     command
+        .args(leading)
         .env_clear()
         .envs([
             ("AWS_ENDPOINT_URL", bed.moto.endpoint.as_str()),
@@ -205,8 +214,14 @@ async fn replay_rebuilds_a_deleted_table_from_the_archive() {
     let after = bed.moto.items(TABLE).await;
     assert_eq!(without_received_at(&after), without_received_at(&before));
 
-    // Twice is as once: every item is already this version.
-    let again = succeeded(replay_command(&bed, &state, &[]));
+    // Twice is as once: every item is already this version. Run under the
+    // command's old name, `replay`, kept as an alias for one release.
+    let today = time::OffsetDateTime::now_utc().date().to_string();
+    let mut old_name = replay_as(OLD_NAME, &[], &bed, &[]);
+    old_name
+        .args(["archive", "--from", &today, "--to", &today, "--state"])
+        .arg(&state);
+    let again = succeeded(old_name);
     assert_eq!(
         again["items_written"], 16,
         "written again, as the same version"
@@ -534,13 +549,13 @@ async fn dead_letters_with_an_archived_payload_complete_and_the_rest_stay_listed
         .collect();
     assert_eq!(records.len(), 3);
     let env = bed.env(&[("TERRA_DYNAMODB_TABLE", TABLE)]);
-    let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
+    let handler = HandlerProcess::spawn(&sqs_handler(), &env);
     let result = bed
         .runtime
         .invoke(&json!({ "Records": records }), Duration::from_secs(60))
         .await;
     assert_eq!(
-        support::bed::failed_ids(&result).len(),
+        failed_ids(&result).len(),
         3,
         "no table yet: every message fails\n{}",
         handler.output()
@@ -631,8 +646,8 @@ async fn dead_letters_with_an_archived_payload_complete_and_the_rest_stay_listed
             "{message}"
         );
     }
-    support::bed::assert_no_secrets(&String::from_utf8_lossy(&output.stdout));
-    support::bed::assert_no_secrets(&String::from_utf8_lossy(&output.stderr));
+    terra_sink_dev::bed::assert_no_secrets(&String::from_utf8_lossy(&output.stdout));
+    terra_sink_dev::bed::assert_no_secrets(&String::from_utf8_lossy(&output.stderr));
 
     let items = bed.moto.items(TABLE).await;
     let day = items

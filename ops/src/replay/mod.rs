@@ -21,9 +21,9 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use time::Date;
 
-use crate::outcome::{FailureClass, RecordFailure, Retry};
-use crate::pipeline::inspect_off_the_workers;
-use crate::sink::{
+use terra_sink::outcome::{FailureClass, RecordFailure, Retry};
+use terra_sink::pipeline::inspect_off_the_workers;
+use terra_sink::sink::{
     ArchiveName, ArchiveRead, ArchivedAbout, ArchivedObject, Delivery, S3Archive, Sink, SinkError,
 };
 

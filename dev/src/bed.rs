@@ -5,14 +5,16 @@ use std::collections::BTreeSet;
 
 use serde_json::{Value, json};
 
-use super::moto::Moto;
-use super::payload_server::PayloadServer;
-use super::runtime_api::{HandlerProcess, InvocationResult, RuntimeApi, lambda_environment};
-pub use super::sqs_mapping::sqs_record;
+use std::time::Duration;
 
-pub use super::payload_server::{SECRETS, assert_no_secrets};
+use crate::moto::Moto;
+use crate::payload_server::PayloadServer;
+use crate::runtime_api::{HandlerProcess, InvocationResult, RuntimeApi, lambda_environment};
+pub use crate::sqs_mapping::sqs_record;
 
-pub use terra_sink_dev::events::{KafkaRecord, KafkaSource, base64, kafka_event, pointer};
+pub use crate::payload_server::{SECRETS, assert_no_secrets};
+
+pub use crate::events::{KafkaRecord, KafkaSource, base64, kafka_event, pointer};
 
 pub fn failed_ids(result: &InvocationResult) -> BTreeSet<String> {
     let InvocationResult::Response(response) = result else {
@@ -64,6 +66,26 @@ impl Bed {
             .map(|(k, v)| (k.to_string(), v.to_string())),
         );
         env
+    }
+
+    /// Starts `handler` (a compiled handler's path) with the bed's
+    /// environment and `extra`, invokes it once with `records` as an SQS
+    /// event, and asserts every record was written or acknowledged. The
+    /// handler stays up for more invocations.
+    pub async fn run_to_success(
+        &self,
+        handler: &str,
+        extra: &[(&str, &str)],
+        records: Vec<Value>,
+        timeout: Duration,
+    ) -> HandlerProcess {
+        let handler = HandlerProcess::spawn(handler, &self.env(extra));
+        let result = self
+            .runtime
+            .invoke(&json!({ "Records": records }), timeout)
+            .await;
+        assert_all_succeeded(&result, &handler);
+        handler
     }
 }
 

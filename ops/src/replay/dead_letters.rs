@@ -13,12 +13,12 @@ use bytes::Bytes;
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::batch::RecordProcessor;
-use crate::message::{self, TerraMessage};
-use crate::outcome::Outcome;
-use crate::pipeline::Pipeline;
-use crate::record::InboundRecord;
-use crate::sdk_error::describe;
+use terra_sink::batch::RecordProcessor;
+use terra_sink::message::{self, TerraMessage};
+use terra_sink::outcome::Outcome;
+use terra_sink::pipeline::Pipeline;
+use terra_sink::record::InboundRecord;
+use terra_sink::sdk_error::describe;
 
 /// How long a received message stays hidden from other consumers while it
 /// is replayed; those left are made visible again at the end.
@@ -158,7 +158,7 @@ impl DeadLetterReplay {
             sent_at_ms,
             body,
         };
-        let left = |failure: &crate::outcome::RecordFailure| LeftMessage {
+        let left = |failure: &terra_sink::outcome::RecordFailure| LeftMessage {
             message_id: message_id.clone(),
             payload_reference: payload_reference.clone(),
             sent_at_ms,

@@ -1,10 +1,7 @@
-//! `replay`: an operator's tool, not deployed. Runs with ordinary AWS
-//! credentials and the handlers' configuration variables.
-//!
-//! `replay archive --from DATE --to DATE` projects archived payloads into
-//! the DynamoDB table again; `replay dead-letters --queue URL` completes the
-//! dead-letter queue's messages from the archive (see `terra_sink::replay`).
+//! The command line: arguments, the progress bar on a terminal, and the
+//! summary on stdout. What each command does is in its module.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -13,17 +10,18 @@ use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use terra_sink::app::{dynamodb_client, pipeline, s3_client};
 use terra_sink::config::Config;
-use terra_sink::replay::{ArchiveReplay, ArchiveSelection, DeadLetterReplay, ReplayRun, StateFile};
 use terra_sink::sink::{DynamoDbSink, S3Archive};
 use time::Date;
 use time::macros::format_description;
 
+use crate::replay::{ArchiveReplay, ArchiveSelection, DeadLetterReplay, ReplayRun, StateFile};
+
 #[derive(Parser)]
 #[command(
-    name = "replay",
-    about = "Replays what terra-sink archived. Reads the handlers' variables \
-             (TERRA_S3_BUCKET, TERRA_S3_PREFIX, TERRA_DYNAMODB_TABLE, ...) and \
-             the usual AWS credentials."
+    name = "terra-sink",
+    about = "terra-sink's operator commands, run from a workstation, not deployed. \
+             Each reads the handlers' variables (TERRA_S3_BUCKET, TERRA_S3_PREFIX, \
+             TERRA_DYNAMODB_TABLE, ...) and the usual AWS credentials."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,6 +30,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Replays what terra-sink archived.
+    #[command(subcommand)]
+    Replay(ReplayCommand),
+}
+
+#[derive(Subcommand)]
+enum ReplayCommand {
     /// Projects archived payloads into the DynamoDB table again. Never
     /// overwrites a newer item; safe to run twice; resumes where it stopped.
     Archive(ArchiveArgs),
@@ -85,8 +90,8 @@ fn parse_date(text: &str) -> Result<Date, String> {
         .map_err(|e| format!("{text:?} is not a date (YYYY-MM-DD): {e}"))
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Runs the command `args` (the program's name first) names.
+pub async fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -94,14 +99,18 @@ async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    let outcome = match Cli::parse().command {
-        Command::Archive(args) => replay_archive(args).await,
-        Command::DeadLetters(args) => replay_dead_letters(args).await,
+    let (name, outcome) = match Cli::parse_from(args).command {
+        Command::Replay(ReplayCommand::Archive(args)) => {
+            ("replay archive", replay_archive(args).await)
+        }
+        Command::Replay(ReplayCommand::DeadLetters(args)) => {
+            ("replay dead-letters", replay_dead_letters(args).await)
+        }
     };
     match outcome {
         Ok(code) => code,
         Err(message) => {
-            eprintln!("replay: {message}");
+            eprintln!("terra-sink {name}: {message}");
             ExitCode::from(2)
         }
     }
