@@ -53,6 +53,9 @@ pub enum ConfigError {
     NoSink,
 }
 
+/// The Kafka quarantine queue's variable before 0.2.0.
+const RETIRED_QUARANTINE_VARIABLE: &str = "TERRA_DEAD_LETTER_QUEUE_URL";
+
 const MAX_CONCURRENCY: usize = 1024;
 const MAX_TIMEOUT_SECS: u64 = 900;
 const MAX_ATTEMPTS: u32 = 20;
@@ -163,6 +166,15 @@ impl Config {
                 SourceBuckets::new(names, env.s3_endpoint()?).map(|b| b.owned_by(owner))
             }
         };
+        // Renamed, not dropped: a deployment still setting the old name
+        // would otherwise lose its quarantine without a word, and poison
+        // records would block their partitions.
+        if env.text(RETIRED_QUARANTINE_VARIABLE)?.is_some() {
+            return Err(invalid(
+                RETIRED_QUARANTINE_VARIABLE,
+                "renamed TERRA_QUARANTINE_QUEUE_URL in 0.2.0 (see CHANGELOG.md); set that instead",
+            ));
+        }
         let kafka = KafkaSettings {
             partial_batch: env.flag("TERRA_KAFKA_PARTIAL_BATCH", false)?,
             quarantine_queue_url: match env.text("TERRA_QUARANTINE_QUEUE_URL")? {
@@ -538,6 +550,12 @@ mod tests {
             (
                 "TERRA_QUARANTINE_QUEUE_URL",
                 "https://sqs.eu-west-1.amazonaws.com/terra-quarantine",
+            ),
+            // The old name, valid URL and all: refused, so the rename
+            // cannot pass unnoticed.
+            (
+                RETIRED_QUARANTINE_VARIABLE,
+                "https://sqs.eu-west-1.amazonaws.com/123456789012/terra-quarantine",
             ),
         ] {
             let vars = if var == "TERRA_S3_BUCKET" {
