@@ -431,7 +431,7 @@ impl Sink for MemorySink {
 pub enum Answer {
     #[default]
     Accept,
-    /// Accepts letters, except those whose group is this.
+    /// Accepts every record, except those whose group is this.
     RefuseGroup(&'static str),
     /// Never answers, like a queue whose endpoint does not respond.
     Hang,
@@ -459,13 +459,13 @@ impl MemoryQuarantine {
 
 #[async_trait]
 impl QuarantineQueue for MemoryQuarantine {
-    async fn send(&self, letter: &QuarantinedRecord) -> Result<(), QuarantineError> {
+    async fn send(&self, quarantined: &QuarantinedRecord) -> Result<(), QuarantineError> {
         match self.answer {
-            Answer::RefuseGroup(group) if letter.group == group => {
+            Answer::RefuseGroup(group) if quarantined.group == group => {
                 Err(QuarantineError("AccessDenied".into()))
             }
             Answer::Accept | Answer::RefuseGroup(_) => {
-                lock(&self.sent).push(letter.clone());
+                lock(&self.sent).push(quarantined.clone());
                 Ok(())
             }
             Answer::Hang => {

@@ -14,7 +14,7 @@ use terra_sink_dev::demo::kafka::{KafkaFaults, KafkaScenario};
 use terra_sink_dev::demo::{self, DemoReport, Scenario};
 use terra_sink_dev::deployed::Deployed;
 use terra_sink_dev::fault_proxy::{Fault, FaultSchedule};
-use terra_sink_dev::terra_simulator::Kind;
+use terra_sink_dev::terra_simulator::{Kind, MIX};
 
 const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
 const KAFKA_HANDLER: &str = env!("CARGO_BIN_EXE_kafka-handler");
@@ -27,12 +27,10 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 const TIME_SCALE: u32 = 20;
 
 fn scenario(mix: &[Kind], messages: usize) -> Scenario {
-    let mut scenario = Scenario::new(SQS_HANDLER);
-    scenario.mix = mix.to_vec();
-    scenario.messages = messages;
-    scenario.max_receive_count = 5;
-    scenario.give_up = Duration::from_secs(240);
-    scenario
+    Scenario::new(SQS_HANDLER)
+        .with_messages(mix, messages)
+        .with_max_receive_count(5)
+        .giving_up_after(Duration::from_secs(240))
 }
 
 async fn run(name: &str, scenario: Scenario) -> DemoReport {
@@ -83,8 +81,7 @@ fn assert_ends(report: &DemoReport, dead_letter_class: &str) {
 /// enforced, at the stack's own settings scaled down in time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_mix_in_the_stack() {
-    let mut demo_mix = Scenario::in_the_stack(SQS_HANDLER, TIME_SCALE);
-    demo_mix.messages = 24;
+    let demo_mix = Scenario::in_the_stack(SQS_HANDLER, TIME_SCALE).with_messages(&MIX, 24);
     let report = run("demo mix in the stack", demo_mix).await;
     assert_nothing_lost(&report);
     assert!(!report.dead_lettered.is_empty(), "the mix has expired URLs");
@@ -153,11 +150,11 @@ async fn the_newest_version_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_and_dynamodb_faults() {
-    let mut faulty = scenario(&[Kind::Good, Kind::Gzip, Kind::Large, Kind::Good], 16);
-    faulty.store_faults = Some(FaultSchedule {
-        every: 3,
-        faults: vec![Fault::Throttle, Fault::Internal, Fault::DropAfterForward],
-    });
+    let faulty = scenario(&[Kind::Good, Kind::Gzip, Kind::Large, Kind::Good], 16)
+        .with_store_faults(FaultSchedule {
+            every: 3,
+            faults: vec![Fault::Throttle, Fault::Internal, Fault::DropAfterForward],
+        });
     let report = run("S3 and DynamoDB faults", faulty).await;
     assert_nothing_lost(&report);
     assert!(report.store_faults_injected >= 3, "{}", report.summary());
@@ -166,11 +163,10 @@ async fn s3_and_dynamodb_faults() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_killed_mid_batch() {
-    let mut killed = scenario(&[Kind::Slow, Kind::Good, Kind::Slow, Kind::Large], 20);
-    killed.function_timeout = Duration::from_secs(6);
-    killed.visibility_timeout = Duration::from_secs(8);
-    killed.kill_an_instance_after = Some(Duration::from_millis(1500));
-    killed.handler_env = vec![("TERRA_FETCH_CONCURRENCY".into(), "2".into())];
+    let killed = scenario(&[Kind::Slow, Kind::Good, Kind::Slow, Kind::Large], 20)
+        .with_timeouts(Duration::from_secs(6), Duration::from_secs(8))
+        .with_kill_at(Duration::from_millis(1500))
+        .with_handler_env("TERRA_FETCH_CONCURRENCY", "2");
     let report = run("handler killed mid-batch", killed).await;
     assert_nothing_lost(&report);
     assert_eq!(report.instances_killed, 1);
@@ -184,13 +180,12 @@ async fn a_handler_killed_mid_batch() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_too_short_for_the_batch() {
-    let mut short = scenario(&[Kind::Slow], 12);
     // One second of work per invocation (the last second is kept back for
     // the response): two or three 700 ms downloads out of a batch of ten.
-    short.function_timeout = Duration::from_secs(2);
-    short.visibility_timeout = Duration::from_secs(3);
-    short.max_receive_count = 12;
-    short.handler_env = vec![("TERRA_FETCH_CONCURRENCY".into(), "2".into())];
+    let short = scenario(&[Kind::Slow], 12)
+        .with_timeouts(Duration::from_secs(2), Duration::from_secs(3))
+        .with_max_receive_count(12)
+        .with_handler_env("TERRA_FETCH_CONCURRENCY", "2");
     let report = run("deadline too short", short).await;
     assert_nothing_lost(&report);
     assert!(report.dead_lettered.is_empty(), "{}", report.summary());
@@ -285,11 +280,9 @@ async fn kafka_with_whole_batch_retries() {
 // function's environment are the template's too.
 
 fn at_production_ratios(mix: &[Kind], messages: usize) -> Scenario {
-    let mut scenario = Scenario::at_production_ratios(SQS_HANDLER, TIME_SCALE);
-    scenario.mix = mix.to_vec();
-    scenario.messages = messages;
-    scenario.give_up = Duration::from_secs(300);
-    scenario
+    Scenario::at_production_ratios(SQS_HANDLER, TIME_SCALE)
+        .with_messages(mix, messages)
+        .giving_up_after(Duration::from_secs(300))
 }
 
 fn assert_all_delivered(report: &DemoReport) {
@@ -303,8 +296,8 @@ fn assert_all_delivered(report: &DemoReport) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_ratios_payload_host_outage_of_5s() {
-    let mut outage = at_production_ratios(&[Kind::Good], 20);
-    outage.host_outage = Some((Duration::ZERO, Duration::from_secs(5)));
+    let outage = at_production_ratios(&[Kind::Good], 20)
+        .with_host_outage(Duration::ZERO, Duration::from_secs(5));
     let report = run("production ratios, payload host down 5 s", outage).await;
     assert_all_delivered(&report);
 }
@@ -313,8 +306,8 @@ async fn production_ratios_payload_host_outage_of_5s() {
 /// URLs live, more than once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_ratios_payload_host_outage_longer_than_an_invocation() {
-    let mut outage = at_production_ratios(&[Kind::Good], 20);
-    outage.host_outage = Some((Duration::ZERO, Duration::from_secs(20)));
+    let outage = at_production_ratios(&[Kind::Good], 20)
+        .with_host_outage(Duration::ZERO, Duration::from_secs(20));
     let report = run("production ratios, payload host down 20 s", outage).await;
     assert_all_delivered(&report);
     assert!(
@@ -326,8 +319,8 @@ async fn production_ratios_payload_host_outage_longer_than_an_invocation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_ratios_s3_outage_of_10s() {
-    let mut outage = at_production_ratios(&[Kind::Good, Kind::Gzip, Kind::Large], 20);
-    outage.s3_outage = Some((Duration::ZERO, Duration::from_secs(10)));
+    let outage = at_production_ratios(&[Kind::Good, Kind::Gzip, Kind::Large], 20)
+        .with_s3_outage(Duration::ZERO, Duration::from_secs(10));
     let report = run("production ratios, S3 down 10 s", outage).await;
     assert_all_delivered(&report);
     assert!(report.store_faults_injected > 0, "{}", report.summary());
@@ -354,8 +347,8 @@ async fn production_ratios_a_batch_too_long_for_its_deadline() {
 async fn production_ratios_a_handler_killed_mid_batch() {
     // Every first answer is slower than an invocation, so the kill lands
     // before anything is archived: only a quick return can save the batch.
-    let mut killed = at_production_ratios(&[Kind::SlowFirst], 20);
-    killed.kill_an_instance_after = Some(Duration::from_millis(1500));
+    let killed =
+        at_production_ratios(&[Kind::SlowFirst], 20).with_kill_at(Duration::from_millis(1500));
     let report = run("production ratios, handler killed mid-batch", killed).await;
     assert_all_delivered(&report);
     assert_eq!(report.instances_killed, 1);
@@ -370,9 +363,9 @@ async fn production_ratios_a_handler_killed_mid_batch() {
 /// ends dead-lettered as `expired`, and the metrics count it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_ratios_outage_longer_than_the_url_lives() {
-    let mut outage = at_production_ratios(&[Kind::Good], 4);
-    outage.host_outage = Some((Duration::ZERO, Duration::from_secs(120)));
-    outage.undeliverable = true;
+    let outage = at_production_ratios(&[Kind::Good], 4)
+        .with_host_outage(Duration::ZERO, Duration::from_secs(120))
+        .expecting_nothing_delivered();
     let report = run(
         "production ratios, payload host down past URL expiry",
         outage,
@@ -393,9 +386,9 @@ async fn production_ratios_outage_longer_than_the_url_lives() {
 /// lands once S3 is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_ratios_own_bucket_through_an_s3_outage() {
-    let mut outage = at_production_ratios(&[Kind::Good], 20);
-    outage.own_bucket = true;
-    outage.s3_outage = Some((Duration::ZERO, Duration::from_secs(10)));
+    let outage = at_production_ratios(&[Kind::Good], 20)
+        .in_own_bucket_mode()
+        .with_s3_outage(Duration::ZERO, Duration::from_secs(10));
     let report = run("production ratios, own bucket, S3 down 10 s", outage).await;
     assert_all_delivered(&report);
     assert!(report.store_faults_injected > 0, "{}", report.summary());
@@ -415,13 +408,12 @@ async fn production_ratios_own_bucket_through_an_s3_outage() {
 /// can never be are dead-lettered, in their remaining receipts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_ratios_fifo_groups_move_past_their_failures() {
-    let mut fifo = at_production_ratios(&[], 0);
-    fifo.fifo_groups = vec![
+    let fifo = at_production_ratios(&[], 0).with_fifo_groups(vec![
         vec![Kind::NotTerra, Kind::Good, Kind::Good],
         vec![Kind::DownAtFirst, Kind::Good, Kind::Good],
         vec![Kind::ExpiresWhileWaiting, Kind::Good, Kind::Good],
         vec![Kind::Good, Kind::Good],
-    ];
+    ]);
     let report = run("production ratios, FIFO groups", fifo).await;
     let summary = report.summary();
     assert!(report.lost().is_empty(), "lost messages:\n{summary}");
@@ -501,17 +493,12 @@ fn memory_scenario() -> Scenario {
         "SQS_HANDLER_ARTIFACT: the release bootstrap `cargo lambda build --release` makes \
          (make test sets it)",
     );
-    let mut scenario = at_production_ratios(&MEMORY_MIX, 2 * MEMORY_MIX.len());
-    scenario.handler_binary = artifact;
-    scenario
+    at_production_ratios(&MEMORY_MIX, 2 * MEMORY_MIX.len()).with_handler_binary(artifact)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_ratios_memory_holds_whatever_arrives_in_the_archive() {
-    let mut archive_only = memory_scenario();
-    archive_only
-        .handler_env
-        .push(("TERRA_DYNAMODB_TABLE".into(), String::new()));
+    let archive_only = memory_scenario().with_handler_env("TERRA_DYNAMODB_TABLE", "");
     let report = run("production ratios, memory, S3 archive only", archive_only).await;
     assert_all_delivered(&report);
     assert!(report.projected.is_empty(), "no table configured");
@@ -522,9 +509,9 @@ async fn production_ratios_memory_holds_whatever_arrives_in_the_archive() {
 /// write, and dead-lettered as `sink`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_ratios_memory_holds_whatever_arrives_with_dynamodb() {
-    let mut with_table = memory_scenario();
-    with_table.undeliverable_kinds = vec![Kind::MillionTinyRecords];
-    with_table.give_up = Duration::from_secs(480);
+    let with_table = memory_scenario()
+        .expecting_undeliverable(&[Kind::MillionTinyRecords])
+        .giving_up_after(Duration::from_secs(480));
     let report = run("production ratios, memory, S3 and DynamoDB", with_table).await;
     assert_ends(&report, "sink");
     assert_eq!(report.dead_lettered.len(), 2, "{}", report.summary());

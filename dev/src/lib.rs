@@ -25,15 +25,7 @@ pub mod runtime_api;
 pub mod sqs_mapping;
 pub mod terra_simulator;
 
-use std::net::{SocketAddr, TcpListener};
-
-/// A port that was free a moment ago, for servers that take a port number.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("the loopback interface accepts a listener")
-}
+use std::net::SocketAddr;
 
 /// Serves `app` on a new loopback port, as a real server would: with
 /// `TCP_NODELAY`, so small responses are not held back by Nagle's algorithm

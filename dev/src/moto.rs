@@ -1,10 +1,11 @@
 //! moto's server, started on its own port: the real S3, DynamoDB and
 //! SQS wire protocols (and CloudFormation, IAM, STS and Lambda for the
-//! stack runs), through `dev/moto_server.py`, which mends two gaps in moto's
-//! IAM enforcement.
+//! stack runs), through `dev/moto_server.py`, which mends moto's IAM
+//! enforcement where it falls short of AWS's (see dev/README.md).
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
@@ -31,6 +32,26 @@ pub fn python() -> PathBuf {
     moto_binary().with_file_name("python")
 }
 
+/// The port moto's server says it is running on (werkzeug's `Running on`
+/// line), read from its stderr; the rest of what it writes there (a line
+/// per request) is read and dropped, so that it never blocks on a full pipe.
+fn bound_port(stderr: ChildStderr) -> u16 {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let port = line
+                .split_once(" * Running on http://127.0.0.1:")
+                .and_then(|(_, port)| port.trim().parse::<u16>().ok());
+            if let Some(port) = port {
+                let _ = sender.send(port);
+            }
+        }
+    });
+    receiver
+        .recv_timeout(Duration::from_secs(30))
+        .expect("moto_server did not say its port within 30 s")
+}
+
 /// A script in `dev/`.
 pub fn dev_script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(name)
@@ -44,14 +65,18 @@ impl Moto {
             "moto's Python not found at {}: run `make test` (it installs moto into .venv) or set MOTO_SERVER to a moto_server",
             python.display()
         );
-        let port = crate::free_port();
-        let child = Command::new(&python)
+        // Port 0: moto binds whatever port is free and says which. A port
+        // picked here and handed over could be taken by another test's
+        // server before moto binds it, and moto would exit while that one
+        // answered in its place.
+        let mut child = Command::new(&python)
             .arg(dev_script("moto_server.py"))
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", "127.0.0.1", "-p", "0"])
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("could not start moto with {}: {e}", python.display()));
+        let port = bound_port(child.stderr.take().expect("stderr piped"));
         let moto = Moto {
             child,
             endpoint: format!("http://127.0.0.1:{port}"),

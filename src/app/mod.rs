@@ -187,7 +187,7 @@ impl App {
                 },
             );
             // Past the batch cutoff only the response reserve is left; a
-            // letter not sent in time leaves its record failed, to be retried.
+            // record not quarantined in time is left failed, to be retried.
             let by = cutoff_before(event.context.deadline()) + RESPONSE_RESERVE / 2;
             match tokio::time::timeout_at(by, diverted).await {
                 Ok(outcomes) => report = BatchReport { outcomes },

@@ -223,19 +223,8 @@ impl Pipeline {
             archived,
         };
         if let (Some(archive), false) = (&self.archive, recovered) {
-            let copier = archive.server_side_copy();
-            let stored = match (&held.provenance, copier) {
-                (Provenance::SourceBucket(version), Some(copier)) => {
-                    until_stored(give_up_at, || {
-                        let Delivery { name, summary, .. } = &delivery;
-                        copier.copy_in(name, sent_at_ms, version, summary)
-                    })
-                    .await?
-                }
-                _ => until_stored(give_up_at, || archive.store(&delivery)).await?,
-            };
-            log_newer_held(&stored);
-            delivery.archived = stored.this_send();
+            let stored = archive_held(archive.as_ref(), &delivery, &held.provenance, give_up_at);
+            delivery.archived = stored.await?.this_send();
         }
         let mut stale_items = 0;
         for sink in &self.sinks {
@@ -461,6 +450,33 @@ impl StreamedPayload {
             fetch: Some(self.fetch),
         }
     }
+}
+
+/// Held bytes into the archive: by a copy inside S3 when they came from
+/// Terra's bucket as stored there and the archive can copy, else uploaded.
+async fn archive_held(
+    archive: &dyn Archive,
+    delivery: &Delivery,
+    provenance: &Provenance,
+    give_up_at: Instant,
+) -> Result<ArchiveWrite, SinkError> {
+    let stored = match (provenance, archive.server_side_copy()) {
+        (Provenance::SourceBucket(version), Some(copier)) => {
+            let Delivery {
+                name,
+                sent_at_ms,
+                summary,
+                ..
+            } = delivery;
+            until_stored(give_up_at, || {
+                copier.copy_in(name, *sent_at_ms, version, summary)
+            })
+            .await?
+        }
+        _ => until_stored(give_up_at, || archive.store(delivery)).await?,
+    };
+    log_newer_held(&stored);
+    Ok(stored)
 }
 
 /// A payload over the limit the archive holds all the same (copied in, or

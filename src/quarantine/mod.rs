@@ -1,7 +1,7 @@
 //! The quarantine queue for poison Kafka records: records that can never
 //! succeed (expired, malformed, refused, too large) would otherwise block
 //! their partition until the mapping's retry limit discards them silently.
-//! SQS needs none of this: its redrive policy dead-letters by itself.
+//! SQS needs none of this: its redrive policy dead-quarantined by itself.
 
 use async_trait::async_trait;
 use futures::future::join_all;
@@ -33,7 +33,7 @@ pub struct QuarantineError(pub String);
 /// Somewhere to put poison records. SQS in production; fakes in tests.
 #[async_trait]
 pub trait QuarantineQueue: Send + Sync {
-    async fn send(&self, letter: &QuarantinedRecord) -> Result<(), QuarantineError>;
+    async fn send(&self, quarantined: &QuarantinedRecord) -> Result<(), QuarantineError>;
 }
 
 /// Sends every poison failure in `outcomes` to `queue` and marks it
@@ -42,23 +42,28 @@ pub trait QuarantineQueue: Send + Sync {
 pub async fn divert_poison(
     queue: &dyn QuarantineQueue,
     mut outcomes: Vec<Outcome>,
-    letter_for: impl Fn(usize, &RecordFailure) -> Option<QuarantinedRecord>,
+    quarantined_for: impl Fn(usize, &RecordFailure) -> Option<QuarantinedRecord>,
 ) -> Vec<Outcome> {
     let poison: Vec<(usize, QuarantinedRecord)> = outcomes
         .iter()
         .enumerate()
         .filter_map(|(index, outcome)| {
             let failure = outcome.failure().filter(|f| f.is_poison())?;
-            Some((index, letter_for(index, failure)?))
+            Some((index, quarantined_for(index, failure)?))
         })
         .collect();
-    let sent = join_all(poison.iter().map(|(_, letter)| queue.send(letter))).await;
-    for ((index, letter), result) in poison.iter().zip(sent) {
+    let sent = join_all(
+        poison
+            .iter()
+            .map(|(_, quarantined)| queue.send(quarantined)),
+    )
+    .await;
+    for ((index, quarantined), result) in poison.iter().zip(sent) {
         match result {
             Ok(()) => {
                 if let Outcome::Failed(failure) = &outcomes[*index] {
                     tracing::warn!(
-                        id = %letter.deduplication_id,
+                        id = %quarantined.deduplication_id,
                         class = %failure.class,
                         error = %failure.message,
                         "record quarantined"
@@ -67,7 +72,7 @@ pub async fn divert_poison(
                 }
             }
             Err(error) => tracing::error!(
-                id = %letter.deduplication_id,
+                id = %quarantined.deduplication_id,
                 %error,
                 "quarantine message not sent; the record will be retried"
             ),
@@ -86,7 +91,7 @@ mod tests {
         Outcome::Failed(RecordFailure::new(class, retry, "why"))
     }
 
-    fn letter(index: usize, group: &str) -> QuarantinedRecord {
+    fn quarantined(index: usize, group: &str) -> QuarantinedRecord {
         QuarantinedRecord {
             body: format!("{{\"index\":{index}}}"),
             group: group.into(),
@@ -96,7 +101,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_poison_is_diverted_and_an_unsent_letter_stays_failed() {
+    async fn only_poison_is_diverted_and_a_record_not_quarantined_stays_failed() {
         let queue = MemoryQuarantine::answering(Answer::RefuseGroup("refuse"));
         let outcomes = vec![
             Outcome::Healthcheck,
@@ -106,11 +111,14 @@ mod tests {
             failed(FailureClass::Invalid, Retry::Permanent),
         ];
         let after = divert_poison(&queue, outcomes.clone(), |index, _| {
-            Some(letter(index, if index == 4 { "refuse" } else { "t-0" }))
+            Some(quarantined(
+                index,
+                if index == 4 { "refuse" } else { "t-0" },
+            ))
         })
         .await;
         let sent = queue.sent();
-        assert_eq!(sent, [letter(1, "t-0")]);
+        assert_eq!(sent, [quarantined(1, "t-0")]);
         assert_eq!(
             after[1],
             Outcome::Quarantined(RecordFailure::new(

@@ -25,22 +25,22 @@ impl SqsQuarantineQueue {
 
 #[async_trait]
 impl QuarantineQueue for SqsQuarantineQueue {
-    async fn send(&self, letter: &QuarantinedRecord) -> Result<(), QuarantineError> {
+    async fn send(&self, quarantined: &QuarantinedRecord) -> Result<(), QuarantineError> {
         let class = aws_sdk_sqs::types::MessageAttributeValue::builder()
             .data_type("String")
-            .string_value(letter.class.as_str())
+            .string_value(quarantined.class.as_str())
             .build()
             .map_err(|e| QuarantineError(e.to_string()))?;
         let mut request = self
             .client
             .send_message()
             .queue_url(&self.queue_url)
-            .message_body(&letter.body)
+            .message_body(&quarantined.body)
             .message_attributes("terra_failure_class", class);
         if self.fifo {
             request = request
-                .message_group_id(&letter.group)
-                .message_deduplication_id(dedup_token(&letter.deduplication_id));
+                .message_group_id(&quarantined.group)
+                .message_deduplication_id(dedup_token(&quarantined.deduplication_id));
         }
         request
             .send()

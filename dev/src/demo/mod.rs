@@ -17,72 +17,76 @@ use crate::fault_proxy::{FaultProxy, FaultSchedule};
 use crate::local_stack::LocalStack;
 use crate::moto::Moto;
 use crate::runtime_api::{HandlerPool, RuntimeApi, lambda_environment};
-use crate::sqs_mapping::{MappingSettings, SqsMapping};
+use crate::sqs_mapping::{MappingSettings, MappingStats, SqsMapping};
 use crate::terra_simulator::{Kind, MIX, Sent, TerraSimulator, count_by_kind};
 
+/// A run of the flow: how it is deployed, what Terra sends, and the faults
+/// on the way. Start from [`Scenario::new`], [`Scenario::in_the_stack`] or
+/// [`Scenario::at_production_ratios`], then add what the test is about with
+/// the `with_*` methods.
 #[derive(Debug, Clone)]
 pub struct Scenario {
     /// The compiled `sqs-handler`.
-    pub handler_binary: String,
+    handler_binary: String,
     /// Pointer messages Terra sends.
-    pub messages: usize,
+    messages: usize,
     /// Handler processes (concurrent Lambda instances).
-    pub instances: usize,
-    pub batch_size: i32,
+    instances: usize,
+    batch_size: i32,
     /// How long the mapping keeps receiving to fill a batch.
-    pub batching_window: Duration,
-    pub function_timeout: Duration,
+    batching_window: Duration,
+    function_timeout: Duration,
     /// The queue's visibility timeout: how soon a failed message comes back.
-    pub visibility_timeout: Duration,
+    visibility_timeout: Duration,
     /// Receipts before a message moves to the dead-letter queue.
-    pub max_receive_count: u32,
+    max_receive_count: u32,
     /// When to stop waiting for the queue to drain (in the stack, no sooner
     /// than its redrive policy can dead-letter a message).
-    pub give_up: Duration,
+    give_up: Duration,
     /// The kinds of message Terra sends, in turn.
-    pub mix: Vec<Kind>,
+    mix: Vec<Kind>,
     /// Terra's own-bucket mode: Terra uploads `messages` of its examples to
     /// a source bucket in moto and sends pre-signed URLs into it; the
     /// handler reads them with its role (`TERRA_SOURCE_BUCKETS`). `mix` is
     /// not used.
-    pub own_bucket: bool,
+    own_bucket: bool,
     /// When not empty, the queue (and its dead-letter queue) is FIFO and
     /// Terra sends these message groups, one after another, instead of
     /// `messages` of `mix`.
-    pub fifo_groups: Vec<Vec<Kind>>,
+    fifo_groups: Vec<Vec<Kind>>,
     /// Faults injected between the handlers and S3/DynamoDB.
-    pub store_faults: Option<FaultSchedule>,
+    store_faults: Option<FaultSchedule>,
     /// Kill one handler process this long after the first message is sent
     /// (mid-batch), and start a new one in its place.
-    pub kill_an_instance_after: Option<Duration>,
+    kill_an_instance_after: Option<Duration>,
     /// More handler environment (overrides the defaults).
-    pub handler_env: Vec<(String, String)>,
+    handler_env: Vec<(String, String)>,
     /// Quick fetch retries (2 s timeout, 2 attempts) instead of the
     /// configuration's defaults.
-    pub quick_fetch: bool,
+    quick_fetch: bool,
     /// Terra's URL lifetime: `expires_in`, and when the payload server
     /// starts refusing a URL.
-    pub url_lifetime: Duration,
+    url_lifetime: Duration,
     /// Longer than an invocation, shorter than a URL lives: how long a
     /// `Kind::SlowFirst` payload's first answer takes, and a
     /// `Kind::DownAtFirst` payload's host stays down.
-    pub longer_than_an_invocation: Duration,
+    longer_than_an_invocation: Duration,
     /// The payload host answers 500 to everything from this long after the
     /// first message is sent, for the second duration.
-    pub host_outage: Option<(Duration, Duration)>,
+    host_outage: Option<(Duration, Duration)>,
     /// S3 answers 500 to everything, the same way (DynamoDB and SQS stay up).
     pub s3_outage: Option<(Duration, Duration)>,
     /// No message can be delivered: the payload host stays down longer than
     /// the URLs live. Each must end dead-lettered as `expired`.
-    pub undeliverable: bool,
+    undeliverable: bool,
     /// Kinds this configuration cannot write (a payload over
     /// `TERRA_DYNAMODB_MAX_ITEMS` where DynamoDB is configured): they must
     /// end dead-lettered.
-    pub undeliverable_kinds: Vec<Kind>,
+    undeliverable_kinds: Vec<Kind>,
     /// Run in the stack `template.yaml` creates, deployed into moto with IAM
     /// enforced, every duration it sets divided by this factor (see
     /// [`Scenario::in_the_stack`]).
-    pub in_the_stack_scaled_down: Option<u32>,
+    in_the_stack_scaled_down: Option<u32>,
 }
 
 impl Scenario {
@@ -149,6 +153,94 @@ impl Scenario {
         scenario.quick_fetch = false;
         scenario.handler_env = deployed.loopback_environment().collect();
         scenario
+    }
+
+    /// Terra sends `messages`, of the kinds in `mix` in turn.
+    pub fn with_messages(mut self, mix: &[Kind], messages: usize) -> Scenario {
+        self.mix = mix.to_vec();
+        self.messages = messages;
+        self
+    }
+
+    /// Terra sends these FIFO message groups, one after another, to a FIFO
+    /// queue (and dead-letter queue), instead of messages of the mix.
+    pub fn with_fifo_groups(mut self, groups: Vec<Vec<Kind>>) -> Scenario {
+        self.fifo_groups = groups;
+        self
+    }
+
+    /// Terra uploads its examples to a source bucket and sends pre-signed
+    /// URLs into it; the handler reads them with its role.
+    pub fn in_own_bucket_mode(mut self) -> Scenario {
+        self.own_bucket = true;
+        self
+    }
+
+    pub fn with_handler_binary(mut self, handler_binary: impl Into<String>) -> Scenario {
+        self.handler_binary = handler_binary.into();
+        self
+    }
+
+    /// One more handler variable, over the defaults.
+    pub fn with_handler_env(mut self, var: &str, value: &str) -> Scenario {
+        self.handler_env.push((var.into(), value.into()));
+        self
+    }
+
+    pub fn with_timeouts(mut self, function: Duration, visibility: Duration) -> Scenario {
+        self.function_timeout = function;
+        self.visibility_timeout = visibility;
+        self
+    }
+
+    pub fn with_max_receive_count(mut self, max_receive_count: u32) -> Scenario {
+        self.max_receive_count = max_receive_count;
+        self
+    }
+
+    /// How long to wait for the queue to drain before reporting.
+    pub fn giving_up_after(mut self, give_up: Duration) -> Scenario {
+        self.give_up = give_up;
+        self
+    }
+
+    /// Faults between the handlers and S3/DynamoDB, on every `every`-th
+    /// request.
+    pub fn with_store_faults(mut self, schedule: FaultSchedule) -> Scenario {
+        self.store_faults = Some(schedule);
+        self
+    }
+
+    /// One handler process is killed `after` the first message is sent, and
+    /// another started in its place.
+    pub fn with_kill_at(mut self, after: Duration) -> Scenario {
+        self.kill_an_instance_after = Some(after);
+        self
+    }
+
+    /// The payload host answers 500 to everything from `from` after the
+    /// first message is sent, for `lasting`.
+    pub fn with_host_outage(mut self, from: Duration, lasting: Duration) -> Scenario {
+        self.host_outage = Some((from, lasting));
+        self
+    }
+
+    /// S3 answers 500 to everything the same way (DynamoDB and SQS stay up).
+    pub fn with_s3_outage(mut self, from: Duration, lasting: Duration) -> Scenario {
+        self.s3_outage = Some((from, lasting));
+        self
+    }
+
+    /// No message can be delivered: each must end dead-lettered as `expired`.
+    pub fn expecting_nothing_delivered(mut self) -> Scenario {
+        self.undeliverable = true;
+        self
+    }
+
+    /// Kinds this configuration cannot write: they must end dead-lettered.
+    pub fn expecting_undeliverable(mut self, kinds: &[Kind]) -> Scenario {
+        self.undeliverable_kinds = kinds.to_vec();
+        self
     }
 }
 
@@ -528,31 +620,230 @@ impl DemoReport {
 /// Runs the scenario from empty stores to a drained queue.
 pub async fn run(scenario: &Scenario) -> DemoReport {
     let started = Instant::now();
-    let mut moto = Moto::start().await;
-    let deployment = match scenario.in_the_stack_scaled_down {
-        Some(factor) => Deployment::in_the_stack(&mut moto, factor, scenario.give_up).await,
-        None => Deployment::by_hand(&moto, scenario).await,
-    };
+    let stage = Stage::set_up(scenario).await;
+    let driven = stage.drive(scenario).await;
+    stage.report(driven, started.elapsed()).await
+}
 
-    let proxy = match (&scenario.store_faults, scenario.s3_outage) {
-        (Some(schedule), _) => Some(FaultProxy::start(&moto.endpoint, schedule.clone()).await),
-        (None, Some(_)) => Some(FaultProxy::start(&moto.endpoint, FaultSchedule::none()).await),
-        (None, None) => None,
-    };
-    let store_endpoint = proxy
-        .as_ref()
-        .map_or(moto.endpoint.as_str(), |p| p.endpoint.as_str());
-    let mut terra = TerraSimulator::start().await;
-    terra.url_lifetime = scenario.url_lifetime;
-    terra.longer_than_an_invocation = match scenario.in_the_stack_scaled_down {
-        Some(_) => deployment.mapping.function_timeout * 2,
-        None => scenario.longer_than_an_invocation,
-    };
-    let runtime = RuntimeApi::start().await;
+/// Everything a run stands up: the stores, the deployment in them, the
+/// fault proxy in front of them, Terra, and the handlers behind the Runtime
+/// API.
+struct Stage {
+    moto: Moto,
+    deployment: Deployment,
+    proxy: Option<FaultProxy>,
+    /// Where the handlers reach S3 and DynamoDB: moto, or the proxy.
+    store_endpoint: String,
+    terra: TerraSimulator,
+    runtime: RuntimeApi,
+    handlers: HandlerPool,
+}
+
+/// What driving the run came to, before the stores are read.
+struct Driven {
+    sent: Vec<Sent>,
+    deliverable: BTreeSet<String>,
+    stats: MappingStats,
+    instances_killed: usize,
+}
+
+impl Stage {
+    async fn set_up(scenario: &Scenario) -> Stage {
+        let mut moto = Moto::start().await;
+        let deployment = match scenario.in_the_stack_scaled_down {
+            Some(factor) => Deployment::in_the_stack(&mut moto, factor, scenario.give_up).await,
+            None => Deployment::by_hand(&moto, scenario).await,
+        };
+        let proxy = match (&scenario.store_faults, scenario.s3_outage) {
+            (Some(schedule), _) => Some(FaultProxy::start(&moto.endpoint, schedule.clone()).await),
+            (None, Some(_)) => Some(FaultProxy::start(&moto.endpoint, FaultSchedule::none()).await),
+            (None, None) => None,
+        };
+        let store_endpoint = proxy
+            .as_ref()
+            .map_or(moto.endpoint.clone(), |p| p.endpoint.clone());
+        let mut terra = TerraSimulator::start().await;
+        terra.url_lifetime = scenario.url_lifetime;
+        terra.longer_than_an_invocation = match scenario.in_the_stack_scaled_down {
+            Some(_) => deployment.mapping.function_timeout * 2,
+            None => scenario.longer_than_an_invocation,
+        };
+        let runtime = RuntimeApi::start().await;
+        let env = handler_environment(scenario, &deployment, runtime.addr, &store_endpoint);
+        let handlers = HandlerPool::spawn(
+            &scenario.handler_binary,
+            &env,
+            deployment.mapping.concurrency,
+        );
+        Stage {
+            moto,
+            deployment,
+            proxy,
+            store_endpoint,
+            terra,
+            runtime,
+            handlers,
+        }
+    }
+
+    /// Terra sends, the outages and the kill happen when the scenario says,
+    /// and the mapping feeds the handlers until the queue drains.
+    async fn drive(&self, scenario: &Scenario) -> Driven {
+        let first_sent = tokio::time::Instant::now();
+        if let Some((after, lasting)) = scenario.host_outage {
+            self.terra.payloads.outage(first_sent + after, lasting);
+        }
+        if let (Some(proxy), Some((after, lasting))) = (&self.proxy, scenario.s3_outage) {
+            proxy.s3_outage(first_sent + after, lasting);
+        }
+        let sent = self.send(scenario).await;
+        let deliverable = sent
+            .iter()
+            .filter(|m| {
+                m.kind.deliverable()
+                    && !scenario.undeliverable
+                    && !scenario.undeliverable_kinds.contains(&m.kind)
+            })
+            .map(|m| m.message_id.clone())
+            .collect();
+        let deployment = &self.deployment;
+        let mapping = SqsMapping::new(
+            deployment.mapping_sqs.clone(),
+            &deployment.queue_url,
+            deployment.mapping.clone(),
+        )
+        .await;
+        let chaos = async {
+            let Some(after) = scenario.kill_an_instance_after else {
+                return 0;
+            };
+            tokio::time::sleep(after).await;
+            self.handlers.kill_and_replace_one();
+            1
+        };
+        let (stats, instances_killed) = tokio::join!(
+            mapping.run_until_drained(&self.runtime, deployment.drain_within),
+            chaos
+        );
+        Driven {
+            sent,
+            deliverable,
+            stats,
+            instances_killed,
+        }
+    }
+
+    async fn send(&self, scenario: &Scenario) -> Vec<Sent> {
+        let (sqs, queue_url) = (&self.deployment.terra_sqs, &self.deployment.queue_url);
+        if scenario.own_bucket {
+            self.moto.create_bucket(SOURCE_BUCKET).await;
+            // Uploaded before any outage; signed for the endpoint the handler
+            // reads S3 at, so the URLs point into its source bucket.
+            let s3 = (&self.moto.s3(), &self.moto.s3_at(&self.store_endpoint));
+            self.terra
+                .send_from_bucket(sqs, queue_url, s3, SOURCE_BUCKET, scenario.messages)
+                .await
+        } else if scenario.fifo_groups.is_empty() {
+            self.terra
+                .send(sqs, queue_url, &scenario.mix, scenario.messages)
+                .await
+        } else {
+            self.terra
+                .send_groups(sqs, queue_url, &scenario.fifo_groups)
+                .await
+        }
+    }
+
+    /// Where every message ended, read from the queues, the stores and the
+    /// handlers' output.
+    async fn report(self, driven: Driven, elapsed: Duration) -> DemoReport {
+        let Stage {
+            moto,
+            deployment,
+            proxy,
+            handlers,
+            ..
+        } = self;
+        let dead_lettered: BTreeSet<String> = moto
+            .drain(&deployment.dead_letter_queue_url)
+            .await
+            .iter()
+            .filter_map(|m| m.message_id().map(str::to_owned))
+            .collect();
+        let archived_keys = moto
+            .objects(&deployment.bucket)
+            .await
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        let items = moto.items(&deployment.table).await;
+        let stored_revisions = items
+            .values()
+            .filter_map(|item| {
+                item.get("data")?
+                    .as_m()
+                    .ok()?
+                    .get("terra_sim_revision")?
+                    .as_n()
+                    .ok()?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        let projected = items.into_keys().collect();
+        let output = handlers.output();
+        // For a failing run: every handler line, to read beside the report.
+        if let Some(path) = std::env::var_os("TERRA_DEMO_HANDLER_LOG") {
+            let _ = std::fs::write(path, &output);
+        }
+        let last_failure = crate::logs::record_failures(&output)
+            .into_iter()
+            .map(|(id, failure)| (id, failure.class))
+            .collect();
+        DemoReport {
+            sent: driven.sent,
+            acknowledged: driven.stats.acknowledged,
+            dead_lettered,
+            last_failure,
+            archived_keys,
+            projected,
+            stored_revisions,
+            invocations: driven.stats.invocations,
+            failed_invocations: driven.stats.failed_invocations,
+            deliveries: driven.stats.deliveries,
+            store_faults_injected: proxy.as_ref().map_or(0, FaultProxy::injected),
+            instances_killed: driven.instances_killed,
+            killed_for_memory: handlers.killed_for_memory(),
+            peak_memory_mib: handlers.peak_memory_mib(),
+            expired_in_metrics: crate::logs::metric_total(&output, "RecordsFailedExpired"),
+            deliverable: driven.deliverable,
+            elapsed,
+            stack_outputs: deployment
+                .stack
+                .as_ref()
+                .map(|stack| stack.outputs.clone())
+                .unwrap_or_default(),
+            bucket: deployment.bucket,
+            table: deployment.table,
+            prefix: deployment.prefix,
+            access_denied: crate::logs::refused_by_iam(&output),
+        }
+    }
+}
+
+/// The handler's environment: the stack's (or the local one), the demo's
+/// own stores when made by hand, own-bucket mode, and the scenario's extras
+/// over all of them.
+fn handler_environment(
+    scenario: &Scenario,
+    deployment: &Deployment,
+    runtime_api: SocketAddr,
+    store_endpoint: &str,
+) -> Vec<(String, String)> {
     let mut env = match (&deployment.stack, scenario.quick_fetch) {
-        (Some(stack), _) => stack.handler_environment(runtime.addr, store_endpoint),
-        (None, true) => local_function_env(runtime.addr, store_endpoint),
-        (None, false) => archive_function_env(runtime.addr, store_endpoint),
+        (Some(stack), _) => stack.handler_environment(runtime_api, store_endpoint),
+        (None, true) => local_function_env(runtime_api, store_endpoint),
+        (None, false) => archive_function_env(runtime_api, store_endpoint),
     };
     let by_hand = [("TERRA_S3_PREFIX", PREFIX), ("TERRA_DYNAMODB_TABLE", TABLE)];
     let by_hand = by_hand
@@ -570,140 +861,7 @@ pub async fn run(scenario: &Scenario) -> DemoReport {
         env.retain(|(existing, _)| *existing != name);
         env.push((name, value));
     }
-    let instances = deployment.mapping.concurrency;
-    let handlers = HandlerPool::spawn(&scenario.handler_binary, &env, instances);
-
-    let first_sent = tokio::time::Instant::now();
-    if let Some((after, lasting)) = scenario.host_outage {
-        terra.payloads.outage(first_sent + after, lasting);
-    }
-    if let (Some(proxy), Some((after, lasting))) = (&proxy, scenario.s3_outage) {
-        proxy.s3_outage(first_sent + after, lasting);
-    }
-    let sent = if scenario.own_bucket {
-        moto.create_bucket(SOURCE_BUCKET).await;
-        // Uploaded before any outage; signed for the endpoint the handler
-        // reads S3 at, so the URLs point into its source bucket.
-        terra
-            .send_from_bucket(
-                &deployment.terra_sqs,
-                &deployment.queue_url,
-                (&moto.s3(), &moto.s3_at(store_endpoint)),
-                SOURCE_BUCKET,
-                scenario.messages,
-            )
-            .await
-    } else if scenario.fifo_groups.is_empty() {
-        terra
-            .send(
-                &deployment.terra_sqs,
-                &deployment.queue_url,
-                &scenario.mix,
-                scenario.messages,
-            )
-            .await
-    } else {
-        terra
-            .send_groups(
-                &deployment.terra_sqs,
-                &deployment.queue_url,
-                &scenario.fifo_groups,
-            )
-            .await
-    };
-    let deliverable = sent
-        .iter()
-        .filter(|m| {
-            m.kind.deliverable()
-                && !scenario.undeliverable
-                && !scenario.undeliverable_kinds.contains(&m.kind)
-        })
-        .map(|m| m.message_id.clone())
-        .collect();
-    let mapping = SqsMapping::new(
-        deployment.mapping_sqs.clone(),
-        &deployment.queue_url,
-        deployment.mapping.clone(),
-    )
-    .await;
-    let chaos = async {
-        let Some(after) = scenario.kill_an_instance_after else {
-            return 0;
-        };
-        tokio::time::sleep(after).await;
-        handlers.kill_and_replace_one();
-        1
-    };
-    let (stats, instances_killed) = tokio::join!(
-        mapping.run_until_drained(&runtime, deployment.drain_within),
-        chaos
-    );
-
-    let dead_lettered: BTreeSet<String> = moto
-        .drain(&deployment.dead_letter_queue_url)
-        .await
-        .iter()
-        .filter_map(|m| m.message_id().map(str::to_owned))
-        .collect();
-    let archived_keys = moto
-        .objects(&deployment.bucket)
-        .await
-        .into_iter()
-        .map(|o| o.key)
-        .collect();
-    let items = moto.items(&deployment.table).await;
-    let stored_revisions = items
-        .values()
-        .filter_map(|item| {
-            item.get("data")?
-                .as_m()
-                .ok()?
-                .get("terra_sim_revision")?
-                .as_n()
-                .ok()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let projected = items.into_keys().collect();
-    let output = handlers.output();
-    // For a failing run: every handler line, to read beside the report.
-    if let Some(path) = std::env::var_os("TERRA_DEMO_HANDLER_LOG") {
-        let _ = std::fs::write(path, &output);
-    }
-    let access_denied = crate::logs::refused_by_iam(&output);
-    let last_failure = crate::logs::record_failures(&output)
-        .into_iter()
-        .map(|(id, failure)| (id, failure.class))
-        .collect();
-    DemoReport {
-        sent,
-        acknowledged: stats.acknowledged,
-        dead_lettered,
-        last_failure,
-        archived_keys,
-        projected,
-        stored_revisions,
-        invocations: stats.invocations,
-        failed_invocations: stats.failed_invocations,
-        deliveries: stats.deliveries,
-        store_faults_injected: proxy.as_ref().map_or(0, FaultProxy::injected),
-        instances_killed,
-        killed_for_memory: handlers.killed_for_memory(),
-        peak_memory_mib: handlers.peak_memory_mib(),
-        expired_in_metrics: crate::logs::metric_total(&output, "RecordsFailedExpired"),
-        deliverable,
-        elapsed: started.elapsed(),
-        stack_outputs: deployment
-            .stack
-            .as_ref()
-            .map(|stack| stack.outputs.clone())
-            .unwrap_or_default(),
-        bucket: deployment.bucket,
-        table: deployment.table,
-        prefix: deployment.prefix,
-        access_denied,
-    }
+    env
 }
 
 /// What every local run of a handler shares: Lambda's variables, the stores

@@ -16,7 +16,7 @@ use crate::redact::{strip_query_strings, strip_query_strings_in_json};
 /// message limit must not turn quarantining it into a transient failure.
 const QUARANTINED_VALUE_LIMIT: usize = 64 * 1024;
 
-/// SQS refuses messages over 256 KiB; the letter stays under this, leaving
+/// SQS refuses messages over 256 KiB; the message stays under this, leaving
 /// room for its message attribute.
 const QUARANTINED_MAX_BYTES: usize = 250 * 1024;
 /// Budgets for the record's own content, as escaped JSON.
@@ -216,16 +216,16 @@ mod tests {
             Retry::Permanent,
             "URL expired at 2026-11-28T00:10:00Z",
         );
-        let letters: Vec<QuarantinedRecord> = (0..3)
+        let quarantined: Vec<QuarantinedRecord> = (0..3)
             .map(|i| batch.quarantined(i, &failure).expect("record exists"))
             .collect();
-        for letter in &letters {
-            assert!(!letter.body.contains("X-Amz"), "{}", letter.body);
-            assert_eq!(letter.group, "terra-2");
-            assert_eq!(letter.class, FailureClass::Expired);
+        for quarantined in &quarantined {
+            assert!(!quarantined.body.contains("X-Amz"), "{}", quarantined.body);
+            assert_eq!(quarantined.group, "terra-2");
+            assert_eq!(quarantined.class, FailureClass::Expired);
         }
-        let first: Value = serde_json::from_str(&letters[0].body).expect("json");
-        assert_eq!(letters[0].deduplication_id, "terra-2@41");
+        let first: Value = serde_json::from_str(&quarantined[0].body).expect("json");
+        assert_eq!(quarantined[0].deduplication_id, "terra-2@41");
         assert_eq!(
             (&first["topic"], &first["partition"], &first["offset"]),
             (&json!("terra"), &json!(2), &json!(41))
@@ -238,7 +238,7 @@ mod tests {
             value,
             json!({"type": "s3_payload", "url": "https://b.s3.amazonaws.com/u/p.json", "expires_in": 600})
         );
-        let second: Value = serde_json::from_str(&letters[1].body).expect("json");
+        let second: Value = serde_json::from_str(&quarantined[1].body).expect("json");
         assert_eq!(second["value"], "see https://h/p");
         assert!(batch.quarantined(3, &failure).is_none());
     }
@@ -265,21 +265,24 @@ mod tests {
             "headers": headers
         }]})));
         let failure = RecordFailure::new(FailureClass::Invalid, Retry::Permanent, nasty.clone());
-        let letter = batch.quarantined(0, &failure).expect("record exists");
+        let quarantined = batch.quarantined(0, &failure).expect("record exists");
         assert!(
-            letter.body.len() <= QUARANTINED_MAX_BYTES,
+            quarantined.body.len() <= QUARANTINED_MAX_BYTES,
             "{}",
-            letter.body.len()
+            quarantined.body.len()
         );
         assert!(
-            letter.body.chars().all(|c| matches!(
+            quarantined.body.chars().all(|c| matches!(
                 c as u32,
                 0x9 | 0xA | 0xD | 0x20..=0xD7FF | 0xE000..=0xFFFD | 0x10000..=0x10FFFF
             )),
             "only characters SQS accepts"
         );
-        assert!(!letter.body.contains("X-Amz"), "no query string anywhere");
-        let body: Value = serde_json::from_str(&letter.body).expect("valid JSON");
+        assert!(
+            !quarantined.body.contains("X-Amz"),
+            "no query string anywhere"
+        );
+        let body: Value = serde_json::from_str(&quarantined.body).expect("valid JSON");
         let key = body["key"].as_str().expect("key decoded to text");
         assert!(key.starts_with("https://b.s3.amazonaws.com/u/p.json \u{1}\u{FFFF}"));
         let first_header = body["headers"][0]["h0"].as_str().expect("header as text");
@@ -297,9 +300,9 @@ mod tests {
         let huge = "x".repeat(200_000);
         let (batch, _) = decode(&event(json!({"t-0": [record("t", 0, 1, &value(&huge))]})));
         let failure = RecordFailure::new(FailureClass::Invalid, Retry::Permanent, "not JSON");
-        let letter = batch.quarantined(0, &failure).expect("record exists");
-        assert!(letter.body.len() < QUARANTINED_VALUE_LIMIT + 2048);
-        let body: Value = serde_json::from_str(&letter.body).expect("json");
+        let quarantined = batch.quarantined(0, &failure).expect("record exists");
+        assert!(quarantined.body.len() < QUARANTINED_VALUE_LIMIT + 2048);
+        let body: Value = serde_json::from_str(&quarantined.body).expect("json");
         assert_eq!(
             body["valueNote"],
             "truncated to 64 KiB, URL query strings removed"
