@@ -4,6 +4,10 @@
 //! messages, the Lambda Runtime API with the compiled handlers behind it, and
 //! an SQS event source mapping that feeds them the way Lambda does.
 //!
+//! [`bed`] is the usual integration setup. `dev/README.md` maps every
+//! stand-in: what it stands in for, how faithful it is, and which tests use
+//! it.
+//!
 //! Test code: it panics on broken setup rather than returning errors.
 
 pub mod artifact;
