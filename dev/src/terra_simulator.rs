@@ -26,7 +26,8 @@ pub enum Kind {
     RateLimited,
     /// An activity with several MB of samples.
     Large,
-    /// 403, as S3 answers an expired pre-signed URL: ends dead-lettered.
+    /// 403, as S3 answers an expired pre-signed URL: ends dead-lettered
+    /// (SQS) or quarantined (Kafka).
     Expired,
     /// A healthcheck message, no URL.
     Healthcheck,
@@ -38,7 +39,7 @@ pub enum Kind {
     ShortBody,
     /// `expires_in` 2 s, and the message only becomes visible after 4 s (on
     /// a FIFO queue, nothing is sent after it for 4 s): expired before
-    /// anyone can fetch it. Ends dead-lettered.
+    /// anyone can fetch it. Ends dead-lettered (SQS) or quarantined (Kafka).
     ExpiresWhileWaiting,
     /// Every response takes 700 ms: a batch of them outlasts a short deadline.
     Slow,
@@ -57,7 +58,7 @@ pub enum Kind {
     /// lives, but only after a whole invocation's retries.
     DownAtFirst,
     /// A message body that is not Terra's: fails `invalid`, for good, and
-    /// ends dead-lettered.
+    /// ends dead-lettered (SQS) or quarantined (Kafka).
     NotTerra,
     /// A newer version (`terra_sim_revision` 2) of the previous message's
     /// records, sent after it. When the previous one is an `Outage`, this one
@@ -66,7 +67,8 @@ pub enum Kind {
 }
 
 impl Kind {
-    /// Whether the message can end written (else dead-lettered).
+    /// Whether the message can end written (else dead-lettered on SQS,
+    /// quarantined on Kafka).
     pub fn deliverable(self) -> bool {
         !matches!(
             self,

@@ -6,7 +6,7 @@
 //! | The role's read | URL still lives | URL has died |
 //! |---|---|---|
 //! | the object is missing | an earlier archived copy, else `fetch`/permanent | the same |
-//! | refused (permission, key policy; a bucket whose region S3 would not name) | the URL is fetched, as any other | `fetch`/permanent: the record's to carry (Kafka poison), on SQS completed later by `replay dead-letters` |
+//! | refused (permission, key policy; a bucket whose region S3 would not name) | the URL is fetched, as any other | `fetch`/permanent: on Kafka the record is quarantined; on SQS it reaches the dead-letter queue, and `terra-sink replay dead-letters` completes it from the bucket later |
 //! | unavailable, throttled, the object changed or its bytes do not match | the URL is fetched | retried until the invocation's deadline, then `fetch`/transient |
 //!
 //! A URL on the global endpoint, or naming the wrong region, is read in the

@@ -143,7 +143,7 @@ impl SourceReadError {
 /// - a refusal will not pass until someone changes a policy: permanent, and
 ///   the record's to carry (a Kafka record is quarantined instead of
 ///   stalling its partition). Nothing is lost, since the object stays in
-///   the bucket: on SQS `replay dead-letters` completes the message from
+///   the bucket: on SQS `terra-sink replay dead-letters` completes the message from
 ///   there once the role may read it;
 /// - an outage, a changed object or bytes that do not match are transient,
 ///   retried within the invocation and then by the source.
