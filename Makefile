@@ -24,8 +24,12 @@ CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ := .tools/bin/cargo-fuzz
 FUZZ_TARGETS := sqs_body kafka_event payload
 FUZZ_SECONDS ?= 20
+# cargo-deny, installed into the project; its own profile's fat LTO is
+# turned off, which halves its build and changes nothing it checks.
+CARGO_DENY_VERSION := 0.20.2
+CARGO_DENY := .tools/bin/cargo-deny
 
-.PHONY: check test lint arm64 integration soak template fuzz demo bench venv clean
+.PHONY: check test lint deny arm64 integration soak template fuzz demo bench venv clean
 
 # The test features: the moto and compiled-binary tests of each crate.
 INTEGRATION_FEATURES := terra-sink/integration,terra-sink-ops/integration
@@ -45,7 +49,7 @@ check:
 # Everything: the fast tier's checks, the deployable arm64 build, the tests
 # against moto and the compiled handlers, the fault suite and the arm64
 # runs, the template, and the fuzz targets. What CI runs.
-test: lint arm64 integration soak template fuzz
+test: lint deny arm64 integration soak template fuzz
 
 venv: $(VENV_STAMP)
 
@@ -55,14 +59,36 @@ $(VENV_STAMP): requirements-dev.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-# Also: what the handlers link has one HTTP/TLS stack (hyper 1, rustls 0.23
-# on aws-lc), none of the AWS SDK defaults' legacy one, and none of the
-# operator tool's command-line crates (they belong in ops/).
+# Cargo.toml's rust-version, a rustup toolchain's name too.
+RUST_VERSION := $(shell sed -n 's/^rust-version = "\(.*\)"$$/\1/p' Cargo.toml)
+
+# Also: the handlers build with the oldest toolchain Cargo.toml claims
+# (rust-version); what they link has one HTTP/TLS stack (hyper 1, rustls
+# 0.23 on aws-lc), none of the AWS SDK defaults' legacy one, and none of
+# the operator tool's command-line crates (they belong in ops/).
 lint:
 	cargo fmt --all --check
 	cargo clippy --locked --workspace --all-targets --features $(INTEGRATION_FEATURES) -- -D warnings
+	cargo +$(RUST_VERSION) check --locked -p terra-sink --bins
 	! cargo tree --locked -e normal -p terra-sink | grep -E '── (hyper v0\.|h2 v0\.3|rustls v0\.(1|2[0-2])\.|ring v)'
 	! cargo tree --locked -e normal -p terra-sink | grep -E '── (clap|indicatif) v'
+
+# Licences and duplicate versions (deny.toml), offline: then the same
+# licence check on a crate that depends on a GPL one, which must fail and
+# say so, so a check that stopped biting would fail here.
+deny: $(CARGO_DENY)
+	$(CARGO_DENY) deny --locked --offline check licenses bans
+	@if out=$$($(CARGO_DENY) deny --locked --offline --manifest-path tests/licence-check/app/Cargo.toml \
+	    --config deny.toml check licenses 2>&1); then \
+	  echo "make deny: the licence check passed a GPL-3.0-only dependency" >&2; exit 1; \
+	elif ! echo "$$out" | grep -q 'GPL-3.0-only'; then \
+	  echo "$$out" >&2; echo "make deny: the licence check failed, but not on the GPL dependency" >&2; exit 1; \
+	fi
+	@echo "deny: a GPL-3.0-only dependency is refused"
+
+$(CARGO_DENY):
+	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+	  cargo install cargo-deny --version $(CARGO_DENY_VERSION) --locked --root $(CURDIR)/.tools
 
 # `sam build` at the template's defaults: both handlers for arm64, with the
 # toolchain and emulator the arm64 tests need installed first.

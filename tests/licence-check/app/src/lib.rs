@@ -1,0 +1,1 @@
+//! Depends on a crate under a licence the allow-list leaves out.
