@@ -120,7 +120,7 @@ impl Pipeline {
     /// A payload the archive copies in, left where it is once its start has
     /// given its `type`. Terra sends `type` first; a payload that does not is
     /// read whole and checked when it fits the limit, and past it copied
-    /// without its `terra-type` (archived all the same, see the README).
+    /// without its `terra-type` (archived all the same, see docs/own-bucket.md).
     async fn left_for_a_copy(
         &self,
         read: &RoleRead<'_>,

@@ -155,7 +155,7 @@ def test_the_sqs_handler_role_may_do_what_the_code_calls_and_no_more(moto_server
         )
 
     sqs = as_role("sqs")
-    # The mapping's calls and the function's own (see the README's retry
+    # The mapping's calls and the function's own (see docs/guarantees.md's retry
     # schedule).
     (message,) = sqs.receive_message(QueueUrl=outputs["QueueUrl"])["Messages"]
     sqs.get_queue_attributes(

@@ -17,7 +17,7 @@ RESOURCES = TEMPLATE["Resources"]
 PARAMETERS = TEMPLATE["Parameters"]
 TABLE = RESOURCES["ArchivePayloadsTable"]["Properties"]["TableInput"]
 EXAMPLES = sorted((ROOT / "tests" / "fixtures" / "terra").glob("*.json"))
-README = (ROOT / "README.md").read_text()
+STORAGE_DOC = (ROOT / "docs" / "storage.md").read_text()
 
 
 def parse_hive_type(text):
@@ -104,7 +104,7 @@ def declared(hive, path, out):
 
 
 # Lab reports carry `data` as one object, not a list: the one shape the
-# table cannot read. The README says to leave them out of queries that read
+# table cannot read. docs/storage.md says to leave them out of queries that read
 # `data`.
 DATA_AS_OBJECT = ("lab_report.completed", "lab_report.failed")
 
@@ -119,7 +119,7 @@ def test_every_example_payload_reads_into_the_columns():
                 continue
             check(payload.get(column), hive, f"{name}: {column}")
     assert len(names) >= 20, names
-    assert all(kind in README for kind in DATA_AS_OBJECT)
+    assert all(kind in STORAGE_DOC for kind in DATA_AS_OBJECT)
 
 
 def test_every_declared_field_is_one_terra_sends():
@@ -180,7 +180,7 @@ def test_partition_projection_follows_the_archive_layout():
     assert text.startswith(root)
 
     # The documented example key lands in the partition its date names.
-    example = re.search(r"Example: `([^`]+)`", README).group(1)
+    example = re.search(r"Example: `([^`]+)`", STORAGE_DOC).group(1)
     prefix = PARAMETERS["S3Prefix"]["Default"]
     date = datetime.date(2026, 7, 1)
     location = (
@@ -189,8 +189,8 @@ def test_partition_projection_follows_the_archive_layout():
         .replace("${!dt}", date.strftime("%Y-%m-%d"))
     )
     assert ("s3://bucket/" + example).startswith(location), (example, location)
-    # The layout the README documents is the one the projection reads.
-    assert "{TERRA_S3_PREFIX}dt={YYYY-MM-DD}/{id}.json" in README
+    # The layout docs/storage.md documents is the one the projection reads.
+    assert "{TERRA_S3_PREFIX}dt={YYYY-MM-DD}/{id}.json" in STORAGE_DOC
 
 
 def test_query_results_are_private_encrypted_and_expire():

@@ -428,7 +428,7 @@ def test_dashboard_is_json_and_shows_the_url_clock():
 
 def test_metrics_survive_the_log_level():
     """EMF lines carry no "level", so Lambda files them as INFO: a higher
-    ApplicationLogLevel would drop every metric (the README says so)."""
+    ApplicationLogLevel would drop every metric (docs/operations.md says so)."""
     for function in ("SqsHandlerFunction", "KafkaHandlerFunction"):
         assert resource(function)["LoggingConfig"]["ApplicationLogLevel"] in ("TRACE", "DEBUG", "INFO")
 
