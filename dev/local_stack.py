@@ -289,6 +289,14 @@ OBSERVER = "terra-sink-local-observer"
 KAFKA_MAPPING = "KafkaEventSourceMapping"
 
 
+# The two settings a local run changes: the payload server listens on
+# 127.0.0.1 over http (the stack allows Terra's hosts over https).
+LOOPBACK_PAYLOAD_URLS = {
+    "TERRA_ALLOWED_URL_HOSTS": "127.0.0.1",
+    "TERRA_ALLOW_INSECURE_URLS": "true",
+}
+
+
 def local_deployment(url, function="SqsHandlerFunction", overrides=None):
     """Deploys the stack with these parameter `overrides` into the moto
     server at `url` and returns what a local run of `function` needs, all
@@ -297,10 +305,12 @@ def local_deployment(url, function="SqsHandlerFunction", overrides=None):
     - `outputs`: the stack's outputs;
     - `terra_sender`: an access key created for `TerraSenderUser`, as the
       README tells users to create one for Terra;
-    - `function`: name, timeout, memory and environment from Lambda's
-      GetFunctionConfiguration (log settings from the function's resource,
-      which moto does not keep), and `credentials` for its role from STS
-      AssumeRole;
+    - `function`: name, role, timeout, memory and environment from
+      Lambda's GetFunctionConfiguration (log settings from the function's
+      resource, which moto does not keep), and `credentials` for its role
+      from STS AssumeRole; the environment as a local run has it, payload
+      URLs allowed on 127.0.0.1 over http (`LOOPBACK_PAYLOAD_URLS`), set in
+      the function's configuration too;
     - `mapping`: the function's SQS event source mapping (batch size,
       window, response types, maximum concurrency), left disabled so moto
       does not invoke the function itself, and `queue`: the mapped queue's
@@ -335,6 +345,23 @@ def local_deployment(url, function="SqsHandlerFunction", overrides=None):
     lambda_ = admin.client("lambda")
     function_name = stack.references.ref(function)
     configuration = lambda_.get_function_configuration(FunctionName=function_name)
+    # What the local run gives the handler is what Lambda's configuration
+    # says, so a tool that reads the function (terra-sink smoke) sees what
+    # runs: payload URLs from the local servers, on 127.0.0.1 over http.
+    # moto keeps what CloudFormation passed as it came: the variables'
+    # numbers as numbers (Lambda takes text), the timeout as text (Lambda
+    # answers a number, which the Rust SDK insists on). Set as Lambda has
+    # them.
+    variables = {
+        name: str(value)
+        for name, value in configuration.get("Environment", {}).get("Variables", {}).items()
+    }
+    configuration = lambda_.update_function_configuration(
+        FunctionName=function_name,
+        Environment={"Variables": {**variables, **LOOPBACK_PAYLOAD_URLS}},
+        Timeout=int(configuration["Timeout"]),
+        MemorySize=int(configuration["MemorySize"]),
+    )
     role_logical_id = next(
         logical_id
         for logical_id, physical in stack.references.physical.items()
@@ -373,6 +400,7 @@ def local_deployment(url, function="SqsHandlerFunction", overrides=None):
         "observer": _key(observer),
         "function": {
             "name": configuration["FunctionName"],
+            "role_name": configuration["Role"].rsplit("/", 1)[1],
             "timeout_secs": configuration["Timeout"],
             "memory_mb": configuration["MemorySize"],
             "log_format": logging.get("LogFormat", "Text"),

@@ -14,6 +14,10 @@ template tests start the server through this file.
   AWS does. moto checked them against `*`, so a policy scoped to the table
   allowed nothing and one naming another table was never denied.
 - `GetQueueUrl` is checked against the queue it names, not `*`.
+- A GET or HEAD is signed over an empty payload, as SigV4 says. moto
+  hashed what it parsed of the request instead, which for Lambda's REST
+  calls (`GetFunctionConfiguration`) is its headers, so no Lambda read ever
+  matched its signature.
 - S3 pre-signed URLs (SigV4 query authentication) are authenticated as S3
   does: the signature checked with the signer's secret, the URL refused once
   `X-Amz-Date` + `X-Amz-Expires` has passed, and the action authorized for
@@ -49,6 +53,7 @@ BATCHED_ACTIONS = {
 _authenticate_and_authorize = ActionAuthenticatorMixin._authenticate_and_authorize_action
 _iam_request_init = IAMRequestBase.__init__
 _check_signature = IAMRequestBase.check_signature
+_create_aws_request = IAMRequestBase._create_aws_request
 _sqs_resource = SQSResponse._determine_resource
 _s3_serialized = S3Response.serialized
 
@@ -171,7 +176,18 @@ def _s3_serialized_with_s3_roots(self, *args, **kwargs):
     return status, headers, body
 
 
+def _aws_request_of_an_empty_body_too(self):
+    if self._method not in ("GET", "HEAD") or self._body:
+        return _create_aws_request(self)
+    parsed, self._data = self._data, b""
+    try:
+        return _create_aws_request(self)
+    finally:
+        self._data = parsed
+
+
 ActionAuthenticatorMixin._authenticate_and_authorize_action = _authenticate_and_authorize_as_sent
+IAMRequestBase._create_aws_request = _aws_request_of_an_empty_body_too
 IAMRequestBase.__init__ = _iam_request_init_presigned_too
 IAMRequestBase.check_signature = _check_signature_presigned_too
 DynamoHandler._determine_resource = _dynamodb_table

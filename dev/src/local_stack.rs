@@ -9,11 +9,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use aws_sdk_cloudwatchlogs::types::InputLogEvent;
 use aws_sdk_s3::config::Credentials;
 use serde_json::Value;
 
 use crate::moto::{Moto, dev_script, python};
-use crate::runtime_api::lambda_environment;
+use crate::runtime_api::{HandlerPool, lambda_environment};
 
 /// The stack as a local run uses it.
 #[derive(Debug, Clone)]
@@ -36,6 +37,8 @@ pub struct LocalStack {
 #[derive(Debug, Clone)]
 pub struct StackFunction {
     pub name: String,
+    /// Its execution role's name.
+    pub role_name: String,
     pub timeout: Duration,
     pub memory_mb: u64,
     pub log_format: String,
@@ -120,6 +123,7 @@ impl LocalStack {
             observer: credentials(&described["observer"]),
             function: StackFunction {
                 name: text(&function["name"]),
+                role_name: text(&function["role_name"]),
                 timeout: Duration::from_secs(number(&function["timeout_secs"])),
                 memory_mb: number(&function["memory_mb"]),
                 log_format: text(&function["log_format"]),
@@ -163,9 +167,9 @@ impl LocalStack {
 
     /// The handler's process environment as Lambda would set it for this
     /// function: Lambda's own variables from its configuration, its role's
-    /// credentials, and the function's environment. Two things are the local
-    /// run's: AWS endpoints at `store_endpoint`, and payload URLs allowed on
-    /// 127.0.0.1 over http (the only host the local payload server has).
+    /// credentials, and the function's environment (whose payload URLs
+    /// `dev/local_stack.py` allows on 127.0.0.1 over http, the local
+    /// payload server's). AWS endpoints are the local run's: `store_endpoint`.
     pub fn handler_environment(
         &self,
         runtime_api: SocketAddr,
@@ -201,19 +205,80 @@ impl LocalStack {
         let overrides = set
             .into_iter()
             .map(|(name, value)| (name.to_owned(), value))
-            .chain(function.environment.iter().cloned())
-            .chain(
-                [
-                    ("TERRA_ALLOWED_URL_HOSTS", "127.0.0.1"),
-                    ("TERRA_ALLOW_INSECURE_URLS", "true"),
-                ]
-                .map(|(name, value)| (name.to_owned(), value.to_owned())),
-            );
+            .chain(function.environment.iter().cloned());
         for (name, value) in overrides {
             env.retain(|(existing, _)| *existing != name);
             env.push((name, value));
         }
         env
+    }
+
+    /// Denies the function's role `actions` on every resource, as a policy
+    /// attached to it would: for a test of what a missing permission does.
+    pub async fn deny_the_function(&self, moto: &Moto, actions: &[&str]) {
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Deny", "Action": actions, "Resource": "*"}],
+        });
+        let script = "import boto3, sys\n\
+            boto3.client('iam', endpoint_url=sys.argv[1], region_name='us-east-1')\
+            .put_role_policy(RoleName=sys.argv[2], PolicyName='denied-by-a-test', \
+            PolicyDocument=sys.argv[3])";
+        let output = tokio::process::Command::new(python())
+            .args(["-c", script, &moto.endpoint, &self.function.role_name])
+            .arg(policy.to_string())
+            .env("AWS_ACCESS_KEY_ID", self.observer.access_key_id())
+            .env("AWS_SECRET_ACCESS_KEY", self.observer.secret_access_key())
+            .output()
+            .await
+            .expect("run python");
+        assert!(
+            output.status.success(),
+            "deny {actions:?} to {}: {}",
+            self.function.role_name,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+/// Sends what `handlers` print from now on to the log group `group`, as
+/// Lambda sends a function's output to CloudWatch Logs, for as long as it
+/// is polled. Each call writes a log stream of its own.
+pub async fn ship_logs(logs: &aws_sdk_cloudwatchlogs::Client, group: &str, handlers: &HandlerPool) {
+    let stream = &format!("local-runtime-{}", crate::now_ms());
+    logs.create_log_stream()
+        .log_group_name(group)
+        .log_stream_name(stream)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("a log stream in {group}: {e:?}"));
+    let mut shipped = handlers.output().len();
+    loop {
+        let output = handlers.output();
+        let new = &output[shipped..];
+        let complete = new.rfind('\n').map_or(0, |end| end + 1);
+        let events: Vec<InputLogEvent> = new[..complete]
+            .lines()
+            .filter(|line| !line.trim().is_empty())
+            .filter_map(|line| {
+                InputLogEvent::builder()
+                    .timestamp(i64::try_from(crate::now_ms()).unwrap_or(i64::MAX))
+                    .message(line)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        if !events.is_empty() {
+            logs.put_log_events()
+                .log_group_name(group)
+                .log_stream_name(stream)
+                .set_log_events(Some(events))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("log events into {group}: {e:?}"));
+        }
+        shipped += complete;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 

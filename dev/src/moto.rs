@@ -187,6 +187,16 @@ impl Moto {
         aws_sdk_dynamodb::Client::from_conf(config)
     }
 
+    pub fn logs(&self) -> aws_sdk_cloudwatchlogs::Client {
+        let config = aws_sdk_cloudwatchlogs::Config::builder()
+            .behavior_version(aws_sdk_cloudwatchlogs::config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_sdk_cloudwatchlogs::config::Region::new("us-east-1"))
+            .credentials_provider(self.credentials.clone())
+            .build();
+        aws_sdk_cloudwatchlogs::Client::from_conf(config)
+    }
+
     pub fn sqs(&self) -> aws_sdk_sqs::Client {
         self.sqs_as(self.credentials.clone())
     }

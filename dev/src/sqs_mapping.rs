@@ -99,6 +99,22 @@ impl SqsMapping {
         stats.lock().expect("not poisoned").clone()
     }
 
+    /// Feeds the function for as long as the returned future is polled, as
+    /// a mapping that is enabled does, drained queue or not: for a caller
+    /// that sends its own messages and stops the mapping by dropping it.
+    pub async fn run_until_stopped(&self, runtime: &RuntimeApi) {
+        let stats = Arc::new(Mutex::new(MappingStats::default()));
+        let pollers = (0..self.settings.concurrency.max(1)).map(|_| {
+            let stats = Arc::clone(&stats);
+            async move {
+                loop {
+                    self.poll_once(runtime, &stats).await;
+                }
+            }
+        });
+        futures::future::join_all(pollers).await;
+    }
+
     /// Whether the queue holds no message at all.
     pub async fn is_drained(&self) -> bool {
         let attributes = self

@@ -5,6 +5,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -15,13 +16,15 @@ use time::Date;
 use time::macros::format_description;
 
 use crate::replay::{ArchiveReplay, ArchiveSelection, DeadLetterReplay, ReplayRun, StateFile};
+use crate::smoke::{self, SmokeError, StackOutputs};
 
 #[derive(Parser)]
 #[command(
     name = "terra-sink",
     about = "terra-sink's operator commands, run from a workstation, not deployed. \
-             Each reads the handlers' variables (TERRA_S3_BUCKET, TERRA_S3_PREFIX, \
-             TERRA_DYNAMODB_TABLE, ...) and the usual AWS credentials."
+             replay reads the handlers' variables (TERRA_S3_BUCKET, TERRA_S3_PREFIX, \
+             TERRA_DYNAMODB_TABLE, ...); smoke reads a deployed stack. Both use the \
+             usual AWS credentials."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -33,6 +36,23 @@ enum Command {
     /// Replays what terra-sink archived.
     #[command(subcommand)]
     Replay(ReplayCommand),
+    /// Checks a deployed stack end to end: a small payload put in the
+    /// archive bucket under smoke/, a pointer to it sent to Terra's queue,
+    /// the payload archived (and its item written) by the function. Removes
+    /// what it made. Exit status 0: the stack works.
+    Smoke(SmokeArgs),
+}
+
+#[derive(Args)]
+struct SmokeArgs {
+    /// The stack's name (sam deploy's stack_name).
+    #[arg(long)]
+    stack: String,
+    /// How long to wait for the function, in seconds. Default: the
+    /// function's timeout and 30 s more, so that a failed attempt has
+    /// reached its log, whose reason smoke then shows.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    timeout: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -106,6 +126,7 @@ pub async fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         Command::Replay(ReplayCommand::DeadLetters(args)) => {
             ("replay dead-letters", replay_dead_letters(args).await)
         }
+        Command::Smoke(args) => ("smoke", smoke_test(args).await),
     };
     match outcome {
         Ok(code) => code,
@@ -207,6 +228,106 @@ async fn replay_dead_letters(args: DeadLetterArgs) -> Result<ExitCode, String> {
     let replay = DeadLetterReplay::new(aws_sdk_sqs::Client::new(&aws), args.queue, pipeline);
     let summary = replay.run().await.map_err(|e| e.to_string())?;
     report(&summary, summary.left.is_empty())
+}
+
+async fn smoke_test(args: SmokeArgs) -> Result<ExitCode, String> {
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let outputs = stack_outputs(&aws, &args.stack).await?;
+    let (environment, function_timeout) =
+        function_configuration(&aws, &outputs.function_name).await?;
+    let timeout = args.timeout.map_or(
+        function_timeout + Duration::from_secs(30),
+        Duration::from_secs,
+    );
+    let deployment = smoke::deployment(outputs, &environment).map_err(|e| e.to_string())?;
+    // The operator's own endpoint settings, not the function's.
+    let path_style = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"]
+        .iter()
+        .any(|var| std::env::var_os(var).is_some());
+    let clients = smoke::Clients {
+        s3: s3_client(&aws, path_style),
+        sqs: aws_sdk_sqs::Client::new(&aws),
+        dynamodb: dynamodb_client(&aws),
+        logs: aws_sdk_cloudwatchlogs::Client::new(&aws),
+    };
+    let run_id = format!("terra-sink-smoke-{}", terra_sink::wall_clock::now_ms());
+    match smoke::run(&clients, &deployment, &run_id, timeout).await {
+        Ok(seen) => report(&seen, true),
+        Err(SmokeError::Setup(message)) => Err(message),
+        Err(SmokeError::Failed(message)) => {
+            eprintln!(
+                "terra-sink smoke: the stack {} does not work: {message}",
+                args.stack
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The outputs smoke needs, from CloudFormation.
+async fn stack_outputs(aws: &aws_config::SdkConfig, stack: &str) -> Result<StackOutputs, String> {
+    let described = aws_sdk_cloudformation::Client::new(aws)
+        .describe_stacks()
+        .stack_name(stack)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "the stack {stack}: {}",
+                aws_sdk_cloudformation::error::DisplayErrorContext(e)
+            )
+        })?;
+    let outputs: std::collections::HashMap<&str, &str> = described
+        .stacks()
+        .first()
+        .map(|s| s.outputs())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|o| Some((o.output_key()?, o.output_value()?)))
+        .collect();
+    let required = |name: &str| {
+        outputs.get(name).map(|v| (*v).to_owned()).ok_or_else(|| {
+            format!(
+                "the stack {stack} has no output {name}: smoke checks the SQS path of a stack \
+                 template.yaml made"
+            )
+        })
+    };
+    Ok(StackOutputs {
+        queue_url: required("QueueUrl")?,
+        function_name: required("SqsHandlerFunctionName")?,
+        log_group: outputs
+            .get("SqsHandlerLogGroupName")
+            .map(|v| (*v).to_owned()),
+    })
+}
+
+/// The function's environment variables and timeout, as Lambda runs it.
+async fn function_configuration(
+    aws: &aws_config::SdkConfig,
+    function: &str,
+) -> Result<(std::collections::HashMap<String, String>, Duration), String> {
+    let configuration = aws_sdk_lambda::Client::new(aws)
+        .get_function_configuration()
+        .function_name(function)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "the function {function}: {}",
+                aws_sdk_lambda::error::DisplayErrorContext(e)
+            )
+        })?;
+    let environment = configuration
+        .environment()
+        .and_then(|e| e.variables())
+        .cloned()
+        .unwrap_or_default();
+    let timeout = configuration
+        .timeout()
+        .and_then(|secs| u64::try_from(secs).ok())
+        .unwrap_or(3);
+    Ok((environment, Duration::from_secs(timeout)))
 }
 
 /// The summary on stdout, for people and scripts; failure (1) unless

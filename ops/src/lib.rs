@@ -4,7 +4,9 @@
 //! argument parser, a progress bar).
 //!
 //! [`replay`] projects the archive into the table again, and completes the
-//! SQS dead-letter queue's messages from it; [`cli`] is the command line.
+//! SQS dead-letter queue's messages from it; [`smoke`] checks a deployed
+//! stack end to end; [`cli`] is the command line.
 
 pub mod cli;
 pub mod replay;
+pub mod smoke;

@@ -47,6 +47,16 @@ impl HostPattern {
     }
 }
 
+/// As the allow-list names it (`*.amazonaws.com`).
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(host) => f.write_str(host),
+            HostPattern::Subdomains(suffix) => write!(f, "*.{suffix}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyViolation {
     #[error("URL scheme {0:?} is not allowed (https only)")]
