@@ -523,3 +523,13 @@ def test_self_managed_kafka_subnets_come_with_a_security_group():
     for name in ("SelfManagedKafkaSubnet1", "SelfManagedKafkaSubnet2", "SelfManagedKafkaSubnet3"):
         assert PARAMETERS[name]["AllowedPattern"] == "^(subnet-[0-9a-f]+)?$"
     assert PARAMETERS["SelfManagedKafkaSecurityGroup"]["AllowedPattern"] == "^(sg-[0-9a-f]+)?$"
+
+
+def test_the_console_form_groups_and_labels_every_parameter_once():
+    interface = TEMPLATE["Metadata"]["AWS::CloudFormation::Interface"]
+    grouped = [name for group in interface["ParameterGroups"] for name in group["Parameters"]]
+    assert sorted(grouped) == sorted(PARAMETERS), set(grouped) ^ set(PARAMETERS)
+    assert len(grouped) == len(set(grouped)), "a parameter in two groups"
+    labels = interface["ParameterLabels"]
+    assert set(labels) == set(PARAMETERS)
+    assert all(label["default"].strip() for label in labels.values())
