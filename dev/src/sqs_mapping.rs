@@ -83,13 +83,29 @@ impl SqsMapping {
     /// Feeds the function until the queue holds no message, visible or in
     /// flight, or `give_up` has passed.
     pub async fn run_until_drained(&self, runtime: &RuntimeApi, give_up: Duration) -> MappingStats {
+        self.feed(runtime, Some(give_up)).await
+    }
+
+    /// Feeds the function for as long as the returned future is polled, as
+    /// a mapping that is enabled does, drained queue or not: for a caller
+    /// that sends its own messages and stops the mapping by dropping it.
+    pub async fn run_until_stopped(&self, runtime: &RuntimeApi) {
+        self.feed(runtime, None).await;
+    }
+
+    /// `concurrency` pollers; with `give_up`, each stops once the queue is
+    /// drained or that has passed.
+    async fn feed(&self, runtime: &RuntimeApi, give_up: Option<Duration>) -> MappingStats {
         let stats = Arc::new(Mutex::new(MappingStats::default()));
         let started = Instant::now();
         let pollers = (0..self.settings.concurrency.max(1)).map(|_| {
             let stats = Arc::clone(&stats);
             async move {
-                while started.elapsed() < give_up {
-                    if !self.poll_once(runtime, &stats).await && self.is_drained().await {
+                while give_up.is_none_or(|give_up| started.elapsed() < give_up) {
+                    if !self.poll_once(runtime, &stats).await
+                        && give_up.is_some()
+                        && self.is_drained().await
+                    {
                         return;
                     }
                 }
@@ -97,22 +113,6 @@ impl SqsMapping {
         });
         futures::future::join_all(pollers).await;
         stats.lock().expect("not poisoned").clone()
-    }
-
-    /// Feeds the function for as long as the returned future is polled, as
-    /// a mapping that is enabled does, drained queue or not: for a caller
-    /// that sends its own messages and stops the mapping by dropping it.
-    pub async fn run_until_stopped(&self, runtime: &RuntimeApi) {
-        let stats = Arc::new(Mutex::new(MappingStats::default()));
-        let pollers = (0..self.settings.concurrency.max(1)).map(|_| {
-            let stats = Arc::clone(&stats);
-            async move {
-                loop {
-                    self.poll_once(runtime, &stats).await;
-                }
-            }
-        });
-        futures::future::join_all(pollers).await;
     }
 
     /// Whether the queue holds no message at all.

@@ -18,7 +18,8 @@ use serde_json::{Value, json};
 use terra_sink::config::Config;
 use terra_sink::fetch::RedactedUrl;
 use terra_sink::message::{self, TerraMessage};
-use terra_sink::sink::{ArchiveName, S3Compression, S3Settings};
+use terra_sink::sink::{ArchiveName, S3Compression, S3Settings, item_keys};
+use terra_sink::wall_clock::now_ms;
 use url::Url;
 
 /// Where the smoke payload is put, in the archive bucket.
@@ -41,8 +42,8 @@ pub struct StackOutputs {
 /// The deployment as its function sees it.
 pub struct Deployment {
     pub outputs: StackOutputs,
+    /// `config.s3`, which smoke cannot do without.
     pub archive: S3Settings,
-    pub table: Option<String>,
     pub config: Config,
 }
 
@@ -87,7 +88,6 @@ pub fn deployment(
     })?;
     Ok(Deployment {
         outputs,
-        table: config.dynamodb_table.clone(),
         archive,
         config,
     })
@@ -232,7 +232,7 @@ pub async fn run(
     )
     .await;
     let removed = made
-        .remove(clients, bucket, deployment.table.as_deref())
+        .remove(clients, bucket, deployment.config.dynamodb_table.as_deref())
         .await;
     let mut report = outcome?;
     report.removed = removed;
@@ -380,13 +380,13 @@ async fn send_and_wait(
     };
     made.objects.push((archived.clone(), version));
 
-    let item = match &deployment.table {
+    let item = match &deployment.config.dynamodb_table {
         None => None,
         Some(table) => {
-            let key = (
-                format!("USER#{SMOKE_USER}"),
-                format!("ACTIVITY#{}", sent.run_id),
-            );
+            // The item model's own key for the payload (one record, one item).
+            let Some(key) = item_keys(sent.payload, before_ms).into_iter().next() else {
+                return Err(SmokeError::Setup("the smoke payload makes no item".into()));
+            };
             made.item = Some(key.clone());
             loop {
                 if item_present(&clients.dynamodb, table, &key).await {
@@ -537,10 +537,6 @@ fn shortened(reason: &str) -> String {
         Some((cut, _)) => format!("{}…", &reason[..cut]),
         None => reason.to_owned(),
     }
-}
-
-fn now_ms() -> u64 {
-    terra_sink::wall_clock::now_ms()
 }
 
 #[cfg(test)]

@@ -16,9 +16,10 @@ use terra_sink_dev::workspace_binary;
 const OPERATOR_TOOL: &str = env!("CARGO_BIN_EXE_terra-sink");
 /// The name dev/local_stack.py deploys the stack under.
 const STACK: &str = "terra-sink";
-/// The function's timeout is the stack's divided by this, as in the other
-/// runs in the stack: a failing attempt reaches the log in seconds.
-const SCALE: u32 = 20;
+/// The template's shortest function timeout, deployed as it deploys it (the
+/// queue's visibility timeout follows): a failing attempt reaches the log,
+/// and smoke's default wait ends, within a minute.
+const FUNCTION_TIMEOUT: &str = "30";
 
 /// The stack's function running locally, fed by its queue, logging to its
 /// log group.
@@ -33,7 +34,12 @@ struct Running {
 impl Running {
     async fn start() -> Running {
         let mut moto = Moto::start().await;
-        let stack = LocalStack::deploy(&mut moto).await;
+        let stack = LocalStack::deploy_for(
+            &mut moto,
+            "SqsHandlerFunction",
+            &[("FunctionTimeout", FUNCTION_TIMEOUT)],
+        )
+        .await;
         let runtime = RuntimeApi::start().await;
         let env = stack.handler_environment(runtime.addr, &moto.endpoint);
         let handlers = HandlerPool::spawn(&workspace_binary("sqs-handler"), &env, 1);
@@ -46,7 +52,7 @@ impl Running {
                 batch_size: mapping.batch_size,
                 batching_window: mapping.batching_window,
                 report_batch_item_failures: mapping.report_batch_item_failures,
-                function_timeout: stack.function.timeout / SCALE,
+                function_timeout: stack.function.timeout,
                 concurrency: 1,
             },
         )
@@ -60,12 +66,12 @@ impl Running {
         }
     }
 
-    /// Runs `terra-sink smoke` (while [`Running::feed`] runs).
-    async fn smoke(&self, timeout_secs: u64) -> Output {
+    /// Runs `terra-sink smoke` with its default wait, the function's
+    /// timeout and 30 s (while [`Running::feed`] runs).
+    async fn smoke(&self) -> Output {
         let observer = &self.stack.observer;
         tokio::process::Command::new(OPERATOR_TOOL)
-            .args(["smoke", "--stack", STACK, "--timeout"])
-            .arg(timeout_secs.to_string())
+            .args(["smoke", "--stack", STACK])
             .env_clear()
             .envs([
                 ("AWS_ENDPOINT_URL", self.moto.endpoint.as_str()),
@@ -128,7 +134,7 @@ async fn smoke_passes_then_says_why_it_fails(running: &Running) {
     let bucket = running.stack.outputs["BucketName"].clone();
     let table = running.stack.outputs["TableName"].clone();
 
-    let output = running.smoke(60).await;
+    let output = running.smoke().await;
     let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
     assert!(output.status.success(), "smoke failed:\n{stderr}\n{stdout}");
     let seen: Value = serde_json::from_str(&stdout).expect("a JSON summary");
@@ -165,9 +171,9 @@ async fn smoke_passes_then_says_why_it_fails(running: &Running) {
         .stack
         .deny_the_function(&running.moto, &["s3:PutObject"])
         .await;
-    // Twice the scaled function timeout: the store retries end at its
-    // deadline, and only then is the failure logged.
-    let output = running.smoke(2 * u64::from(120 / SCALE) + 5).await;
+    // The store retries end at the invocation's deadline, and only then is
+    // the failure logged: smoke's default wait outlasts it.
+    let output = running.smoke().await;
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("does not work"), "{stderr}");

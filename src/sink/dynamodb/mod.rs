@@ -26,6 +26,15 @@ use crate::budget::HoldingCost;
 use items::PlannedItem;
 use projection::{ItemSink, ProjectionError, ReadyItem, RecordForm};
 
+/// The `(pk, sk)` of each item `payload` becomes, sent at `sent_at_ms`:
+/// the item model, for a tool that looks for what the sink wrote.
+pub fn item_keys(payload: &Value, sent_at_ms: u64) -> Vec<(String, String)> {
+    items::plan(payload.clone(), sent_at_ms)
+        .into_iter()
+        .map(|item| (item.pk, item.sk))
+        .collect()
+}
+
 /// Items of one payload written at once.
 const WRITE_CONCURRENCY: usize = 16;
 /// Items planned ahead of the writers, besides those being written.
