@@ -18,6 +18,7 @@ KAFKA_ARTIFACT := $(TARGET_DIR)/lambda/kafka-handler/bootstrap
 # target directory, since its compiler differs from rustup's.
 ARM64_TOOLS := PATH="$(CURDIR)/$(VENV)/bin:/usr/bin:$$PATH" SAM_CLI_TELEMETRY=0 CARGO_TARGET_DIR=$(TARGET_DIR)/arm64
 SAM_BUILD_DIR := $(CURDIR)/.aws-sam/build
+KAFKA_SAM_BUILD_DIR := $(CURDIR)/kafka/.aws-sam/build
 ARM64_EMULATOR := qemu-aarch64-static
 # cargo-fuzz, installed into the project; the fuzz targets build with nightly.
 CARGO_FUZZ_VERSION := 0.13.2
@@ -90,11 +91,14 @@ $(CARGO_DENY):
 	CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
 	  cargo install cargo-deny --version $(CARGO_DENY_VERSION) --locked --root $(CURDIR)/.tools
 
-# `sam build` at the template's defaults: both handlers for arm64, with the
-# toolchain and emulator the arm64 tests need installed first.
+# `sam build` at the templates' defaults, as a deployer runs it: the SQS
+# stack here, the Kafka stack in kafka/ (its own samconfig.toml), both
+# handlers for arm64, with the toolchain and emulator the arm64 tests need
+# installed first.
 arm64: $(VENV_STAMP)
 	dev/install-arm64-toolchain.sh
 	$(ARM64_TOOLS) sam build
+	cd kafka && $(ARM64_TOOLS) sam build
 
 # The tests against moto and the compiled handlers (and the operator tool),
 # every integration test but the soak tier's. The handlers are the debug
@@ -112,15 +116,16 @@ soak: $(VENV_STAMP) arm64
 	$(TOOLS) cargo lambda build --release --bin sqs-handler
 	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server SQS_HANDLER_ARTIFACT=$(HANDLER_ARTIFACT) \
 	  SQS_HANDLER_ARM64_ARTIFACT=$(SAM_BUILD_DIR)/SqsHandlerFunction/bootstrap \
-	  KAFKA_HANDLER_ARM64_ARTIFACT=$(SAM_BUILD_DIR)/KafkaHandlerFunction/bootstrap \
+	  KAFKA_HANDLER_ARM64_ARTIFACT=$(KAFKA_SAM_BUILD_DIR)/KafkaHandlerFunction/bootstrap \
 	  ARM64_EMULATOR=$(ARM64_EMULATOR) \
 	  cargo test --locked --workspace --features $(INTEGRATION_FEATURES) \
 	    $(addprefix --test ,$(SOAK_TESTS))
 
-# The template's promises and cfn-lint through SAM (`make arm64` builds it).
+# The templates' promises and cfn-lint through SAM (`make arm64` builds them).
 template: $(VENV_STAMP)
 	$(VENV)/bin/python -m pytest -q tests/template
 	$(TOOLS) sam validate --lint
+	cd kafka && $(TOOLS) sam validate --lint
 
 # Each fuzz target for FUZZ_SECONDS, from the seeds plus what earlier runs
 # found (fuzz/corpus, not committed). A crash fails the run and is left in
@@ -151,4 +156,4 @@ bench: $(VENV_STAMP)
 	  $(HANDLER_ARTIFACT) $(KAFKA_ARTIFACT) BENCHMARKS.md
 
 clean:
-	rm -rf $(VENV) target .aws-sam .tools fuzz/target fuzz/corpus
+	rm -rf $(VENV) target .aws-sam kafka/.aws-sam .tools fuzz/target fuzz/corpus

@@ -1,10 +1,14 @@
-"""template.yaml as a stack in moto's CloudFormation: the SAM transform run
-offline (samtranslator, as `sam validate` runs it), then create-stack.
+"""template.yaml (or kafka/template.yaml, for the Kafka function) as a stack
+in moto's CloudFormation: the SAM transform run offline (samtranslator, as
+`sam validate` runs it), then create-stack.
 
 Where moto 5.2 differs from CloudFormation, the difference is made up here:
 - It does not drop `AWS::NoValue` from lists (an IAM role whose optional
   policy is off fails to create), so conditions are resolved first, from the
   same parameter values, exactly as CloudFormation would resolve them.
+- It keeps a number a setting's Fn::Select computes as text, where
+  CloudFormation converts it for an integer property (a batch size), so
+  settings are read out of Settings here first, from the same parameters.
 - It drops an IAM user's inline `Policies` and keeps a role's in a form its
   own evaluator cannot read, so the template's documents are put back
   through the IAM API, their references resolved from the stack.
@@ -29,6 +33,9 @@ from cfnlint.decode import cfn_yaml
 from samtranslator.translator.transform import transform
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# The SQS stack, and the Kafka stack built from the same code.
+SQS_TEMPLATE = ROOT / "template.yaml"
+KAFKA_TEMPLATE = ROOT / "kafka" / "template.yaml"
 CODE_BUCKET = "terra-sink-local-code"
 CODE_KEY = "bootstrap.zip"
 NO_VALUE = {"Ref": "AWS::NoValue"}
@@ -41,10 +48,15 @@ class _NoManagedPolicies:
         return {}
 
 
-def translated_template():
+def template_of(function):
+    """The template that deploys `function`."""
+    return KAFKA_TEMPLATE if function == "KafkaHandlerFunction" else SQS_TEMPLATE
+
+
+def translated_template(path=SQS_TEMPLATE):
     """The SAM template translated to plain CloudFormation, code in S3."""
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-    template = json.loads(json.dumps(cfn_yaml.load(str(ROOT / "template.yaml"))))
+    template = json.loads(json.dumps(cfn_yaml.load(str(path))))
     template["Globals"]["Function"]["CodeUri"] = f"s3://{CODE_BUCKET}/{CODE_KEY}"
     return transform(template, {}, _NoManagedPolicies())
 
@@ -55,33 +67,68 @@ def parameter_values(template, overrides):
     return values
 
 
-def _condition(node, parameters, conditions, resolved):
+def _condition(node, context, conditions, resolved):
     if isinstance(node, dict) and len(node) == 1:
         (function, args), = node.items()
         if function == "Condition":
-            return _named(args, parameters, conditions, resolved)
+            return _named(args, context, conditions, resolved)
         if function == "Fn::Equals":
-            left, right = (_value(a, parameters) for a in args)
+            left, right = (value(a, *context) for a in args)
             return left == right
         if function == "Fn::Not":
-            return not _condition(args[0], parameters, conditions, resolved)
+            return not _condition(args[0], context, conditions, resolved)
         if function == "Fn::And":
-            return all(_condition(a, parameters, conditions, resolved) for a in args)
+            return all(_condition(a, context, conditions, resolved) for a in args)
         if function == "Fn::Or":
-            return any(_condition(a, parameters, conditions, resolved) for a in args)
+            return any(_condition(a, context, conditions, resolved) for a in args)
     raise ValueError(f"unsupported condition {node!r}")
 
 
-def _named(name, parameters, conditions, resolved):
+def _named(name, context, conditions, resolved):
     if name not in resolved:
-        resolved[name] = _condition(conditions[name], parameters, conditions, resolved)
+        resolved[name] = _condition(conditions[name], context, conditions, resolved)
     return resolved[name]
 
 
-def _value(node, parameters):
-    if isinstance(node, dict) and "Ref" in node:
-        return parameters[node["Ref"]]
+def value(node, parameters, mappings):
+    """A value the template computes from parameters alone: Ref, and the
+    Fn::FindInMap, Fn::Join, Fn::Split and Fn::Select that read a setting
+    out of Settings (see the template's "How settings work")."""
+    if isinstance(node, dict) and len(node) == 1:
+        (function, args), = node.items()
+        if function == "Ref":
+            return parameters[args]
+        if function == "Fn::FindInMap":
+            name, key, attribute = (value(a, parameters, mappings) for a in args)
+            return str(mappings[name][key][attribute])
+        if function == "Fn::Join":
+            separator, parts = args
+            return separator.join(value(p, parameters, mappings) for p in parts)
+        if function == "Fn::Split":
+            separator, text = args
+            return value(text, parameters, mappings).split(separator)
+        if function == "Fn::Select":
+            index, items = args
+            items = value(items, parameters, mappings) if isinstance(items, dict) else items
+            return items[int(index)]
     return str(node)
+
+
+def _settings_read(node, context):
+    """Every Fn::Select computed from parameters alone replaced by its value,
+    whole numbers as numbers (as CloudFormation converts them)."""
+    if isinstance(node, dict):
+        if set(node) == {"Fn::Select"}:
+            try:
+                result = value(node, *context)
+            except KeyError:  # names a resource: CloudFormation's to resolve
+                result = None
+            if isinstance(result, str):
+                return int(result) if re.fullmatch(r"-?[0-9]+", result) else result
+        return {k: _settings_read(v, context) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_settings_read(v, context) for v in node]
+    return node
 
 
 def _strip(node, truth):
@@ -101,16 +148,29 @@ def _strip(node, truth):
     return node
 
 
-def resolved_template(overrides=None, without=()):
+def setting(key, parameters, mappings):
+    """Setting `key` as the template reads it from these parameters."""
+    merged = {
+        "Fn::Join": [
+            "",
+            [" ", {"Ref": "Settings"}, f" {key}=", {"Fn::FindInMap": ["Defaults", "Settings", key]}, " "],
+        ]
+    }
+    after = {"Fn::Select": [1, {"Fn::Split": [f" {key}=", merged]}]}
+    return value({"Fn::Select": [0, {"Fn::Split": [" ", after]}]}, parameters, mappings)
+
+
+def resolved_template(overrides=None, without=(), path=SQS_TEMPLATE):
     """The translated template for these parameter values, its conditions
     decided, and the parameters to create the stack with; resources named in
     `without` are left out (moto cannot create them)."""
-    template = translated_template()
+    template = translated_template(path)
     parameters = parameter_values(template, overrides or {})
     conditions = template.get("Conditions", {})
     truth = {}
+    context = (parameters, template.get("Mappings", {}))
     for name in conditions:
-        _named(name, parameters, conditions, truth)
+        _named(name, context, conditions, truth)
     for section in ("Resources", "Outputs"):
         template[section] = {
             name: body
@@ -120,6 +180,8 @@ def resolved_template(overrides=None, without=()):
         for body in template[section].values():
             body.pop("Condition", None)
     template = _strip(template, truth)
+    for section in ("Resources", "Outputs"):
+        template[section] = _settings_read(template[section], context)
     template.pop("Conditions", None)
     # Rules are checked by CloudFormation before anything is created; the
     # template's own tests hold them.
@@ -127,10 +189,10 @@ def resolved_template(overrides=None, without=()):
     return template, parameters
 
 
-def deploy(session, stack_name="terra-sink", overrides=None, without=()):
+def deploy(session, stack_name="terra-sink", overrides=None, without=(), path=SQS_TEMPLATE):
     """Creates the stack in the moto `session` reaches (a boto3 session, or
     anything with its `client(name)`); returns the stack's outputs."""
-    template, parameters = resolved_template(overrides, without)
+    template, parameters = resolved_template(overrides, without, path)
     s3 = session.client("s3")
     s3.create_bucket(Bucket=CODE_BUCKET)
     archive = io.BytesIO()
@@ -179,7 +241,7 @@ class StackReferences:
     """Resolves Ref, Fn::GetAtt and Fn::Sub in the template's policy
     documents to the stack's physical resources, as CloudFormation would."""
 
-    def __init__(self, admin, stack_name, parameters):
+    def __init__(self, admin, stack_name, parameters, mappings):
         cloudformation = admin.client("cloudformation")
         summaries = cloudformation.list_stack_resources(StackName=stack_name)[
             "StackResourceSummaries"
@@ -187,6 +249,7 @@ class StackReferences:
         self.physical = {s["LogicalResourceId"]: s["PhysicalResourceId"] for s in summaries}
         self.types = {s["LogicalResourceId"]: s["ResourceType"] for s in summaries}
         self.values = dict(PSEUDO, **parameters, **{"AWS::StackName": stack_name})
+        self.parameters, self.mappings = parameters, mappings
         self.sqs = admin.client("sqs")
 
     def ref(self, name):
@@ -219,9 +282,11 @@ class StackReferences:
                 return self.ref(node["Ref"])
             if set(node) == {"Fn::GetAtt"}:
                 return self.arn(node["Fn::GetAtt"][0])
+            if set(node) in ({"Fn::Join"}, {"Fn::Select"}, {"Fn::FindInMap"}):
+                return value(node, self.parameters, self.mappings)
             if set(node) == {"Fn::Sub"}:
-                value = node["Fn::Sub"]
-                text, variables = (value, {}) if isinstance(value, str) else value
+                sub = node["Fn::Sub"]
+                text, variables = (sub, {}) if isinstance(sub, str) else sub
                 return self.sub(text, variables)
             return {k: self.resolve(v) for k, v in node.items()}
         if isinstance(node, list):
@@ -230,15 +295,23 @@ class StackReferences:
 
 
 class Stack:
-    """A stack created from template.yaml in a moto server, read back."""
+    """A stack created from a template in a moto server, read back."""
 
-    def __init__(self, admin, stack_name="terra-sink", overrides=None, without=()):
+    def __init__(
+        self, admin, stack_name="terra-sink", overrides=None, without=(), path=SQS_TEMPLATE
+    ):
         self.admin, self.name = admin, stack_name
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            self.outputs = deploy(admin, stack_name, overrides, without)
-        self.template, self.parameters = resolved_template(overrides, without)
-        self.references = StackReferences(admin, stack_name, self.parameters)
+            self.outputs = deploy(admin, stack_name, overrides, without, path)
+        self.template, self.parameters = resolved_template(overrides, without, path)
+        self.references = StackReferences(
+            admin, stack_name, self.parameters, self.template.get("Mappings", {})
+        )
+
+    def setting(self, key):
+        """A setting as this stack's parameters make it."""
+        return setting(key, self.parameters, self.template.get("Mappings", {}))
 
     def policies(self, logical_id):
         """The identity's inline policies as the template writes them, their
@@ -298,13 +371,13 @@ LOOPBACK_PAYLOAD_URLS = {
 
 
 def local_deployment(url, function="SqsHandlerFunction", overrides=None):
-    """Deploys the stack with these parameter `overrides` into the moto
-    server at `url` and returns what a local run of `function` needs, all
+    """Deploys the stack of `function` (template_of) with these parameter
+    `overrides` into the moto server at `url` and returns what a local run of `function` needs, all
     read back from the stack:
 
     - `outputs`: the stack's outputs;
     - `terra_sender`: an access key created for `TerraSenderUser`, as the
-      README tells users to create one for Terra;
+      docs tell users to create one for Terra (the SQS stack only);
     - `function`: name, role, timeout, memory and environment from
       Lambda's GetFunctionConfiguration (log settings from the function's
       resource, which moto does not keep), and `credentials` for its role
@@ -324,11 +397,16 @@ def local_deployment(url, function="SqsHandlerFunction", overrides=None):
     checked against the caller's policies."""
     admin = Endpoint(url)
     overrides = overrides or {}
-    kafka = overrides.get("KafkaSource", "none") != "none"
-    stack = Stack(admin, overrides=overrides, without=(KAFKA_MAPPING,) if kafka else ())
+    path = template_of(function)
+    kafka = path == KAFKA_TEMPLATE
+    stack = Stack(admin, overrides=overrides, without=(KAFKA_MAPPING,) if kafka else (), path=path)
     stack.restore_policies()
     iam = admin.client("iam")
-    sender = iam.create_access_key(UserName=stack.outputs["TerraSenderUserName"])["AccessKey"]
+    sender = (
+        None
+        if kafka
+        else iam.create_access_key(UserName=stack.outputs["TerraSenderUserName"])["AccessKey"]
+    )
     iam.create_user(UserName=OBSERVER)
     iam.put_user_policy(
         UserName=OBSERVER,
@@ -378,7 +456,7 @@ def local_deployment(url, function="SqsHandlerFunction", overrides=None):
 
     kafka_mapping = None
     if function == "KafkaHandlerFunction":
-        template, _ = resolved_template(overrides)
+        template, _ = resolved_template(overrides, path=path)
         properties = stack.references.resolve(template["Resources"][KAFKA_MAPPING]["Properties"])
         kafka_mapping = {
             "topic": properties["Topics"][0],
@@ -396,7 +474,7 @@ def local_deployment(url, function="SqsHandlerFunction", overrides=None):
         **sqs_source,
         "kafka_mapping": kafka_mapping,
         "outputs": stack.outputs,
-        "terra_sender": _key(sender),
+        "terra_sender": _key(sender) if sender else None,
         "observer": _key(observer),
         "function": {
             "name": configuration["FunctionName"],

@@ -1,6 +1,6 @@
 //! The documentation held to the code: every variable the functions read is
 //! in the configuration table and every one it names is read; every template
-//! parameter is documented; every alarm has a runbook entry; the cost table
+//! parameter and every setting is documented; every alarm has a runbook entry; the cost table
 //! follows BENCHMARKS.md and the template; every relative link resolves;
 //! the README stays short.
 //!
@@ -21,8 +21,9 @@ fn read(relative: &str) -> String {
     std::fs::read_to_string(root().join(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
 }
 
-/// The templates a user deploys; each parameter must be documented.
-const TEMPLATES: &[&str] = &["template.yaml"];
+/// The templates a user deploys; each parameter and setting must be
+/// documented.
+const TEMPLATES: &[&str] = &["template.yaml", "kafka/template.yaml"];
 const CONFIGURATION: &str = "docs/configuration.md";
 const OPERATIONS: &str = "docs/operations.md";
 
@@ -164,6 +165,43 @@ fn parameter_drift(templates: &[String], doc: &str) -> (Vec<String>, Vec<String>
     (undocumented, stale)
 }
 
+/// The settings a template reads out of its Settings parameter, with their
+/// defaults: the keys under `Mappings: Defaults: Settings:`.
+fn settings(template: &str) -> Vec<(String, String)> {
+    let mut lines = template
+        .lines()
+        .skip_while(|line| *line != "Mappings:")
+        .skip_while(|line| *line != "  Defaults:")
+        .skip_while(|line| *line != "    Settings:")
+        .skip(1);
+    let mut found = Vec::new();
+    for line in lines.by_ref() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        if line.len() - trimmed.len() != 6 {
+            break;
+        }
+        if let Some((key, value)) = trimmed.split_once(": ") {
+            found.push((key.to_owned(), value.trim_matches('"').to_owned()));
+        }
+    }
+    found
+}
+
+fn setting_drift(templates: &[String], doc: &str) -> (Vec<String>, Vec<String>) {
+    let in_templates: BTreeSet<String> = templates
+        .iter()
+        .flat_map(|t| settings(t))
+        .map(|(key, _)| key)
+        .collect();
+    let documented = table_names(doc, "## Settings");
+    let undocumented = in_templates.difference(&documented).cloned().collect();
+    let stale = documented.difference(&in_templates).cloned().collect();
+    (undocumented, stale)
+}
+
 fn templates() -> Vec<String> {
     TEMPLATES.iter().map(|t| read(t)).collect()
 }
@@ -171,7 +209,8 @@ fn templates() -> Vec<String> {
 #[test]
 fn every_template_parameter_is_documented_and_every_documented_one_exists() {
     let templates = templates();
-    assert!(parameters(&templates[0]).contains("FunctionTimeout"));
+    assert!(parameters(&templates[0]).contains("Settings"));
+    assert!(parameters(&templates[1]).contains("KafkaBrokers"));
     let (undocumented, stale) = parameter_drift(&templates, &read(CONFIGURATION));
     assert!(
         undocumented.is_empty(),
@@ -211,16 +250,37 @@ fn every_alarm_has_a_runbook_entry() {
     );
 }
 
+#[test]
+fn every_setting_is_documented_and_every_documented_one_exists() {
+    let templates = templates();
+    assert!(
+        settings(&templates[0])
+            .iter()
+            .any(|(key, _)| key == "FunctionTimeout")
+    );
+    assert!(
+        settings(&templates[1])
+            .iter()
+            .any(|(key, _)| key == "KafkaPartialBatch")
+    );
+    let (undocumented, stale) = setting_drift(&templates, &read(CONFIGURATION));
+    assert!(
+        undocumented.is_empty(),
+        "settings missing from {CONFIGURATION}: {undocumented:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "{CONFIGURATION} documents settings no template has: {stale:?}"
+    );
+}
+
 // ---- the cost table ---------------------------------------------------
 
-fn parameter_default(template: &str, name: &str) -> Option<String> {
-    section_keys(template, "Parameters")
+fn setting_default(template: &str, name: &str) -> Option<String> {
+    settings(template)
         .into_iter()
-        .find(|(key, _)| key == name)?
-        .1
-        .iter()
-        .find_map(|line| line.strip_prefix("Default: "))
-        .map(|value| value.trim_matches('"').to_owned())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value)
 }
 
 /// The wall time BENCHMARKS.md's *Batch wall time* table gives for a batch
@@ -237,10 +297,8 @@ fn benchmarked_wall_time_ms(benchmarks: &str, records: u32) -> Option<f64> {
 /// Why the cost table's Lambda duration line does not follow from the
 /// benchmark and the template's batch size and memory, if it does not.
 fn cost_drift(template: &str, benchmarks: &str, operations: &str) -> Option<String> {
-    let batch: u32 = parameter_default(template, "SqsBatchSize")?.parse().ok()?;
-    let memory_mb: f64 = parameter_default(template, "FunctionMemory")?
-        .parse()
-        .ok()?;
+    let batch: u32 = setting_default(template, "SqsBatchSize")?.parse().ok()?;
+    let memory_mb: f64 = setting_default(template, "FunctionMemory")?.parse().ok()?;
     let Some(wall_ms) = benchmarked_wall_time_ms(benchmarks, batch) else {
         return Some(format!("BENCHMARKS.md has no batch of {batch} records"));
     };
@@ -446,7 +504,14 @@ const DOC: &str = "\
 
 | Parameter | Default | Meaning |
 |---|---|---|
+| `Archive` | `create` | The bucket. |
+
+## Settings
+
+| Setting | Default | Meaning |
+|---|---|---|
 | `FunctionTimeout` | `120` | Seconds. |
+| `SqsBatchSize` | `10` | Messages. |
 
 ## Environment variables
 
@@ -460,15 +525,21 @@ Retired: `TERRA_OLD_NAME`.
 
 const TEMPLATE: &str = "\
 Parameters:
-  FunctionTimeout:
+  Archive:
     Type: String
-    Default: \"120\"
-  FunctionMemory:
-    Type: Number
-    Default: 512
-  SqsBatchSize:
-    Type: Number
-    Default: 10
+    Default: create
+  Table:
+    Type: String
+    Default: create
+Mappings:
+  Defaults:
+    Settings:
+      # Seconds.
+      FunctionTimeout: \"120\"
+      FunctionMemory: \"512\"
+      SqsBatchSize: \"10\"
+  Timeouts:
+    \"30\": { VisibilityTimeout: 480 }
 Resources:
   QueueAlarm:
     Type: AWS::CloudWatch::Alarm
@@ -491,8 +562,17 @@ fn an_undocumented_or_unread_variable_fails() {
 #[test]
 fn an_undocumented_parameter_fails() {
     let (undocumented, stale) = parameter_drift(&[TEMPLATE.to_owned()], DOC);
-    assert_eq!(undocumented, ["FunctionMemory", "SqsBatchSize"]);
+    assert_eq!(undocumented, ["Table"]);
     assert!(stale.is_empty());
+}
+
+#[test]
+fn an_undocumented_or_stale_setting_fails() {
+    let (undocumented, stale) = setting_drift(&[TEMPLATE.to_owned()], DOC);
+    assert_eq!(undocumented, ["FunctionMemory"]);
+    assert!(stale.is_empty());
+    let (_, stale) = setting_drift(&[TEMPLATE.replace("      SqsBatchSize: \"10\"\n", "")], DOC);
+    assert_eq!(stale, ["SqsBatchSize"]);
 }
 
 #[test]

@@ -1,7 +1,7 @@
-//! What `template.yaml` deploys, read from the template itself so that local
-//! runs use the same settings: the parameter defaults, resolved through the
-//! `!Ref` and `!FindInMap` that wire them to the queue, the event source
-//! mappings and the function's environment. Scenarios about time run these
+//! What the templates deploy, read from the templates themselves so that
+//! local runs use the same settings: the parameter and setting defaults,
+//! resolved through the intrinsic functions that wire them to the queue, the
+//! event source mappings and the function's environment. Scenarios about time run these
 //! durations scaled down by one factor, keeping every ratio.
 
 use std::time::Duration;
@@ -40,21 +40,26 @@ pub struct Deployed {
 }
 
 impl Deployed {
-    /// The defaults of the repository's `template.yaml`.
+    /// The defaults of the repository's templates: the SQS stack's
+    /// `template.yaml`, and `kafka/template.yaml` for the Kafka mapping.
     pub fn from_template() -> Deployed {
-        let path = format!("{}/../template.yaml", env!("CARGO_MANIFEST_DIR"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        Deployed::from_yaml(&text)
+        let read = |relative: &str| {
+            let path = format!("{}/../{relative}", env!("CARGO_MANIFEST_DIR"));
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+        };
+        Deployed::from_yaml(&read("template.yaml"), &read("kafka/template.yaml"))
     }
 
-    pub fn from_yaml(text: &str) -> Deployed {
-        let template: Value = serde_yaml_ng::from_str(text).expect("template.yaml is YAML");
-        let t = Template(&template);
-        let queue = &template["Resources"]["EventsQueue"]["Properties"];
-        let sqs_events = &template["Resources"]["SqsHandlerFunction"]["Properties"]["Events"]["TerraQueue"]
+    pub fn from_yaml(sqs_template: &str, kafka_template: &str) -> Deployed {
+        let sqs: Value = serde_yaml_ng::from_str(sqs_template).expect("template.yaml is YAML");
+        let kafka: Value =
+            serde_yaml_ng::from_str(kafka_template).expect("kafka/template.yaml is YAML");
+        let (t, k) = (Template(&sqs), Template(&kafka));
+        let queue = &sqs["Resources"]["EventsQueue"]["Properties"];
+        let sqs_events = &sqs["Resources"]["SqsHandlerFunction"]["Properties"]["Events"]["TerraQueue"]
             ["Properties"];
-        let kafka = &template["Resources"]["KafkaEventSourceMapping"]["Properties"];
-        let globals = &template["Globals"]["Function"];
+        let mapping = &kafka["Resources"]["KafkaEventSourceMapping"]["Properties"];
+        let globals = &sqs["Globals"]["Function"];
         let mut environment = Vec::new();
         if let Value::Mapping(variables) = &globals["Environment"]["Variables"] {
             for (name, value) in variables {
@@ -63,6 +68,7 @@ impl Deployed {
                 }
             }
         }
+        let kafka_partial_batch = k.condition("KafkaPartialBatchOn");
         Deployed {
             function_timeout: t.seconds(&globals["Timeout"]),
             function_memory_mb: t.number(&globals["MemorySize"]),
@@ -70,12 +76,11 @@ impl Deployed {
             max_receive_count: t.number(&queue["RedrivePolicy"]["maxReceiveCount"]) as u32,
             sqs_batch_size: t.number(&sqs_events["BatchSize"]) as i32,
             sqs_batching_window: t.seconds(&sqs_events["MaximumBatchingWindowInSeconds"]),
-            kafka_batch_size: t.number(&kafka["BatchSize"]) as usize,
-            kafka_partial_batch: t.try_resolve(&t.parameter("KafkaPartialBatch")).as_deref()
-                == Some("true"),
-            // Conditional on partial batch responses: the parameter's default.
-            kafka_maximum_retry_attempts: t.number(&t.parameter("KafkaMaximumRetryAttempts"))
-                as u32,
+            kafka_batch_size: k.number(&mapping["BatchSize"]) as usize,
+            kafka_partial_batch,
+            // Conditional on partial batch responses: the setting's default
+            // whether or not the mapping uses it.
+            kafka_maximum_retry_attempts: k.number(&k.setting("KafkaMaximumRetryAttempts")) as u32,
             environment,
             url_lifetime: TERRA_URL_LIFETIME,
         }
@@ -107,7 +112,9 @@ impl Deployed {
     }
 }
 
-/// Resolves the intrinsic functions the settings above use.
+/// Resolves the intrinsic functions the settings above use, with every
+/// parameter at its default: `Ref`, `Fn::FindInMap`, `Fn::Join`,
+/// `Fn::Split`, `Fn::Select`, `Fn::If` and the conditions behind it.
 struct Template<'a>(&'a Value);
 
 impl Template<'_> {
@@ -117,29 +124,111 @@ impl Template<'_> {
         default.clone()
     }
 
+    /// A setting read as the template reads it (Settings at its default).
+    fn setting(&self, key: &str) -> Value {
+        let default = &self.0["Mappings"]["Defaults"]["Settings"][key];
+        assert!(!default.is_null(), "no setting {key}");
+        default.clone()
+    }
+
+    fn condition(&self, name: &str) -> bool {
+        let body = &self.0["Conditions"][name];
+        self.truth(body)
+            .unwrap_or_else(|| panic!("cannot decide condition {name}: {body:?}"))
+    }
+
+    fn truth(&self, node: &Value) -> Option<bool> {
+        let Value::Tagged(tagged) = node else {
+            return None;
+        };
+        let args = tagged.value.as_sequence();
+        match tagged.tag.to_string().trim_start_matches('!') {
+            "Condition" => Some(self.condition(tagged.value.as_str()?)),
+            "Equals" => {
+                let [left, right] = args?.as_slice() else {
+                    return None;
+                };
+                Some(self.try_resolve(left)? == self.try_resolve(right)?)
+            }
+            "Not" => Some(!self.truth(args?.first()?)?),
+            "And" => args?
+                .iter()
+                .try_fold(true, |all, c| Some(all && self.truth(c)?)),
+            "Or" => args?
+                .iter()
+                .try_fold(false, |any, c| Some(any || self.truth(c)?)),
+            _ => None,
+        }
+    }
+
     fn try_resolve(&self, value: &Value) -> Option<String> {
         match value {
             Value::String(s) => Some(s.clone()),
             Value::Number(n) => Some(n.to_string()),
             Value::Bool(b) => Some(b.to_string()),
-            Value::Tagged(tagged) if tagged.tag == "Ref" => {
-                let name = tagged.value.as_str()?;
-                self.0["Parameters"].get(name)?;
-                self.try_resolve(&self.parameter(name))
+            Value::Tagged(tagged) => {
+                let args = tagged.value.as_sequence();
+                match tagged.tag.to_string().trim_start_matches('!') {
+                    "Ref" => {
+                        let name = tagged.value.as_str()?;
+                        self.0["Parameters"].get(name)?;
+                        self.try_resolve(&self.parameter(name))
+                    }
+                    "FindInMap" => {
+                        let [map, key, attribute] = args?.as_slice() else {
+                            return None;
+                        };
+                        let (map, key, attribute) = (
+                            self.try_resolve(map)?,
+                            self.try_resolve(key)?,
+                            self.try_resolve(attribute)?,
+                        );
+                        self.try_resolve(
+                            &self.0["Mappings"][map.as_str()][key.as_str()][attribute.as_str()],
+                        )
+                    }
+                    "Join" => {
+                        let [separator, Value::Sequence(parts)] = args?.as_slice() else {
+                            return None;
+                        };
+                        let parts: Option<Vec<String>> =
+                            parts.iter().map(|p| self.try_resolve(p)).collect();
+                        Some(parts?.join(&self.try_resolve(separator)?))
+                    }
+                    "Select" => {
+                        let [index, list] = args?.as_slice() else {
+                            return None;
+                        };
+                        let index: usize = self.try_resolve(index)?.parse().ok()?;
+                        self.try_list(list)?.into_iter().nth(index)
+                    }
+                    "If" => {
+                        let [name, when_true, when_false] = args?.as_slice() else {
+                            return None;
+                        };
+                        let chosen = if self.condition(name.as_str()?) {
+                            when_true
+                        } else {
+                            when_false
+                        };
+                        self.try_resolve(chosen)
+                    }
+                    _ => None,
+                }
             }
-            Value::Tagged(tagged) if tagged.tag == "FindInMap" => {
-                let path = tagged.value.as_sequence()?;
-                let [map, key, attribute] = path.as_slice() else {
+            _ => None,
+        }
+    }
+
+    fn try_list(&self, value: &Value) -> Option<Vec<String>> {
+        match value {
+            Value::Sequence(items) => items.iter().map(|i| self.try_resolve(i)).collect(),
+            Value::Tagged(tagged) if tagged.tag == "Split" => {
+                let [separator, text] = tagged.value.as_sequence()?.as_slice() else {
                     return None;
                 };
-                let (map, key, attribute) = (
-                    self.try_resolve(map)?,
-                    self.try_resolve(key)?,
-                    self.try_resolve(attribute)?,
-                );
-                self.try_resolve(
-                    &self.0["Mappings"][map.as_str()][key.as_str()][attribute.as_str()],
-                )
+                let (separator, text) = (self.try_resolve(separator)?, self.try_resolve(text)?);
+                Some(text.split(separator.as_str()).map(str::to_owned).collect())
             }
             _ => None,
         }
@@ -149,10 +238,11 @@ impl Template<'_> {
         let resolved = self
             .try_resolve(value)
             .unwrap_or_else(|| panic!("cannot resolve {value:?} from the template"));
-        resolved
+        let number: i64 = resolved
             .trim()
             .parse()
-            .unwrap_or_else(|_| panic!("{resolved:?} is not a whole number"))
+            .unwrap_or_else(|_| panic!("{resolved:?} is not a whole number"));
+        u64::try_from(number).unwrap_or_else(|_| panic!("{number} is negative"))
     }
 
     fn seconds(&self, value: &Value) -> Duration {
@@ -183,8 +273,41 @@ mod tests {
         );
         assert!(!named("TERRA_S3_BUCKET"), "names a resource");
         assert!(deployed.function_memory_mb >= 128);
+        assert!(deployed.kafka_batch_size >= 1);
         let scaled = deployed.scaled_down(20);
         assert_eq!(scaled.url_lifetime, Duration::from_secs(30));
         assert_eq!(scaled.max_receive_count, deployed.max_receive_count);
+    }
+
+    /// A deployer's Settings pair wins over the default; the others keep theirs.
+    #[test]
+    fn a_setting_given_wins_over_its_default() {
+        let sqs =
+            std::fs::read_to_string(format!("{}/../template.yaml", env!("CARGO_MANIFEST_DIR")))
+                .expect("template.yaml");
+        let kafka = std::fs::read_to_string(format!(
+            "{}/../kafka/template.yaml",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .expect("kafka/template.yaml");
+        let given = |text: &str, settings: &str| {
+            let mut template: Value = serde_yaml_ng::from_str(text).expect("YAML");
+            template["Parameters"]["Settings"]["Default"] = Value::String(settings.to_owned());
+            serde_yaml_ng::to_string(&template).expect("YAML")
+        };
+        let defaults = Deployed::from_yaml(&sqs, &kafka);
+        let tuned = Deployed::from_yaml(
+            &given(&sqs, "SqsBatchSize=20  FunctionTimeout=300"),
+            &given(&kafka, "KafkaPartialBatch=true KafkaBatchSize=7"),
+        );
+        assert_eq!(tuned.sqs_batch_size, 20);
+        assert_eq!(tuned.function_timeout, Duration::from_secs(300));
+        assert_eq!(tuned.visibility_timeout, Duration::from_secs(2100));
+        assert_eq!(tuned.max_receive_count, defaults.max_receive_count);
+        assert_eq!(
+            (tuned.kafka_partial_batch, tuned.kafka_batch_size),
+            (true, 7)
+        );
+        assert!(!defaults.kafka_partial_batch);
     }
 }

@@ -1,7 +1,8 @@
-//! The stack `template.yaml` creates, deployed into a moto server by
-//! `dev/local_stack.py` and read back through the services' own APIs: the
-//! function's configuration and role, its event source mapping, the queue's
-//! attributes, and an access key for Terra. When [`LocalStack::deploy`]
+//! The stack `template.yaml` creates (or `kafka/template.yaml`, for the Kafka
+//! function), deployed into a moto server by `dev/local_stack.py` and read
+//! back through the services' own APIs: the function's configuration and
+//! role, its event source mapping, the queue's attributes, and an access key
+//! for Terra. When [`LocalStack::deploy`]
 //! returns, moto enforces IAM: every later call is checked against its
 //! caller's policies.
 
@@ -20,8 +21,9 @@ use crate::runtime_api::{HandlerPool, lambda_environment};
 #[derive(Debug, Clone)]
 pub struct LocalStack {
     pub outputs: BTreeMap<String, String>,
-    /// The key created for the stack's `TerraSenderUser`.
-    pub terra_sender: Credentials,
+    /// The key created for the SQS stack's `TerraSenderUser` (the Kafka
+    /// stack has none: Terra reaches its brokers, not this account).
+    pub terra_sender: Option<Credentials>,
     /// A key allowed everything, for the harness to look on with.
     pub observer: Credentials,
     pub function: StackFunction,
@@ -85,8 +87,8 @@ impl LocalStack {
         LocalStack::deploy_for(moto, "SqsHandlerFunction", &[]).await
     }
 
-    /// The same for the template's `function`, with `parameters` other than
-    /// their defaults.
+    /// The same for `function`'s template (`KafkaHandlerFunction`:
+    /// `kafka/template.yaml`), with `parameters` other than their defaults.
     pub async fn deploy_for(
         moto: &mut Moto,
         function: &str,
@@ -119,7 +121,8 @@ impl LocalStack {
         let function = &described["function"];
         LocalStack {
             outputs: strings(&described["outputs"]),
-            terra_sender: credentials(&described["terra_sender"]),
+            terra_sender: (!described["terra_sender"].is_null())
+                .then(|| credentials(&described["terra_sender"])),
             observer: credentials(&described["observer"]),
             function: StackFunction {
                 name: text(&function["name"]),

@@ -112,7 +112,7 @@ pub fn check_url_policy(config: &Config, url: &Url) -> Result<(), SmokeError> {
             .unwrap_or_else(|| "(any public host)".into());
         SmokeError::Setup(format!(
             "the function's URL policy refuses the archive bucket's pre-signed URL {shown} \
-             ({violation}). TERRA_ALLOWED_URL_HOSTS (the template's AllowedUrlHosts) is \
+             ({violation}). TERRA_ALLOWED_URL_HOSTS (the template's AllowedUrlHosts setting) is \
              {allowed}; Terra's payloads and this check both need S3's hosts, such as \
              *.amazonaws.com"
         ))

@@ -37,7 +37,7 @@ impl Running {
         let stack = LocalStack::deploy_for(
             &mut moto,
             "SqsHandlerFunction",
-            &[("FunctionTimeout", FUNCTION_TIMEOUT)],
+            &[("Settings", &format!("FunctionTimeout={FUNCTION_TIMEOUT}"))],
         )
         .await;
         let runtime = RuntimeApi::start().await;

@@ -1,4 +1,5 @@
-"""Least privilege, proven by running: the stack from template.yaml in a moto
+"""Least privilege, proven by running: the stacks from template.yaml and
+kafka/template.yaml in a moto
 server, its policies restored (see dev/local_stack.py), then IAM enforcement
 switched on (`/moto-api/reset-auth`), and the identities the template creates
 calling what they may and may not. The server is dev/moto_server.py: moto
@@ -130,7 +131,7 @@ def archive_as_the_handlers_do(s3, bucket, prefix):
 def test_the_sqs_handler_role_may_do_what_the_code_calls_and_no_more(moto_server):
     stack = Stack(Endpoint(moto_server))
     stack.restore_policies()
-    admin, outputs, parameters = stack.admin, stack.outputs, stack.parameters
+    admin, outputs = stack.admin, stack.outputs
     credentials = stack.role_credentials("SqsHandlerRole")
     admin.client("sqs").send_message(QueueUrl=outputs["QueueUrl"], MessageBody="{}")
     admin.client("dynamodb").create_table(
@@ -171,7 +172,7 @@ def test_the_sqs_handler_role_may_do_what_the_code_calls_and_no_more(moto_server
     denied(lambda: sqs.receive_message(QueueUrl=outputs["DeadLetterQueueUrl"]))
 
     s3 = as_role("s3")
-    bucket, prefix = outputs["BucketName"], parameters["S3Prefix"]
+    bucket, prefix = outputs["BucketName"], stack.setting("S3Prefix")
     archived = archive_as_the_handlers_do(s3, bucket, prefix)
     s3.head_object(Bucket=bucket, Key=archived)
     denied(lambda: s3.delete_object(Bucket=bucket, Key=archived))
@@ -202,7 +203,7 @@ def merge_profile(dynamodb, table):
 def test_a_source_bucket_is_read_and_copied_from_never_written(moto_server):
     stack = Stack(Endpoint(moto_server), overrides={"TerraSourceBucket": "terra-drop"})
     stack.restore_policies()
-    admin, outputs, parameters = stack.admin, stack.outputs, stack.parameters
+    admin, outputs = stack.admin, stack.outputs
     s3_admin = admin.client("s3")
     for bucket in ("terra-drop", "not-terras"):
         s3_admin.create_bucket(Bucket=bucket)
@@ -218,7 +219,7 @@ def test_a_source_bucket_is_read_and_copied_from_never_written(moto_server):
     s3.get_object(Bucket="terra-drop", Key="payloads/a.json")
     s3.copy_object(
         Bucket=outputs["BucketName"],
-        Key=f"{parameters['S3Prefix']}dt=2026-11-30/copied.json",
+        Key=f"{stack.setting('S3Prefix')}dt=2026-11-30/copied.json",
         CopySource={"Bucket": "terra-drop", "Key": "payloads/a.json"},
         MetadataDirective="REPLACE",
         Metadata={"terra-type": "activity"},
@@ -229,18 +230,22 @@ def test_a_source_bucket_is_read_and_copied_from_never_written(moto_server):
 
 
 KAFKA = {
-    "KafkaSource": "self-managed",
-    "KafkaBootstrapServers": "b-1.kafka.internal:9096",
+    "KafkaBrokers": "b-1.kafka.internal:9096",
     "KafkaSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:terra-kafka-AbCdEf",
-    "KafkaPartialBatch": "true",
+    "Settings": "KafkaPartialBatch=true",
 }
 
 
 def test_the_kafka_handler_role_may_do_what_the_code_calls_and_no_more(moto_server):
     # moto cannot create the Kafka mapping; the role is what is checked here.
-    stack = Stack(Endpoint(moto_server), overrides=KAFKA, without=(local_stack.KAFKA_MAPPING,))
+    stack = Stack(
+        Endpoint(moto_server),
+        overrides=KAFKA,
+        without=(local_stack.KAFKA_MAPPING,),
+        path=local_stack.KAFKA_TEMPLATE,
+    )
     stack.restore_policies()
-    outputs, parameters = stack.outputs, stack.parameters
+    outputs = stack.outputs
     credentials = stack.role_credentials("KafkaHandlerRole")
     enforce_iam(moto_server)
     role = as_role(moto_server, credentials)
@@ -250,11 +255,10 @@ def test_the_kafka_handler_role_may_do_what_the_code_calls_and_no_more(moto_serv
     sqs.send_message(QueueUrl=outputs["KafkaQuarantineQueueUrl"], MessageBody="{}")
     sqs.send_message(QueueUrl=outputs["KafkaDiscardedBatchesQueueUrl"], MessageBody="{}")
     denied(lambda: sqs.receive_message(QueueUrl=outputs["KafkaQuarantineQueueUrl"]))
-    denied(lambda: sqs.send_message(QueueUrl=outputs["QueueUrl"], MessageBody="{}"))
-    denied(lambda: sqs.receive_message(QueueUrl=outputs["QueueUrl"]))
+    denied(lambda: sqs.receive_message(QueueUrl=outputs["KafkaDiscardedBatchesQueueUrl"]))
 
     s3 = role.client("s3")
-    bucket, prefix = outputs["BucketName"], parameters["S3Prefix"]
+    bucket, prefix = outputs["BucketName"], stack.setting("S3Prefix")
     archive_as_the_handlers_do(s3, bucket, prefix)
 
     dynamodb = role.client("dynamodb")

@@ -1,4 +1,4 @@
-"""template.yaml deployed into moto's CloudFormation (in process): the SAM
+"""template.yaml and kafka/template.yaml deployed into moto's CloudFormation (in process): the SAM
 transform offline, then create-stack, then what the stack holds read back
 through the services' own APIs. This proves the template creates what the
 functions are configured against; IAM is not enforced here.
@@ -19,10 +19,9 @@ from moto import mock_aws
 import local_stack
 
 KAFKA = {
-    "KafkaSource": "self-managed",
-    "KafkaBootstrapServers": "b-1.kafka.example:9096",
+    "KafkaBrokers": "b-1.kafka.example:9096",
     "KafkaSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:terra-kafka-AbCdEf",
-    "KafkaPartialBatch": "true",
+    "Settings": "KafkaPartialBatch=true",
 }
 
 
@@ -46,20 +45,21 @@ def functions(session):
 
 def test_the_default_stack_creates_what_the_function_is_configured_against(session):
     outputs = local_stack.deploy(session)
-    template, parameters = local_stack.resolved_template()
+    template, _ = local_stack.resolved_template()
+    setting = template["Mappings"]["Defaults"]["Settings"]
 
     (function,) = functions(session).values()
     assert function["FunctionName"] == outputs["SqsHandlerFunctionName"]
-    assert function["Timeout"] == int(parameters["FunctionTimeout"])
-    assert function["MemorySize"] == int(parameters["FunctionMemory"])
+    assert int(function["Timeout"]) == int(setting["FunctionTimeout"])
+    assert int(function["MemorySize"]) == int(setting["FunctionMemory"])
     env = function["Environment"]["Variables"]
     assert env["TERRA_S3_BUCKET"] == outputs["BucketName"]
     assert env["TERRA_DYNAMODB_TABLE"] == outputs["TableName"]
-    assert env["TERRA_S3_PREFIX"] == parameters["S3Prefix"]
-    assert str(env["TERRA_FETCH_CONCURRENCY"]) == parameters["FetchConcurrency"]
-    assert str(env["TERRA_DYNAMODB_MAX_ITEMS"]) == parameters["DynamoDbMaxItems"]
+    assert env["TERRA_S3_PREFIX"] == setting["S3Prefix"]
+    assert str(env["TERRA_FETCH_CONCURRENCY"]) == setting["FetchConcurrency"]
+    assert str(env["TERRA_DYNAMODB_MAX_ITEMS"]) == setting["DynamoDbMaxItems"]
     # Empty: the function derives its budget from its memory.
-    assert env.get("TERRA_MEMORY_BUDGET_MB", "") == parameters["MemoryBudgetMb"] == ""
+    assert env.get("TERRA_MEMORY_BUDGET_MB", "") == setting["MemoryBudgetMb"] == ""
     session.client("s3").head_bucket(Bucket=env["TERRA_S3_BUCKET"])
     table = session.client("dynamodb").describe_table(TableName=env["TERRA_DYNAMODB_TABLE"])
     assert [k["AttributeName"] for k in table["Table"]["KeySchema"]] == ["pk", "sk"]
@@ -67,11 +67,11 @@ def test_the_default_stack_creates_what_the_function_is_configured_against(sessi
     queue = session.client("sqs").get_queue_attributes(
         QueueUrl=outputs["QueueUrl"], AttributeNames=["All"]
     )["Attributes"]
-    mapping_table = template["Mappings"]
-    expected_visibility = mapping_table["Timeouts"][parameters["FunctionTimeout"]]["VisibilityTimeout"]
+    timeouts = template["Mappings"]["Timeouts"]
+    expected_visibility = timeouts[setting["FunctionTimeout"]]["VisibilityTimeout"]
     assert int(queue["VisibilityTimeout"]) == expected_visibility
     redrive = json.loads(queue["RedrivePolicy"])
-    assert redrive["maxReceiveCount"] == int(parameters["MaxReceiveCount"])
+    assert redrive["maxReceiveCount"] == int(setting["MaxReceiveCount"])
     dead_letters = session.client("sqs").get_queue_attributes(
         QueueUrl=outputs["DeadLetterQueueUrl"], AttributeNames=["QueueArn"]
     )["Attributes"]
@@ -79,16 +79,40 @@ def test_the_default_stack_creates_what_the_function_is_configured_against(sessi
 
     (mapping,) = session.client("lambda").list_event_source_mappings()["EventSourceMappings"]
     assert mapping["EventSourceArn"] == outputs["QueueArn"]
-    assert mapping["BatchSize"] == int(parameters["SqsBatchSize"])
-    assert mapping["MaximumBatchingWindowInSeconds"] == int(parameters["SqsBatchingWindowSeconds"])
+    assert mapping["BatchSize"] == int(setting["SqsBatchSize"])
+    assert mapping["MaximumBatchingWindowInSeconds"] == int(setting["SqsBatchingWindowSeconds"])
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    assert mapping["ScalingConfig"]["MaximumConcurrency"] == int(parameters["SqsMaximumConcurrency"])
+    assert mapping["ScalingConfig"]["MaximumConcurrency"] == int(setting["SqsMaximumConcurrency"])
 
     session.client("iam").get_user(UserName=outputs["TerraSenderUserName"])
 
 
+def test_settings_given_change_what_the_stack_creates(session):
+    outputs = local_stack.deploy(
+        session, overrides={"Settings": "FunctionTimeout=300 MaxReceiveCount=7 S3Prefix=health/"}
+    )
+    (function,) = functions(session).values()
+    assert int(function["Timeout"]) == 300
+    assert function["Environment"]["Variables"]["TERRA_S3_PREFIX"] == "health/"
+    queue = session.client("sqs").get_queue_attributes(
+        QueueUrl=outputs["QueueUrl"], AttributeNames=["All"]
+    )["Attributes"]
+    assert int(queue["VisibilityTimeout"]) == 2100
+    assert json.loads(queue["RedrivePolicy"])["maxReceiveCount"] == 7
+
+
 def test_a_kafka_stack_wires_the_kafka_handler_to_its_queues(session):
-    outputs = local_stack.deploy(session, overrides=KAFKA, without=("KafkaEventSourceMapping",))
+    outputs = local_stack.deploy(
+        session,
+        overrides=KAFKA,
+        without=("KafkaEventSourceMapping",),
+        path=local_stack.KAFKA_TEMPLATE,
+    )
+    # The Kafka stack is the Kafka function and its stores: no SQS function,
+    # no Terra queue, no sender user.
+    assert set(functions(session)) == {outputs["KafkaHandlerFunctionName"]}
+    assert "QueueUrl" not in outputs
+    assert session.client("iam").list_users()["Users"] == []
     kafka = functions(session)[outputs["KafkaHandlerFunctionName"]]
     env = kafka["Environment"]["Variables"]
     assert env["TERRA_QUARANTINE_QUEUE_URL"] == outputs["KafkaQuarantineQueueUrl"]
@@ -100,7 +124,7 @@ def test_a_kafka_stack_wires_the_kafka_handler_to_its_queues(session):
 
 
 def test_a_stack_without_an_archive_configures_no_bucket(session):
-    outputs = local_stack.deploy(session, overrides={"ArchiveBucketMode": "none"})
+    outputs = local_stack.deploy(session, overrides={"Archive": "none"})
     (function,) = functions(session).values()
     env = function["Environment"]["Variables"]
     assert env.get("TERRA_S3_BUCKET", "") == ""

@@ -1,4 +1,4 @@
-"""The optional Glue table over the archive (QueryableArchive=true), checked
+"""The optional Glue table over the archive (the QueryableArchive=true setting), checked
 against what terra-sink writes and what Terra sends: its location and
 partition projection against the archive's key layout, its columns against
 Terra's example payloads. Athena itself cannot run here, and moto's
@@ -14,7 +14,7 @@ from cfnlint.decode import cfn_yaml
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 TEMPLATE = cfn_yaml.load(str(ROOT / "template.yaml"))
 RESOURCES = TEMPLATE["Resources"]
-PARAMETERS = TEMPLATE["Parameters"]
+DEFAULTS = TEMPLATE["Mappings"]["Defaults"]["Settings"]
 TABLE = RESOURCES["ArchivePayloadsTable"]["Properties"]["TableInput"]
 EXAMPLES = sorted((ROOT / "tests" / "fixtures" / "terra").glob("*.json"))
 STORAGE_DOC = (ROOT / "docs" / "storage.md").read_text()
@@ -181,7 +181,7 @@ def test_partition_projection_follows_the_archive_layout():
 
     # The documented example key lands in the partition its date names.
     example = re.search(r"Example: `([^`]+)`", STORAGE_DOC).group(1)
-    prefix = PARAMETERS["S3Prefix"]["Default"]
+    prefix = DEFAULTS["S3Prefix"]
     date = datetime.date(2026, 7, 1)
     location = (
         text.replace("${Bucket}", "bucket")
@@ -208,4 +208,4 @@ def test_every_queryable_resource_needs_the_option_and_an_archive():
         assert RESOURCES[name]["Condition"] == "QueryableArchiveOn", name
     condition = TEMPLATE["Conditions"]["QueryableArchiveOn"]["Fn::And"]
     assert {"Condition": "HasBucket"} in condition
-    assert PARAMETERS["QueryableArchive"]["Default"] == "false"
+    assert DEFAULTS["QueryableArchive"] == "false"

@@ -1,6 +1,7 @@
-"""The promises template.yaml makes to a customer, checked on the template
-itself (parsed with cfn-lint's CloudFormation YAML loader, which understands
-the short-form intrinsic functions)."""
+"""The promises the templates make to a customer, checked on the templates
+themselves (parsed with cfn-lint's CloudFormation YAML loader, which
+understands the short-form intrinsic functions): template.yaml, the SQS
+stack, and kafka/template.yaml, the Kafka stack built from the same code."""
 
 import pathlib
 import re
@@ -9,11 +10,29 @@ import pytest
 from cfnlint.decode import cfn_yaml
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TEMPLATE = cfn_yaml.load(str(ROOT / "template.yaml"))
-RESOURCES = TEMPLATE["Resources"]
-PARAMETERS = TEMPLATE["Parameters"]
+SQS = cfn_yaml.load(str(ROOT / "template.yaml"))
+KAFKA = cfn_yaml.load(str(ROOT / "kafka" / "template.yaml"))
+TEMPLATES = {"template.yaml": SQS, "kafka/template.yaml": KAFKA}
+TEMPLATE = SQS
+# The stores and the alarm topic are in both, identical (a test below).
+RESOURCES = {**KAFKA["Resources"], **SQS["Resources"]}
+SQS_DEFAULTS = SQS["Mappings"]["Defaults"]["Settings"]
+KAFKA_DEFAULTS = KAFKA["Mappings"]["Defaults"]["Settings"]
 
 READ_ONLY_PREFIXES = ("Describe", "List", "Get")
+
+
+def setting(key):
+    """How a template reads setting `key` out of Settings (the templates'
+    "How settings work")."""
+    merged = {
+        "Fn::Join": [
+            "",
+            [" ", {"Ref": "Settings"}, f" {key}=", {"Fn::FindInMap": ["Defaults", "Settings", key]}, " "],
+        ]
+    }
+    after = {"Fn::Select": [1, {"Fn::Split": [f" {key}=", merged]}]}
+    return {"Fn::Select": [0, {"Fn::Split": [" ", after]}]}
 
 
 def resource(name):
@@ -58,24 +77,39 @@ def test_sqs_mapping_reports_batch_item_failures():
     assert "MaximumConcurrency" in event["Properties"]["ScalingConfig"]
 
 
-@pytest.mark.parametrize("timeout", PARAMETERS["FunctionTimeout"]["AllowedValues"])
+FUNCTION_TIMEOUTS = re.search(r"FunctionTimeout=\(([0-9|]+)\)", SQS["Parameters"]["Settings"]["AllowedPattern"]).group(1).split("|")
+
+
+@pytest.mark.parametrize("timeout", FUNCTION_TIMEOUTS)
 def test_visibility_timeout_is_at_least_six_times_the_function_timeout(timeout):
-    queue = resource("EventsQueue")
-    assert queue["VisibilityTimeout"] == {
-        "Fn::FindInMap": ["Timeouts", {"Ref": "FunctionTimeout"}, "VisibilityTimeout"]
-    }
-    globals_timeout = TEMPLATE["Globals"]["Function"]["Timeout"]
-    assert globals_timeout == {"Ref": "FunctionTimeout"}
+    assert TEMPLATE["Globals"]["Function"]["Timeout"] == setting("FunctionTimeout")
     visibility = TEMPLATE["Mappings"]["Timeouts"][timeout]["VisibilityTimeout"]
-    window = PARAMETERS["SqsBatchingWindowSeconds"]["MaxValue"]
+    # The batching window's largest value (3 digits in Settings, Lambda's 300).
+    window = 300
     assert visibility >= 6 * int(timeout) + window
     assert visibility <= 43200, "SQS allows at most 12 hours"
 
 
-def test_every_function_timeout_has_a_visibility_timeout():
-    assert set(TEMPLATE["Mappings"]["Timeouts"]) == set(
-        PARAMETERS["FunctionTimeout"]["AllowedValues"]
-    )
+def visibility_chosen(node, conditions):
+    """The visibility timeout the queue's nested Fn::If picks when exactly
+    `conditions` hold."""
+    while isinstance(node, dict) and "Fn::If" in node:
+        condition, when_true, when_false = node["Fn::If"]
+        node = when_true if condition in conditions else when_false
+    return node["Fn::FindInMap"][1]
+
+
+@pytest.mark.parametrize("timeout", FUNCTION_TIMEOUTS)
+def test_every_function_timeout_picks_its_own_visibility_timeout(timeout):
+    """FindInMap takes no computed key: each TimeoutN condition compares the
+    setting with N, and the queue's Fn::If chain picks Timeouts[N]."""
+    assert set(TEMPLATE["Mappings"]["Timeouts"]) == set(FUNCTION_TIMEOUTS)
+    holding = {
+        name
+        for name, body in TEMPLATE["Conditions"].items()
+        if body == {"Fn::Equals": [setting("FunctionTimeout"), timeout]}
+    }
+    assert visibility_chosen(resource("EventsQueue")["VisibilityTimeout"], holding) == timeout
 
 
 def test_queue_redrives_to_an_encrypted_dead_letter_queue_kept_14_days():
@@ -85,8 +119,8 @@ def test_queue_redrives_to_an_encrypted_dead_letter_queue_kept_14_days():
     assert redrive["deadLetterTargetArn"] == {
         "Fn::GetAtt": ["EventsDeadLetterQueue", "Arn"]
     }
-    assert redrive["maxReceiveCount"] == {"Ref": "MaxReceiveCount"}
-    assert PARAMETERS["MaxReceiveCount"]["Default"] == 5
+    assert redrive["maxReceiveCount"] == setting("MaxReceiveCount")
+    assert SQS_DEFAULTS["MaxReceiveCount"] == "5"
     dlq = resource("EventsDeadLetterQueue")
     assert dlq["SqsManagedSseEnabled"] is True
     assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
@@ -164,14 +198,15 @@ def test_archive_access_is_confined_to_the_prefix():
     for role in ("SqsHandlerRole", "KafkaHandlerRole"):
         for statement in statements(role):
             if "s3:PutObject" in as_list(statement["Action"]):
-                arn, _ = statement["Resource"]["Fn::Sub"]
+                arn, variables = statement["Resource"]["Fn::Sub"]
                 assert arn.endswith("/${S3Prefix}*"), arn
+                assert variables["S3Prefix"] == setting("S3Prefix")
         _, archive_statements = policy_named(role, "archive")
         listing = [s for s in archive_statements if "s3:ListBucket" in as_list(s["Action"])]
         assert listing, role
         for statement in listing:
             assert statement["Condition"]["StringLike"]["s3:prefix"] == {
-                "Fn::Sub": "${S3Prefix}*"
+                "Fn::Join": ["", [setting("S3Prefix"), "*"]]
             }
 
 
@@ -193,7 +228,7 @@ def test_created_stores_are_private_encrypted_and_kept():
 
 def test_kafka_partial_batch_setting_matches_the_mapping():
     env = resource("KafkaHandlerFunction")["Environment"]["Variables"]
-    assert env["TERRA_KAFKA_PARTIAL_BATCH"] == {"Ref": "KafkaPartialBatch"}
+    assert env["TERRA_KAFKA_PARTIAL_BATCH"] == setting("KafkaPartialBatch")
     assert env["TERRA_QUARANTINE_QUEUE_URL"] == {"Ref": "KafkaQuarantineQueue"}
     mapping = resource("KafkaEventSourceMapping")
     for prop in (
@@ -206,11 +241,11 @@ def test_kafka_partial_batch_setting_matches_the_mapping():
         assert condition == "KafkaPartialBatchOn", prop
         assert otherwise == {"Ref": "AWS::NoValue"}, prop
     assert mapping["FunctionResponseTypes"]["Fn::If"][1] == ["ReportBatchItemFailures"]
-    assert TEMPLATE["Conditions"]["KafkaPartialBatchOn"] == {
-        "Fn::Equals": [{"Ref": "KafkaPartialBatch"}, "true"]
+    assert KAFKA["Conditions"]["KafkaPartialBatchOn"] == {
+        "Fn::Equals": [setting("KafkaPartialBatch"), "true"]
     }
-    assert mapping["StartingPosition"] == {"Ref": "KafkaStartingPosition"}
-    assert PARAMETERS["KafkaStartingPosition"]["Default"] == "LATEST"
+    assert mapping["StartingPosition"] == setting("KafkaStartingPosition")
+    assert KAFKA_DEFAULTS["KafkaStartingPosition"] == "LATEST"
 
 
 def test_each_stack_has_its_own_kafka_consumer_group_and_may_read_it():
@@ -235,7 +270,7 @@ def test_functions_log_json_to_log_groups_with_retention():
         logging = resource(function)["LoggingConfig"]
         assert logging["LogFormat"] == "JSON"
         assert logging["LogGroup"] == {"Ref": group}
-        assert resource(group)["RetentionInDays"] == {"Ref": "LogRetentionDays"}
+        assert resource(group)["RetentionInDays"] == setting("LogRetentionDays")
 
 
 def test_alarms_cover_dead_letters_message_age_errors_throttles_and_expired_urls():
@@ -249,9 +284,9 @@ def test_alarms_cover_dead_letters_message_age_errors_throttles_and_expired_urls
         ("AWS/SQS", "ApproximateAgeOfOldestMessage"),
         ("AWS/Lambda", "Errors"),
         ("AWS/Lambda", "Throttles"),
-        (str({"Ref": "MetricsNamespace"}), "RecordsFailedExpired"),
+        (str(setting("MetricsNamespace")), "RecordsFailedExpired"),
     } <= alarms
-    assert PARAMETERS["OldestMessageAlarmSeconds"]["Default"] < 600
+    assert int(SQS_DEFAULTS["OldestMessageAlarmSeconds"]) < 600
 
 
 def test_every_environment_variable_is_one_the_function_reads():
@@ -270,8 +305,10 @@ def test_binaries_are_built_with_cargo_lambda():
         metadata = RESOURCES[function]["Metadata"]
         assert metadata["BuildMethod"] == "rust-cargolambda"
         assert metadata["BuildProperties"]["Binary"] == binary
-    assert TEMPLATE["Globals"]["Function"]["Runtime"] == "provided.al2023"
-    assert PARAMETERS["Architecture"]["Default"] == "arm64"
+    for template in TEMPLATES.values():
+        assert template["Globals"]["Function"]["Runtime"] == "provided.al2023"
+        assert template["Mappings"]["Defaults"]["Settings"]["Architecture"] == "arm64"
+    assert KAFKA["Globals"]["Function"]["CodeUri"] == "..", "built from the same crate"
 
 
 RULE_FUNCTIONS = {
@@ -303,19 +340,10 @@ def functions_in(node):
 def test_rules_use_only_rule_functions():
     """CloudFormation allows only the rule functions in a rule's condition and
     assertions (no Fn::Join, Fn::Sub, ...)."""
-    for name, rule in TEMPLATE["Rules"].items():
-        used = set(functions_in(rule.get("RuleCondition"))) | set(functions_in(rule["Assertions"]))
-        assert used <= RULE_FUNCTIONS, (name, used - RULE_FUNCTIONS)
-
-
-def test_limits_lambda_enforces_are_rules():
-    rules = TEMPLATE["Rules"]
-    window = rules["SqsLargeBatchesHaveAWindow"]
-    assert window["RuleCondition"]["Fn::Not"][0]["Fn::Contains"][0] == [str(n) for n in range(1, 11)]
-    (age,) = rules["KafkaRecordAgeInRange"]["Assertions"]
-    assert age["Assert"]["Fn::Not"][0]["Fn::Contains"][0] == [str(n) for n in range(60)]
-    assert PARAMETERS["KafkaMaximumRecordAgeSeconds"]["MinValue"] == -1
-    assert PARAMETERS["KafkaMaximumRecordAgeSeconds"]["MaxValue"] == 604800
+    for template in TEMPLATES.values():
+        for name, rule in template["Rules"].items():
+            used = set(functions_in(rule.get("RuleCondition"))) | set(functions_in(rule["Assertions"]))
+            assert used <= RULE_FUNCTIONS, (name, used - RULE_FUNCTIONS)
 
 
 def test_replaced_archive_versions_expire():
@@ -361,38 +389,46 @@ def test_customer_managed_keys_get_exactly_what_their_store_needs():
             found_condition, (statement,) = policy_named(role, name)
             assert found_condition == condition, (role, name)
             assert set(as_list(statement["Action"])) == actions, (role, name)
-            assert statement["Resource"] == {"Ref": key}, (role, name)
+            assert statement["Resource"] == setting(key), (role, name)
     condition, (statement,) = policy_named("KafkaHandlerRole", "kafka-credentials-key")
     assert condition == "KafkaSecretHasKey"
     assert (statement["Action"], statement["Resource"]) == (
         "kms:Decrypt",
-        {"Ref": "KafkaSecretKmsKeyArn"},
+        setting("KafkaSecretKmsKeyArn"),
     )
-    (assertion,) = TEMPLATE["Rules"]["MskScramSecretKeyNamed"]["Assertions"]
-    assert assertion["Assert"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "KafkaSecretKmsKeyArn"}, ""]}]}
 
 
 def test_a_source_bucket_is_read_only_and_only_when_named():
-    for role in ("SqsHandlerRole", "KafkaHandlerRole"):
+    # A question in the SQS stack (Terra's access), a setting in Kafka's.
+    for role, bucket in (
+        ("SqsHandlerRole", {"Ref": "TerraSourceBucket"}),
+        ("KafkaHandlerRole", setting("TerraSourceBucket")),
+    ):
+        template = SQS if role == "SqsHandlerRole" else KAFKA
         condition, (read, list_keys) = policy_named(role, "read-terra-source-bucket")
         assert condition == "HasSourceBucket"
-        assert (read["Action"], read["Resource"]) == (
-            "s3:GetObject",
-            {"Fn::Sub": "arn:${AWS::Partition}:s3:::${TerraSourceBucket}/*"},
-        )
-        assert (list_keys["Action"], list_keys["Resource"]) == (
-            "s3:ListBucket",
-            {"Fn::Sub": "arn:${AWS::Partition}:s3:::${TerraSourceBucket}"},
-        )
-    assert TEMPLATE["Conditions"]["HasSourceBucket"] == {
-        "Fn::Not": [{"Fn::Equals": [{"Ref": "TerraSourceBucket"}, ""]}]
-    }
-    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
-    assert variables["TERRA_SOURCE_BUCKETS"] == {"Ref": "TerraSourceBucket"}
-    assert variables["TERRA_SOURCE_BUCKET_OWNER"] == {
-        "Fn::If": ["HasSourceBucket", {"Ref": "AWS::AccountId"}, ""]
-    }
-    assert TEMPLATE["Parameters"]["TerraSourceBucket"]["Default"] == ""
+        if role == "SqsHandlerRole":
+            assert (read["Action"], read["Resource"]) == (
+                "s3:GetObject",
+                {"Fn::Sub": "arn:${AWS::Partition}:s3:::${TerraSourceBucket}/*"},
+            )
+            assert list_keys["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${TerraSourceBucket}"}
+        else:
+            assert (read["Action"], read["Resource"]) == (
+                "s3:GetObject",
+                {"Fn::Sub": ["arn:${AWS::Partition}:s3:::${Bucket}/*", {"Bucket": bucket}]},
+            )
+            assert list_keys["Resource"] == {
+                "Fn::Sub": ["arn:${AWS::Partition}:s3:::${Bucket}", {"Bucket": bucket}]
+            }
+        assert list_keys["Action"] == "s3:ListBucket"
+        assert template["Conditions"]["HasSourceBucket"] == {"Fn::Not": [{"Fn::Equals": [bucket, ""]}]}
+        variables = template["Globals"]["Function"]["Environment"]["Variables"]
+        assert variables["TERRA_SOURCE_BUCKETS"] == bucket
+        assert variables["TERRA_SOURCE_BUCKET_OWNER"] == {
+            "Fn::If": ["HasSourceBucket", {"Ref": "AWS::AccountId"}, ""]
+        }
+    assert SQS["Parameters"]["TerraSourceBucket"]["Default"] == KAFKA_DEFAULTS["TerraSourceBucket"] == ""
 
 
 def test_mappings_report_their_metrics():
@@ -408,9 +444,9 @@ def test_alarms_watch_the_url_clock_and_kafka_lag():
         if body["Type"] == "AWS::CloudWatch::Alarm"
     }
     age = alarms["PayloadAgeAtFetch"]
-    assert age["Namespace"] == {"Ref": "MetricsNamespace"}
+    assert age["Namespace"] == setting("MetricsNamespace")
     assert age["Statistic"] == "Maximum"
-    assert PARAMETERS["PayloadAgeAlarmSeconds"]["Default"] < 600
+    assert int(SQS_DEFAULTS["PayloadAgeAlarmSeconds"]) < 600
     assert alarms["OffsetLag"]["Dimensions"][0]["Value"] == {"Ref": "KafkaHandlerFunction"}
 
 
@@ -442,13 +478,15 @@ def test_the_mappings_discarded_batches_and_the_functions_quarantine_are_apart()
     env = resource("KafkaHandlerFunction")["Environment"]["Variables"]
     assert env["TERRA_QUARANTINE_QUEUE_URL"] == {"Ref": "KafkaQuarantineQueue"}
     condition, (statement,) = policy_named("KafkaHandlerRole", "discarded-batches")
-    assert condition == "KafkaDiscardsBatches"
+    assert condition == "KafkaPartialBatchOn"
     assert statement["Resource"] == {"Fn::GetAtt": ["KafkaDiscardedBatchesQueue", "Arn"]}
 
 
 def test_self_managed_kafka_authenticates_as_chosen_with_an_optional_root_ca():
-    chosen = PARAMETERS["SelfManagedKafkaAuthentication"]
-    assert set(chosen["AllowedValues"]) == {
+    chosen = re.search(
+        r"SelfManagedKafkaAuthentication=\(([A-Z0-9_|]+)\)", KAFKA["Parameters"]["Settings"]["AllowedPattern"]
+    ).group(1)
+    assert set(chosen.split("|")) == {
         "BASIC_AUTH",
         "SASL_SCRAM_256_AUTH",
         "SASL_SCRAM_512_AUTH",
@@ -457,7 +495,7 @@ def test_self_managed_kafka_authenticates_as_chosen_with_an_optional_root_ca():
     condition, configs, _ = resource("KafkaEventSourceMapping")["SourceAccessConfigurations"]["Fn::If"]
     assert condition == "UseSelfManagedKafka"
     auth, root_ca, *_vpc = configs
-    assert auth == {"Type": {"Ref": "SelfManagedKafkaAuthentication"}, "URI": {"Ref": "KafkaSecretArn"}}
+    assert auth == {"Type": setting("SelfManagedKafkaAuthentication"), "URI": {"Ref": "KafkaSecretArn"}}
     ca_condition, ca, otherwise = root_ca["Fn::If"]
     assert (ca_condition, ca["Type"], otherwise) == (
         "KafkaHasRootCa",
@@ -465,12 +503,11 @@ def test_self_managed_kafka_authenticates_as_chosen_with_an_optional_root_ca():
         {"Ref": "AWS::NoValue"},
     )
     condition, (statement,) = policy_named("KafkaHandlerRole", "kafka-root-ca")
-    assert (condition, statement["Resource"]) == ("KafkaHasRootCa", {"Ref": "KafkaRootCaSecretArn"})
+    assert (condition, statement["Resource"]) == ("KafkaHasRootCa", setting("KafkaRootCaSecretArn"))
 
 
 SELF_MANAGED = {
-    "KafkaSource": "self-managed",
-    "KafkaBootstrapServers": "b-1.kafka.internal:9096",
+    "KafkaBrokers": "b-1.kafka.internal:9096,b-2.kafka.internal:9096",
     "KafkaSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:terra-kafka-AbCdEf",
 }
 
@@ -480,7 +517,9 @@ def deployed_kafka(overrides):
     names, as CloudFormation would create them with these parameters."""
     import local_stack
 
-    template, _ = local_stack.resolved_template(dict(SELF_MANAGED, **overrides))
+    template, _ = local_stack.resolved_template(
+        dict(SELF_MANAGED, **overrides), path=local_stack.KAFKA_TEMPLATE
+    )
     resources = template["Resources"]
     mapping = resources["KafkaEventSourceMapping"]["Properties"]
     policies = [p["PolicyName"] for p in resources["KafkaHandlerRole"]["Properties"]["Policies"]]
@@ -488,48 +527,150 @@ def deployed_kafka(overrides):
 
 
 def test_self_managed_kafka_in_a_vpc_polls_from_its_subnets():
-    configurations, policies = deployed_kafka(
-        {
-            "SelfManagedKafkaSubnet1": "subnet-0a1",
-            "SelfManagedKafkaSubnet2": "subnet-0b2",
-            "SelfManagedKafkaSecurityGroup": "sg-0c3",
-        }
-    )
-    assert configurations == [
-        {"Type": {"Ref": "SelfManagedKafkaAuthentication"}, "URI": {"Ref": "KafkaSecretArn"}},
-        {"Type": "VPC_SUBNET", "URI": {"Fn::Sub": "subnet:${SelfManagedKafkaSubnet1}"}},
-        {"Type": "VPC_SUBNET", "URI": {"Fn::Sub": "subnet:${SelfManagedKafkaSubnet2}"}},
-        {
-            "Type": "VPC_SECURITY_GROUP",
-            "URI": {"Fn::Sub": "security_group:${SelfManagedKafkaSecurityGroup}"},
-        },
+    import local_stack
+
+    overrides = {"Settings": "SelfManagedKafkaSubnets=subnet-0a1,subnet-0b2 SelfManagedKafkaSecurityGroup=sg-0c3"}
+    configurations, policies = deployed_kafka(overrides)
+    _, parameters = local_stack.resolved_template(dict(SELF_MANAGED, **overrides), path=local_stack.KAFKA_TEMPLATE)
+    resolved = [
+        {name: local_stack.value(v, parameters, KAFKA["Mappings"]) for name, v in c.items()}
+        for c in configurations
+    ]
+    assert resolved == [
+        {"Type": "BASIC_AUTH", "URI": SELF_MANAGED["KafkaSecretArn"]},
+        {"Type": "VPC_SUBNET", "URI": "subnet:subnet-0a1"},
+        {"Type": "VPC_SUBNET", "URI": "subnet:subnet-0b2"},
+        {"Type": "VPC_SECURITY_GROUP", "URI": "security_group:sg-0c3"},
     ]
     assert "kafka-vpc" in policies
 
 
 def test_self_managed_kafka_on_the_internet_needs_no_vpc():
     configurations, policies = deployed_kafka({})
-    assert [c["Type"] for c in configurations] == [{"Ref": "SelfManagedKafkaAuthentication"}]
+    assert [c["Type"] for c in configurations] == ["BASIC_AUTH"]
     assert "kafka-vpc" not in policies
 
 
-def test_self_managed_kafka_subnets_come_with_a_security_group():
-    (rule,) = [
-        a
-        for a in TEMPLATE["Rules"]["SelfManagedKafkaReachable"]["Assertions"]
-        if "SelfManagedKafkaSecurityGroup" in str(a["Assert"])
-    ]
-    assert "SelfManagedKafkaSubnet1" in str(rule["Assert"])
-    for name in ("SelfManagedKafkaSubnet1", "SelfManagedKafkaSubnet2", "SelfManagedKafkaSubnet3"):
-        assert PARAMETERS[name]["AllowedPattern"] == "^(subnet-[0-9a-f]+)?$"
-    assert PARAMETERS["SelfManagedKafkaSecurityGroup"]["AllowedPattern"] == "^(sg-[0-9a-f]+)?$"
+def test_an_msk_cluster_arn_means_msk_with_iam_unless_a_secret_is_given():
+    import local_stack
+
+    cluster = "arn:aws:kafka:us-east-1:123456789012:cluster/terra/abc-1"
+    for secret, policy in (("", "msk-iam-read"), (SELF_MANAGED["KafkaSecretArn"], "kafka-credentials")):
+        template, _ = local_stack.resolved_template(
+            {"KafkaBrokers": cluster, "KafkaSecretArn": secret}, path=local_stack.KAFKA_TEMPLATE
+        )
+        mapping = template["Resources"]["KafkaEventSourceMapping"]["Properties"]
+        assert mapping["EventSourceArn"] == {"Ref": "KafkaBrokers"}
+        assert "SelfManagedEventSource" not in mapping
+        policies = [p["PolicyName"] for p in template["Resources"]["KafkaHandlerRole"]["Properties"]["Policies"]]
+        assert policy in policies and "msk-poller" in policies, policies
 
 
 def test_the_console_form_groups_and_labels_every_parameter_once():
-    interface = TEMPLATE["Metadata"]["AWS::CloudFormation::Interface"]
-    grouped = [name for group in interface["ParameterGroups"] for name in group["Parameters"]]
-    assert sorted(grouped) == sorted(PARAMETERS), set(grouped) ^ set(PARAMETERS)
-    assert len(grouped) == len(set(grouped)), "a parameter in two groups"
-    labels = interface["ParameterLabels"]
-    assert set(labels) == set(PARAMETERS)
-    assert all(label["default"].strip() for label in labels.values())
+    for name, template in TEMPLATES.items():
+        parameters = template["Parameters"]
+        interface = template["Metadata"]["AWS::CloudFormation::Interface"]
+        grouped = [p for group in interface["ParameterGroups"] for p in group["Parameters"]]
+        assert sorted(grouped) == sorted(parameters), (name, set(grouped) ^ set(parameters))
+        assert len(grouped) == len(set(grouped)), f"{name}: a parameter in two groups"
+        labels = interface["ParameterLabels"]
+        assert set(labels) == set(parameters), name
+        assert all(label["default"].strip() for label in labels.values())
+
+
+def setting_reads(node):
+    """Every Fn::Join that merges Settings with a default, anywhere in `node`."""
+    if isinstance(node, dict):
+        joined = node.get("Fn::Join", [None, None])[1]
+        if isinstance(joined, list) and {"Ref": "Settings"} in joined:
+            yield node
+        for value in node.values():
+            yield from setting_reads(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from setting_reads(value)
+
+
+def idioms(node):
+    """Every read of a setting in `node`: the key, and whether it is the
+    whole idiom (a hand-edited variant would read the wrong value)."""
+    if isinstance(node, dict):
+        for key in re.findall(r"\{'Fn::FindInMap': \['Defaults', 'Settings', '(\w+)'\]\}", str(node))[:1]:
+            if node == setting(key):
+                yield key, True
+                return
+        for value in node.values():
+            yield from idioms(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from idioms(value)
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_every_setting_is_read_with_the_one_idiom_and_every_default_is_read(name):
+    template = TEMPLATES[name]
+    defaults = template["Mappings"]["Defaults"]["Settings"]
+    body = {k: template[k] for k in ("Conditions", "Globals", "Resources", "Outputs")}
+    merges = list(setting_reads(body))
+    whole = list(idioms(body))
+    assert len(merges) == len(whole), "a setting read outside the idiom"
+    assert {key for key, _ in whole} == set(defaults), set(defaults) ^ {key for key, _ in whole}
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_settings_admits_every_key_at_its_default_and_refuses_the_unknown(name):
+    template = TEMPLATES[name]
+    pattern = re.compile(template["Parameters"]["Settings"]["AllowedPattern"])
+    defaults = template["Mappings"]["Defaults"]["Settings"]
+    keys = set(re.findall(r"[(|]([A-Z][A-Za-z0-9]+)=", template["Parameters"]["Settings"]["AllowedPattern"]))
+    assert keys == set(defaults), keys ^ set(defaults)
+    everything = " ".join(f"{k}={v}" for k, v in defaults.items())
+    assert pattern.fullmatch(everything), everything
+    assert pattern.fullmatch("")
+    assert pattern.fullmatch("  FunctionMemory=1024   FetchConcurrency=64 ")
+    for refused in ("FunctionMemory=1024,FetchConcurrency=64", "Memory=1024", "FunctionMemory=lots",
+                    "FunctionMemory=1024FetchConcurrency=64", "FunctionTimeout=45"):
+        assert not pattern.fullmatch(refused), refused
+
+
+def test_both_stacks_create_the_same_stores_and_alarm_topic():
+    shared = set(SQS["Resources"]) & set(KAFKA["Resources"])
+    assert shared >= {"ArchiveBucket", "ArchiveBucketPolicy", "RecordsTable", "AlarmTopic",
+                      "ArchiveDatabase", "ArchivePayloadsTable", "AthenaResultsBucket", "ArchiveWorkGroup"}
+    for name in shared:
+        assert SQS["Resources"][name] == KAFKA["Resources"][name], name
+    for section in ("Conditions",):
+        for name in set(SQS[section]) & set(KAFKA[section]):
+            if name != "HasSourceBucket":  # a question in one, a setting in the other
+                assert SQS[section][name] == KAFKA[section][name], name
+    for key in set(SQS_DEFAULTS) & set(KAFKA_DEFAULTS):
+        assert SQS_DEFAULTS[key] == KAFKA_DEFAULTS[key], key
+
+
+def test_the_kafka_stack_creates_no_sqs_path_and_the_sqs_stack_no_kafka_path():
+    kafka_types = {body["Type"] for body in KAFKA["Resources"].values()}
+    assert "AWS::IAM::User" not in kafka_types
+    assert not [n for n in KAFKA["Resources"] if n.startswith(("Events", "SqsHandler", "TerraSender"))]
+    assert not [n for n in SQS["Resources"] if n.startswith("Kafka")]
+    assert all(queue.startswith("Kafka") for queue, body in KAFKA["Resources"].items() if body["Type"] == "AWS::SQS::Queue")
+
+
+@pytest.mark.parametrize(
+    "template, function",
+    [("template.yaml", "SqsHandlerFunction"), ("kafka/template.yaml", "KafkaHandlerFunction")],
+)
+def test_sam_build_reads_the_architecture_and_size_out_of_settings(template, function):
+    """`sam build` resolves the function's architecture itself (it picks the
+    compiler target from it): through the Settings idiom, by default and
+    with an override, as the docs' x86_64 build says."""
+    from samcli.lib.providers.sam_function_provider import SamFunctionProvider
+    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
+
+    def built(overrides):
+        stacks, _ = SamLocalStackProvider.get_stacks(str(ROOT / template), parameter_overrides=overrides)
+        (found,) = [f for f in SamFunctionProvider(stacks).get_all() if f.name == function]
+        return found.architectures, str(found.memory)
+
+    assert built({"KafkaBrokers": "b-1:9096"}) == (["arm64"], "512")
+    tuned = {"KafkaBrokers": "b-1:9096", "Settings": "Architecture=x86_64 FunctionMemory=1024"}
+    assert built(tuned) == (["x86_64"], "1024")

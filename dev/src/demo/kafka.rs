@@ -28,7 +28,7 @@ pub struct KafkaFaults {
     /// its function timeout, Kafka batch size and retry limit, its function
     /// environment, and a URL lifetime scaled the same way.
     pub production_ratios: bool,
-    /// Also in the stack `template.yaml` creates for self-managed Kafka,
+    /// Also in the stack `kafka/template.yaml` creates for self-managed Kafka,
     /// deployed into moto with IAM enforced: the function's environment and
     /// role, its bucket, table and quarantine queue, and the mapping's
     /// settings as the template would create it (moto cannot).
@@ -96,15 +96,14 @@ impl KafkaReport {
 pub async fn run(scenario: &KafkaScenario) -> KafkaReport {
     let mut moto = Moto::start().await;
     let stack = if scenario.faults.in_the_stack {
-        let partial_batch = scenario.partial_batch.to_string();
+        let settings = format!("KafkaPartialBatch={}", scenario.partial_batch);
         let parameters = [
-            ("KafkaSource", "self-managed"),
-            ("KafkaBootstrapServers", "b-1.kafka.internal:9096"),
+            ("KafkaBrokers", "b-1.kafka.internal:9096"),
             (
                 "KafkaSecretArn",
                 "arn:aws:secretsmanager:us-east-1:123456789012:secret:terra-kafka-AbCdEf",
             ),
-            ("KafkaPartialBatch", partial_batch.as_str()),
+            ("Settings", settings.as_str()),
         ];
         Some(LocalStack::deploy_for(&mut moto, "KafkaHandlerFunction", &parameters).await)
     } else {

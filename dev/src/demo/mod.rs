@@ -378,7 +378,12 @@ impl Deployment {
             prefix: variable("TERRA_S3_PREFIX"),
             queue_url: queue.url,
             dead_letter_queue_url: queue.dead_letter_queue_url,
-            terra_sqs: moto.sqs_as(stack.terra_sender.clone()),
+            terra_sqs: moto.sqs_as(
+                stack
+                    .terra_sender
+                    .clone()
+                    .expect("the SQS stack creates Terra's sender"),
+            ),
             mapping_sqs: moto.sqs_as(stack.function.credentials.clone()),
             mapping: MappingSettings {
                 batch_size: mapping.batch_size,
