@@ -10,8 +10,12 @@ Where moto 5.2 differs from CloudFormation, the difference is made up here:
   CloudFormation converts it for an integer property (a batch size), so
   settings are read out of Settings here first, from the same parameters.
 - It drops an IAM user's inline `Policies` and keeps a role's in a form its
-  own evaluator cannot read, so the template's documents are put back
-  through the IAM API, their references resolved from the stack.
+  own evaluator cannot read, and creates no queue policy
+  (`AWS::SQS::QueuePolicy`), so the template's documents are put back
+  through the IAM and SQS APIs, their references resolved from the stack.
+- Terra's AWS account is not in moto: a role of moto's account, with no
+  policy of its own, stands in for Terra's principal (`TERRA_STAND_IN`),
+  so that only the queue policy can let it in.
 
 Run as a program against a moto server (`make demo` and the stack tests do),
 it deploys the stack, reads back what the local run needs, switches IAM
@@ -111,6 +115,8 @@ def value(node, parameters, mappings):
             index, items = args
             items = value(items, parameters, mappings) if isinstance(items, dict) else items
             return items[int(index)]
+    if isinstance(node, dict):
+        raise ValueError(f"not computed from parameters alone: {node!r}")
     return str(node)
 
 
@@ -121,7 +127,7 @@ def _settings_read(node, context):
         if set(node) == {"Fn::Select"}:
             try:
                 result = value(node, *context)
-            except KeyError:  # names a resource: CloudFormation's to resolve
+            except (KeyError, ValueError):  # names a resource: CloudFormation's to resolve
                 result = None
             if isinstance(result, str):
                 return int(result) if re.fullmatch(r"-?[0-9]+", result) else result
@@ -148,8 +154,10 @@ def _strip(node, truth):
     return node
 
 
-def setting(key, parameters, mappings):
-    """Setting `key` as the template reads it from these parameters."""
+def setting_read(key):
+    """How a template reads setting `key` out of Settings (the templates'
+    "How settings work"): the deployer's pairs, then the default, and the
+    first value after " key=" in them."""
     merged = {
         "Fn::Join": [
             "",
@@ -157,7 +165,12 @@ def setting(key, parameters, mappings):
         ]
     }
     after = {"Fn::Select": [1, {"Fn::Split": [f" {key}=", merged]}]}
-    return value({"Fn::Select": [0, {"Fn::Split": [" ", after]}]}, parameters, mappings)
+    return {"Fn::Select": [0, {"Fn::Split": [" ", after]}]}
+
+
+def setting(key, parameters, mappings):
+    """Setting `key` as the template reads it from these parameters."""
+    return value(setting_read(key), parameters, mappings)
 
 
 def resolved_template(overrides=None, without=(), path=SQS_TEMPLATE):
@@ -321,10 +334,20 @@ class Stack:
             yield policy["PolicyName"], json.dumps(document)
 
     def restore_policies(self):
-        """Puts every user's and role's inline policies back as the template
-        writes them (moto's CloudFormation loses them)."""
+        """Puts every user's and role's inline policies, and every queue
+        policy, back as the template writes them (moto's CloudFormation loses
+        them)."""
         iam = self.admin.client("iam")
+        sqs = self.admin.client("sqs")
         for logical_id, resource in self.template["Resources"].items():
+            if resource["Type"] == "AWS::SQS::QueuePolicy":
+                properties = self.references.resolve(resource["Properties"])
+                for queue_url in properties["Queues"]:
+                    sqs.set_queue_attributes(
+                        QueueUrl=queue_url,
+                        Attributes={"Policy": json.dumps(properties["PolicyDocument"])},
+                    )
+                continue
             physical = self.references.ref(logical_id)
             if resource["Type"] == "AWS::IAM::User":
                 for name, document in self.policies(logical_id):
@@ -354,6 +377,43 @@ def enforce_iam(url):
 
 
 OBSERVER = "terra-sink-local-observer"
+# Stands in for Terra's principal (TerraAccess): a role with no policy of
+# its own, which anyone in moto's account may assume.
+TERRA_STAND_IN = "terra-stand-in"
+
+
+def terra_stand_in(admin):
+    """Creates the role standing in for Terra's principal; returns its ARN."""
+    iam = admin.client("iam")
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": f"arn:aws:iam::{PSEUDO['AWS::AccountId']}:root"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    return iam.create_role(RoleName=TERRA_STAND_IN, AssumeRolePolicyDocument=json.dumps(trust))[
+        "Role"
+    ]["Arn"]
+
+
+def as_terra(admin, terra_access):
+    """Credentials Terra would send with: the stand-in role's session, or a
+    key created for the stack's sender user (TerraAccess access-key)."""
+    if terra_access["user"]:
+        key = admin.client("iam").create_access_key(UserName=terra_access["user"])["AccessKey"]
+        return _key(key)
+    credentials = admin.client("sts").assume_role(
+        RoleArn=terra_access["role"], RoleSessionName="terra"
+    )["Credentials"]
+    return {
+        "access_key_id": credentials["AccessKeyId"],
+        "secret_access_key": credentials["SecretAccessKey"],
+        "session_token": credentials["SessionToken"],
+    }
 
 
 # moto cannot create a Kafka event source mapping (it wants an SQS, Kinesis
@@ -372,12 +432,15 @@ LOOPBACK_PAYLOAD_URLS = {
 
 def local_deployment(url, function="SqsHandlerFunction", overrides=None):
     """Deploys the stack of `function` (template_of) with these parameter
-    `overrides` into the moto server at `url` and returns what a local run of `function` needs, all
-    read back from the stack:
+    `overrides` into the moto server at `url` and returns what a local run
+    of `function` needs, all read back from the stack:
 
     - `outputs`: the stack's outputs;
-    - `terra_sender`: an access key created for `TerraSenderUser`, as the
-      docs tell users to create one for Terra (the SQS stack only);
+    - `terra_sender` (the SQS stack only): what Terra sends with, by
+      default a session of the role standing in for Terra's principal
+      (`TERRA_STAND_IN`, given to the stack as `TerraAccess`), with
+      `TerraAccess=access-key` a key created for `TerraSenderUser`, as the
+      docs tell users to create one;
     - `function`: name, role, timeout, memory and environment from
       Lambda's GetFunctionConfiguration (log settings from the function's
       resource, which moto does not keep), and `credentials` for its role
@@ -399,13 +462,19 @@ def local_deployment(url, function="SqsHandlerFunction", overrides=None):
     overrides = overrides or {}
     path = template_of(function)
     kafka = path == KAFKA_TEMPLATE
+    terra_role = None
+    if not kafka and overrides.get("TerraAccess") != "access-key":
+        terra_role = terra_stand_in(admin)
+        overrides = {"TerraAccess": terra_role, **overrides}
     stack = Stack(admin, overrides=overrides, without=(KAFKA_MAPPING,) if kafka else (), path=path)
     stack.restore_policies()
     iam = admin.client("iam")
     sender = (
         None
         if kafka
-        else iam.create_access_key(UserName=stack.outputs["TerraSenderUserName"])["AccessKey"]
+        else as_terra(
+            admin, {"role": terra_role, "user": stack.outputs.get("TerraSenderUserName")}
+        )
     )
     iam.create_user(UserName=OBSERVER)
     iam.put_user_policy(
@@ -474,7 +543,7 @@ def local_deployment(url, function="SqsHandlerFunction", overrides=None):
         **sqs_source,
         "kafka_mapping": kafka_mapping,
         "outputs": stack.outputs,
-        "terra_sender": _key(sender) if sender else None,
+        "terra_sender": sender,
         "observer": _key(observer),
         "function": {
             "name": configuration["FunctionName"],

@@ -14,6 +14,11 @@ template tests start the server through this file.
   AWS does. moto checked them against `*`, so a policy scoped to the table
   allowed nothing and one naming another table was never denied.
 - `GetQueueUrl` is checked against the queue it names, not `*`.
+- A queue's policy grants what it says, as AWS evaluates a resource policy
+  within an account: a call no identity policy allows (and none denies) is
+  allowed when the queue's policy allows the caller (an assumed role's
+  session by its role's ARN) that action on that queue. moto read identity
+  policies only, so a queue policy granting a role allowed nothing.
 - A GET or HEAD is signed over an empty payload, as SigV4 says. moto
   hashed what it parsed of the request instead, which for Lambda's REST
   calls (`GetFunctionConfiguration`) is its headers, so no Lambda read ever
@@ -38,10 +43,16 @@ from urllib.parse import parse_qsl, quote, urlparse
 
 from moto.core.authorization import ActionAuthenticatorMixin
 from moto.dynamodb.responses import DynamoHandler
-from moto.iam.access_control import IAMRequestBase
+from moto.iam.access_control import (
+    AssumedRoleAccessKey,
+    IAMPolicy,
+    IAMRequestBase,
+    PermissionResult,
+)
 from moto.s3.responses import S3Response
 from moto.server import main
 from moto.sqs.exceptions import QueueDoesNotExist
+from moto.sqs.models import sqs_backends
 from moto.sqs.responses import SQSResponse
 
 BATCHED_ACTIONS = {
@@ -54,6 +65,7 @@ _authenticate_and_authorize = ActionAuthenticatorMixin._authenticate_and_authori
 _iam_request_init = IAMRequestBase.__init__
 _check_signature = IAMRequestBase.check_signature
 _create_aws_request = IAMRequestBase._create_aws_request
+_check_action_permitted = IAMRequestBase.check_action_permitted
 _sqs_resource = SQSResponse._determine_resource
 _s3_serialized = S3Response.serialized
 
@@ -166,6 +178,36 @@ def _sqs_queue_also_by_name(self):
     return _sqs_resource(self)
 
 
+def _caller_as_a_principal(access_key):
+    """The caller as a resource policy names it: a role's session by its role."""
+    if isinstance(access_key, AssumedRoleAccessKey):
+        return f"arn:{access_key.partition}:iam::{access_key.account_id}:role/{access_key._owner_role_name}"
+    return access_key.arn
+
+
+def _queue_policy_allows(request, resource):
+    if not request._action.startswith("sqs:") or not resource.startswith("arn:"):
+        return False
+    _, partition, _, region, account, name = resource.split(":", 5)
+    try:
+        queue = sqs_backends[account][region].get_queue(name)
+    except (KeyError, QueueDoesNotExist):
+        return False
+    if not queue.policy:
+        return False
+    principal = _caller_as_a_principal(request._access_key)
+    result = IAMPolicy(queue.policy).is_action_permitted(request._action, resource, principal)
+    return result == PermissionResult.PERMITTED
+
+
+def _check_action_permitted_with_queue_policies(self, resource):
+    identity = [IAMPolicy(p).is_action_permitted(self._action, resource) for p in self._access_key.collect_policies()]
+    if PermissionResult.DENIED not in identity and PermissionResult.PERMITTED not in identity:
+        if _queue_policy_allows(self, resource):
+            return
+    _check_action_permitted(self, resource)
+
+
 def _s3_serialized_with_s3_roots(self, *args, **kwargs):
     status, headers, body = _s3_serialized(self, *args, **kwargs)
     if self.data.get("Action") == "CompleteMultipartUpload" and isinstance(body, (str, bytes)):
@@ -190,6 +232,7 @@ ActionAuthenticatorMixin._authenticate_and_authorize_action = _authenticate_and_
 IAMRequestBase._create_aws_request = _aws_request_of_an_empty_body_too
 IAMRequestBase.__init__ = _iam_request_init_presigned_too
 IAMRequestBase.check_signature = _check_signature_presigned_too
+IAMRequestBase.check_action_permitted = _check_action_permitted_with_queue_policies
 DynamoHandler._determine_resource = _dynamodb_table
 SQSResponse._determine_resource = _sqs_queue_also_by_name
 S3Response.serialized = _s3_serialized_with_s3_roots

@@ -15,6 +15,7 @@ use support::now_ms;
 use support::payload_server::Behaviour;
 use support::payload_server::PRESIGNED_QUERY;
 use support::runtime_api::{HandlerProcess, InvocationResult};
+use terra_sink_dev::deployed::Deployed;
 use terra_sink_dev::logs::record_failures;
 
 fn gzip(body: &[u8]) -> Vec<u8> {
@@ -215,6 +216,17 @@ async fn hostile_queue_messages_are_refused_before_any_request() {
             "not-allowed-host",
             pointer(&url("https://attacker.example/a.json")),
         ),
+        // Under amazonaws.com, but not S3: the template's allow-list names S3.
+        (
+            "api-gateway",
+            pointer(&url(
+                "https://abc123.execute-api.us-east-1.amazonaws.com/prod/a.json",
+            )),
+        ),
+        (
+            "sts",
+            pointer("https://sts.amazonaws.com/?Action=GetCallerIdentity&Version=2011-06-15"),
+        ),
         ("localhost-name", pointer(&url("https://localhost/a.json"))),
         (
             "url-not-a-string",
@@ -229,14 +241,20 @@ async fn hostile_queue_messages_are_refused_before_any_request() {
             json!({"type": "rm -rf", "url": url("https://b.s3.amazonaws.com/a")}).to_string(),
         ),
     ];
+    // The template's own allow-list, plus names the address checks must
+    // refuse even when listed.
+    let deployed = Deployed::from_template();
+    let (_, template_hosts) = deployed
+        .environment
+        .iter()
+        .find(|(name, _)| name == "TERRA_ALLOWED_URL_HOSTS")
+        .expect("the template sets TERRA_ALLOWED_URL_HOSTS");
+    let allowed = format!("{template_hosts},localhost,2130706433,169.254.169.254");
     let (classes, everything) = run(
         &bed,
         &[
             ("TERRA_ALLOW_INSECURE_URLS", "false"),
-            (
-                "TERRA_ALLOWED_URL_HOSTS",
-                "*.amazonaws.com,localhost,2130706433,169.254.169.254",
-            ),
+            ("TERRA_ALLOWED_URL_HOSTS", &allowed),
         ],
         &records,
     )
@@ -253,6 +271,8 @@ async fn hostile_queue_messages_are_refused_before_any_request() {
         "file-scheme",
         "odd-port",
         "not-allowed-host",
+        "api-gateway",
+        "sts",
         "localhost-name",
     ];
     let mut expected: Vec<(&str, &str, &str)> = refused

@@ -1,8 +1,8 @@
 //! The stack `template.yaml` creates (or `kafka/template.yaml`, for the Kafka
 //! function), deployed into a moto server by `dev/local_stack.py` and read
 //! back through the services' own APIs: the function's configuration and
-//! role, its event source mapping, the queue's attributes, and an access key
-//! for Terra. When [`LocalStack::deploy`]
+//! role, its event source mapping, the queue's attributes, and credentials
+//! Terra would send with. When [`LocalStack::deploy`]
 //! returns, moto enforces IAM: every later call is checked against its
 //! caller's policies.
 
@@ -21,8 +21,10 @@ use crate::runtime_api::{HandlerPool, lambda_environment};
 #[derive(Debug, Clone)]
 pub struct LocalStack {
     pub outputs: BTreeMap<String, String>,
-    /// The key created for the SQS stack's `TerraSenderUser` (the Kafka
-    /// stack has none: Terra reaches its brokers, not this account).
+    /// What Terra sends to the SQS stack's queue with: a session of the role
+    /// standing in for Terra's principal, which only the queue policy lets
+    /// in (or, with `TerraAccess=access-key`, a key of `TerraSenderUser`).
+    /// The Kafka stack has none: Terra reaches its brokers, not this account.
     pub terra_sender: Option<Credentials>,
     /// A key allowed everything, for the harness to look on with.
     pub observer: Credentials,

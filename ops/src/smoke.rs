@@ -113,8 +113,8 @@ pub fn check_url_policy(config: &Config, url: &Url) -> Result<(), SmokeError> {
         SmokeError::Setup(format!(
             "the function's URL policy refuses the archive bucket's pre-signed URL {shown} \
              ({violation}). TERRA_ALLOWED_URL_HOSTS (the template's AllowedUrlHosts setting) is \
-             {allowed}; Terra's payloads and this check both need S3's hosts, such as \
-             *.amazonaws.com"
+             {allowed}; Terra's payloads and this check both need S3's hosts: add s3 \
+             (any S3 endpoint and its buckets)"
         ))
     })
 }
@@ -600,10 +600,7 @@ mod tests {
         );
         let default = config(&[
             ("TERRA_S3_BUCKET", "archive"),
-            (
-                "TERRA_ALLOWED_URL_HOSTS",
-                "*.amazonaws.com,storage.googleapis.com",
-            ),
+            ("TERRA_ALLOWED_URL_HOSTS", "s3,storage.googleapis.com"),
         ]);
         check_url_policy(&default, &url).expect("the template's default allows S3");
     }

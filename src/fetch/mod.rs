@@ -3,6 +3,7 @@
 //! limit enforced while streaming, and failure classification.
 
 pub mod own_bucket;
+mod s3_endpoint;
 mod url_policy;
 
 use std::error::Error as StdError;

@@ -16,12 +16,19 @@ pub enum HostPattern {
     Exact(String),
     /// `*.example.com`: any host below example.com (not example.com itself).
     Subdomains(String),
+    /// `s3`: any host Amazon S3 serves objects at, in any region,
+    /// virtual-hosted or path-style, dual-stack too, and nothing else under
+    /// amazonaws.com (not STS, API Gateway or any other service).
+    AmazonS3,
 }
 
 impl HostPattern {
     /// Parses one allow-list entry; `None` when it cannot name a host.
     pub fn parse(entry: &str) -> Option<Self> {
         let entry = entry.trim().trim_end_matches('.').to_ascii_lowercase();
+        if entry == "s3" {
+            return Some(HostPattern::AmazonS3);
+        }
         let (pattern, host) = match entry.strip_prefix("*.") {
             Some(suffix) => (
                 HostPattern::Subdomains(suffix.to_owned()),
@@ -43,6 +50,7 @@ impl HostPattern {
             HostPattern::Subdomains(suffix) => host
                 .strip_suffix(suffix.as_str())
                 .is_some_and(|label| label.len() > 1 && label.ends_with('.')),
+            HostPattern::AmazonS3 => super::s3_endpoint::serves_objects(host),
         }
     }
 }
@@ -53,6 +61,7 @@ impl std::fmt::Display for HostPattern {
         match self {
             HostPattern::Exact(host) => f.write_str(host),
             HostPattern::Subdomains(suffix) => write!(f, "*.{suffix}"),
+            HostPattern::AmazonS3 => f.write_str("s3"),
         }
     }
 }
@@ -343,6 +352,41 @@ mod tests {
                 "{s} must be refused"
             );
         }
+    }
+
+    #[test]
+    fn the_s3_keyword_admits_s3_in_every_form_and_no_other_aws_service() {
+        let policy = UrlPolicy {
+            allowed_hosts: Some(vec![
+                HostPattern::parse("s3").expect("valid"),
+                HostPattern::parse("storage.googleapis.com").expect("valid"),
+            ]),
+            ..strict()
+        };
+        for s in [
+            "https://terra-payloads.s3.us-east-1.amazonaws.com/a.json",
+            "https://s3.eu-central-1.amazonaws.com/terra-payloads/a.json",
+            "https://terra-payloads.s3.dualstack.ap-south-1.amazonaws.com/a.json",
+            "https://terra-payloads.s3.amazonaws.com/a.json",
+            "https://storage.googleapis.com/terra/a.json",
+        ] {
+            assert_eq!(policy.check_url(&url(s)), Ok(()), "{s}");
+        }
+        for s in [
+            "https://abc123.execute-api.us-east-1.amazonaws.com/prod/a.json",
+            "https://sts.amazonaws.com/?Action=GetCallerIdentity",
+            "https://lambda.us-east-1.amazonaws.com/2015-03-31/functions",
+            "https://s3.us-east-1.amazonaws.com.evil.example/a.json",
+        ] {
+            assert!(
+                matches!(
+                    policy.check_url(&url(s)),
+                    Err(PolicyViolation::HostNotAllowed(_))
+                ),
+                "{s} must be refused"
+            );
+        }
+        assert_eq!(HostPattern::AmazonS3.to_string(), "s3");
     }
 
     #[test]

@@ -68,28 +68,80 @@ def denied(call):
     assert response["ResponseMetadata"]["HTTPStatusCode"] == 403, response
 
 
-def test_terra_can_send_to_its_queue_and_nothing_else(moto_server):
-    stack = Stack(Endpoint(moto_server))
+def terra_may_only_send(moto_server, terra, outputs, other_queue):
+    """What Terra's credentials may do once IAM is enforced: send to its
+    queue and look it up, nothing else."""
+    sqs = terra.client("sqs")
+    queue_name = outputs["QueueUrl"].rsplit("/", 1)[1]
+    assert sqs.get_queue_url(QueueName=queue_name)["QueueUrl"].endswith(queue_name)
+    denied(lambda: sqs.get_queue_url(QueueName="not-terras"))
+    sqs.send_message(QueueUrl=outputs["QueueUrl"], MessageBody='{"type":"healthcheck"}')
+    denied(lambda: sqs.receive_message(QueueUrl=outputs["QueueUrl"]))
+    denied(lambda: sqs.purge_queue(QueueUrl=outputs["QueueUrl"]))
+    denied(lambda: sqs.set_queue_attributes(QueueUrl=outputs["QueueUrl"], Attributes={"DelaySeconds": "1"}))
+    denied(lambda: sqs.send_message(QueueUrl=other_queue, MessageBody="{}"))
+    denied(lambda: sqs.send_message(QueueUrl=outputs["DeadLetterQueueUrl"], MessageBody="{}"))
+    denied(lambda: terra.client("s3").list_objects_v2(Bucket=outputs["BucketName"]))
+    denied(
+        lambda: terra.client("s3").put_object(Bucket=outputs["BucketName"], Key="terra/x.json", Body=b"{}")
+    )
+    item = {"pk": {"S": "USER#1"}, "sk": {"S": "PROFILE"}}
+    denied(lambda: terra.client("dynamodb").get_item(TableName=outputs["TableName"], Key=item))
+    denied(lambda: terra.client("dynamodb").put_item(TableName=outputs["TableName"], Item=item))
+
+
+def test_terras_role_can_send_to_its_queue_and_nothing_else(moto_server):
+    """The default: Terra's principal is let in by the queue policy alone.
+    The stand-in role has no policy of its own, so every call it makes is
+    decided by the stack's resource policies."""
+    admin = Endpoint(moto_server)
+    role = local_stack.terra_stand_in(admin)
+    stack = Stack(admin, overrides={"TerraAccess": role})
     stack.restore_policies()
-    admin, outputs = stack.admin, stack.outputs
-    user = outputs["TerraSenderUserName"]
-    key = admin.client("iam").create_access_key(UserName=user)["AccessKey"]
+    outputs = stack.outputs
+    assert "TerraSenderUserName" not in outputs
+    assert admin.client("iam").list_users()["Users"] == [], "no IAM user for Terra"
     other_queue = admin.client("sqs").create_queue(QueueName="not-terras")["QueueUrl"]
-    admin.client("sqs").send_message(QueueUrl=outputs["QueueUrl"], MessageBody="{}")
+    terra = local_stack.as_terra(admin, {"role": role, "user": None})
 
     enforce_iam(moto_server)
 
-    terra = Endpoint(moto_server, key["AccessKeyId"], key["SecretAccessKey"]).client("sqs")
-    queue_name = outputs["QueueUrl"].rsplit("/", 1)[1]
-    assert terra.get_queue_url(QueueName=queue_name)["QueueUrl"].endswith(queue_name)
-    denied(lambda: terra.get_queue_url(QueueName="not-terras"))
-    terra.send_message(QueueUrl=outputs["QueueUrl"], MessageBody='{"type":"healthcheck"}')
-    denied(lambda: terra.receive_message(QueueUrl=outputs["QueueUrl"]))
-    denied(lambda: terra.purge_queue(QueueUrl=outputs["QueueUrl"]))
-    denied(lambda: terra.send_message(QueueUrl=other_queue, MessageBody="{}"))
-    denied(lambda: terra.send_message(QueueUrl=outputs["DeadLetterQueueUrl"], MessageBody="{}"))
-    s3 = Endpoint(moto_server, key["AccessKeyId"], key["SecretAccessKey"]).client("s3")
-    denied(lambda: s3.list_objects_v2(Bucket=outputs["BucketName"]))
+    terra_may_only_send(
+        moto_server,
+        Endpoint(moto_server, terra["access_key_id"], terra["secret_access_key"], terra["session_token"]),
+        outputs,
+        other_queue,
+    )
+
+
+def test_without_the_queue_policy_terras_role_cannot_send(moto_server):
+    """The grant is the queue policy's: the same role, the policy removed,
+    is refused."""
+    admin = Endpoint(moto_server)
+    role = local_stack.terra_stand_in(admin)
+    stack = Stack(admin, overrides={"TerraAccess": role})
+    stack.restore_policies()
+    admin.client("sqs").set_queue_attributes(QueueUrl=stack.outputs["QueueUrl"], Attributes={"Policy": ""})
+    terra = local_stack.as_terra(admin, {"role": role, "user": None})
+    enforce_iam(moto_server)
+    sqs = Endpoint(moto_server, terra["access_key_id"], terra["secret_access_key"], terra["session_token"]).client(
+        "sqs"
+    )
+    denied(lambda: sqs.send_message(QueueUrl=stack.outputs["QueueUrl"], MessageBody="{}"))
+
+
+def test_terras_access_key_user_can_send_to_its_queue_and_nothing_else(moto_server):
+    stack = Stack(Endpoint(moto_server), overrides={"TerraAccess": "access-key"})
+    stack.restore_policies()
+    admin, outputs = stack.admin, stack.outputs
+    key = local_stack.as_terra(admin, {"role": None, "user": outputs["TerraSenderUserName"]})
+    other_queue = admin.client("sqs").create_queue(QueueName="not-terras")["QueueUrl"]
+
+    enforce_iam(moto_server)
+
+    terra_may_only_send(
+        moto_server, Endpoint(moto_server, key["access_key_id"], key["secret_access_key"]), outputs, other_queue
+    )
 
 
 def archive_as_the_handlers_do(s3, bucket, prefix):
@@ -201,7 +253,7 @@ def merge_profile(dynamodb, table):
 
 
 def test_a_source_bucket_is_read_and_copied_from_never_written(moto_server):
-    stack = Stack(Endpoint(moto_server), overrides={"TerraSourceBucket": "terra-drop"})
+    stack = Stack(Endpoint(moto_server), overrides={"Settings": "TerraSourceBucket=terra-drop"})
     stack.restore_policies()
     admin, outputs = stack.admin, stack.outputs
     s3_admin = admin.client("s3")

@@ -84,7 +84,16 @@ def test_the_default_stack_creates_what_the_function_is_configured_against(sessi
     assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
     assert mapping["ScalingConfig"]["MaximumConcurrency"] == int(setting["SqsMaximumConcurrency"])
 
+    # Terra is let in by the queue policy: no IAM user, no key.
+    assert "TerraSenderUserName" not in outputs
+    assert session.client("iam").list_users()["Users"] == []
+
+
+def test_terra_with_an_access_key_gets_a_user_and_no_queue_policy(session):
+    outputs = local_stack.deploy(session, overrides={"TerraAccess": "access-key"})
     session.client("iam").get_user(UserName=outputs["TerraSenderUserName"])
+    template, _ = local_stack.resolved_template({"TerraAccess": "access-key"})
+    assert "EventsQueuePolicy" not in template["Resources"]
 
 
 def test_settings_given_change_what_the_stack_creates(session):

@@ -6,6 +6,7 @@ stack, and kafka/template.yaml, the Kafka stack built from the same code."""
 import pathlib
 import re
 
+import local_stack
 import pytest
 from cfnlint.decode import cfn_yaml
 
@@ -22,17 +23,9 @@ KAFKA_DEFAULTS = KAFKA["Mappings"]["Defaults"]["Settings"]
 READ_ONLY_PREFIXES = ("Describe", "List", "Get")
 
 
-def setting(key):
-    """How a template reads setting `key` out of Settings (the templates'
-    "How settings work")."""
-    merged = {
-        "Fn::Join": [
-            "",
-            [" ", {"Ref": "Settings"}, f" {key}=", {"Fn::FindInMap": ["Defaults", "Settings", key]}, " "],
-        ]
-    }
-    after = {"Fn::Select": [1, {"Fn::Split": [f" {key}=", merged]}]}
-    return {"Fn::Select": [0, {"Fn::Split": [" ", after]}]}
+# How a template reads a setting: the one idiom, defined where the local
+# deploy evaluates it.
+setting = local_stack.setting_read
 
 
 def resource(name):
@@ -126,7 +119,31 @@ def test_queue_redrives_to_an_encrypted_dead_letter_queue_kept_14_days():
     assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
 
 
-def test_terra_sender_may_only_send_to_its_queue():
+# The principal Terra's documentation names for role-based access to AWS
+# destinations (NOTES in docs/deploy.md's "Giving Terra access").
+TERRAS_DOCUMENTED_PRINCIPAL = "arn:aws:iam::760292141147:role/EC2_Instance_Perms"
+
+
+def test_terra_is_let_in_by_a_queue_policy_granting_sending_alone():
+    assert SQS["Parameters"]["TerraAccess"]["Default"] == TERRAS_DOCUMENTED_PRINCIPAL
+    policy = RESOURCES["EventsQueuePolicy"]
+    assert policy["Condition"] == "TerraUsesItsRole"
+    assert policy["Properties"]["Queues"] == [{"Ref": "EventsQueue"}]
+    (statement,) = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert statement == {
+        "Sid": "TerraSends",
+        "Effect": "Allow",
+        "Principal": {"AWS": {"Ref": "TerraAccess"}},
+        "Action": ["sqs:SendMessage", "sqs:GetQueueUrl"],
+        "Resource": {"Fn::GetAtt": ["EventsQueue", "Arn"]},
+    }
+    assert SQS["Conditions"]["TerraUsesAnAccessKey"] == {"Fn::Equals": [{"Ref": "TerraAccess"}, "access-key"]}
+    assert SQS["Conditions"]["TerraUsesItsRole"] == {"Fn::Not": [{"Condition": "TerraUsesAnAccessKey"}]}
+
+
+def test_terras_user_exists_only_when_asked_for_and_may_only_send():
+    assert RESOURCES["TerraSenderUser"]["Condition"] == "TerraUsesAnAccessKey"
+    assert SQS["Outputs"]["TerraSenderUserName"]["Condition"] == "TerraUsesAnAccessKey"
     sender = list(statements("TerraSenderUser"))
     assert sender == [
         {
@@ -399,36 +416,25 @@ def test_customer_managed_keys_get_exactly_what_their_store_needs():
 
 
 def test_a_source_bucket_is_read_only_and_only_when_named():
-    # A question in the SQS stack (Terra's access), a setting in Kafka's.
-    for role, bucket in (
-        ("SqsHandlerRole", {"Ref": "TerraSourceBucket"}),
-        ("KafkaHandlerRole", setting("TerraSourceBucket")),
-    ):
-        template = SQS if role == "SqsHandlerRole" else KAFKA
+    bucket = setting("TerraSourceBucket")
+    for role, template in (("SqsHandlerRole", SQS), ("KafkaHandlerRole", KAFKA)):
         condition, (read, list_keys) = policy_named(role, "read-terra-source-bucket")
         assert condition == "HasSourceBucket"
-        if role == "SqsHandlerRole":
-            assert (read["Action"], read["Resource"]) == (
-                "s3:GetObject",
-                {"Fn::Sub": "arn:${AWS::Partition}:s3:::${TerraSourceBucket}/*"},
-            )
-            assert list_keys["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:s3:::${TerraSourceBucket}"}
-        else:
-            assert (read["Action"], read["Resource"]) == (
-                "s3:GetObject",
-                {"Fn::Sub": ["arn:${AWS::Partition}:s3:::${Bucket}/*", {"Bucket": bucket}]},
-            )
-            assert list_keys["Resource"] == {
-                "Fn::Sub": ["arn:${AWS::Partition}:s3:::${Bucket}", {"Bucket": bucket}]
-            }
-        assert list_keys["Action"] == "s3:ListBucket"
+        assert (read["Action"], read["Resource"]) == (
+            "s3:GetObject",
+            {"Fn::Sub": ["arn:${AWS::Partition}:s3:::${Bucket}/*", {"Bucket": bucket}]},
+        )
+        assert (list_keys["Action"], list_keys["Resource"]) == (
+            "s3:ListBucket",
+            {"Fn::Sub": ["arn:${AWS::Partition}:s3:::${Bucket}", {"Bucket": bucket}]},
+        )
         assert template["Conditions"]["HasSourceBucket"] == {"Fn::Not": [{"Fn::Equals": [bucket, ""]}]}
         variables = template["Globals"]["Function"]["Environment"]["Variables"]
         assert variables["TERRA_SOURCE_BUCKETS"] == bucket
         assert variables["TERRA_SOURCE_BUCKET_OWNER"] == {
             "Fn::If": ["HasSourceBucket", {"Ref": "AWS::AccountId"}, ""]
         }
-    assert SQS["Parameters"]["TerraSourceBucket"]["Default"] == KAFKA_DEFAULTS["TerraSourceBucket"] == ""
+        assert template["Mappings"]["Defaults"]["Settings"]["TerraSourceBucket"] == ""
 
 
 def test_mappings_report_their_metrics():
@@ -639,10 +645,8 @@ def test_both_stacks_create_the_same_stores_and_alarm_topic():
                       "ArchiveDatabase", "ArchivePayloadsTable", "AthenaResultsBucket", "ArchiveWorkGroup"}
     for name in shared:
         assert SQS["Resources"][name] == KAFKA["Resources"][name], name
-    for section in ("Conditions",):
-        for name in set(SQS[section]) & set(KAFKA[section]):
-            if name != "HasSourceBucket":  # a question in one, a setting in the other
-                assert SQS[section][name] == KAFKA[section][name], name
+    for name in set(SQS["Conditions"]) & set(KAFKA["Conditions"]):
+        assert SQS["Conditions"][name] == KAFKA["Conditions"][name], name
     for key in set(SQS_DEFAULTS) & set(KAFKA_DEFAULTS):
         assert SQS_DEFAULTS[key] == KAFKA_DEFAULTS[key], key
 

@@ -20,6 +20,7 @@ use bytes::Bytes;
 use percent_encoding::percent_decode_str;
 use url::Url;
 
+use crate::fetch::s3_endpoint;
 use crate::outcome::{Classify, FailureClass, Retry};
 
 /// The buckets Terra uploads to, from `TERRA_SOURCE_BUCKETS`.
@@ -202,7 +203,7 @@ impl SourceBuckets {
             match self.virtual_hosted(&host) {
                 Some((bucket, region)) => (bucket, key_of(url.path())?, Some(region)),
                 None => {
-                    let region = s3_endpoint_region(&host)?;
+                    let region = s3_endpoint::region(&host)?;
                     let (bucket, key) = path_style(url)?;
                     (bucket, key, Some(region))
                 }
@@ -229,32 +230,9 @@ impl SourceBuckets {
     fn virtual_hosted(&self, host: &str) -> Option<(String, String)> {
         self.names.iter().find_map(|bucket| {
             let endpoint = host.strip_prefix(bucket.as_str())?.strip_prefix('.')?;
-            Some((bucket.clone(), s3_endpoint_region(endpoint)?))
+            Some((bucket.clone(), s3_endpoint::region(endpoint)?))
         })
     }
-}
-
-/// The region of an S3 endpoint host name, if `host` is one:
-/// `s3.amazonaws.com` (us-east-1), `s3.<region>.amazonaws.com`,
-/// `s3-<region>.amazonaws.com`, `s3.dualstack.<region>.amazonaws.com`, and
-/// the same under `amazonaws.com.cn`.
-fn s3_endpoint_region(host: &str) -> Option<String> {
-    let service = host
-        .strip_suffix(".amazonaws.com")
-        .or_else(|| host.strip_suffix(".amazonaws.com.cn"))?;
-    let region = match service {
-        "s3" | "s3-external-1" => "us-east-1",
-        _ => service
-            .strip_prefix("s3.dualstack.")
-            .or_else(|| service.strip_prefix("s3."))
-            .or_else(|| service.strip_prefix("s3-"))?,
-    };
-    let is_region = !region.is_empty()
-        && region.contains('-')
-        && region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-    is_region.then(|| region.to_owned())
 }
 
 /// `/<bucket>/<key>`.
