@@ -17,6 +17,9 @@ pub struct Config {
     pub dynamodb_table: Option<String>,
     /// Most items one payload may make (`TERRA_DYNAMODB_MAX_ITEMS`).
     pub dynamodb_max_items: usize,
+    /// How long after Terra sent a record its item is kept
+    /// (`TERRA_DYNAMODB_RETENTION_DAYS`); `None`: for ever.
+    pub dynamodb_retention_days: Option<u32>,
     pub fetch: FetchSettings,
     pub url_policy: UrlPolicy,
     /// Records processed at once (`TERRA_FETCH_CONCURRENCY`).
@@ -59,6 +62,8 @@ const RETIRED_QUARANTINE_VARIABLE: &str = "TERRA_DEAD_LETTER_QUEUE_URL";
 const MAX_CONCURRENCY: usize = 1024;
 const MAX_TIMEOUT_SECS: u64 = 900;
 const MAX_ATTEMPTS: u32 = 20;
+/// A hundred years: longer is not retention.
+const MAX_RETENTION_DAYS: u32 = 36_500;
 /// Lambda's largest function; and the memory assumed outside Lambda, which
 /// is the template's default.
 const MAX_FUNCTION_MEMORY_MB: u64 = 10_240;
@@ -134,6 +139,8 @@ impl Config {
             1,
             MAX_ITEMS_PER_PAYLOAD,
         )?;
+        let dynamodb_retention_days =
+            env.optional_number("TERRA_DYNAMODB_RETENTION_DAYS", 1, MAX_RETENTION_DAYS)?;
         if s3.is_none() && dynamodb_table.is_none() {
             return Err(ConfigError::NoSink);
         }
@@ -205,6 +212,7 @@ impl Config {
             s3,
             dynamodb_table,
             dynamodb_max_items,
+            dynamodb_retention_days,
             fetch,
             url_policy,
             concurrency,
@@ -404,6 +412,23 @@ mod tests {
         match load(vars) {
             Err(ConfigError::Invalid { var, .. }) => var,
             other => panic!("expected an invalid variable, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn table_retention_is_whole_days_or_none() {
+        let table = ("TERRA_DYNAMODB_TABLE", "terra-records");
+        assert_eq!(load(&[table]).expect("valid").dynamodb_retention_days, None);
+        let empty = load(&[table, ("TERRA_DYNAMODB_RETENTION_DAYS", "")]).expect("valid");
+        assert_eq!(empty.dynamodb_retention_days, None);
+        let days = load(&[table, ("TERRA_DYNAMODB_RETENTION_DAYS", "30")]).expect("valid");
+        assert_eq!(days.dynamodb_retention_days, Some(30));
+        for bad in ["0", "-1", "36501", "a month"] {
+            assert_eq!(
+                failing_var(&[table, ("TERRA_DYNAMODB_RETENTION_DAYS", bad)]),
+                "TERRA_DYNAMODB_RETENTION_DAYS",
+                "{bad}"
+            );
         }
     }
 

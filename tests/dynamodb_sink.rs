@@ -459,3 +459,70 @@ async fn profiles_keep_what_a_later_event_leaves_out() {
     assert_eq!(json_of(profile, "scopes"), "ACTIVITY_EXPORT,HEALTH_EXPORT");
     assert_eq!(json_of(profile, "replaced_by"), new_id);
 }
+
+/// With `TERRA_DYNAMODB_RETENTION_DAYS`, every item, put whole or merged
+/// (a PROFILE), carries `expires_at`: that many days after Terra sent the
+/// version it holds, in epoch seconds, for the table's time to live. A
+/// later send moves it on; without the variable no item has one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_stamps_every_item_with_its_expiry_from_the_send() {
+    let bed = bed_with_table("terra-retention").await;
+    let activity = fixture("openapi_activity.json");
+    let auth = json!({"type": "auth", "status": "success",
+        "user": {"user_id": "40f7b0e1-89e2-43ac-a5b8-1e29c8d47cad", "provider": "GARMIN",
+                 "reference_id": "your-user-123", "active": true}});
+    let base = whole_second_now() - 60_000;
+    let days: u64 = 30;
+    let handler = HandlerProcess::spawn(
+        SQS_HANDLER,
+        &bed.env(&[
+            ("TERRA_DYNAMODB_TABLE", TABLE),
+            ("TERRA_DYNAMODB_RETENTION_DAYS", "30"),
+        ]),
+    );
+    let sends = [
+        ("activity", activity.clone(), base),
+        ("auth", auth.to_string().into_bytes(), base + 1000),
+        // The same auth sent again later: its items' expiry moves on.
+        ("auth-again", auth.to_string().into_bytes(), base + 5000),
+    ];
+    for (name, body, sent) in sends {
+        let url = bed
+            .payloads
+            .route(&format!("/p/{name}"), Behaviour::Ok(body));
+        let result = bed
+            .runtime
+            .invoke(
+                &json!({"Records": [sqs_record(name, &pointer(&url), sent)]}),
+                Duration::from_secs(30),
+            )
+            .await;
+        assert_all_succeeded(&result, &handler);
+    }
+    let items = bed.moto.items(TABLE).await;
+    assert!(items.len() >= 3, "{:?}", items.keys());
+    let expiry = |sent_ms: u64| json!(sent_ms / 1000 + days * 86_400);
+    for ((pk, sk), item) in &items {
+        let sent = json_of(item, "terra_sent_at").as_u64().expect("a number");
+        assert_eq!(json_of(item, "expires_at"), expiry(sent), "{pk}/{sk}");
+    }
+    assert_eq!(
+        json_of(&items[&key(USER, "PROFILE")], "expires_at"),
+        expiry(base + 5000)
+    );
+
+    let kept = bed_with_table("terra-no-retention").await;
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &kept.env(&[("TERRA_DYNAMODB_TABLE", TABLE)]));
+    let url = kept.payloads.route("/p/activity", Behaviour::Ok(activity));
+    let result = kept
+        .runtime
+        .invoke(
+            &json!({"Records": [sqs_record("kept", &pointer(&url), base)]}),
+            Duration::from_secs(30),
+        )
+        .await;
+    assert_all_succeeded(&result, &handler);
+    for item in kept.moto.items(TABLE).await.values() {
+        assert!(!item.contains_key("expires_at"), "{item:?}");
+    }
+}

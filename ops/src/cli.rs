@@ -162,7 +162,9 @@ async fn replay_archive(args: ArchiveArgs) -> Result<ExitCode, String> {
 
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let archive = S3Archive::new(s3_client(&aws, config.s3_force_path_style), settings);
-    let sink = DynamoDbSink::new(dynamodb_client(&aws), table, config.dynamodb_max_items);
+    // Replayed items expire as the handlers' would: from when Terra sent them.
+    let sink = DynamoDbSink::new(dynamodb_client(&aws), table, config.dynamodb_max_items)
+        .expiring_after(config.dynamodb_retention_days);
     let replay = ArchiveReplay::new(
         archive,
         Arc::new(sink),

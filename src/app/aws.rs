@@ -64,11 +64,14 @@ pub fn pipeline(config: &Config, aws: &SdkConfig) -> Result<Pipeline, InitError>
         .map(|settings| Arc::new(S3Archive::new(s3.clone(), settings)) as Arc<dyn Archive>);
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if let Some(table) = &config.dynamodb_table {
-        sinks.push(Arc::new(DynamoDbSink::new(
-            dynamodb_client(aws),
-            table.clone(),
-            config.dynamodb_max_items,
-        )));
+        sinks.push(Arc::new(
+            DynamoDbSink::new(
+                dynamodb_client(aws),
+                table.clone(),
+                config.dynamodb_max_items,
+            )
+            .expiring_after(config.dynamodb_retention_days),
+        ));
     }
     let mut pipeline = Pipeline::new(fetcher, archive, sinks);
     if let Some(buckets) = config.source_buckets.clone() {

@@ -139,3 +139,23 @@ def test_a_stack_without_an_archive_configures_no_bucket(session):
     assert env.get("TERRA_S3_BUCKET", "") == ""
     assert env["TERRA_DYNAMODB_TABLE"] == outputs["TableName"]
     assert "BucketName" not in outputs
+
+
+def test_table_retention_and_the_boundary_reach_the_function_and_its_role(session):
+    """What moto's CloudFormation applies of these settings: the function's
+    retention variable and the role's permissions boundary. It ignores a
+    table's time to live, a bucket's lifecycle rules and logging, and a
+    user's boundary: test_template.py checks those on the template."""
+    iam = session.client("iam")
+    boundary = iam.create_policy(
+        PolicyName="terra-boundary",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
+        ),
+    )["Policy"]["Arn"]
+    settings = f"TableRetentionDays=30 ArchiveRetentionDays=365 PermissionsBoundaryArn={boundary}"
+    local_stack.deploy(session, overrides={"Settings": settings})
+    (function,) = functions(session).values()
+    assert str(function["Environment"]["Variables"]["TERRA_DYNAMODB_RETENTION_DAYS"]) == "30"
+    role_name = function["Role"].rsplit("/", 1)[1]
+    assert iam.get_role(RoleName=role_name)["Role"]["PermissionsBoundary"]["PermissionsBoundaryArn"] == boundary

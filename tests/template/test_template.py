@@ -364,7 +364,7 @@ def test_rules_use_only_rule_functions():
 
 
 def test_replaced_archive_versions_expire():
-    (rule,) = RESOURCES["ArchiveBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    rule = RESOURCES["ArchiveBucket"]["Properties"]["LifecycleConfiguration"]["Rules"][0]
     assert rule["Status"] == "Enabled"
     assert rule["NoncurrentVersionExpiration"]["NoncurrentDays"] > 0
     assert rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"] > 0
@@ -678,3 +678,47 @@ def test_sam_build_reads_the_architecture_and_size_out_of_settings(template, fun
     assert built({"KafkaBrokers": "b-1:9096"}) == (["arm64"], "512")
     tuned = {"KafkaBrokers": "b-1:9096", "Settings": "Architecture=x86_64 FunctionMemory=1024"}
     assert built(tuned) == (["x86_64"], "1024")
+
+
+def test_retention_is_the_deployers_and_off_by_default():
+    for template in TEMPLATES.values():
+        defaults = template["Mappings"]["Defaults"]["Settings"]
+        assert defaults["ArchiveRetentionDays"] == defaults["TableRetentionDays"] == ""
+        variables = template["Globals"]["Function"]["Environment"]["Variables"]
+        assert variables["TERRA_DYNAMODB_RETENTION_DAYS"] == setting("TableRetentionDays")
+    rules = RESOURCES["ArchiveBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    condition, rule, otherwise = rules[1]["Fn::If"]
+    assert (condition, otherwise) == ("HasArchiveRetention", {"Ref": "AWS::NoValue"})
+    # Only the archive's own prefix, and the versions kept by the other rule.
+    assert rule["Prefix"] == setting("S3Prefix")
+    assert rule["ExpirationInDays"] == setting("ArchiveRetentionDays")
+    assert rules[0]["NoncurrentVersionExpiration"]["NoncurrentDays"] == 30
+    condition, ttl, otherwise = RESOURCES["RecordsTable"]["Properties"]["TimeToLiveSpecification"]["Fn::If"]
+    assert (condition, ttl, otherwise) == (
+        "HasTableRetention",
+        {"AttributeName": "expires_at", "Enabled": True},
+        {"Ref": "AWS::NoValue"},
+    )
+    sink = (ROOT / "src" / "sink" / "dynamodb" / "mod.rs").read_text()
+    assert 'pub const EXPIRES_AT: &str = "expires_at";' in sink
+
+
+def test_every_identity_the_stacks_create_takes_the_permissions_boundary():
+    bounded = {"Fn::If": ["HasPermissionsBoundary", setting("PermissionsBoundaryArn"), {"Ref": "AWS::NoValue"}]}
+    for name, template in TEMPLATES.items():
+        identities = [
+            logical
+            for logical, body in template["Resources"].items()
+            if body["Type"] in ("AWS::IAM::Role", "AWS::IAM::User")
+        ]
+        assert identities, name
+        for logical in identities:
+            assert template["Resources"][logical]["Properties"]["PermissionsBoundary"] == bounded, logical
+
+
+def test_the_created_archive_logs_its_access_where_asked():
+    logging = RESOURCES["ArchiveBucket"]["Properties"]["LoggingConfiguration"]["Fn::If"]
+    condition, config, otherwise = logging
+    assert (condition, otherwise) == ("ArchiveAccessLogged", {"Ref": "AWS::NoValue"})
+    assert config["DestinationBucketName"] == setting("AccessLogBucket")
+    assert SQS["Conditions"]["ArchiveAccessLogged"]["Fn::And"][0] == {"Condition": "CreateBucket"}

@@ -48,7 +48,12 @@ pub struct DynamoDbSink {
     client: aws_sdk_dynamodb::Client,
     table: String,
     max_items: usize,
+    retention_days: Option<u32>,
 }
+
+/// The attribute DynamoDB's time to live reads: when an item may go, in
+/// epoch seconds.
+pub const EXPIRES_AT: &str = "expires_at";
 
 /// How one item was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +75,16 @@ impl DynamoDbSink {
             client,
             table,
             max_items,
+            retention_days: None,
+        }
+    }
+
+    /// Every item written carries `expires_at`, `days` after Terra sent the
+    /// record's version it holds, for the table's time to live to remove.
+    pub fn expiring_after(self, days: Option<u32>) -> Self {
+        Self {
+            retention_days: days,
+            ..self
         }
     }
 
@@ -102,7 +117,10 @@ impl DynamoDbSink {
             form,
             ..
         } = ready;
-        let common = common_attributes(&item, delivery.sent_at_ms, received_at);
+        let mut common = common_attributes(&item, delivery.sent_at_ms, received_at);
+        if let Some(expires_at) = expires_at(delivery.sent_at_ms, self.retention_days) {
+            common.insert(EXPIRES_AT.into(), AttributeValue::N(expires_at.to_string()));
+        }
         let what = format!("{}/{}", item.pk, item.sk);
         let mut next = Some(form);
         let mut compressed_len = None;
@@ -326,6 +344,12 @@ fn refused_record(message: String) -> SinkError {
     }
 }
 
+/// When an item of a record sent at `sent_at_ms` may expire, in epoch
+/// seconds (DynamoDB's time to live reads seconds).
+fn expires_at(sent_at_ms: u64, retention_days: Option<u32>) -> Option<u64> {
+    retention_days.map(|days| sent_at_ms / 1000 + u64::from(days) * 86_400)
+}
+
 fn common_attributes(
     item: &PlannedItem,
     sent_at_ms: u64,
@@ -499,6 +523,15 @@ impl Sink for DynamoDbSink {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn items_expire_whole_days_after_the_send_in_seconds() {
+        assert_eq!(super::expires_at(1_700_000_000_123, None), None);
+        assert_eq!(
+            super::expires_at(1_700_000_000_123, Some(30)),
+            Some(1_700_000_000 + 30 * 86_400)
+        );
+    }
+
     use super::*;
     use serde_json::json;
 
