@@ -274,6 +274,8 @@ class StackReferences:
             return self.sqs.get_queue_attributes(QueueUrl=physical, AttributeNames=["QueueArn"])[
                 "Attributes"
             ]["QueueArn"]
+        if kind == "AWS::KMS::Key":
+            return f"arn:aws:kms:us-east-1:123456789012:key/{physical}"
         if kind == "AWS::Logs::LogGroup":
             return f"arn:aws:logs:us-east-1:123456789012:log-group:{physical}:*"
         raise ValueError(f"no ARN for {kind}")

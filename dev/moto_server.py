@@ -19,6 +19,15 @@ template tests start the server through this file.
   allowed when the queue's policy allows the caller (an assumed role's
   session by its role's ARN) that action on that queue. moto read identity
   policies only, so a queue policy granting a role allowed nothing.
+- A queue encrypted with a KMS key is used through that key, as SQS does:
+  a send needs the sender allowed `kms:GenerateDataKey` on the key, a
+  receive the receiver allowed `kms:Decrypt`. Allowed means a key policy
+  statement allows the caller by its ARN, or allows the account (root) and
+  an identity policy of the caller allows it too; the statement's
+  conditions on `kms:ViaService` and `aws:PrincipalTag/...` are evaluated,
+  any other condition makes it not apply. moto's SQS never asked KMS.
+- SetQueueAttributes changes the attributes it names, as SQS does: moto
+  cleared a queue's policy whenever `Policy` was not among them.
 - A GET or HEAD is signed over an empty payload, as SigV4 says. moto
   hashed what it parsed of the request instead, which for Lambda's REST
   calls (`GetFunctionConfiguration`) is its headers, so no Lambda read ever
@@ -37,8 +46,10 @@ And one answer is given the shape S3 gives it:
 """
 
 import datetime
+import fnmatch
 import hashlib
 import hmac
+import json
 from urllib.parse import parse_qsl, quote, urlparse
 
 from moto.core.authorization import ActionAuthenticatorMixin
@@ -52,7 +63,8 @@ from moto.iam.access_control import (
 from moto.s3.responses import S3Response
 from moto.server import main
 from moto.sqs.exceptions import QueueDoesNotExist
-from moto.sqs.models import sqs_backends
+from moto.kms.models import kms_backends
+from moto.sqs.models import Queue, sqs_backends
 from moto.sqs.responses import SQSResponse
 
 BATCHED_ACTIONS = {
@@ -66,6 +78,7 @@ _iam_request_init = IAMRequestBase.__init__
 _check_signature = IAMRequestBase.check_signature
 _create_aws_request = IAMRequestBase._create_aws_request
 _check_action_permitted = IAMRequestBase.check_action_permitted
+_set_queue_attributes = Queue._set_attributes
 _sqs_resource = SQSResponse._determine_resource
 _s3_serialized = S3Response.serialized
 
@@ -200,12 +213,99 @@ def _queue_policy_allows(request, resource):
     return result == PermissionResult.PERMITTED
 
 
+def _identity_allows(request, action, resource):
+    results = [
+        IAMPolicy(p).is_action_permitted(action, resource) for p in request._access_key.collect_policies()
+    ]
+    return PermissionResult.PERMITTED in results and PermissionResult.DENIED not in results
+
+
+def _caller_tags(access_key):
+    iam = access_key.backend
+    if isinstance(access_key, AssumedRoleAccessKey):
+        tags, _ = iam.list_role_tags(access_key._owner_role_name, None)
+    else:
+        tags = iam.list_user_tags(access_key._owner_user_name)
+    return {tag["Key"]: tag["Value"] for tag in tags}
+
+
+def _as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def _key_statement_applies(statement, request, action, key_arn, region):
+    if not any(fnmatch.fnmatchcase(action, pattern) for pattern in _as_list(statement.get("Action", []))):
+        return False
+    principals = _as_list(statement.get("Principal", {}).get("AWS", []))
+    caller = _caller_as_a_principal(request._access_key)
+    account_root = f"arn:aws:iam::{request._access_key.account_id}:root"
+    if caller in principals:
+        pass
+    elif account_root in principals:
+        if not _identity_allows(request, action, key_arn):
+            return False
+    else:
+        return False
+    for operator, tests in statement.get("Condition", {}).items():
+        if operator != "StringEquals":
+            return False
+        for name, expected in tests.items():
+            if name == "kms:ViaService":
+                actual = f"sqs.{region}.amazonaws.com"
+            elif name.startswith("aws:PrincipalTag/"):
+                actual = _caller_tags(request._access_key).get(name.split("/", 1)[1])
+            else:
+                return False
+            if actual not in _as_list(expected):
+                return False
+    return True
+
+
+KMS_FOR_SQS = {"sqs:SendMessage": "kms:GenerateDataKey", "sqs:ReceiveMessage": "kms:Decrypt"}
+
+
+def _queue_key_allows(request, resource):
+    """Whether the caller may use the key of the queue `resource` names for
+    this call (True for an unencrypted queue or another action)."""
+    action = KMS_FOR_SQS.get(request._action)
+    if action is None or not resource.startswith("arn:"):
+        return True
+    _, _, _, region, account, name = resource.split(":", 5)
+    try:
+        queue = sqs_backends[account][region].get_queue(name)
+    except (KeyError, QueueDoesNotExist):
+        return True
+    key_id = getattr(queue, "kms_master_key_id", None)
+    if not key_id or key_id == "alias/aws/sqs":
+        return True
+    key = kms_backends[account][region].describe_key(key_id)
+    # moto keeps the policy CloudFormation gave as a dict, PutKeyPolicy's as text.
+    policy = key.policy if isinstance(key.policy, dict) else json.loads(key.policy)
+    statements = policy["Statement"]
+    applying = [s for s in statements if _key_statement_applies(s, request, action, key.arn, region)]
+    return any(s["Effect"] == "Allow" for s in applying) and not any(
+        s["Effect"] == "Deny" for s in applying
+    )
+
+
 def _check_action_permitted_with_queue_policies(self, resource):
     identity = [IAMPolicy(p).is_action_permitted(self._action, resource) for p in self._access_key.collect_policies()]
     if PermissionResult.DENIED not in identity and PermissionResult.PERMITTED not in identity:
         if _queue_policy_allows(self, resource):
+            if not _queue_key_allows(self, resource):
+                self._raise_access_denied()
             return
     _check_action_permitted(self, resource)
+    if not _queue_key_allows(self, resource):
+        self._raise_access_denied()
+
+
+def _set_queue_attributes_keeping_the_policy(self, attributes, *args, **kwargs):
+    # A queue being created has no policy yet.
+    kept = self.policy if hasattr(self, "_policy_json") else None
+    _set_queue_attributes(self, attributes, *args, **kwargs)
+    if "Policy" not in attributes and kept:
+        self.policy = kept
 
 
 def _s3_serialized_with_s3_roots(self, *args, **kwargs):
@@ -233,6 +333,7 @@ IAMRequestBase._create_aws_request = _aws_request_of_an_empty_body_too
 IAMRequestBase.__init__ = _iam_request_init_presigned_too
 IAMRequestBase.check_signature = _check_signature_presigned_too
 IAMRequestBase.check_action_permitted = _check_action_permitted_with_queue_policies
+Queue._set_attributes = _set_queue_attributes_keeping_the_policy
 DynamoHandler._determine_resource = _dynamodb_table
 SQSResponse._determine_resource = _sqs_queue_also_by_name
 S3Response.serialized = _s3_serialized_with_s3_roots

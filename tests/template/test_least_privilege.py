@@ -6,6 +6,7 @@ calling what they may and may not. The server is dev/moto_server.py: moto
 with the gaps in its IAM checks mended (S3 keys with `=`, batch actions,
 DynamoDB tables, GetQueueUrl)."""
 
+import json
 import socket
 import subprocess
 import sys
@@ -318,3 +319,52 @@ def test_the_kafka_handler_role_may_do_what_the_code_calls_and_no_more(moto_serv
     dynamodb.put_item(TableName=outputs["TableName"], Item=item)
     merge_profile(dynamodb, outputs["TableName"])
     denied(lambda: dynamodb.get_item(TableName=outputs["TableName"], Key=item))
+
+
+def test_with_the_created_key_terra_sends_through_its_key_grant_alone(moto_server):
+    """KmsKey=create encrypts Terra's queue with the stack's key: Terra's
+    role sends because the key policy grants it a data key (via SQS only),
+    the function's role receives because it is this stack's (tagged) and
+    asks for the key; without Terra's grant the send fails. moto_server.py
+    makes SQS ask KMS as AWS does; what moto cannot show (S3, DynamoDB and
+    Logs using the key) only AWS can."""
+    admin = Endpoint(moto_server)
+    role = local_stack.terra_stand_in(admin)
+    stack = Stack(admin, overrides={"TerraAccess": role, "KmsKey": "create"})
+    stack.restore_policies()
+    outputs = stack.outputs
+    sqs_admin = admin.client("sqs")
+    key_arn = sqs_admin.get_queue_attributes(QueueUrl=outputs["QueueUrl"], AttributeNames=["KmsMasterKeyId"])[
+        "Attributes"
+    ]["KmsMasterKeyId"]
+    kms = admin.client("kms")
+    policy = kms.get_key_policy(KeyId=key_arn, PolicyName="default")["Policy"]
+    # moto answers the policy CloudFormation gave as an object, KMS as text.
+    policy = policy if isinstance(policy, dict) else json.loads(policy)
+    terra = local_stack.as_terra(admin, {"role": role, "user": None})
+    function = stack.role_credentials("SqsHandlerRole")
+    # The account's key administrator, who may change the key's policy.
+    iam = admin.client("iam")
+    iam.create_user(UserName="key-admin")
+    iam.put_user_policy(
+        UserName="key-admin",
+        PolicyName="administer-keys",
+        PolicyDocument=json.dumps(
+            {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "kms:PutKeyPolicy", "Resource": "*"}]}
+        ),
+    )
+    key_admin = iam.create_access_key(UserName="key-admin")["AccessKey"]
+    enforce_iam(moto_server)
+
+    as_terra = Endpoint(moto_server, terra["access_key_id"], terra["secret_access_key"], terra["session_token"])
+    as_terra.client("sqs").send_message(QueueUrl=outputs["QueueUrl"], MessageBody='{"type":"healthcheck"}')
+    as_function = as_role(moto_server, function).client("sqs")
+    assert as_function.receive_message(QueueUrl=outputs["QueueUrl"]).get("Messages")
+
+    # Terra's grant removed, the same role is refused the same send.
+    without_terra = [s for s in policy["Statement"] if s.get("Sid") != "TerraSendsToTheQueue"]
+    assert len(without_terra) == len(policy["Statement"]) - 1
+    Endpoint(moto_server, key_admin["AccessKeyId"], key_admin["SecretAccessKey"]).client("kms").put_key_policy(
+        KeyId=key_arn, PolicyName="default", Policy=json.dumps(dict(policy, Statement=without_terra))
+    )
+    denied(lambda: as_terra.client("sqs").send_message(QueueUrl=outputs["QueueUrl"], MessageBody="{}"))

@@ -159,3 +159,25 @@ def test_table_retention_and_the_boundary_reach_the_function_and_its_role(sessio
     assert str(function["Environment"]["Variables"]["TERRA_DYNAMODB_RETENTION_DAYS"]) == "30"
     role_name = function["Role"].rsplit("/", 1)[1]
     assert iam.get_role(RoleName=role_name)["Role"]["PermissionsBoundary"]["PermissionsBoundaryArn"] == boundary
+
+
+def test_kmskey_create_makes_a_rotating_key_and_keys_what_moto_can_show(session):
+    """The key exists with rotation on, and the queues, the archive bucket
+    and the alarm topic use it, read back from the services. moto's
+    CloudFormation ignores a table's and a log group's key: the template
+    tests check those, and only AWS can show them used."""
+    outputs = local_stack.deploy(session, overrides={"KmsKey": "create", "AlarmEmail": "ops@example.com"})
+    kms = session.client("kms")
+    (key,) = kms.list_keys()["Keys"]
+    assert kms.get_key_rotation_status(KeyId=key["KeyId"])["KeyRotationEnabled"] is True
+    sqs = session.client("sqs")
+    for url in (outputs["QueueUrl"], outputs["DeadLetterQueueUrl"]):
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["KmsMasterKeyId"])["Attributes"]
+        assert attributes["KmsMasterKeyId"] == key["KeyArn"], url
+    (rule,) = session.client("s3").get_bucket_encryption(Bucket=outputs["BucketName"])[
+        "ServerSideEncryptionConfiguration"
+    ]["Rules"]
+    assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key["KeyArn"]}
+    sns = session.client("sns")
+    (topic,) = sns.list_topics()["Topics"]
+    assert sns.get_topic_attributes(TopicArn=topic["TopicArn"])["Attributes"]["KmsMasterKeyId"] == key["KeyArn"]

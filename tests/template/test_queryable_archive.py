@@ -200,7 +200,9 @@ def test_query_results_are_private_encrypted_and_expire():
     assert rule["ExpirationInDays"] <= 30
     workgroup = RESOURCES["ArchiveWorkGroup"]["Properties"]["WorkGroupConfiguration"]
     assert workgroup["EnforceWorkGroupConfiguration"] is True
-    assert workgroup["ResultConfiguration"]["EncryptionConfiguration"]["EncryptionOption"] == "SSE_S3"
+    # SSE-S3, or the stack's key with KmsKey (test_template.py checks the key).
+    option = workgroup["ResultConfiguration"]["EncryptionConfiguration"]["EncryptionOption"]
+    assert option == {"Fn::If": ["UseKey", "SSE_KMS", "SSE_S3"]}
 
 
 def test_every_queryable_resource_needs_the_option_and_an_archive():

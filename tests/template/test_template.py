@@ -107,7 +107,7 @@ def test_every_function_timeout_picks_its_own_visibility_timeout(timeout):
 
 def test_queue_redrives_to_an_encrypted_dead_letter_queue_kept_14_days():
     queue = resource("EventsQueue")
-    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["SqsManagedSseEnabled"] == {"Fn::If": ["UseKey", {"Ref": "AWS::NoValue"}, True]}
     redrive = queue["RedrivePolicy"]
     assert redrive["deadLetterTargetArn"] == {
         "Fn::GetAtt": ["EventsDeadLetterQueue", "Arn"]
@@ -115,7 +115,7 @@ def test_queue_redrives_to_an_encrypted_dead_letter_queue_kept_14_days():
     assert redrive["maxReceiveCount"] == setting("MaxReceiveCount")
     assert SQS_DEFAULTS["MaxReceiveCount"] == "5"
     dlq = resource("EventsDeadLetterQueue")
-    assert dlq["SqsManagedSseEnabled"] is True
+    assert dlq["SqsManagedSseEnabled"] == queue["SqsManagedSseEnabled"]
     assert dlq["MessageRetentionPeriod"] == 14 * 24 * 3600
 
 
@@ -144,7 +144,7 @@ def test_terra_is_let_in_by_a_queue_policy_granting_sending_alone():
 def test_terras_user_exists_only_when_asked_for_and_may_only_send():
     assert RESOURCES["TerraSenderUser"]["Condition"] == "TerraUsesAnAccessKey"
     assert SQS["Outputs"]["TerraSenderUserName"]["Condition"] == "TerraUsesAnAccessKey"
-    sender = list(statements("TerraSenderUser"))
+    _, sender = policy_named("TerraSenderUser", "send-to-terra-queue")
     assert sender == [
         {
             "Effect": "Allow",
@@ -232,7 +232,7 @@ def test_created_stores_are_private_encrypted_and_kept():
     assert bucket["DeletionPolicy"] == "Retain"
     assert all(bucket["Properties"]["PublicAccessBlockConfiguration"].values())
     (rule,) = bucket["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"]
-    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    assert rule["ServerSideEncryptionByDefault"]["SSEAlgorithm"] == {"Fn::If": ["UseKey", "aws:kms", "AES256"]}
     table = RESOURCES["RecordsTable"]
     assert table["DeletionPolicy"] == "Retain"
     props = table["Properties"]
@@ -643,8 +643,14 @@ def test_both_stacks_create_the_same_stores_and_alarm_topic():
     shared = set(SQS["Resources"]) & set(KAFKA["Resources"])
     assert shared >= {"ArchiveBucket", "ArchiveBucketPolicy", "RecordsTable", "AlarmTopic",
                       "ArchiveDatabase", "ArchivePayloadsTable", "AthenaResultsBucket", "ArchiveWorkGroup"}
-    for name in shared:
+    for name in shared - {"DataKey"}:
         assert SQS["Resources"][name] == KAFKA["Resources"][name], name
+    # The key's policy is the same but for Terra's statement (SQS only).
+    sqs_key, kafka_key = (
+        t["Resources"]["DataKey"]["Properties"]["KeyPolicy"]["Statement"] for t in (SQS, KAFKA)
+    )
+    assert sqs_key[:-1] == kafka_key
+    assert sqs_key[-1]["Fn::If"][1]["Sid"] == "TerraSendsToTheQueue"
     for name in set(SQS["Conditions"]) & set(KAFKA["Conditions"]):
         assert SQS["Conditions"][name] == KAFKA["Conditions"][name], name
     for key in set(SQS_DEFAULTS) & set(KAFKA_DEFAULTS):
@@ -722,3 +728,85 @@ def test_the_created_archive_logs_its_access_where_asked():
     assert (condition, otherwise) == ("ArchiveAccessLogged", {"Ref": "AWS::NoValue"})
     assert config["DestinationBucketName"] == setting("AccessLogBucket")
     assert SQS["Conditions"]["ArchiveAccessLogged"]["Fn::And"][0] == {"Condition": "CreateBucket"}
+
+
+KEY = {"Fn::If": ["CreateKey", {"Fn::GetAtt": ["DataKey", "Arn"]}, {"Ref": "KmsKey"}]}
+WITH_KEY = {"Fn::If": ["UseKey", KEY, {"Ref": "AWS::NoValue"}]}
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_with_a_key_everything_that_holds_data_is_encrypted_with_it(name):
+    """Every resource of a data-holding type takes the key when KmsKey is
+    set: a type added without it fails here."""
+    resources = TEMPLATES[name]["Resources"]
+    keyed = {
+        "AWS::S3::Bucket": lambda p: p["BucketEncryption"]["ServerSideEncryptionConfiguration"][0][
+            "ServerSideEncryptionByDefault"
+        ]["KMSMasterKeyID"],
+        "AWS::DynamoDB::Table": lambda p: p["SSESpecification"]["KMSMasterKeyId"],
+        "AWS::SQS::Queue": lambda p: p["KmsMasterKeyId"],
+        "AWS::SNS::Topic": lambda p: p["KmsMasterKeyId"],
+        "AWS::Logs::LogGroup": lambda p: p["KmsKeyId"],
+        "AWS::Athena::WorkGroup": lambda p: {
+            "Fn::If": [
+                "UseKey",
+                p["WorkGroupConfiguration"]["ResultConfiguration"]["EncryptionConfiguration"]["KmsKey"]["Fn::If"][1],
+                {"Ref": "AWS::NoValue"},
+            ]
+        },
+    }
+    holding = [(n, b) for n, b in resources.items() if b["Type"] in keyed]
+    assert len(holding) >= 6, holding
+    for logical, body in holding:
+        assert keyed[body["Type"]](body["Properties"]) == WITH_KEY, logical
+    table = resources["RecordsTable"]["Properties"]["SSESpecification"]
+    assert table["SSEType"] == {"Fn::If": ["UseKey", "KMS", {"Ref": "AWS::NoValue"}]}
+    assert resources["ArchiveBucket"]["Properties"]["BucketEncryption"]["ServerSideEncryptionConfiguration"][0][
+        "BucketKeyEnabled"
+    ] is True
+    # Untouched stores (Glue's catalog holds no payloads): nothing else of a data type.
+    assert not [b["Type"] for b in resources.values() if b["Type"] in ("AWS::Kinesis::Stream", "AWS::EFS::FileSystem")]
+
+
+def test_the_created_key_rotates_and_only_this_stacks_identities_use_it():
+    key = RESOURCES["DataKey"]
+    assert key["Condition"] == "CreateKey"
+    assert key["DeletionPolicy"] == "Retain", "data encrypted with it outlives the stack"
+    properties = key["Properties"]
+    assert properties["EnableKeyRotation"] is True
+    statements_by_sid = {
+        s["Sid"]: s
+        for s in (
+            entry["Fn::If"][1] if "Fn::If" in entry else entry
+            for entry in properties["KeyPolicy"]["Statement"]
+        )
+    }
+    administer = statements_by_sid["TheAccountAdministersIt"]
+    use_actions = {"kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:ReEncrypt*", "kms:*"}
+    assert not use_actions & set(administer["Action"]), "the account administers, it does not read"
+    use = statements_by_sid["ThisStacksIdentitiesUseIt"]
+    assert use["Condition"] == {"StringEquals": {"aws:PrincipalTag/terra-sink:stack": {"Ref": "AWS::StackName"}}}
+    terra = statements_by_sid["TerraSendsToTheQueue"]
+    assert terra["Principal"] == {"AWS": {"Ref": "TerraAccess"}}
+    assert terra["Action"] == ["kms:GenerateDataKey", "kms:Decrypt"]
+    assert terra["Condition"]["StringEquals"]["kms:ViaService"] == {"Fn::Sub": "sqs.${AWS::Region}.amazonaws.com"}
+    assert statements_by_sid["CloudWatchPublishesAlarms"]["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    # Every identity the stacks create carries the tag the policy names, and
+    # asks for the key only what its calls need.
+    for name, template in TEMPLATES.items():
+        for logical, body in template["Resources"].items():
+            if body["Type"] in ("AWS::IAM::Role", "AWS::IAM::User"):
+                tags = body["Properties"]["Tags"]
+                assert {"Key": "terra-sink:stack", "Value": {"Ref": "AWS::StackName"}} in tags, logical
+    for role in ("SqsHandlerRole", "KafkaHandlerRole"):
+        condition, (statement,) = policy_named(role, "data-key")
+        assert condition == "UseKey"
+        assert statement["Resource"] == KEY
+        assert set(statement["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey", "kms:Encrypt", "kms:DescribeKey"}
+    condition, (statement,) = policy_named("TerraSenderUser", "queue-key")
+    assert (condition, statement["Action"], statement["Resource"]) == (
+        "UseKey",
+        ["kms:GenerateDataKey", "kms:Decrypt"],
+        KEY,
+    )
+
