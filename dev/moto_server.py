@@ -198,15 +198,23 @@ def _caller_as_a_principal(access_key):
     return access_key.arn
 
 
-def _queue_policy_allows(request, resource):
-    if not request._action.startswith("sqs:") or not resource.startswith("arn:"):
-        return False
-    _, partition, _, region, account, name = resource.split(":", 5)
+def _queue_named(resource):
+    """The queue an SQS resource ARN names, and its region; (None, None)
+    for `*` or a queue that does not exist."""
+    if not resource.startswith("arn:"):
+        return None, None
+    _, _, _, region, account, name = resource.split(":", 5)
     try:
-        queue = sqs_backends[account][region].get_queue(name)
+        return sqs_backends[account][region].get_queue(name), region
     except (KeyError, QueueDoesNotExist):
+        return None, None
+
+
+def _queue_policy_allows(request, resource):
+    if not request._action.startswith("sqs:"):
         return False
-    if not queue.policy:
+    queue, _ = _queue_named(resource)
+    if queue is None or not queue.policy:
         return False
     principal = _caller_as_a_principal(request._access_key)
     result = IAMPolicy(queue.policy).is_action_permitted(request._action, resource, principal)
@@ -268,17 +276,13 @@ def _queue_key_allows(request, resource):
     """Whether the caller may use the key of the queue `resource` names for
     this call (True for an unencrypted queue or another action)."""
     action = KMS_FOR_SQS.get(request._action)
-    if action is None or not resource.startswith("arn:"):
-        return True
-    _, _, _, region, account, name = resource.split(":", 5)
-    try:
-        queue = sqs_backends[account][region].get_queue(name)
-    except (KeyError, QueueDoesNotExist):
+    queue, region = _queue_named(resource)
+    if action is None or queue is None:
         return True
     key_id = getattr(queue, "kms_master_key_id", None)
     if not key_id or key_id == "alias/aws/sqs":
         return True
-    key = kms_backends[account][region].describe_key(key_id)
+    key = kms_backends[queue.account_id][region].describe_key(key_id)
     # moto keeps the policy CloudFormation gave as a dict, PutKeyPolicy's as text.
     policy = key.policy if isinstance(key.policy, dict) else json.loads(key.policy)
     statements = policy["Statement"]

@@ -1,8 +1,8 @@
 //! What the templates deploy, read from the templates themselves so that
 //! local runs use the same settings: the parameter and setting defaults,
 //! resolved through the intrinsic functions that wire them to the queue, the
-//! event source mappings and the function's environment. Scenarios about time run these
-//! durations scaled down by one factor, keeping every ratio.
+//! event source mappings and the function's environment. Scenarios about
+//! time run these durations scaled down by one factor, keeping every ratio.
 
 use std::time::Duration;
 

@@ -32,16 +32,20 @@ def resource(name):
     return RESOURCES[name]["Properties"]
 
 
+def nodes(node):
+    """`node` and every mapping and list below it, whichever `Fn::If`
+    branch holds them."""
+    yield node
+    children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+    for child in children:
+        yield from nodes(child)
+
+
 def policy_documents(node):
-    """Every IAM policy document under `node`, whichever `Fn::If` branch holds it."""
-    if isinstance(node, dict):
-        if "PolicyDocument" in node:
-            yield node["PolicyDocument"]
-        for value in node.values():
-            yield from policy_documents(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from policy_documents(value)
+    """Every IAM policy document under `node`."""
+    for found in nodes(node):
+        if isinstance(found, dict) and "PolicyDocument" in found:
+            yield found["PolicyDocument"]
 
 
 def statements(resource_name):
@@ -586,15 +590,11 @@ def test_the_console_form_groups_and_labels_every_parameter_once():
 
 def setting_reads(node):
     """Every Fn::Join that merges Settings with a default, anywhere in `node`."""
-    if isinstance(node, dict):
-        joined = node.get("Fn::Join", [None, None])[1]
-        if isinstance(joined, list) and {"Ref": "Settings"} in joined:
-            yield node
-        for value in node.values():
-            yield from setting_reads(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from setting_reads(value)
+    for found in nodes(node):
+        if isinstance(found, dict):
+            joined = found.get("Fn::Join", [None, None])[1]
+            if isinstance(joined, list) and {"Ref": "Settings"} in joined:
+                yield found
 
 
 def idioms(node):
