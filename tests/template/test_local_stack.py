@@ -181,3 +181,30 @@ def test_kmskey_create_makes_a_rotating_key_and_keys_what_moto_can_show(session)
     sns = session.client("sns")
     (topic,) = sns.list_topics()["Topics"]
     assert sns.get_topic_attributes(TopicArn=topic["TopicArn"])["Attributes"]["KmsMasterKeyId"] == key["KeyArn"]
+
+
+def test_in_your_vpc_the_function_gets_its_subnets_and_the_gateway_endpoints(session):
+    ec2 = session.client("ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.0.{i}.0/24")["Subnet"]["SubnetId"] for i in (1, 2)
+    ]
+    group = ec2.create_security_group(GroupName="terra-sink", Description="terra-sink", VpcId=vpc)["GroupId"]
+    routes = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    settings = (
+        f"FunctionSubnetIds={','.join(subnets)} FunctionSecurityGroupId={group} "
+        f"FunctionVpcId={vpc} GatewayEndpointRouteTableIds={routes}"
+    )
+    local_stack.deploy(session, overrides={"Settings": settings})
+    (function,) = functions(session).values()
+    assert function["VpcConfig"]["SubnetIds"] == subnets
+    assert function["VpcConfig"]["SecurityGroupIds"] == [group]
+    endpoints = {
+        e["ServiceName"]: (e["VpcEndpointType"], e["VpcId"], e["RouteTableIds"])
+        for e in ec2.describe_vpc_endpoints()["VpcEndpoints"]
+    }
+    assert endpoints == {
+        "com.amazonaws.us-east-1.s3": ("Gateway", vpc, [routes]),
+        "com.amazonaws.us-east-1.dynamodb": ("Gateway", vpc, [routes]),
+    }
+

@@ -810,3 +810,35 @@ def test_the_created_key_rotates_and_only_this_stacks_identities_use_it():
         KEY,
     )
 
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_the_functions_join_your_vpc_with_the_network_permissions_lambda_needs(name):
+    template = TEMPLATES[name]
+    condition, vpc, otherwise = template["Globals"]["Function"]["VpcConfig"]["Fn::If"]
+    assert (condition, otherwise) == ("FunctionsInVpc", {"Ref": "AWS::NoValue"})
+    assert vpc == {
+        "SubnetIds": {"Fn::Split": [",", setting("FunctionSubnetIds")]},
+        "SecurityGroupIds": [setting("FunctionSecurityGroupId")],
+    }
+    assert template["Mappings"]["Defaults"]["Settings"]["FunctionSubnetIds"] == "", "outside a VPC by default"
+    role = "SqsHandlerRole" if name == "template.yaml" else "KafkaHandlerRole"
+    condition, (describe, interfaces) = policy_named(role, "function-vpc")
+    assert condition == "FunctionsInVpc"
+    assert (set(describe["Action"]), describe["Resource"]) == (
+        {"ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"},
+        "*",
+    )
+    assert set(interfaces["Action"]) == {
+        "ec2:CreateNetworkInterface",
+        "ec2:DeleteNetworkInterface",
+        "ec2:AssignPrivateIpAddresses",
+        "ec2:UnassignPrivateIpAddresses",
+    }
+    assert interfaces["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:ec2:${AWS::Region}:${AWS::AccountId}:*"}
+    for endpoint, service in (("ArchiveGatewayEndpoint", "s3"), ("TableGatewayEndpoint", "dynamodb")):
+        body = template["Resources"][endpoint]
+        assert body["Condition"] == "CreateGatewayEndpoints"
+        assert body["Properties"]["VpcEndpointType"] == "Gateway"
+        assert body["Properties"]["ServiceName"] == {"Fn::Sub": f"com.amazonaws.${{AWS::Region}}.{service}"}
+        assert body["Properties"]["RouteTableIds"] == {"Fn::Split": [",", setting("GatewayEndpointRouteTableIds")]}
