@@ -3,9 +3,10 @@ what AWS allows and denies, moto allows and denies too. The gaps are moto
 5.2.1's, the version requirements-dev.txt pins; the local runs and the
 template tests start the server through this file.
 
-- Signatures are checked against the path the client sent. moto rebuilds the
-  request from its decoded URL, so an S3 key with a reserved character, such
-  as the archive's `dt=`, never matched its signature.
+- Signatures are checked against the path and query the client sent. moto
+  rebuilds the request from its decoded URL, so an S3 key or a listing
+  prefix with a reserved character, such as the archive's `dt=`, never
+  matched its signature.
 - A batch call is authorized as the action it batches, as AWS does:
   `ChangeMessageVisibilityBatch` needs `sqs:ChangeMessageVisibility`, and so
   on. moto asked for an action of the batch's own name, which no policy
@@ -53,6 +54,7 @@ import json
 from urllib.parse import parse_qsl, quote, urlparse
 
 from moto.core.authorization import ActionAuthenticatorMixin
+from moto.core.responses import BaseResponse
 from moto.dynamodb.responses import DynamoHandler
 from moto.iam.access_control import (
     AssumedRoleAccessKey,
@@ -76,6 +78,7 @@ BATCHED_ACTIONS = {
 _authenticate_and_authorize = ActionAuthenticatorMixin._authenticate_and_authorize_action
 _iam_request_init = IAMRequestBase.__init__
 _check_signature = IAMRequestBase.check_signature
+_setup_class = BaseResponse.setup_class
 _create_aws_request = IAMRequestBase._create_aws_request
 _check_action_permitted = IAMRequestBase.check_action_permitted
 _set_queue_attributes = Queue._set_attributes
@@ -83,12 +86,22 @@ _sqs_resource = SQSResponse._determine_resource
 _s3_serialized = S3Response.serialized
 
 
+def _setup_class_keeping_the_raw_query(self, request, full_url, headers, *args, **kwargs):
+    _setup_class(self, request, full_url, headers, *args, **kwargs)
+    raw_uri = getattr(request, "environ", {}).get("RAW_URI")
+    self.raw_query = urlparse(raw_uri).query if raw_uri else None
+
+
 def _authenticate_and_authorize_as_sent(self, iam_request_cls, resource="*"):
     decoded = self.uri
     raw_path = getattr(self, "raw_path", None)
+    raw_query = getattr(self, "raw_query", None)
     parsed = urlparse(decoded)
     if raw_path and raw_path != parsed.path:
-        self.uri = parsed._replace(path=raw_path).geturl()
+        parsed = parsed._replace(path=raw_path)
+    if raw_query and raw_query != parsed.query:
+        parsed = parsed._replace(query=raw_query)
+    self.uri = parsed.geturl()
     try:
         return _authenticate_and_authorize(self, iam_request_cls, resource)
     finally:
@@ -332,6 +345,7 @@ def _aws_request_of_an_empty_body_too(self):
         self._data = parsed
 
 
+BaseResponse.setup_class = _setup_class_keeping_the_raw_query
 ActionAuthenticatorMixin._authenticate_and_authorize_action = _authenticate_and_authorize_as_sent
 IAMRequestBase._create_aws_request = _aws_request_of_an_empty_body_too
 IAMRequestBase.__init__ = _iam_request_init_presigned_too

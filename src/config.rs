@@ -20,6 +20,9 @@ pub struct Config {
     /// How long after Terra sent a record its item is kept
     /// (`TERRA_DYNAMODB_RETENTION_DAYS`); `None`: for ever.
     pub dynamodb_retention_days: Option<u32>,
+    /// Terra's `deauth` and `access_revoked` erase the rest of that user's
+    /// data once written (`TERRA_ERASE_ON_DEAUTH`).
+    pub erase_on_deauth: bool,
     pub fetch: FetchSettings,
     pub url_policy: UrlPolicy,
     /// Records processed at once (`TERRA_FETCH_CONCURRENCY`).
@@ -144,6 +147,7 @@ impl Config {
         if s3.is_none() && dynamodb_table.is_none() {
             return Err(ConfigError::NoSink);
         }
+        let erase_on_deauth = env.flag("TERRA_ERASE_ON_DEAUTH", false)?;
         let s3_force_path_style =
             env.text("AWS_ENDPOINT_URL")?.is_some() || env.text("AWS_ENDPOINT_URL_S3")?.is_some();
         let source_buckets = match env.text("TERRA_SOURCE_BUCKETS")? {
@@ -213,6 +217,7 @@ impl Config {
             dynamodb_table,
             dynamodb_max_items,
             dynamodb_retention_days,
+            erase_on_deauth,
             fetch,
             url_policy,
             concurrency,
@@ -413,6 +418,18 @@ mod tests {
             Err(ConfigError::Invalid { var, .. }) => var,
             other => panic!("expected an invalid variable, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn erasing_on_deauth_is_off_unless_asked() {
+        let table = ("TERRA_DYNAMODB_TABLE", "terra-records");
+        assert!(!load(&[table]).expect("valid").erase_on_deauth);
+        let on = load(&[table, ("TERRA_ERASE_ON_DEAUTH", "true")]).expect("valid");
+        assert!(on.erase_on_deauth);
+        assert_eq!(
+            failing_var(&[table, ("TERRA_ERASE_ON_DEAUTH", "yes")]),
+            "TERRA_ERASE_ON_DEAUTH"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use aws_smithy_runtime_api::http::{Response, StatusCode};
 use aws_smithy_types::body::SdkBody;
 use bytes::Bytes;
 
+use crate::erasure::{EraseUser, ErasureFailure, ErasureReport, Kept};
 use crate::fetch::own_bucket::{SourceBucket, SourceObject, SourceReadError, SourceVersion};
 use crate::outcome::Retry;
 use crate::payload::PayloadSummary;
@@ -377,6 +378,56 @@ impl SourceBucket for MemorySourceBucket {
             })?;
         let len = first_bytes.map_or(payload.len(), |n| payload.len().min(n as usize));
         Ok(payload.slice(..len))
+    }
+}
+
+/// Records each erasure asked of it, in the journal too; fails the first
+/// `failing` of them with a failure in the report, as a refused delete does.
+#[derive(Default)]
+pub struct MemoryEraser {
+    erased: Mutex<Vec<(String, Kept)>>,
+    failing: Mutex<usize>,
+    journal: Journal,
+}
+
+impl MemoryEraser {
+    pub fn new(journal: &Journal) -> Self {
+        Self {
+            journal: Arc::clone(journal),
+            ..Self::default()
+        }
+    }
+
+    pub fn failing_first(self, failing: usize) -> Self {
+        *lock(&self.failing) = failing;
+        self
+    }
+
+    pub fn erased(&self) -> Vec<(String, Kept)> {
+        lock(&self.erased).clone()
+    }
+}
+
+#[async_trait]
+impl EraseUser for MemoryEraser {
+    async fn erase_user(&self, user_id: &str, kept: &Kept) -> ErasureReport {
+        lock(&self.journal).push(format!("erase {user_id}"));
+        lock(&self.erased).push((user_id.to_owned(), kept.clone()));
+        let mut failing = lock(&self.failing);
+        let failures = if *failing > 0 {
+            *failing -= 1;
+            vec![ErasureFailure {
+                what: "terra/dt=2026-11-30/x.json".into(),
+                reason: "DeleteObject: AccessDenied".into(),
+            }]
+        } else {
+            Vec::new()
+        };
+        ErasureReport {
+            users: 1,
+            failures,
+            ..ErasureReport::default()
+        }
     }
 }
 

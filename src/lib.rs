@@ -13,13 +13,15 @@
 //! sets aside Kafka records that can never succeed. [`metrics`] reports each
 //! invocation to CloudWatch. [`app`] builds all of it once at cold start from
 //! [`config`], within the memory [`budget`]. [`redact`] is what may be shown of
-//! it in logs and errors.
+//! it in logs and errors. [`erasure`] removes one person's data, found
+//! through the index the archive keeps.
 
 pub mod app;
 pub mod batch;
 pub mod budget;
 pub mod config;
 pub mod digest;
+pub mod erasure;
 #[cfg(test)]
 mod fakes;
 pub mod fetch;

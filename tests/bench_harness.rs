@@ -24,6 +24,8 @@ async fn measures_a_batch_written_to_both_sinks() {
     // A warm-up and two measured invocations, each archiving every record
     // under the same key as before and projecting it into one item.
     assert_eq!(run.received.objects, 60);
+    // Each archive write is preceded by its user's erasure-index marker.
+    assert_eq!(run.received.index_markers, 60);
     assert_eq!(run.received.distinct_keys, 20);
     assert_eq!(run.received.items, 60);
     assert!(run.payload_bytes_actual.abs_diff(10 * KB) < KB / 2);

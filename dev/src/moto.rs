@@ -340,7 +340,27 @@ impl Moto {
             .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
     }
 
-    /// Every object in the bucket: (key, bytes, content-encoding).
+    /// The erasure index's current markers in the bucket: the archive
+    /// lists each object there under its user.
+    pub async fn index_markers(&self, bucket: &str) -> Vec<String> {
+        let listed = self
+            .s3()
+            .list_objects_v2()
+            .bucket(bucket)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("list {bucket}: {e:?}"));
+        listed
+            .contents()
+            .iter()
+            .filter_map(|o| o.key())
+            .filter(|key| is_index_marker(key))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Every archived object in the bucket: (key, bytes, content-encoding),
+    /// the erasure index's markers aside ([`Moto::index_markers`]).
     pub async fn objects(&self, bucket: &str) -> Vec<StoredObject> {
         let s3 = self.s3();
         let listed = s3
@@ -352,6 +372,9 @@ impl Moto {
         let mut objects = Vec::new();
         for entry in listed.contents() {
             let key = entry.key().expect("listed objects have keys").to_owned();
+            if is_index_marker(&key) {
+                continue;
+            }
             let object = s3
                 .get_object()
                 .bucket(bucket)
@@ -418,4 +441,14 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The erasure index's folder under the archive's prefix: the library's
+/// `terra_sink::erasure::INDEX_FOLDER` (this crate cannot depend on it;
+/// `ops/tests/erase.rs` holds the two equal).
+pub const ERASURE_INDEX_FOLDER: &str = "_erasure/";
+
+/// A key of the erasure index (under any prefix), not an archived payload.
+fn is_index_marker(key: &str) -> bool {
+    key.starts_with(ERASURE_INDEX_FOLDER) || key.contains(&format!("/{ERASURE_INDEX_FOLDER}"))
 }

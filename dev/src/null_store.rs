@@ -19,6 +19,8 @@ use futures::StreamExt;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Received {
     pub objects: usize,
+    /// The erasure index's markers, put before each archived object.
+    pub index_markers: usize,
     /// Distinct object keys: equal to `objects` unless a key was written twice.
     pub distinct_keys: usize,
     pub object_bytes: u64,
@@ -125,6 +127,15 @@ async fn answer(State(tally): State<Arc<Mutex<Tally>>>, request: Request<Body>) 
             "application/xml",
             "<CopyObjectResult><ETag>\"null-copy\"</ETag></CopyObjectResult>",
         );
+    }
+    if parts.method == Method::PUT
+        && parts
+            .uri
+            .path()
+            .contains(&format!("/{}", crate::moto::ERASURE_INDEX_FOLDER))
+    {
+        tally.received.index_markers += 1;
+        return plain(StatusCode::OK, "", "");
     }
     if parts.method == Method::PUT {
         // Path-style addressing: /{bucket}/{key}.

@@ -9,22 +9,24 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use terra_sink::app::{dynamodb_client, pipeline, s3_client};
+use terra_sink::app::{dynamodb_client, eraser, pipeline, s3_client};
 use terra_sink::config::Config;
-use terra_sink::sink::{DynamoDbSink, S3Archive};
+use terra_sink::sink::{DynamoDbSink, S3Archive, Sink};
 use time::Date;
 use time::macros::format_description;
 
-use crate::replay::{ArchiveReplay, ArchiveSelection, DeadLetterReplay, ReplayRun, StateFile};
+use crate::replay::{
+    ArchiveReplay, ArchiveSelection, DeadLetterReplay, ErasureIndexBackfill, ReplayRun, StateFile,
+};
 use crate::smoke::{self, SmokeError, StackOutputs};
 
 #[derive(Parser)]
 #[command(
     name = "terra-sink",
     about = "terra-sink's operator commands, run from a workstation, not deployed. \
-             replay reads the handlers' variables (TERRA_S3_BUCKET, TERRA_S3_PREFIX, \
-             TERRA_DYNAMODB_TABLE, ...); smoke reads a deployed stack. Both use the \
-             usual AWS credentials."
+             replay and erase read the handlers' variables (TERRA_S3_BUCKET, \
+             TERRA_S3_PREFIX, TERRA_DYNAMODB_TABLE, ...); smoke reads a deployed stack. \
+             All use the usual AWS credentials."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -41,6 +43,19 @@ enum Command {
     /// the payload archived (and its item written) by the function. Removes
     /// what it made. Exit status 0: the stack works.
     Smoke(SmokeArgs),
+    /// Erases every archived object (every version of it) and every table
+    /// item of the given Terra users, found through the erasure index the
+    /// archive keeps, without listing the bucket. Safe to run twice; a run
+    /// stopped part-way is finished by the next. Reads TERRA_S3_BUCKET,
+    /// TERRA_S3_PREFIX and TERRA_DYNAMODB_TABLE, as replay does.
+    Erase(EraseArgs),
+}
+
+#[derive(Args)]
+struct EraseArgs {
+    /// A Terra user_id; repeat for each (a user_reauth gives one person two).
+    #[arg(long = "user", required = true)]
+    users: Vec<String>,
 }
 
 #[derive(Args)]
@@ -96,6 +111,11 @@ struct ArchiveArgs {
     /// Read and check every selected payload, write nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Write the erasure index (one marker per payload naming a user)
+    /// instead of the table: once, for objects archived before 0.3.0, so
+    /// that `erase` finds them. Needs no TERRA_DYNAMODB_TABLE.
+    #[arg(long)]
+    erasure_index: bool,
     /// Objects replayed at once.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     concurrency: u16,
@@ -127,6 +147,7 @@ pub async fn run(args: impl IntoIterator<Item = OsString>) -> ExitCode {
             ("replay dead-letters", replay_dead_letters(args).await)
         }
         Command::Smoke(args) => ("smoke", smoke_test(args).await),
+        Command::Erase(args) => ("erase", erase(args).await),
     };
     match outcome {
         Ok(code) => code,
@@ -145,13 +166,22 @@ async fn replay_archive(args: ArchiveArgs) -> Result<ExitCode, String> {
     let settings = config
         .s3
         .ok_or("TERRA_S3_BUCKET: not set; replay reads the archive in this bucket")?;
-    let table = config
-        .dynamodb_table
-        .ok_or("TERRA_DYNAMODB_TABLE: not set; replay archive writes this table")?;
+    let table = match (args.erasure_index, config.dynamodb_table) {
+        (true, _) => None,
+        (false, Some(table)) => Some(table),
+        (false, None) => {
+            return Err(
+                "TERRA_DYNAMODB_TABLE: not set; replay archive writes this table \
+                 (or the erasure index, with --erasure-index)"
+                    .into(),
+            );
+        }
+    };
     let run = ReplayRun {
         bucket: settings.bucket.clone(),
         prefix: settings.prefix.as_str().to_owned(),
-        table: table.clone(),
+        table: table.clone().unwrap_or_default(),
+        erasure_index: args.erasure_index,
         from: args.from.to_string(),
         to: args.to.to_string(),
         event_type: args.event_type.clone(),
@@ -162,12 +192,17 @@ async fn replay_archive(args: ArchiveArgs) -> Result<ExitCode, String> {
 
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let archive = S3Archive::new(s3_client(&aws, config.s3_force_path_style), settings);
-    // Replayed items expire as the handlers' would: from when Terra sent them.
-    let sink = DynamoDbSink::new(dynamodb_client(&aws), table, config.dynamodb_max_items)
-        .expiring_after(config.dynamodb_retention_days);
+    let sink: Arc<dyn Sink> = match table {
+        // Replayed items expire as the handlers' would: from when Terra sent them.
+        Some(table) => Arc::new(
+            DynamoDbSink::new(dynamodb_client(&aws), table, config.dynamodb_max_items)
+                .expiring_after(config.dynamodb_retention_days),
+        ),
+        None => Arc::new(ErasureIndexBackfill::new(archive.clone())),
+    };
     let replay = ArchiveReplay::new(
         archive,
-        Arc::new(sink),
+        sink,
         usize::from(args.concurrency),
         config.fetch.max_payload_bytes,
         args.dry_run,
@@ -230,6 +265,16 @@ async fn replay_dead_letters(args: DeadLetterArgs) -> Result<ExitCode, String> {
     let replay = DeadLetterReplay::new(aws_sdk_sqs::Client::new(&aws), args.queue, pipeline);
     let summary = replay.run().await.map_err(|e| e.to_string())?;
     report(&summary, summary.left.is_empty())
+}
+
+async fn erase(args: EraseArgs) -> Result<ExitCode, String> {
+    if let Some(empty) = args.users.iter().find(|u| u.trim().is_empty()) {
+        return Err(format!("--user {empty:?}: a Terra user_id, not empty"));
+    }
+    let config = Config::from_env().map_err(|e| e.to_string())?;
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let erased = eraser(&config, &aws).erase(&args.users).await;
+    report(&erased, erased.failures.is_empty())
 }
 
 async fn smoke_test(args: SmokeArgs) -> Result<ExitCode, String> {

@@ -16,6 +16,7 @@ use aws_sdk_s3::presigning::PresigningConfig;
 use serde::Serialize;
 use serde_json::{Value, json};
 use terra_sink::config::Config;
+use terra_sink::erasure::index_marker;
 use terra_sink::fetch::RedactedUrl;
 use terra_sink::message::{self, TerraMessage};
 use terra_sink::sink::{ArchiveName, S3Compression, S3Settings, item_keys};
@@ -379,6 +380,12 @@ async fn send_and_wait(
         tokio::time::sleep(POLL_EVERY).await;
     };
     made.objects.push((archived.clone(), version));
+    // The erasure index's marker the function put first, under the smoke
+    // user: smoke's too, to remove.
+    let marker = index_marker(&deployment.archive.prefix, SMOKE_USER, &archived);
+    if let Some(found) = first_present(&clients.s3, bucket, std::slice::from_ref(&marker)).await {
+        made.objects.push(found);
+    }
 
     let item = match &deployment.config.dynamodb_table {
         None => None,

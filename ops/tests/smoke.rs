@@ -160,7 +160,12 @@ async fn smoke_passes_then_says_why_it_fails(running: &Running) {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert_eq!(removed.len(), 3, "{removed:?}\n{stderr}");
+    // The payload, the archived object, its erasure-index marker, the item.
+    assert_eq!(removed.len(), 4, "{removed:?}\n{stderr}");
+    assert!(
+        removed.iter().any(|r| r.contains("/_erasure/")),
+        "{removed:?}"
+    );
     assert!(removed.contains(&archived), "{removed:?}");
     assert!(removed.iter().any(|r| r.starts_with(&table)), "{removed:?}");
     let left = running.keys(&bucket).await;

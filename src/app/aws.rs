@@ -9,6 +9,7 @@ use aws_config::{BehaviorVersion, SdkConfig};
 use super::{App, AppParts, InitError};
 use crate::budget::{HoldingCost, MemoryBudget};
 use crate::config::Config;
+use crate::erasure::{ArchiveToErase, Eraser, TableToErase};
 use crate::fetch::Fetcher;
 use crate::fetch::own_bucket::S3SourceBucket;
 use crate::metrics::Metrics;
@@ -77,12 +78,30 @@ pub fn pipeline(config: &Config, aws: &SdkConfig) -> Result<Pipeline, InitError>
     if let Some(buckets) = config.source_buckets.clone() {
         pipeline = pipeline.reading_source_buckets(buckets, Arc::new(S3SourceBucket::new(s3)));
     }
+    if config.erase_on_deauth {
+        pipeline = pipeline.erasing_on_deauth(Arc::new(eraser(config, aws)));
+    }
     tracing::info!(
         memory_budget_bytes = budget_bytes,
         largest_record_holds = pipeline.largest_record_holds(max_payload_bytes),
         "memory budget"
     );
     Ok(pipeline)
+}
+
+/// What erases a user's data from the stores the configuration names.
+pub fn eraser(config: &Config, aws: &SdkConfig) -> Eraser {
+    Eraser {
+        archive: config.s3.as_ref().map(|settings| ArchiveToErase {
+            client: s3_client(aws, config.s3_force_path_style),
+            bucket: settings.bucket.clone(),
+            prefix: settings.prefix.clone(),
+        }),
+        table: config.dynamodb_table.as_ref().map(|table| TableToErase {
+            client: dynamodb_client(aws),
+            table: table.clone(),
+        }),
+    }
 }
 
 /// The archive's client; path-style addressing for local emulators.

@@ -4,7 +4,7 @@
 
 mod aws;
 
-pub use aws::{dynamodb_client, pipeline, s3_client};
+pub use aws::{dynamodb_client, eraser, pipeline, s3_client};
 #[cfg(test)]
 mod tests;
 

@@ -14,7 +14,10 @@ use terra_sink_dev::payload_server::{Behaviour, PayloadServer};
 use terra_sink_dev::sqs_mapping::sqs_record;
 
 use super::{App, AppParts};
-use crate::fakes::{Answer, Journal, MemoryArchive, MemoryQuarantine, MemoryQueue, MemorySink};
+use crate::erasure::EraseUser;
+use crate::fakes::{
+    Answer, Journal, MemoryArchive, MemoryEraser, MemoryQuarantine, MemoryQueue, MemorySink,
+};
 use crate::fetch::{FetchSettings, Fetcher, HostPattern, UrlPolicy};
 use crate::message::{self, TerraMessage};
 use crate::metrics::Metrics;
@@ -34,6 +37,7 @@ struct Harness {
     journal: Journal,
     archive: Arc<MemoryArchive>,
     sink: Arc<MemorySink>,
+    eraser: Arc<MemoryEraser>,
     quarantine: MemoryQuarantine,
     queue: MemoryQueue,
     metrics: Arc<Mutex<Vec<Value>>>,
@@ -46,6 +50,8 @@ struct Setup {
     table: bool,
     quarantine: Answer,
     kafka_response: ResponseMode,
+    /// `EraseOnDeauth`, by an eraser failing its first this many erasures.
+    erase_on_deauth: Option<usize>,
 }
 
 impl Default for Setup {
@@ -55,6 +61,7 @@ impl Default for Setup {
             table: true,
             quarantine: Answer::Accept,
             kafka_response: ResponseMode::PartialBatch,
+            erase_on_deauth: None,
         }
     }
 }
@@ -63,6 +70,9 @@ async fn harness(setup: Setup) -> Harness {
     let journal = Journal::default();
     let archive = Arc::new((setup.archive)(&journal));
     let sink = Arc::new(MemorySink::new(&journal));
+    let eraser = Arc::new(
+        MemoryEraser::new(&journal).failing_first(setup.erase_on_deauth.unwrap_or_default()),
+    );
     let quarantine = MemoryQuarantine::answering(setup.quarantine);
     let queue = MemoryQueue::default();
     let (metrics, documents) = Metrics::in_memory("Terra/Test");
@@ -79,7 +89,7 @@ async fn harness(setup: Setup) -> Harness {
         },
     )
     .expect("client builds");
-    let pipeline = Pipeline::new(
+    let mut pipeline = Pipeline::new(
         fetcher,
         Some(Arc::clone(&archive) as Arc<dyn Archive>),
         if setup.table {
@@ -88,6 +98,9 @@ async fn harness(setup: Setup) -> Harness {
             Vec::new()
         },
     );
+    if setup.erase_on_deauth.is_some() {
+        pipeline = pipeline.erasing_on_deauth(Arc::clone(&eraser) as Arc<dyn EraseUser>);
+    }
     let app = App::new(AppParts {
         pipeline,
         concurrency: 4,
@@ -101,6 +114,7 @@ async fn harness(setup: Setup) -> Harness {
         journal,
         archive,
         sink,
+        eraser,
         quarantine,
         queue,
         metrics: documents,
@@ -210,6 +224,120 @@ async fn sqs_reports_only_the_messages_that_failed() {
         assert!(changed.contains(&id.to_owned()), "{id} held: {changed:?}");
     }
     assert!(changed.iter().filter(|id| *id == "gone").count() == 2);
+}
+
+/// Terra's `type` event for `user`, as the OpenAPI examples have them.
+fn leaving(event_type: &str, user: &str) -> Vec<u8> {
+    json!({
+        "type": event_type,
+        "status": "success",
+        "user": {"user_id": user, "provider": "GARMIN", "reference_id": "ref-1"}
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[tokio::test]
+async fn with_erase_on_deauth_a_user_who_left_is_erased_after_the_event_is_written() {
+    let h = harness(Setup {
+        erase_on_deauth: Some(0),
+        ..Setup::default()
+    })
+    .await;
+    let now = now_ms();
+    let active = h.activity_pointer("/active.json", "u-1");
+    let deauth = pointer(
+        &h.payloads
+            .route("/deauth.json", Behaviour::Ok(leaving("deauth", "u-1"))),
+    );
+    let revoked = pointer(&h.payloads.route(
+        "/revoked.json",
+        Behaviour::Ok(leaving("access_revoked", "u-2")),
+    ));
+    let event = [
+        sqs_record("active", &active, now),
+        sqs_record("deauth", &deauth, now),
+        sqs_record("revoked", &revoked, now),
+    ];
+
+    let response = h.handle_sqs(&event).await;
+
+    assert_eq!(failed_ids(&response), Vec::<String>::new());
+    let erased = h.eraser.erased();
+    let users: Vec<&str> = {
+        let mut users: Vec<&str> = erased.iter().map(|(user, _)| user.as_str()).collect();
+        users.sort();
+        users
+    };
+    assert_eq!(users, ["u-1", "u-2"], "an activity erases no one");
+    let (_, kept) = erased
+        .iter()
+        .find(|(user, _)| user == "u-1")
+        .expect("u-1 erased");
+    assert_eq!(
+        kept.archive_name,
+        Some(name_of(&deauth, now)),
+        "the deauth stays"
+    );
+    assert!(
+        kept.items
+            .iter()
+            .any(|(pk, sk)| pk == "USER#u-1" && sk.ends_with("#DEAUTH")),
+        "its table item stays: {:?}",
+        kept.items
+    );
+    // Written first, to both stores, then erased.
+    let journal = h.journal.lock().expect("not poisoned").clone();
+    let deauth_name = name_of(&deauth, now);
+    let at = |entry: String| journal.iter().position(|e| *e == entry);
+    let erase_at = at("erase u-1".into()).expect("erased");
+    assert!(at(format!("archive {}", deauth_name.as_str())).expect("archived") < erase_at);
+    assert!(at(format!("sink {}", deauth_name.as_str())).expect("projected") < erase_at);
+}
+
+#[tokio::test]
+async fn an_erasure_left_undone_fails_the_leaving_record_alone_for_a_retry() {
+    let h = harness(Setup {
+        erase_on_deauth: Some(1),
+        ..Setup::default()
+    })
+    .await;
+    let now = now_ms();
+    let active = h.activity_pointer("/active.json", "u-1");
+    let deauth = pointer(
+        &h.payloads
+            .route("/deauth.json", Behaviour::Ok(leaving("deauth", "u-1"))),
+    );
+    let event = [
+        sqs_record("active", &active, now),
+        sqs_record("deauth", &deauth, now),
+    ];
+
+    let response = h.handle_sqs(&event).await;
+    assert_eq!(failed_ids(&response), ["deauth"]);
+    assert!(
+        h.archive.object(&name_of(&deauth, now)).is_some(),
+        "the event is written all the same"
+    );
+
+    // The retry writes it again and finishes the erasure.
+    let retried = h.handle_sqs(&[sqs_record("deauth", &deauth, now)]).await;
+    assert_eq!(failed_ids(&retried), Vec::<String>::new());
+    assert_eq!(h.eraser.erased().len(), 2);
+}
+
+#[tokio::test]
+async fn without_erase_on_deauth_a_deauth_is_only_written() {
+    let h = harness(Setup::default()).await;
+    let now = now_ms();
+    let deauth = pointer(
+        &h.payloads
+            .route("/deauth.json", Behaviour::Ok(leaving("deauth", "u-1"))),
+    );
+    let response = h.handle_sqs(&[sqs_record("deauth", &deauth, now)]).await;
+    assert_eq!(failed_ids(&response), Vec::<String>::new());
+    assert!(h.archive.object(&name_of(&deauth, now)).is_some());
+    assert_eq!(h.eraser.erased(), Vec::new());
 }
 
 #[tokio::test]

@@ -13,6 +13,10 @@
 //! An archive that compresses cannot copy inside S3, nor one that is not S3:
 //! own-bucket payloads are then `Held` too. How own-bucket reads fail over
 //! to the URL is in [`own_bucket`].
+//!
+//! With `EraseOnDeauth`, a written `deauth` or `access_revoked` then erases
+//! the rest of its user's data ([`crate::erasure`]); an expired URL with the
+//! archive alone is then `Held`, read back, to learn whose.
 
 mod own_bucket;
 mod streaming;
@@ -27,6 +31,7 @@ use tracing::Instrument;
 
 use crate::batch::RecordProcessor;
 use crate::budget::Reservation;
+use crate::erasure::{EraseUser, Kept, LEAVING_EVENT_TYPES};
 use crate::fetch::own_bucket::{SourceBucket, SourceBuckets, SourceReadError, SourceVersion};
 use crate::fetch::{FetchDeadlines, FetchError, Fetched, Fetcher, RedactedUrl, RetryDelays};
 use crate::message::{self, PayloadPointer, TerraMessage};
@@ -50,6 +55,8 @@ pub struct Pipeline {
     streams_to_archive: bool,
     /// Own-bucket mode: payloads in Terra's bucket are read with the role.
     source_buckets: Option<SourceBucketReads>,
+    /// `EraseOnDeauth`: what erases a user who left.
+    eraser: Option<Arc<dyn EraseUser>>,
 }
 
 /// Which URLs point into a source bucket, and how to read it.
@@ -137,6 +144,16 @@ impl Pipeline {
             sinks,
             streams_to_archive,
             source_buckets: None,
+            eraser: None,
+        }
+    }
+
+    /// A written `deauth` or `access_revoked` erases the rest of its user's
+    /// data with `eraser`; the record fails (transient) until that is done.
+    pub fn erasing_on_deauth(self, eraser: Arc<dyn EraseUser>) -> Self {
+        Self {
+            eraser: Some(eraser),
+            ..self
         }
     }
 
@@ -232,6 +249,15 @@ impl Pipeline {
                 .await?
                 .items_stale;
         }
+        self.erase_if_leaving(&delivery.summary, &delivery.name, give_up_at, || {
+            if self.sinks.is_empty() {
+                return Vec::new();
+            }
+            serde_json::from_slice(&delivery.payload)
+                .map(|payload| crate::sink::item_keys(&payload, sent_at_ms))
+                .unwrap_or_default()
+        })
+        .await?;
         tracing::debug!(
             event_type = %delivery.summary.event_type,
             bytes = delivery.payload.len(),
@@ -247,6 +273,60 @@ impl Pipeline {
             recovered_from_archive: recovered,
             fetch: held.fetch,
         })
+    }
+
+    /// With `EraseOnDeauth`, a written `deauth` or `access_revoked` erases
+    /// the rest of its user's data, keeping this record (its archived object
+    /// under `name`, its items from `kept_items`): the event that says when
+    /// and why the data went. Until the erasure is whole the record fails
+    /// as transient, so the retry finishes it.
+    async fn erase_if_leaving(
+        &self,
+        summary: &PayloadSummary,
+        name: &ArchiveName,
+        give_up_at: Instant,
+        kept_items: impl FnOnce() -> Vec<(String, String)>,
+    ) -> Result<(), RecordFailure> {
+        let (Some(eraser), Some(user_id)) = (&self.eraser, &summary.user_id) else {
+            return Ok(());
+        };
+        if !LEAVING_EVENT_TYPES.contains(&summary.event_type.as_str()) {
+            return Ok(());
+        }
+        let kept = Kept {
+            archive_name: self.archive.as_ref().map(|_| name.clone()),
+            items: kept_items(),
+        };
+        let Ok(erased) =
+            tokio::time::timeout_at(give_up_at, eraser.erase_user(user_id, &kept)).await
+        else {
+            return Err(RecordFailure::new(
+                FailureClass::Sink,
+                Retry::Transient,
+                "written; the invocation deadline came before the user's data was all erased \
+                 (the retry goes on from where this stopped)",
+            ));
+        };
+        if let Some(first) = erased.failures.first() {
+            return Err(RecordFailure::new(
+                FailureClass::Sink,
+                Retry::Transient,
+                format!(
+                    "written; erasing the user's data left {} undone (first: {}: {})",
+                    erased.failures.len(),
+                    first.what,
+                    first.reason
+                ),
+            ));
+        }
+        tracing::info!(
+            event_type = %summary.event_type,
+            objects = erased.objects,
+            versions = erased.versions,
+            items = erased.items,
+            "the user left; the rest of their data is erased"
+        );
+        Ok(())
     }
 
     /// From Terra's bucket with the role when own-bucket mode covers the
@@ -389,9 +469,10 @@ impl Pipeline {
         let Some(archive) = &self.archive else {
             return Err(error);
         };
-        if self.sinks.is_empty() {
-            // Nothing to project: that the archive holds this send is all
-            // the record needs, and asking costs no payload in memory.
+        if self.sinks.is_empty() && self.eraser.is_none() {
+            // Nothing to project or erase for: that the archive holds this
+            // send is all the record needs, and asking costs no payload in
+            // memory.
             if archive.holds(name, sent_at_ms).await?.is_none() {
                 return Err(error);
             }

@@ -279,6 +279,8 @@ impl Pipeline {
                 version.object.to_string(),
             ));
         }
+        self.erase_if_leaving(&summary, name, give_up_at, Vec::new)
+            .await?;
         tracing::debug!(
             event_type = %summary.event_type,
             bytes = version.size,

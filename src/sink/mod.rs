@@ -21,7 +21,9 @@ use crate::outcome::{Classify, FailureClass, Retry};
 use crate::payload::PayloadSummary;
 
 pub use archive_name::{ArchiveName, KeyPrefix, KeyPrefixError};
-pub use dynamodb::{DEFAULT_MAX_ITEMS, DynamoDbSink, from_attribute, item_keys, to_attribute};
+pub use dynamodb::{
+    DEFAULT_MAX_ITEMS, DynamoDbSink, from_attribute, item_keys, to_attribute, user_partition_key,
+};
 pub(crate) use s3::inflate;
 pub use s3::{ArchiveRead, ArchivedAbout, ArchivedPayload, S3Archive, S3Compression, S3Settings};
 

@@ -57,6 +57,20 @@ def as_list(value):
     return value if isinstance(value, list) else [value]
 
 
+def actions_of(statement, erase_on_deauth=True):
+    """The statement's actions, each `!If [EraseOnDeauthOn, action, NoValue]`
+    taken as the setting says."""
+    taken = []
+    for action in as_list(statement["Action"]):
+        if isinstance(action, dict):
+            condition, action, otherwise = action["Fn::If"]
+            assert (condition, otherwise) == ("EraseOnDeauthOn", {"Ref": "AWS::NoValue"}), action
+            if not erase_on_deauth:
+                continue
+        taken.append(action)
+    return taken
+
+
 def iam_principals():
     return [
         name
@@ -165,7 +179,7 @@ def test_no_wildcard_resource_for_anything_but_reads():
     for principal in iam_principals():
         for statement in statements(principal):
             assert statement["Effect"] == "Allow"
-            actions = as_list(statement["Action"])
+            actions = actions_of(statement)
             for action in actions:
                 service, verb = action.split(":")
                 assert "*" not in verb and "*" not in service, f"{principal}: {action}"
@@ -174,12 +188,16 @@ def test_no_wildcard_resource_for_anything_but_reads():
                 assert not writes, f"{principal}: {writes} on Resource *"
 
 
-def test_handlers_get_exactly_the_store_actions_the_code_calls():
+@pytest.mark.parametrize("erase_on_deauth", [False, True])
+def test_handlers_get_exactly_the_store_actions_the_code_calls(erase_on_deauth):
+    """Erasure's listing and deleting only with EraseOnDeauth (their use is
+    proven with IAM enforced in ops/tests/erase.rs)."""
+    erasing = {"s3:ListBucketVersions", "s3:DeleteObjectVersion", "dynamodb:Query", "dynamodb:DeleteItem"}
     for role in ("SqsHandlerRole", "KafkaHandlerRole"):
         actions = {
             action
             for statement in statements(role)
-            for action in as_list(statement["Action"])
+            for action in actions_of(statement, erase_on_deauth)
             if action.split(":")[0] in ("s3", "dynamodb")
         }
         assert actions == {
@@ -189,7 +207,7 @@ def test_handlers_get_exactly_the_store_actions_the_code_calls():
             "s3:ListBucket",
             "dynamodb:PutItem",
             "dynamodb:UpdateItem",
-        }, role
+        } | (erasing if erase_on_deauth else set()), role
 
 
 def test_sqs_handler_gets_exactly_the_queue_actions_the_mapping_and_code_call():
@@ -200,9 +218,9 @@ def test_sqs_handler_gets_exactly_the_queue_actions_the_mapping_and_code_call():
     statements_on_queue = [
         statement
         for statement in statements("SqsHandlerRole")
-        if any(action.startswith("sqs:") for action in as_list(statement["Action"]))
+        if any(action.startswith("sqs:") for action in actions_of(statement))
     ]
-    actions = {action for s in statements_on_queue for action in as_list(s["Action"])}
+    actions = {action for s in statements_on_queue for action in actions_of(s)}
     assert actions == {
         "sqs:ReceiveMessage",
         "sqs:DeleteMessage",
@@ -218,12 +236,12 @@ def test_archive_access_is_confined_to_the_prefix():
     too (a source bucket's listing is the whole bucket, Terra's alone)."""
     for role in ("SqsHandlerRole", "KafkaHandlerRole"):
         for statement in statements(role):
-            if "s3:PutObject" in as_list(statement["Action"]):
+            if "s3:PutObject" in actions_of(statement):
                 arn, variables = statement["Resource"]["Fn::Sub"]
                 assert arn.endswith("/${S3Prefix}*"), arn
                 assert variables["S3Prefix"] == setting("S3Prefix")
         _, archive_statements = policy_named(role, "archive")
-        listing = [s for s in archive_statements if "s3:ListBucket" in as_list(s["Action"])]
+        listing = [s for s in archive_statements if "s3:ListBucket" in actions_of(s)]
         assert listing, role
         for statement in listing:
             assert statement["Condition"]["StringLike"]["s3:prefix"] == {
@@ -278,7 +296,7 @@ def test_each_stack_has_its_own_kafka_consumer_group_and_may_read_it():
     group_arns = [
         statement["Resource"]["Fn::Sub"][0]
         for statement in statements("KafkaHandlerRole")
-        if "kafka-cluster:AlterGroup" in as_list(statement["Action"])
+        if "kafka-cluster:AlterGroup" in actions_of(statement)
     ]
     assert group_arns and all(arn.endswith("/terra-sink-${AWS::StackName}") for arn in group_arns)
 
@@ -409,7 +427,7 @@ def test_customer_managed_keys_get_exactly_what_their_store_needs():
         for name, (condition, actions, key) in expected.items():
             found_condition, (statement,) = policy_named(role, name)
             assert found_condition == condition, (role, name)
-            assert set(as_list(statement["Action"])) == actions, (role, name)
+            assert set(actions_of(statement)) == actions, (role, name)
             assert statement["Resource"] == setting(key), (role, name)
     condition, (statement,) = policy_named("KafkaHandlerRole", "kafka-credentials-key")
     assert condition == "KafkaSecretHasKey"
@@ -707,6 +725,14 @@ def test_retention_is_the_deployers_and_off_by_default():
     )
     sink = (ROOT / "src" / "sink" / "dynamodb" / "mod.rs").read_text()
     assert 'pub const EXPIRES_AT: &str = "expires_at";' in sink
+
+
+def test_erasing_on_deauth_is_off_by_default_and_reaches_both_functions():
+    for template in TEMPLATES.values():
+        assert template["Mappings"]["Defaults"]["Settings"]["EraseOnDeauth"] == "false"
+        variables = template["Globals"]["Function"]["Environment"]["Variables"]
+        assert variables["TERRA_ERASE_ON_DEAUTH"] == setting("EraseOnDeauth")
+        assert template["Conditions"]["EraseOnDeauthOn"] == {"Fn::Equals": [setting("EraseOnDeauth"), "true"]}
 
 
 def test_every_identity_the_stacks_create_takes_the_permissions_boundary():

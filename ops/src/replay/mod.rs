@@ -8,10 +8,14 @@
 //! state file after every object, in key order, so a run that is stopped
 //! resumes after the last object all of whose predecessors were done.
 //!
+//! `replay archive --erasure-index` (`erasure_index.rs`) writes the erasure
+//! index instead of the table, for objects archived before it existed.
+//!
 //! `replay dead-letters` (`dead_letters.rs`) completes dead-lettered
 //! messages from the archive.
 
 mod dead_letters;
+mod erasure_index;
 mod state;
 
 use std::collections::BTreeMap;
@@ -28,6 +32,7 @@ use terra_sink::sink::{
 };
 
 pub use dead_letters::{DeadLetterQueueError, DeadLetterReplay, DeadLetterSummary, LeftMessage};
+pub use erasure_index::ErasureIndexBackfill;
 pub use state::{FailedKey, ReplayRun, StateError, StateFile};
 
 /// What a replay selects and how it runs.

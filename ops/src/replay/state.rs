@@ -20,6 +20,9 @@ pub struct ReplayRun {
     pub event_type: Option<String>,
     pub user_id: Option<String>,
     pub dry_run: bool,
+    /// The erasure index is written instead of the table.
+    #[serde(default)]
+    pub erasure_index: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -166,6 +169,7 @@ mod tests {
             event_type: None,
             user_id: None,
             dry_run: false,
+            erasure_index: false,
         }
     }
 

@@ -211,7 +211,7 @@ pub fn records_header(
     let event_type = kind.and_then(Value::as_str).unwrap_or("unknown").to_owned();
     Some(RecordsHeader {
         tag: type_tag(&event_type),
-        pk: format!("USER#{}", key_part(&user_id)),
+        pk: user_partition_key(&user_id),
         user_id: Some(user_id),
         provider: user_text(user, "provider"),
         reference_id: user_text(user, "reference_id")
@@ -247,6 +247,11 @@ pub fn record_item(
 /// UUIDs and timestamps) are hashed, so every key stays far inside DynamoDB's
 /// limits (partition key 2048 bytes, sort key 1024) whatever a payload holds.
 const MAX_KEY_PART: usize = 256;
+
+/// The partition every item of `user_id` is under.
+pub fn user_partition_key(user_id: &str) -> String {
+    format!("USER#{}", key_part(user_id))
+}
 
 /// `text`, or `sha256:{hex}` of it when it is too long for a key.
 fn key_part(text: &str) -> Cow<'_, str> {
@@ -378,7 +383,7 @@ pub fn plan(mut payload: Value, sent_at_ms: u64) -> Vec<PlannedItem> {
     }
     if let (Some(user_id), Some(athlete)) = (&user_id, payload.get("athlete")) {
         return vec![base(
-            format!("USER#{}", key_part(user_id)),
+            user_partition_key(user_id),
             "ATHLETE".into(),
             user,
             athlete.clone(),
@@ -396,7 +401,7 @@ pub fn plan(mut payload: Value, sent_at_ms: u64) -> Vec<PlannedItem> {
         );
         return vec![base(NO_USER_PK.into(), sk, None, payload.clone())];
     };
-    let pk = format!("USER#{}", key_part(&subject_id));
+    let pk = user_partition_key(&subject_id);
     let mut items = vec![base(
         pk.clone(),
         format!("EVENT#{}#{tag}", sent_time(sent_at_ms)),
@@ -419,7 +424,7 @@ pub fn plan(mut payload: Value, sent_at_ms: u64) -> Vec<PlannedItem> {
     {
         items.push(profile(
             &base,
-            format!("USER#{}", key_part(&old_id)),
+            user_partition_key(&old_id),
             Some(old_user),
             &event_type,
             sent_at_ms,

@@ -6,6 +6,8 @@
 //! stored gzip-compressed, and failing that as a pointer to the S3 archive.
 
 mod items;
+
+pub use items::user_partition_key;
 mod projection;
 
 use std::collections::HashMap;

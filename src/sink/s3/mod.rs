@@ -159,6 +159,40 @@ impl S3Archive {
         })
     }
 
+    /// Lists `key` in the erasure index under the payload's user, before
+    /// the object is written: no object is ever there without its marker
+    /// (a marker without its object erases nothing).
+    async fn index_for_erasure(
+        &self,
+        key: &str,
+        summary: &PayloadSummary,
+    ) -> Result<(), SinkError> {
+        match &summary.user_id {
+            Some(user_id) => self.list_for_erasure(key, user_id).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Puts the erasure index's marker that lists `key` under `user_id`.
+    pub async fn list_for_erasure(&self, key: &str, user_id: &str) -> Result<(), SinkError> {
+        let marker = crate::erasure::index_marker(&self.settings.prefix, user_id, key);
+        self.client
+            .put_object()
+            .bucket(&self.settings.bucket)
+            .key(&marker)
+            .content_length(0)
+            .body(aws_sdk_s3::primitives::ByteStream::from_static(b""))
+            .send()
+            .await
+            .map_err(|e| {
+                self.error(format!(
+                    "PutObject {marker} (erasure index): {}",
+                    describe(&e)
+                ))
+            })?;
+        Ok(())
+    }
+
     /// Conditional writes of `body`, as many rounds as concurrent writers
     /// make necessary.
     async fn put_conditionally(
@@ -168,6 +202,7 @@ impl S3Archive {
         summary: &PayloadSummary,
         sent_at_ms: u64,
     ) -> Result<ArchiveWrite, SinkError> {
+        self.index_for_erasure(&key, summary).await?;
         self.write_conditionally(key, sent_at_ms, |key, expect| async move {
             self.put(&key, body, summary, sent_at_ms, &expect).await
         })
@@ -475,6 +510,7 @@ impl ServerSideCopy for S3Archive {
             });
         }
         let key = self.key_for(name);
+        self.index_for_erasure(&key, summary).await?;
         self.write_conditionally(key, sent_at_ms, |key, expect| async move {
             self.copy(&key, source, summary, sent_at_ms, &expect).await
         })
@@ -524,11 +560,28 @@ mod tests {
             .expect("valid")
     }
 
+    /// The erasure index's marker for the payload's user, put before the
+    /// object (`summary()`'s user is u-1).
+    fn index_marker_put() -> aws_smithy_mocks::Rule {
+        let marker = crate::erasure::index_marker(
+            &KeyPrefix::parse("terra/").expect("valid"),
+            "u-1",
+            "terra/dt=2026-11-30/a.json",
+        );
+        mock!(aws_sdk_s3::Client::put_object)
+            .match_requests(move |put| {
+                put.key() == Some(marker.as_str()) && put.content_length() == Some(0)
+            })
+            .then_http_response(answer(200, &[("etag", "\"marker\"")], b""))
+    }
+
     /// The copy names its source by that version and asks for an empty key
-    /// first; when a later send holds the key, it stays.
+    /// first; when a later send holds the key, it stays. The erasure index
+    /// lists it first.
     #[tokio::test]
     async fn a_copy_keeps_the_newest_send_under_its_name() {
         let name = ArchiveName::of_key("terra/", "terra/dt=2026-11-30/a.json");
+        let marker = index_marker_put();
         let first_copy = mock!(aws_sdk_s3::Client::copy_object)
             .match_requests(|copy| {
                 copy.if_none_match() == Some("*")
@@ -549,7 +602,7 @@ mod tests {
         let client = mock_client!(
             aws_sdk_s3,
             RuleMode::Sequential,
-            [&first_copy, &newer],
+            [&marker, &first_copy, &newer],
             |c| c.retry_config(RetryConfig::disabled())
         );
         let stored = archive(client)
@@ -557,12 +610,14 @@ mod tests {
             .await
             .expect("settled");
         assert!(matches!(stored, ArchiveWrite::NewerHeld(_)), "{stored:?}");
+        assert_eq!(marker.num_calls(), 1);
     }
 
     /// An older send under the key is replaced, by that very object only.
     #[tokio::test]
     async fn a_copy_replaces_an_older_send_by_its_etag() {
         let name = ArchiveName::of_key("terra/", "terra/dt=2026-11-30/a.json");
+        let marker = index_marker_put();
         let first_copy = mock!(aws_sdk_s3::Client::copy_object).then_http_response(answer(
             412,
             &[],
@@ -581,7 +636,7 @@ mod tests {
         let client = mock_client!(
             aws_sdk_s3,
             RuleMode::Sequential,
-            [&first_copy, &older, &replacing],
+            [&marker, &first_copy, &older, &replacing],
             |c| c.retry_config(RetryConfig::disabled())
         );
         let stored = archive(client)

@@ -399,6 +399,11 @@ impl S3Upload {
                 .archive
                 .error(format!("{}: no upload to complete", self.key)));
         };
+        // The object appears at completion: its marker goes first.
+        if let Err(e) = self.archive.index_for_erasure(&self.key, summary).await {
+            self.abort_started(started).await;
+            return Err(e);
+        }
         let mut expect = Expect::Absent;
         for _ in 0..CONDITIONAL_ROUNDS {
             let completed = match self.complete(started, &expect).await {
