@@ -48,6 +48,8 @@ struct Shared {
     s3_outages: std::sync::Mutex<Vec<(tokio::time::Instant, tokio::time::Instant)>>,
     requests: AtomicUsize,
     injected: AtomicUsize,
+    /// The path and query of every S3 listing (objects or versions).
+    s3_listings: std::sync::Mutex<Vec<String>>,
 }
 
 pub struct FaultProxy {
@@ -68,6 +70,7 @@ impl FaultProxy {
             s3_outages: std::sync::Mutex::new(Vec::new()),
             requests: AtomicUsize::new(0),
             injected: AtomicUsize::new(0),
+            s3_listings: std::sync::Mutex::new(Vec::new()),
         });
         let app = Router::new()
             .fallback(forward)
@@ -98,6 +101,16 @@ impl FaultProxy {
     pub fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
     }
+
+    /// Every S3 listing forwarded so far (ListObjectsV2, ListObjectVersions):
+    /// its path and query, as sent.
+    pub fn s3_listings(&self) -> Vec<String> {
+        self.shared
+            .s3_listings
+            .lock()
+            .expect("not poisoned")
+            .clone()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -108,6 +121,18 @@ impl Drop for FaultProxy {
 
 async fn forward(State(shared): State<Arc<Shared>>, request: Request<Body>) -> Response<Body> {
     let n = shared.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    let query = request.uri().query().unwrap_or_default();
+    let is_listing = query.contains("list-type=2")
+        || query
+            .split('&')
+            .any(|p| p == "versions" || p == "versions=");
+    if request.method() == axum::http::Method::GET && is_listing {
+        shared
+            .s3_listings
+            .lock()
+            .expect("not poisoned")
+            .push(request.uri().to_string());
+    }
     let schedule = &shared.schedule;
     let fault = (schedule.every > 0 && n % schedule.every == 0 && !schedule.faults.is_empty())
         .then(|| schedule.faults[(n / schedule.every - 1) % schedule.faults.len()]);

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use terra_sink_dev::bed::{Bed, assert_all_succeeded, sqs_record};
+use terra_sink_dev::fault_proxy::{FaultProxy, FaultSchedule};
 use terra_sink_dev::local_stack::LocalStack;
 use terra_sink_dev::moto::{ERASURE_INDEX_FOLDER, Moto};
 use terra_sink_dev::payload_server::{Behaviour, PayloadServer};
@@ -170,6 +171,42 @@ async fn versions(bed: &Bed) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// Each listing was of one user's index (ListObjectsV2 under
+/// `terra/_erasure/user=`), or of one object's versions (ListObjectVersions
+/// with a whole key as the prefix): nothing listed a day or the archive.
+/// `objects` objects had their versions listed.
+fn assert_only_the_users_share_was_listed(listings: &[String], objects: usize) {
+    let prefix_of = |listing: &str| {
+        let query = listing.split_once('?').map_or("", |(_, q)| q);
+        url::form_urlencoded::parse(query.as_bytes())
+            .find(|(name, _)| name == "prefix")
+            .map(|(_, value)| value.into_owned())
+            .unwrap_or_default()
+    };
+    let mut versions_listed = BTreeSet::new();
+    for listing in listings {
+        let prefix = prefix_of(listing);
+        if listing.contains("list-type=2") {
+            assert!(
+                prefix.starts_with("terra/_erasure/user=") && prefix.ends_with('/'),
+                "a listing of more than one user's index: {listing}"
+            );
+        } else {
+            assert!(
+                prefix.starts_with("terra/dt=") && prefix.ends_with(".json")
+                    || prefix.starts_with("terra/_erasure/user=") && prefix.ends_with(".json"),
+                "a versions listing of more than one object: {listing}"
+            );
+            versions_listed.insert(prefix);
+        }
+    }
+    let objects_listed = versions_listed
+        .iter()
+        .filter(|p| !p.contains(ERASURE_INDEX_FOLDER))
+        .count();
+    assert_eq!(objects_listed, objects, "{listings:#?}");
+}
+
 /// The users whose items the table holds.
 async fn users_in_table(bed: &Bed) -> BTreeSet<String> {
     bed.moto
@@ -201,7 +238,12 @@ async fn erasing_one_person_removes_every_version_and_item_of_both_ids_and_nothi
     // The index lists every object under its user (by hash).
     assert_eq!(bed.moto.index_markers(&bed.bucket).await.len(), 4);
 
-    let erased = succeeded(erase(&bed, &[OLD_ID, NEW_ID]));
+    // Through a proxy that records every listing: none lists the archive.
+    let proxy = FaultProxy::start(&bed.moto.endpoint, FaultSchedule::none()).await;
+    let mut through_proxy = erase(&bed, &[OLD_ID, NEW_ID]);
+    through_proxy.env("AWS_ENDPOINT_URL", &proxy.endpoint);
+    let erased = succeeded(through_proxy);
+    assert_only_the_users_share_was_listed(&proxy.s3_listings(), 3);
     assert_eq!(erased["users"], 2, "{erased}");
     assert_eq!(erased["objects"], 3, "{erased}");
     // Two sends of each object, two versions each.
