@@ -316,7 +316,7 @@ def test_alarms_cover_dead_letters_message_age_errors_throttles_and_expired_urls
     alarms = {
         (str(body["Properties"]["Namespace"]), body["Properties"]["MetricName"])
         for body in RESOURCES.values()
-        if body["Type"] == "AWS::CloudWatch::Alarm"
+        if body["Type"] == "AWS::CloudWatch::Alarm" and "MetricName" in body["Properties"]
     }
     assert {
         ("AWS/SQS", "ApproximateNumberOfMessagesVisible"),
@@ -459,6 +459,47 @@ def test_a_source_bucket_is_read_only_and_only_when_named():
         assert template["Mappings"]["Defaults"]["Settings"]["TerraSourceBucket"] == ""
 
 
+@pytest.mark.parametrize(
+    "name, function",
+    [("template.yaml", "SqsHandlerFunction"), ("kafka/template.yaml", "KafkaHandlerFunction")],
+)
+def test_every_path_has_the_same_watch(name, function):
+    """Expired URLs, payload age, and invocations nearing their timeout
+    alarm on both functions, and both stacks have the URL-clock dashboard."""
+    template = TEMPLATES[name]
+    alarms = [b["Properties"] for b in template["Resources"].values() if b["Type"] == "AWS::CloudWatch::Alarm"]
+    on_function = {
+        a["MetricName"]: a
+        for a in alarms
+        if "MetricName" in a and a["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function}}]
+    }
+    assert on_function["RecordsFailedExpired"]["Namespace"] == setting("MetricsNamespace")
+    age = on_function["PayloadAgeAtFetch"]
+    assert age["Threshold"] == {"Fn::Join": ["", [setting("PayloadAgeAlarmSeconds"), "000"]]}
+    assert int(template["Mappings"]["Defaults"]["Settings"]["PayloadAgeAlarmSeconds"]) < 600
+
+    (timeout,) = [a for a in alarms if "Metrics" in a]
+    duration, share = timeout["Metrics"]
+    stat = duration["MetricStat"]
+    assert (stat["Metric"]["Namespace"], stat["Metric"]["MetricName"], stat["Stat"]) == ("AWS/Lambda", "Duration", "p99")
+    assert stat["Metric"]["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function}}]
+    # p99 over the timeout in ms (the setting is seconds), above 80 %.
+    assert share["Expression"] == {"Fn::Join": ["", ["duration / ", setting("FunctionTimeout"), "000"]]}
+    assert (timeout["Threshold"], timeout["ComparisonOperator"]) == (0.8, "GreaterThanThreshold")
+
+    body = template["Resources"]["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    assert "PayloadAgeAtFetch" in body[0] and body[1]["Function"] == {"Ref": function}
+
+
+@pytest.mark.parametrize("name", TEMPLATES)
+def test_without_an_alarm_email_an_output_says_no_one_is_told(name):
+    template = TEMPLATES[name]
+    assert template["Conditions"]["NoAlarmEmail"] == {"Fn::Equals": [{"Ref": "AlarmEmail"}, ""]}
+    output = template["Outputs"]["AlarmsNotifyNoOne"]
+    assert output["Condition"] == "NoAlarmEmail"
+    assert "tell no one" in output["Description"]
+
+
 def test_mappings_report_their_metrics():
     sqs_event = resource("SqsHandlerFunction")["Events"]["TerraQueue"]["Properties"]
     assert sqs_event["MetricsConfig"] == {"Metrics": ["EventCount"]}
@@ -469,7 +510,7 @@ def test_alarms_watch_the_url_clock_and_kafka_lag():
     alarms = {
         body["Properties"]["MetricName"]: body["Properties"]
         for body in RESOURCES.values()
-        if body["Type"] == "AWS::CloudWatch::Alarm"
+        if body["Type"] == "AWS::CloudWatch::Alarm" and "MetricName" in body["Properties"]
     }
     age = alarms["PayloadAgeAtFetch"]
     assert age["Namespace"] == setting("MetricsNamespace")
@@ -661,7 +702,9 @@ def test_both_stacks_create_the_same_stores_and_alarm_topic():
     shared = set(SQS["Resources"]) & set(KAFKA["Resources"])
     assert shared >= {"ArchiveBucket", "ArchiveBucketPolicy", "RecordsTable", "AlarmTopic",
                       "ArchiveDatabase", "ArchivePayloadsTable", "AthenaResultsBucket", "ArchiveWorkGroup"}
-    for name in shared - {"DataKey"}:
+    # The same watch on each stack's own function: test_every_path_has_the_same_watch.
+    watch = {"Dashboard", "ExpiredUrlsAlarm", "PayloadAgeAlarm"}
+    for name in shared - {"DataKey"} - watch:
         assert SQS["Resources"][name] == KAFKA["Resources"][name], name
     # The key's policy is the same but for Terra's statement (SQS only).
     sqs_key, kafka_key = (
