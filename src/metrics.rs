@@ -3,6 +3,8 @@
 //! added latency.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::{Map, Value, json};
 
@@ -12,10 +14,57 @@ use crate::outcome::{FailureClass, Outcome};
 /// EMF takes at most 100 values per metric in one document.
 const MAX_VALUES_PER_DOCUMENT: usize = 100;
 
+/// Terra's event types (its documentation and example payloads) that get a
+/// `Type` value of their own. Any other is counted as [`OTHER_TYPE`], so a
+/// stray or new type cannot add a metric stream per value.
+pub const KNOWN_TYPES: [&str; 23] = [
+    "activity",
+    "sleep",
+    "daily",
+    "body",
+    "nutrition",
+    "menstruation",
+    "athlete",
+    "planned_workout",
+    "hormone",
+    "health_observation",
+    "lab_report.completed",
+    "lab_report.failed",
+    "auth",
+    "auth_cancelled",
+    "deauth",
+    "user_reauth",
+    "access_revoked",
+    "connection_error",
+    "permission_change",
+    "google_no_datasource",
+    "large_request_processing",
+    "large_request_sending",
+    "rate_limit_hit",
+];
+pub const OTHER_TYPE: &str = "other";
+/// A record that failed before its payload was read.
+pub const UNKNOWN_TYPE: &str = "unknown";
+
+/// The `Type` dimension's value for Terra's `event_type`.
+pub fn type_dimension(event_type: Option<&str>) -> &'static str {
+    match event_type {
+        None => UNKNOWN_TYPE,
+        Some(event_type) => KNOWN_TYPES
+            .iter()
+            .find(|known| **known == event_type)
+            .copied()
+            .unwrap_or(OTHER_TYPE),
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     namespace: String,
     destination: Destination,
+    /// Until the first invocation's metrics are out: `ColdStart` is 1 then,
+    /// 0 after, once per process (the app holds one `Metrics`).
+    cold: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +80,7 @@ impl Metrics {
         Self {
             namespace,
             destination: Destination::Stdout,
+            cold: Arc::new(AtomicBool::new(true)),
         }
     }
 
@@ -42,6 +92,7 @@ impl Metrics {
         let metrics = Self {
             namespace: namespace.to_owned(),
             destination: Destination::Memory(std::sync::Arc::clone(&documents)),
+            cold: Arc::new(AtomicBool::new(true)),
         };
         (metrics, documents)
     }
@@ -68,7 +119,8 @@ impl Metrics {
     }
 
     /// The EMF documents for one invocation: counts and the first 100 timings
-    /// in the first, further timings in as many more as needed.
+    /// in the first, further timings in as many more as needed, then one per
+    /// `Type` the batch had, with its records written and failed.
     pub fn documents(
         &self,
         function_name: &str,
@@ -101,6 +153,11 @@ impl Metrics {
                 "Count",
                 summary.recovered_from_archive as u64,
             ),
+            (
+                "ColdStart".into(),
+                "Count",
+                u64::from(self.cold.swap(false, Ordering::Relaxed)),
+            ),
         ];
         // Every class, so each failure metric has a datapoint (0 included)
         // in every invocation and alarms never see missing data for a
@@ -123,14 +180,32 @@ impl Metrics {
             "Bytes",
             fetches.iter().map(|(_, bytes)| bytes).sum(),
         ));
-        let latencies: Vec<u64> = fetches.iter().map(|(f, _)| f.latency_ms).collect();
-        let ages: Vec<u64> = fetches.iter().map(|(f, _)| f.age_at_fetch_ms).collect();
+        let timings: [(&str, Vec<u64>); 3] = [
+            (
+                "FetchLatency",
+                fetches.iter().map(|(f, _)| f.latency_ms).collect(),
+            ),
+            (
+                "PayloadAgeAtFetch",
+                fetches.iter().map(|(f, _)| f.age_at_fetch_ms).collect(),
+            ),
+            (
+                "RecordDuration",
+                report
+                    .outcomes
+                    .iter()
+                    .filter_map(|outcome| match outcome {
+                        Outcome::Written(written) => Some(written.duration_ms),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+        ];
 
         let mut documents = Vec::new();
-        let chunks = latencies.len().div_ceil(MAX_VALUES_PER_DOCUMENT).max(1);
+        let longest = timings.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+        let chunks = longest.div_ceil(MAX_VALUES_PER_DOCUMENT).max(1);
         for chunk in 0..chunks {
-            let range = chunk * MAX_VALUES_PER_DOCUMENT
-                ..((chunk + 1) * MAX_VALUES_PER_DOCUMENT).min(latencies.len());
             let mut values: Vec<(String, &str, Value)> = Vec::new();
             if chunk == 0 {
                 values.extend(
@@ -139,28 +214,71 @@ impl Metrics {
                         .map(|(name, unit, n)| (name.clone(), *unit, json!(n))),
                 );
             }
-            if !range.is_empty() {
-                values.push((
-                    "FetchLatency".into(),
-                    "Milliseconds",
-                    json!(latencies[range.clone()]),
-                ));
-                values.push((
-                    "PayloadAgeAtFetch".into(),
-                    "Milliseconds",
-                    json!(ages[range]),
-                ));
+            for (name, series) in &timings {
+                let start = (chunk * MAX_VALUES_PER_DOCUMENT).min(series.len());
+                let end = ((chunk + 1) * MAX_VALUES_PER_DOCUMENT).min(series.len());
+                if start < end {
+                    values.push(((*name).into(), "Milliseconds", json!(series[start..end])));
+                }
             }
-            documents.push(self.document(function_name, trigger, timestamp_ms, values));
+            documents.push(self.document(function_name, trigger, timestamp_ms, None, values));
         }
+        documents.extend(self.by_type(function_name, trigger, report, timestamp_ms));
         documents
     }
 
+    /// One document per `Type` value the batch had: its records written and
+    /// failed, under the dimensions `FunctionName` and `Type`.
+    fn by_type(
+        &self,
+        function_name: &str,
+        trigger: &str,
+        report: &BatchReport,
+        timestamp_ms: u64,
+    ) -> Vec<Value> {
+        let mut by_type: std::collections::BTreeMap<&'static str, (u64, u64)> =
+            std::collections::BTreeMap::new();
+        for outcome in &report.outcomes {
+            match outcome {
+                Outcome::Written(written) => {
+                    by_type
+                        .entry(type_dimension(Some(&written.event_type)))
+                        .or_default()
+                        .0 += 1;
+                }
+                Outcome::Failed(failure) => {
+                    by_type
+                        .entry(type_dimension(failure.event_type.as_deref()))
+                        .or_default()
+                        .1 += 1;
+                }
+                Outcome::Healthcheck | Outcome::Quarantined(_) => {}
+            }
+        }
+        by_type
+            .into_iter()
+            .map(|(event_type, (written, failed))| {
+                self.document(
+                    function_name,
+                    trigger,
+                    timestamp_ms,
+                    Some(event_type),
+                    vec![
+                        ("RecordsWritten".into(), "Count", json!(written)),
+                        ("RecordsFailed".into(), "Count", json!(failed)),
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    /// A document under `FunctionName`, and `Type` when `event_type` is given.
     fn document(
         &self,
         function_name: &str,
         trigger: &str,
         timestamp_ms: u64,
+        event_type: Option<&str>,
         values: Vec<(String, &str, Value)>,
     ) -> Value {
         let definitions: Vec<Value> = values
@@ -174,12 +292,19 @@ impl Metrics {
                 "Timestamp": timestamp_ms,
                 "CloudWatchMetrics": [{
                     "Namespace": self.namespace,
-                    "Dimensions": [["FunctionName"]],
+                    "Dimensions": if event_type.is_some() {
+                        json!([["FunctionName", "Type"]])
+                    } else {
+                        json!([["FunctionName"]])
+                    },
                     "Metrics": definitions,
                 }]
             }),
         );
         document.insert("FunctionName".into(), json!(function_name));
+        if let Some(event_type) = event_type {
+            document.insert("Type".into(), json!(event_type));
+        }
         document.insert("Trigger".into(), json!(trigger));
         for (name, _, value) in values {
             document.insert(name, value);
@@ -244,7 +369,8 @@ mod tests {
         };
         let documents =
             Metrics::new("TerraSink".into()).documents("terra-sink-sqs", "sqs", &report, 42);
-        assert_eq!(documents.len(), 1);
+        let untyped = documents.iter().filter(|d| d["Type"].is_null()).count();
+        assert_eq!(untyped, 1, "{documents:#?}");
         let document = &documents[0];
         assert_eq!(document["_aws"]["Timestamp"], 42);
         let directive = &document["_aws"]["CloudWatchMetrics"][0];
@@ -265,6 +391,8 @@ mod tests {
         assert_eq!(document["BytesFetched"], 2000);
         assert_eq!(document["FetchLatency"], json!([120, 80]));
         assert_eq!(document["PayloadAgeAtFetch"], json!([4000, 2000]));
+        assert_eq!(document["RecordDuration"], json!([0, 0, 0]));
+        assert_eq!(document["ColdStart"], 1);
     }
 
     #[test]
@@ -273,8 +401,9 @@ mod tests {
             outcomes: (0..250).map(|i| written(i, i * 10)).collect(),
         };
         let documents = Metrics::new("N".into()).documents("f", "kafka", &report, 1);
-        assert_eq!(documents.len(), 3);
-        let sizes: Vec<usize> = documents
+        // Three of timings, one of the batch's only type.
+        assert_eq!(documents.len(), 4);
+        let sizes: Vec<usize> = documents[..3]
             .iter()
             .map(|d| d["FetchLatency"].as_array().expect("values").len())
             .collect();
@@ -283,8 +412,14 @@ mod tests {
         assert!(documents[1]["RecordsWritten"].is_null());
         assert_eq!(
             metric_names(&documents[2]),
-            ["FetchLatency", "PayloadAgeAtFetch"]
+            ["FetchLatency", "PayloadAgeAtFetch", "RecordDuration"]
         );
+        for document in &documents[..3] {
+            for name in metric_names(document) {
+                let values = document[name].as_array().map_or(1, Vec::len);
+                assert!(values <= MAX_VALUES_PER_DOCUMENT, "{name}: {values}");
+            }
+        }
     }
 
     #[test]
@@ -294,5 +429,66 @@ mod tests {
         assert_eq!(documents.len(), 1);
         assert_eq!(documents[0]["RecordsReceived"], 0);
         assert!(documents[0]["FetchLatency"].is_null());
+    }
+
+    #[test]
+    fn a_type_dimension_of_its_own_for_terras_types_and_other_for_the_rest() {
+        let made_up = (0..101).map(|i| format!("made_up_{i}"));
+        let types = KNOWN_TYPES.iter().map(|t| (*t).to_owned()).chain(made_up);
+        let outcomes: Vec<Outcome> = types
+            .map(|event_type| {
+                Outcome::Written(Written {
+                    event_type,
+                    ..Written::default()
+                })
+            })
+            .chain([
+                Outcome::Failed(RecordFailure::new(
+                    FailureClass::Fetch,
+                    Retry::Transient,
+                    "503",
+                )),
+                Outcome::Failed(
+                    RecordFailure::new(FailureClass::Sink, Retry::Transient, "throttled")
+                        .of_type("sleep"),
+                ),
+            ])
+            .collect();
+        let documents =
+            Metrics::new("N".into()).documents("f", "sqs", &BatchReport { outcomes }, 1);
+        let typed: Vec<&Value> = documents.iter().filter(|d| !d["Type"].is_null()).collect();
+        assert_eq!(typed.len(), KNOWN_TYPES.len() + 2, "known, other, unknown");
+        let of = |t: &str| {
+            typed
+                .iter()
+                .find(|d| d["Type"] == t)
+                .unwrap_or_else(|| panic!("{t}"))
+        };
+        assert_eq!(of(OTHER_TYPE)["RecordsWritten"], 101);
+        assert_eq!(of(UNKNOWN_TYPE)["RecordsFailed"], 1);
+        assert_eq!(
+            (
+                &of("sleep")["RecordsWritten"],
+                &of("sleep")["RecordsFailed"]
+            ),
+            (&json!(1), &json!(1))
+        );
+        assert_eq!(
+            of("sleep")["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+            json!([["FunctionName", "Type"]])
+        );
+    }
+
+    #[test]
+    fn cold_start_is_counted_once_per_process() {
+        let metrics = Metrics::new("N".into());
+        let empty = BatchReport { outcomes: vec![] };
+        let first = metrics.documents("f", "sqs", &empty, 1);
+        let clone_in_the_app = metrics.clone();
+        let second = clone_in_the_app.documents("f", "sqs", &empty, 2);
+        assert_eq!(
+            (&first[0]["ColdStart"], &second[0]["ColdStart"]),
+            (&json!(1), &json!(0))
+        );
     }
 }

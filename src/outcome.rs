@@ -100,6 +100,8 @@ pub struct RecordFailure {
     pub message: String,
     /// See [`Classify::record_at_fault`].
     pub record_at_fault: bool,
+    /// Terra's type, when the payload had been read before the failure.
+    pub event_type: Option<String>,
 }
 
 impl RecordFailure {
@@ -109,6 +111,15 @@ impl RecordFailure {
             retry,
             message: message.into(),
             record_at_fault: class != FailureClass::Sink,
+            event_type: None,
+        }
+    }
+
+    /// The failure of a record whose payload is of `event_type`.
+    pub fn of_type(self, event_type: &str) -> Self {
+        Self {
+            event_type: Some(event_type.to_owned()),
+            ..self
         }
     }
 
@@ -154,6 +165,8 @@ pub struct Written {
     pub recovered_from_archive: bool,
     /// How the download went; `None` when the payload came from the archive.
     pub fetch: Option<FetchTiming>,
+    /// From the start of the record's processing to its last write.
+    pub duration_ms: u64,
 }
 
 /// The download of one payload, for metrics.

@@ -56,13 +56,14 @@ pub fn record_failures(output: &str) -> BTreeMap<String, LoggedFailure> {
     last
 }
 
-/// The sum of one EMF metric over every metrics document the handlers
-/// printed.
+/// The sum of one EMF metric over every invocation's metrics document the
+/// handlers printed (not the per-`Type` ones, which count the same records
+/// again by type).
 pub fn metric_total(output: &str, metric: &str) -> u64 {
     output
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|doc| doc.get("_aws").is_some())
+        .filter(|doc| doc.get("_aws").is_some() && doc.get("Type").is_none())
         .filter_map(|doc| doc.get(metric)?.as_f64())
         .map(|n| n as u64)
         .sum()

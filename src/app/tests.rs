@@ -357,8 +357,16 @@ async fn metrics_count_the_invocation_by_outcome_and_class() {
     h.handle_sqs(&event).await;
 
     let documents = h.metrics.lock().expect("not poisoned").clone();
-    assert_eq!(documents.len(), 1, "{documents:?}");
+    // The invocation's, then one per type: the activity written, and the
+    // garbled message failed before any payload was read.
+    let types: Vec<&Value> = documents[1..].iter().map(|d| &d["Type"]).collect();
+    assert_eq!(
+        types,
+        [&json!("activity"), &json!("unknown")],
+        "{documents:?}"
+    );
     let document = &documents[0];
+    assert_eq!(document["ColdStart"], 1, "the app's first invocation");
     let directive = &document["_aws"]["CloudWatchMetrics"][0];
     assert_eq!(directive["Namespace"], "Terra/Test");
     assert_eq!(document["FunctionName"], FUNCTION_NAME);

@@ -208,12 +208,16 @@ impl Pipeline {
                 version,
                 summary,
                 fetch,
-            } => Written {
-                fetch: Some(fetch),
-                ..self
-                    .copy_only(&name, sent_at_ms, version, summary, give_up_at)
-                    .await?
-            },
+            } => {
+                let event_type = summary.event_type.clone();
+                Written {
+                    fetch: Some(fetch),
+                    ..self
+                        .copy_only(&name, sent_at_ms, version, summary, give_up_at)
+                        .await
+                        .map_err(|failure| failure.of_type(&event_type))?
+                }
+            }
         };
         Ok(Outcome::Written(written))
     }
@@ -228,6 +232,21 @@ impl Pipeline {
         give_up_at: Instant,
     ) -> Result<Written, RecordFailure> {
         let summary = inspect_off_the_workers(&held.bytes).await?;
+        let event_type = summary.event_type.clone();
+        self.write_inspected(held, summary, name, sent_at_ms, give_up_at)
+            .await
+            .map_err(|failure| failure.of_type(&event_type))
+    }
+
+    /// [`Pipeline::write_held`] once the payload is validated.
+    async fn write_inspected(
+        &self,
+        held: HeldPayload,
+        summary: PayloadSummary,
+        name: ArchiveName,
+        sent_at_ms: u64,
+        give_up_at: Instant,
+    ) -> Result<Written, RecordFailure> {
         let (recovered, archived) = match held.provenance {
             Provenance::Archive(ref object) => (true, Some(object.clone())),
             _ => (false, None),
@@ -272,6 +291,7 @@ impl Pipeline {
             stale_items,
             recovered_from_archive: recovered,
             fetch: held.fetch,
+            duration_ms: 0,
         })
     }
 
@@ -529,6 +549,7 @@ impl StreamedPayload {
             stale_items: 0,
             recovered_from_archive: false,
             fetch: Some(self.fetch),
+            duration_ms: 0,
         }
     }
 }
@@ -677,8 +698,13 @@ impl RecordProcessor for Pipeline {
             object = tracing::field::Empty,
             payload_reference = tracing::field::Empty,
         );
+        let started = Instant::now();
         async {
             match self.deliver(record, give_up_at).await {
+                Ok(Outcome::Written(written)) => Outcome::Written(Written {
+                    duration_ms: started.elapsed().as_millis() as u64,
+                    ..written
+                }),
                 Ok(outcome) => outcome,
                 Err(failure) => {
                     tracing::warn!(

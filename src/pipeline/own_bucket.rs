@@ -292,6 +292,7 @@ impl Pipeline {
             stale_items: 0,
             recovered_from_archive: false,
             fetch: None,
+            duration_ms: 0,
         })
     }
 }

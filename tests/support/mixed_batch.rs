@@ -180,7 +180,18 @@ pub async fn run(executable: &Executable) {
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|line| line.get("_aws").is_some())
         .collect();
+    let (by_type, metrics): (Vec<Value>, Vec<Value>) = metrics
+        .into_iter()
+        .partition(|doc| doc.get("Type").is_some());
     assert_eq!(metrics.len(), 2, "one EMF document per batch:\n{output}");
+    let written_by_type: u64 = by_type
+        .iter()
+        .filter_map(|doc| doc["RecordsWritten"].as_u64())
+        .sum();
+    assert_eq!(
+        written_by_type,
+        4 + metrics[1]["RecordsWritten"].as_u64().unwrap_or(0)
+    );
     let emf = &metrics[0];
     assert_eq!(
         emf["_aws"]["CloudWatchMetrics"][0]["Namespace"],
