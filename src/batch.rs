@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::outcome::{BatchReport, FailureClass, Outcome, RecordFailure, Retry};
 use crate::record::{InboundRecord, SourceItem};
@@ -46,12 +47,16 @@ pub async fn run<P: RecordProcessor>(
     let total = items.len();
     let lanes = into_lanes(items);
     let mut outcomes: Vec<Option<Outcome>> = vec![None; total];
+    // The invocation's span, parent of every record's: its request and trace
+    // ids are on each line about a record.
+    let invocation = tracing::Span::current();
     let mut finished = futures::stream::iter(lanes.into_iter().map(|lane| {
         let processor = Arc::clone(&processor);
         let indexes = lane.indexes.clone();
         // Spawned so that CPU work (JSON validation, compression) spreads over
         // all cores; panics are caught per record inside the lane.
-        let task = tokio::spawn(run_lane(processor, lane, limits.cutoff));
+        let task =
+            tokio::spawn(run_lane(processor, lane, limits.cutoff).instrument(invocation.clone()));
         async move { (indexes, task.await) }
     }))
     .buffer_unordered(limits.concurrency.max(1));

@@ -2,6 +2,9 @@
 //! named once. `dev/src/logs.rs` includes this file, so a message changed
 //! here changes what they look for.
 
+/// One record written to every store; its fields say how long it took and
+/// how old its payload was when fetched.
+pub const RECORD_WRITTEN: &str = "record written";
 /// One record failed; its fields say how (`class`, `retry`, `error`).
 pub const RECORD_FAILED: &str = "record failed";
 /// The invocation's summary line, once every outcome is settled.

@@ -10,13 +10,105 @@ use serde_json::{Value, json};
 use support::bed::{Bed, assert_all_succeeded, failed_ids, pointer, sqs_record};
 use support::payload_server::Behaviour;
 use support::runtime_api::{Executable, HandlerProcess, RuntimeApi, lambda_environment};
-use support::{fixture, now_ms};
+use support::{fixture, logs, now_ms};
 
 const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mixed_batch_reports_exactly_the_failed_records_and_writes_the_rest() {
     support::mixed_batch::run(&Executable::native(SQS_HANDLER)).await;
+}
+
+/// Every log line about a record carries its correlation fields (its span's
+/// message id and `payload_reference`, the invocation's X-Ray trace id, and
+/// once the payload is read its type and user), so one `payload_reference`
+/// gathers all of its lines, from the first attempt to the last. The level
+/// follows `AWS_LAMBDA_LOG_LEVEL`, as Lambda sets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_records_log_lines_carry_its_correlation_fields_across_attempts() {
+    let bed = Bed::start("terra-correlated").await;
+    let url = bed.payloads.route(
+        "/payloads/sleep.json",
+        Behaviour::FailThenOk {
+            failures: 1,
+            status: 500,
+            retry_after: None,
+            body: fixture("openapi_sleep.json"),
+        },
+    );
+    let message = json!({"type": "s3_payload", "url": url, "expires_in": 600,
+                         "payload_reference": "ref-sleep"});
+    let event = json!({"Records": [sqs_record("m-sleep", &message.to_string(), now_ms())]});
+    // Lambda sets AWS_LAMBDA_LOG_LEVEL from the function's log level, and no
+    // RUST_LOG (which the runtime would let win). At debug, the record's
+    // lines from its stages carry the same fields.
+    let mut env = bed.env(&[
+        ("TERRA_FETCH_MAX_ATTEMPTS", "1"),
+        ("AWS_LAMBDA_LOG_LEVEL", "debug"),
+    ]);
+    env.retain(|(name, _)| name != "RUST_LOG");
+    let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
+    let first = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
+    assert_eq!(failed_ids(&first), BTreeSet::from(["m-sleep".to_owned()]));
+    let last = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
+    assert_all_succeeded(&last, &handler);
+
+    let output = handler.output();
+    let span_field = |line: &Value, span: &str, field: &str| -> Option<String> {
+        line["spans"]
+            .as_array()?
+            .iter()
+            .find(|s| s["name"] == span)
+            .and_then(|s| s[field].as_str().map(str::to_owned))
+    };
+    let lines: Vec<Value> = output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| {
+            span_field(line, "record", "payload_reference").as_deref() == Some("ref-sleep")
+        })
+        .collect();
+    let messages: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["fields"]["message"].as_str())
+        .collect();
+    assert!(messages.contains(&logs::RECORD_FAILED), "{output}");
+    assert!(messages.contains(&logs::RECORD_WRITTEN), "{output}");
+    assert!(
+        messages.contains(&"payload written"),
+        "a debug line: {output}"
+    );
+    let mut traces = BTreeSet::new();
+    for line in &lines {
+        assert_eq!(
+            span_field(line, "record", "id").as_deref(),
+            Some("m-sleep"),
+            "{line}"
+        );
+        let trace = span_field(line, "Lambda runtime invoke", "xrayTraceId");
+        assert!(
+            trace.as_deref().is_some_and(|t| t.starts_with("Root=1-")),
+            "{line}"
+        );
+        traces.insert(trace);
+        if line["fields"]["message"] == logs::RECORD_WRITTEN {
+            assert_eq!(
+                span_field(line, "record", "event_type").as_deref(),
+                Some("sleep"),
+                "{line}"
+            );
+            assert_eq!(
+                span_field(line, "record", "user_id").as_deref(),
+                Some("40f7b0e1-89e2-43ac-a5b8-1e29c8d47cad"),
+                "{line}"
+            );
+        }
+    }
+    assert_eq!(
+        traces.len(),
+        2,
+        "both attempts, each under its invocation's trace"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 #[path = "../../src/log_events.rs"]
 mod log_events;
-pub use log_events::{BATCH_DONE, RECORD_FAILED};
+pub use log_events::{BATCH_DONE, RECORD_FAILED, RECORD_WRITTEN};
 
 /// How a record failed, as its [`RECORD_FAILED`] log line says.
 #[derive(Debug, Clone, PartialEq, Eq)]

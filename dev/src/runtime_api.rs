@@ -24,6 +24,18 @@ struct Invocation {
     id: String,
     event: Vec<u8>,
     deadline_ms: u64,
+    /// The X-Ray trace header Lambda gives each invocation.
+    trace_id: String,
+}
+
+/// An X-Ray trace header of Lambda's form, distinct per invocation `n`.
+fn trace_header(n: u64) -> String {
+    let seconds = crate::now_ms() / 1000;
+    let unique = u64::from(std::process::id()) << 32 | n;
+    format!(
+        "Root=1-{seconds:08x}-{:08x}{unique:016x};Parent={n:016x};Sampled=1",
+        n as u32
+    )
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,10 +109,10 @@ impl RuntimeApi {
     /// As [`RuntimeApi::invoke`], but `None` when no answer came in time (as
     /// Lambda, which then counts the invocation as timed out).
     pub async fn try_invoke(&self, event: &Value, timeout: Duration) -> Option<InvocationResult> {
-        let id = {
+        let (id, trace_id) = {
             let mut counter = self.counter.lock().expect("not poisoned");
             *counter += 1;
-            format!("req-{counter}")
+            (format!("req-{counter}"), trace_header(*counter))
         };
         let (sender, receiver) = oneshot::channel();
         self.waiting
@@ -113,6 +125,7 @@ impl RuntimeApi {
                 id: id.clone(),
                 event: serde_json::to_vec(event).expect("serialisable event"),
                 deadline_ms,
+                trace_id,
             })
             .expect("emulator running");
         match tokio::time::timeout(timeout + Duration::from_secs(5), receiver).await {
@@ -159,6 +172,7 @@ async fn next(
         "lambda-runtime-invoked-function-arn",
         header("arn:aws:lambda:us-east-1:123456789012:function:terra-sink"),
     );
+    headers.insert("lambda-runtime-trace-id", header(&invocation.trace_id));
     headers.insert("content-type", header("application/json"));
     (StatusCode::OK, headers, invocation.event)
 }

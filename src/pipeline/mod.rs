@@ -196,7 +196,10 @@ impl Pipeline {
         let sent_at_ms = record.sent_at_ms;
         let written = match self.obtain(&pointer, sent_at_ms, &name, give_up_at).await? {
             Obtained::Held(held) => self.write_held(held, name, sent_at_ms, give_up_at).await?,
-            Obtained::Streamed(streamed) => streamed.written(),
+            Obtained::Streamed(streamed) => {
+                correlate(&streamed.summary);
+                streamed.written()
+            }
             Obtained::AlreadyArchived => {
                 tracing::debug!("payload already archived by an earlier delivery");
                 Written {
@@ -209,6 +212,7 @@ impl Pipeline {
                 summary,
                 fetch,
             } => {
+                correlate(&summary);
                 let event_type = summary.event_type.clone();
                 Written {
                     fetch: Some(fetch),
@@ -232,6 +236,7 @@ impl Pipeline {
         give_up_at: Instant,
     ) -> Result<Written, RecordFailure> {
         let summary = inspect_off_the_workers(&held.bytes).await?;
+        correlate(&summary);
         let event_type = summary.event_type.clone();
         self.write_inspected(held, summary, name, sent_at_ms, give_up_at)
             .await
@@ -554,6 +559,16 @@ impl StreamedPayload {
     }
 }
 
+/// Puts the payload's type and user on the record's span, so that every
+/// later line about the record carries them.
+fn correlate(summary: &PayloadSummary) {
+    let span = tracing::Span::current();
+    span.record("event_type", summary.event_type.as_str());
+    if let Some(user_id) = &summary.user_id {
+        span.record("user_id", user_id.as_str());
+    }
+}
+
 /// Held bytes into the archive: by a copy inside S3 when they came from
 /// Terra's bucket as stored there and the archive can copy, else uploaded.
 async fn archive_held(
@@ -697,14 +712,28 @@ impl RecordProcessor for Pipeline {
             source = tracing::field::Empty,
             object = tracing::field::Empty,
             payload_reference = tracing::field::Empty,
+            event_type = tracing::field::Empty,
+            user_id = tracing::field::Empty,
         );
         let started = Instant::now();
         async {
             match self.deliver(record, give_up_at).await {
-                Ok(Outcome::Written(written)) => Outcome::Written(Written {
-                    duration_ms: started.elapsed().as_millis() as u64,
-                    ..written
-                }),
+                Ok(Outcome::Written(written)) => {
+                    let written = Written {
+                        duration_ms: started.elapsed().as_millis() as u64,
+                        ..written
+                    };
+                    tracing::info!(
+                        bytes = written.payload_bytes,
+                        duration_ms = written.duration_ms,
+                        age_at_fetch_ms = written.fetch.map(|f| f.age_at_fetch_ms),
+                        fetch_latency_ms = written.fetch.map(|f| f.latency_ms),
+                        recovered_from_archive = written.recovered_from_archive,
+                        "{}",
+                        crate::log_events::RECORD_WRITTEN
+                    );
+                    Outcome::Written(written)
+                }
                 Ok(outcome) => outcome,
                 Err(failure) => {
                     tracing::warn!(
