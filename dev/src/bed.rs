@@ -68,6 +68,28 @@ impl Bed {
         env
     }
 
+    /// An operator's command (`program`, the `terra-sink` tool) as run from
+    /// a workstation against this bed: the handlers' variables for its
+    /// bucket and `table`, test credentials, nothing else from the test's
+    /// environment; output captured.
+    pub fn operator_command(&self, program: &str, table: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(program);
+        command
+            .env_clear()
+            .envs([
+                ("AWS_ENDPOINT_URL", self.moto.endpoint.as_str()),
+                ("AWS_REGION", "us-east-1"),
+                ("AWS_ACCESS_KEY_ID", "test"),
+                ("AWS_SECRET_ACCESS_KEY", "test"),
+                ("TERRA_S3_BUCKET", self.bucket.as_str()),
+                ("TERRA_DYNAMODB_TABLE", table),
+            ])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    }
+
     /// Starts `handler` (a compiled handler's path) with the bed's
     /// environment and `extra`, invokes it once with `records` as an SQS
     /// event, and asserts every record was written or acknowledged. The

@@ -3,7 +3,7 @@
 //! by the compiled command, without touching anyone else's.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -107,24 +107,10 @@ fn erase(bed: &Bed, users: &[&str]) -> Command {
     operator(bed, &args)
 }
 
-/// The operator's tool with `args`, the handlers' variables, test
-/// credentials, nothing else from the test's environment.
+/// The operator's tool with `args`, as an operator runs it.
 fn operator(bed: &Bed, args: &[&str]) -> Command {
-    let mut command = Command::new(OPERATOR_TOOL);
-    command
-        .args(args)
-        .env_clear()
-        .envs([
-            ("AWS_ENDPOINT_URL", bed.moto.endpoint.as_str()),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("TERRA_S3_BUCKET", bed.bucket.as_str()),
-            ("TERRA_DYNAMODB_TABLE", TABLE),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut command = bed.operator_command(OPERATOR_TOOL, TABLE);
+    command.args(args);
     command
 }
 

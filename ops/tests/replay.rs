@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
@@ -84,22 +84,8 @@ fn sqs_handler() -> String {
 }
 
 fn replay_as(program: &str, leading: &[&str], bed: &Bed, extra_env: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(program);
-    command
-        .args(leading)
-        .env_clear()
-        .envs([
-            ("AWS_ENDPOINT_URL", bed.moto.endpoint.as_str()),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("TERRA_S3_BUCKET", bed.bucket.as_str()),
-            ("TERRA_DYNAMODB_TABLE", TABLE),
-        ])
-        .envs(extra_env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut command = bed.operator_command(program, TABLE);
+    command.args(leading).envs(extra_env.iter().copied());
     command
 }
 

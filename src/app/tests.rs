@@ -123,6 +123,15 @@ async fn harness(setup: Setup) -> Harness {
 }
 
 impl Harness {
+    /// A pointer message to Terra's `deauth` of `user`.
+    fn deauth_pointer(&self, user: &str) -> String {
+        pointer(
+            &self
+                .payloads
+                .route("/deauth.json", Behaviour::Ok(leaving("deauth", user))),
+        )
+    }
+
     /// A pointer message to an activity of `user` served at `path`.
     fn activity_pointer(&self, path: &str, user: &str) -> String {
         pointer(&self.payloads.route(path, Behaviour::Ok(activity(user))))
@@ -246,10 +255,7 @@ async fn with_erase_on_deauth_a_user_who_left_is_erased_after_the_event_is_writt
     .await;
     let now = now_ms();
     let active = h.activity_pointer("/active.json", "u-1");
-    let deauth = pointer(
-        &h.payloads
-            .route("/deauth.json", Behaviour::Ok(leaving("deauth", "u-1"))),
-    );
+    let deauth = h.deauth_pointer("u-1");
     let revoked = pointer(&h.payloads.route(
         "/revoked.json",
         Behaviour::Ok(leaving("access_revoked", "u-2")),
@@ -304,10 +310,7 @@ async fn an_erasure_left_undone_fails_the_leaving_record_alone_for_a_retry() {
     .await;
     let now = now_ms();
     let active = h.activity_pointer("/active.json", "u-1");
-    let deauth = pointer(
-        &h.payloads
-            .route("/deauth.json", Behaviour::Ok(leaving("deauth", "u-1"))),
-    );
+    let deauth = h.deauth_pointer("u-1");
     let event = [
         sqs_record("active", &active, now),
         sqs_record("deauth", &deauth, now),
@@ -330,10 +333,7 @@ async fn an_erasure_left_undone_fails_the_leaving_record_alone_for_a_retry() {
 async fn without_erase_on_deauth_a_deauth_is_only_written() {
     let h = harness(Setup::default()).await;
     let now = now_ms();
-    let deauth = pointer(
-        &h.payloads
-            .route("/deauth.json", Behaviour::Ok(leaving("deauth", "u-1"))),
-    );
+    let deauth = h.deauth_pointer("u-1");
     let response = h.handle_sqs(&[sqs_record("deauth", &deauth, now)]).await;
     assert_eq!(failed_ids(&response), Vec::<String>::new());
     assert!(h.archive.object(&name_of(&deauth, now)).is_some());
