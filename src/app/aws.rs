@@ -63,23 +63,21 @@ pub fn pipeline(config: &Config, aws: &SdkConfig) -> Result<Pipeline, InitError>
         .s3
         .clone()
         .map(|settings| Arc::new(S3Archive::new(s3.clone(), settings)) as Arc<dyn Archive>);
+    let dynamodb = dynamodb_client(aws);
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if let Some(table) = &config.dynamodb_table {
         sinks.push(Arc::new(
-            DynamoDbSink::new(
-                dynamodb_client(aws),
-                table.clone(),
-                config.dynamodb_max_items,
-            )
-            .expiring_after(config.dynamodb_retention_days),
+            DynamoDbSink::new(dynamodb.clone(), table.clone(), config.dynamodb_max_items)
+                .expiring_after(config.dynamodb_retention_days),
         ));
     }
     let mut pipeline = Pipeline::new(fetcher, archive, sinks);
+    if config.erase_on_deauth {
+        let eraser = eraser_with(config, s3.clone(), dynamodb);
+        pipeline = pipeline.erasing_on_deauth(Arc::new(eraser));
+    }
     if let Some(buckets) = config.source_buckets.clone() {
         pipeline = pipeline.reading_source_buckets(buckets, Arc::new(S3SourceBucket::new(s3)));
-    }
-    if config.erase_on_deauth {
-        pipeline = pipeline.erasing_on_deauth(Arc::new(eraser(config, aws)));
     }
     tracing::info!(
         memory_budget_bytes = budget_bytes,
@@ -91,14 +89,27 @@ pub fn pipeline(config: &Config, aws: &SdkConfig) -> Result<Pipeline, InitError>
 
 /// What erases a user's data from the stores the configuration names.
 pub fn eraser(config: &Config, aws: &SdkConfig) -> Eraser {
+    eraser_with(
+        config,
+        s3_client(aws, config.s3_force_path_style),
+        dynamodb_client(aws),
+    )
+}
+
+/// The same, on clients already built (the handlers' own).
+fn eraser_with(
+    config: &Config,
+    s3: aws_sdk_s3::Client,
+    dynamodb: aws_sdk_dynamodb::Client,
+) -> Eraser {
     Eraser {
         archive: config.s3.as_ref().map(|settings| ArchiveToErase {
-            client: s3_client(aws, config.s3_force_path_style),
+            client: s3,
             bucket: settings.bucket.clone(),
             prefix: settings.prefix.clone(),
         }),
         table: config.dynamodb_table.as_ref().map(|table| TableToErase {
-            client: dynamodb_client(aws),
+            client: dynamodb,
             table: table.clone(),
         }),
     }
