@@ -76,8 +76,11 @@ lint:
 
 # Licences and duplicate versions (deny.toml), offline: then the same
 # licence check on a crate that depends on a GPL one, which must fail and
-# say so, so a check that stopped biting would fail here.
+# say so, so a check that stopped biting would fail here. The lock file's
+# crates for every platform are fetched first: the check reads them all,
+# and a fresh machine's builds fetch only this one's.
 deny: $(CARGO_DENY)
+	cargo fetch --locked
 	$(CARGO_DENY) deny --locked --offline check licenses bans
 	@if out=$$($(CARGO_DENY) deny --locked --offline --manifest-path tests/licence-check/app/Cargo.toml \
 	    --config deny.toml check licenses 2>&1); then \
