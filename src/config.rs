@@ -39,6 +39,60 @@ pub struct Config {
     /// Bytes the records in flight may hold at once: `TERRA_MEMORY_BUDGET_MB`,
     /// or derived from the function's memory (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`).
     pub memory_budget_bytes: u64,
+    /// Where traces go (`TERRA_TRACING`).
+    pub tracing: Tracing,
+}
+
+/// Where the handlers' traces go (`TERRA_TRACING`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Tracing {
+    /// Nowhere, at no cost (`off`, the default).
+    #[default]
+    Off,
+    /// To the X-Ray daemon Lambda runs under active tracing, at
+    /// `AWS_XRAY_DAEMON_ADDRESS` (`xray`).
+    Xray { daemon: std::net::SocketAddr },
+}
+
+impl Tracing {
+    /// The tracing setting alone: read before the rest of the configuration,
+    /// so that the logs are set up to report a bad one.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::read(&Env(&env_lookup))
+    }
+
+    fn read<F: Fn(&str) -> Option<Result<String, ()>>>(env: &Env<F>) -> Result<Self, ConfigError> {
+        match env
+            .text("TERRA_TRACING")?
+            .map(|v| v.to_ascii_lowercase())
+            .as_deref()
+        {
+            None | Some("off") => Ok(Tracing::Off),
+            Some("xray") => {
+                let var = "AWS_XRAY_DAEMON_ADDRESS";
+                let Some(raw) = env.text(var)? else {
+                    return Err(invalid(
+                        var,
+                        "not set: TERRA_TRACING=xray sends traces to the X-Ray daemon, which \
+                         Lambda runs (and names here) when the function's tracing is Active",
+                    ));
+                };
+                raw.parse()
+                    .map(|daemon| Tracing::Xray { daemon })
+                    .map_err(|_| {
+                        invalid(var, format!("expected an IP address and port, got {raw:?}"))
+                    })
+            }
+            Some(other) => Err(invalid(
+                "TERRA_TRACING",
+                format!("expected off or xray, got {other:?}"),
+            )),
+        }
+    }
+}
+
+fn env_lookup(var: &str) -> Option<Result<String, ()>> {
+    std::env::var_os(var).map(|v| v.into_string().map_err(|_| ()))
 }
 
 /// Settings only `kafka-handler` reads.
@@ -77,7 +131,7 @@ const MAX_ITEMS_PER_PAYLOAD: usize = 500_000;
 
 impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|var| std::env::var_os(var).map(|v| v.into_string().map_err(|_| ())))
+        Self::from_lookup(env_lookup)
     }
 
     /// Reads the configuration through `lookup`, which returns `Err(())` for a
@@ -212,6 +266,7 @@ impl Config {
                 Some(mb) => mb * 1024 * 1024,
                 None => derived_budget_bytes(function_memory_mb),
             };
+        let tracing = Tracing::read(&env)?;
         Ok(Self {
             s3,
             dynamodb_table,
@@ -226,6 +281,7 @@ impl Config {
             kafka,
             metrics_namespace,
             memory_budget_bytes,
+            tracing,
         })
     }
 }
@@ -429,6 +485,38 @@ mod tests {
         assert_eq!(
             failing_var(&[table, ("TERRA_ERASE_ON_DEAUTH", "yes")]),
             "TERRA_ERASE_ON_DEAUTH"
+        );
+    }
+
+    #[test]
+    fn tracing_is_off_unless_asked_and_xray_needs_lambdas_daemon() {
+        let table = ("TERRA_DYNAMODB_TABLE", "terra-records");
+        assert_eq!(load(&[table]).expect("valid").tracing, Tracing::Off);
+        let off = load(&[table, ("TERRA_TRACING", "off")]).expect("valid");
+        assert_eq!(off.tracing, Tracing::Off);
+        let daemon = ("AWS_XRAY_DAEMON_ADDRESS", "169.254.79.129:2000");
+        let xray = load(&[table, ("TERRA_TRACING", "xray"), daemon]).expect("valid");
+        assert_eq!(
+            xray.tracing,
+            Tracing::Xray {
+                daemon: "169.254.79.129:2000".parse().expect("an address")
+            }
+        );
+        assert_eq!(
+            failing_var(&[table, ("TERRA_TRACING", "xray")]),
+            "AWS_XRAY_DAEMON_ADDRESS"
+        );
+        assert_eq!(
+            failing_var(&[
+                table,
+                ("TERRA_TRACING", "xray"),
+                ("AWS_XRAY_DAEMON_ADDRESS", "xray-daemon")
+            ]),
+            "AWS_XRAY_DAEMON_ADDRESS"
+        );
+        assert_eq!(
+            failing_var(&[table, ("TERRA_TRACING", "otlp"), daemon]),
+            "TERRA_TRACING"
         );
     }
 

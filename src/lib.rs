@@ -13,8 +13,9 @@
 //! sets aside Kafka records that can never succeed. [`metrics`] reports each
 //! invocation to CloudWatch. [`app`] builds all of it once at cold start from
 //! [`config`], within the memory [`budget`]. [`redact`] is what may be shown of
-//! it in logs and errors. [`erasure`] removes one person's data, found
-//! through the index the archive keeps.
+//! it in logs and errors; [`telemetry`] sets up the logs and, when asked,
+//! sends the same spans as X-Ray traces. [`erasure`] removes one person's
+//! data, found through the index the archive keeps.
 
 pub mod app;
 pub mod batch;
@@ -38,4 +39,5 @@ pub mod redelivery;
 pub mod sdk_error;
 pub mod sink;
 pub mod source;
+pub mod telemetry;
 pub mod wall_clock;

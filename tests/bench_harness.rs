@@ -35,6 +35,22 @@ async fn measures_a_batch_written_to_both_sinks() {
         "faster than the fetch latency allows: {run:?}"
     );
     assert!(run.rss_after_init > 0 && run.peak_rss >= run.rss_after_init);
+    assert_eq!(run.trace_documents, 0, "tracing is off unless asked");
+
+    let traced = measure(
+        HANDLER,
+        &Workload {
+            traced: true,
+            batches: 1,
+            ..Workload::new(5, 10 * KB)
+        },
+    )
+    .await;
+    assert_eq!(traced.failed_records, 0);
+    // Per invocation (a warm-up and one measured): the invocation's span,
+    // its redelivery hold and schedule, and per record its span, the fetch
+    // and the archive write.
+    assert_eq!(traced.trace_documents, 2 * (3 + 3 * 5), "{traced:?}");
 
     let starts = cold_starts(HANDLER, 2).await;
     assert_eq!(starts.len(), 2);
@@ -44,7 +60,8 @@ async fn measures_a_batch_written_to_both_sinks() {
         by_batch_size: vec![run.clone()],
         memory: vec![run.clone()],
         dynamodb: vec![run.clone()],
-        budget: vec![run],
+        budget: vec![run.clone()],
+        tracing: vec![run, traced],
         cold_starts: starts,
         binaries: vec![("sqs-handler".into(), HANDLER.into())],
     }
@@ -56,6 +73,7 @@ async fn measures_a_batch_written_to_both_sinks() {
         "### Peak memory",
         "### DynamoDB path",
         "### Memory budget",
+        "### Tracing",
         "### Cold start",
         "| sqs-handler |",
     ] {

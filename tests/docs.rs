@@ -30,7 +30,8 @@ const OPERATIONS: &str = "docs/operations.md";
 // ---- environment variables --------------------------------------------
 
 /// Every variable `Config` asks for, with the variables set whose presence
-/// makes it read others (a bucket's prefix, a source bucket's owner).
+/// makes it read others (a bucket's prefix, a source bucket's owner, the
+/// X-Ray daemon's address).
 fn variables_the_functions_read() -> BTreeSet<String> {
     let asked = RefCell::new(BTreeSet::new());
     let config = Config::from_lookup(|var| {
@@ -38,6 +39,8 @@ fn variables_the_functions_read() -> BTreeSet<String> {
         match var {
             "TERRA_S3_BUCKET" | "TERRA_DYNAMODB_TABLE" => Some(Ok("terra-sink-example".into())),
             "TERRA_SOURCE_BUCKETS" => Some(Ok("terra-source".into())),
+            "TERRA_TRACING" => Some(Ok("xray".into())),
+            "AWS_XRAY_DAEMON_ADDRESS" => Some(Ok("169.254.79.129:2000".into())),
             _ => None,
         }
     });

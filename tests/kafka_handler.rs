@@ -14,6 +14,7 @@ use support::bed::{
 };
 use support::payload_server::Behaviour;
 use support::runtime_api::{HandlerProcess, InvocationResult};
+use support::xray_daemon::{XrayDaemon, annotation};
 use support::{fixture, now_ms};
 
 const KAFKA_HANDLER: &str = env!("CARGO_BIN_EXE_kafka-handler");
@@ -381,11 +382,19 @@ async fn without_partial_batch_any_unhandled_failure_fails_the_invocation() {
     assert_no_secrets(&handler.output());
 }
 
+/// Traced as the template deploys it: the record's span, under the
+/// invocation's in Lambda's trace, has a child for each stage.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_records_are_projected_to_dynamodb_as_of_their_record_timestamp() {
+async fn kafka_records_are_projected_to_dynamodb_as_of_their_record_timestamp_and_traced() {
     let bed = Bed::start("terra-kafka-ddb").await;
     bed.moto.create_table("terra-records").await;
-    let env = bed.env(&[("TERRA_DYNAMODB_TABLE", "terra-records")]);
+    let daemon = XrayDaemon::start().await;
+    let daemon_addr = daemon.addr.to_string();
+    let env = bed.env(&[
+        ("TERRA_DYNAMODB_TABLE", "terra-records"),
+        ("TERRA_TRACING", "xray"),
+        ("AWS_XRAY_DAEMON_ADDRESS", &daemon_addr),
+    ]);
     let handler = HandlerProcess::spawn(KAFKA_HANDLER, &env);
     let sent = now_ms() / 1000 * 1000 - 5_000;
     let url = bed.payloads.route(
@@ -415,6 +424,19 @@ async fn kafka_records_are_projected_to_dynamodb_as_of_their_record_timestamp() 
         "the Kafka record timestamp is the send time"
     );
     assert_eq!(bed.moto.objects(&bed.bucket).await.len(), 1);
+
+    let trace = daemon
+        .invocation_trace(&bed.runtime.trace_headers()[0])
+        .await;
+    assert_eq!(annotation(trace.invocation(), "trigger"), Some("kafka"));
+    let traced = trace.record(&format!("{TOPIC}-0@7"));
+    assert_eq!(annotation(traced, "event_type"), Some("activity"));
+    assert_eq!(annotation(traced, "outcome"), Some("written"));
+    assert_eq!(
+        trace.children(traced),
+        ["archive write", "fetch", "table write"]
+    );
+    assert_no_secrets(&daemon.received());
 }
 
 /// A record no configured sink can ever take (too large for DynamoDB even

@@ -7,9 +7,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::bed::{Bed, assert_all_succeeded, failed_ids, pointer, sqs_record};
+use support::bed::{Bed, assert_all_succeeded, assert_no_secrets, failed_ids, pointer, sqs_record};
 use support::payload_server::Behaviour;
 use support::runtime_api::{Executable, HandlerProcess, RuntimeApi, lambda_environment};
+use support::xray_daemon::{XrayDaemon, annotation, metadata};
 use support::{fixture, logs, now_ms};
 
 const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
@@ -109,6 +110,143 @@ async fn a_records_log_lines_carry_its_correlation_fields_across_attempts() {
         2,
         "both attempts, each under its invocation's trace"
     );
+}
+
+/// What Terra's payload holds, which no span may carry.
+const PAYLOAD_CONTENT: [&str; 3] = ["sleep_durations_data", "25200", "your-user-123"];
+
+/// With tracing on (`TERRA_TRACING=xray`, as the template deploys it), an
+/// invocation's spans reach the X-Ray daemon as subsegments of Lambda's
+/// segment in the trace Lambda handed out: a span per record with its
+/// correlation fields as annotations, and its stages below it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_reach_the_xray_daemon_under_the_invocations_trace() {
+    let bed = Bed::start("terra-traced").await;
+    let daemon = XrayDaemon::start().await;
+    let good = bed.payloads.route(
+        "/payloads/sleep.json",
+        Behaviour::Ok(fixture("openapi_sleep.json")),
+    );
+    let garbled = bed.payloads.route(
+        "/payloads/garbled.json",
+        Behaviour::Ok(b"{not json".to_vec()),
+    );
+    let referenced = json!({"type": "s3_payload", "url": good, "expires_in": 600,
+                            "payload_reference": "ref-sleep"});
+    let event = json!({"Records": [
+        sqs_record("m-good", &referenced.to_string(), now_ms()),
+        sqs_record("m-garbled", &pointer(&garbled), now_ms()),
+    ]});
+    let daemon_addr = daemon.addr.to_string();
+    let handler = HandlerProcess::spawn(
+        SQS_HANDLER,
+        &bed.env(&[
+            ("TERRA_TRACING", "xray"),
+            ("AWS_XRAY_DAEMON_ADDRESS", &daemon_addr),
+        ]),
+    );
+    let result = bed.runtime.invoke(&event, Duration::from_secs(30)).await;
+    assert_eq!(
+        failed_ids(&result),
+        BTreeSet::from(["m-garbled".to_owned()])
+    );
+
+    let trace = daemon
+        .invocation_trace(&bed.runtime.trace_headers()[0])
+        .await;
+    let invocation = trace.invocation();
+    assert_eq!(annotation(invocation, "trigger"), Some("sqs"));
+    assert_eq!(annotation(invocation, "request_id"), Some("req-1"));
+    assert_eq!(trace.named("record").len(), 2, "{:#?}", trace.documents);
+
+    let written = trace.record("m-good");
+    assert_eq!(annotation(written, "payload_reference"), Some("ref-sleep"));
+    assert_eq!(annotation(written, "event_type"), Some("sleep"));
+    assert_eq!(
+        annotation(written, "user_id"),
+        Some("40f7b0e1-89e2-43ac-a5b8-1e29c8d47cad")
+    );
+    assert_eq!(annotation(written, "outcome"), Some("written"));
+    assert_eq!(trace.children(written), ["archive write", "fetch"]);
+    let fetch = trace.child(written, "fetch");
+    assert_eq!(metadata(fetch, "attempts"), Some("1"), "{fetch}");
+    assert_eq!(
+        metadata(fetch, "bytes"),
+        Some(fixture("openapi_sleep.json").len().to_string().as_str()),
+        "{fetch}"
+    );
+
+    let failed = trace.record("m-garbled");
+    assert_eq!(annotation(failed, "outcome"), Some("failed"));
+    assert_eq!(annotation(failed, "class"), Some("invalid"));
+    assert_eq!(failed["fault"], true, "{failed}");
+    assert_eq!(trace.children(failed), ["fetch"]);
+
+    let sent = daemon.received();
+    assert_no_secrets(&sent);
+    for content in PAYLOAD_CONTENT {
+        assert!(
+            !sent.contains(content),
+            "payload content {content} in {sent}"
+        );
+    }
+    assert_no_secrets(&handler.output());
+}
+
+/// A record cut off at the invocation's deadline still reports its span
+/// (spans are sent as they end, nothing waits for a flush that a frozen
+/// or timed-out function never makes); and with tracing off nothing is sent
+/// at all, though a daemon is there to take it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_cut_at_the_deadline_is_traced_and_tracing_off_sends_nothing() {
+    let bed = Bed::start("terra-traced-deadline").await;
+    let daemon = XrayDaemon::start().await;
+    let endless = bed.payloads.route(
+        "/payloads/endless.json",
+        Behaviour::Trickle(Duration::from_millis(100)),
+    );
+    let event = json!({"Records": [sqs_record("m-endless", &pointer(&endless), now_ms())]});
+    let daemon_addr = daemon.addr.to_string();
+    let run = |tracing: &'static str| {
+        let env = bed.env(&[
+            ("TERRA_TRACING", tracing),
+            ("AWS_XRAY_DAEMON_ADDRESS", &daemon_addr),
+            ("TERRA_FETCH_TIMEOUT_SECS", "60"),
+        ]);
+        let event = &event;
+        let bed = &bed;
+        async move {
+            let handler = HandlerProcess::spawn(SQS_HANDLER, &env);
+            // Three seconds: the batch stops one second before the deadline.
+            let result = bed.runtime.invoke(event, Duration::from_secs(3)).await;
+            assert_eq!(
+                failed_ids(&result),
+                BTreeSet::from(["m-endless".to_owned()])
+            );
+            handler
+        }
+    };
+
+    let traced = run("xray").await;
+    let trace = daemon
+        .invocation_trace(&bed.runtime.trace_headers()[0])
+        .await;
+    let cut = trace.record("m-endless");
+    assert_eq!(annotation(cut, "class"), Some("deferred"), "{cut}");
+    assert_eq!(trace.children(cut), ["fetch"]);
+    drop(traced);
+
+    let sent_before = daemon.documents().len();
+    let untraced = run("off").await;
+    // As long again as a traced invocation's last span takes to arrive.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        daemon.documents().len(),
+        sent_before,
+        "tracing off sent spans"
+    );
+    drop(untraced);
+    assert_no_secrets(&daemon.received());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

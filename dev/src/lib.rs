@@ -2,7 +2,8 @@
 //! integration tests and `make demo`: moto (S3, DynamoDB, SQS), a payload
 //! server standing in for Terra's bucket, a Terra simulator that sends pointer
 //! messages, the Lambda Runtime API with the compiled handlers behind it, and
-//! an SQS event source mapping that feeds them the way Lambda does.
+//! an SQS event source mapping that feeds them the way Lambda does, and the
+//! X-Ray daemon that takes their traces.
 //!
 //! [`bed`] is the usual integration setup. `dev/README.md` maps every
 //! stand-in: what it stands in for, how faithful it is, and which tests use
@@ -28,6 +29,7 @@ pub mod payload_server;
 pub mod runtime_api;
 pub mod sqs_mapping;
 pub mod terra_simulator;
+pub mod xray_daemon;
 
 use std::net::SocketAddr;
 

@@ -60,6 +60,8 @@ pub struct RuntimeApi {
     queue: mpsc::UnboundedSender<Invocation>,
     waiting: Arc<Mutex<HashMap<String, oneshot::Sender<InvocationResult>>>>,
     counter: Mutex<u64>,
+    /// Every trace header handed out, in order.
+    trace_headers: Mutex<Vec<String>>,
     first_poll: Arc<OnceLock<Instant>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -89,6 +91,7 @@ impl RuntimeApi {
             queue,
             waiting,
             counter: Mutex::new(0),
+            trace_headers: Mutex::new(Vec::new()),
             first_poll,
             task,
         }
@@ -97,6 +100,11 @@ impl RuntimeApi {
     /// When a handler first asked for an event: the end of its cold start.
     pub fn first_poll(&self) -> Option<Instant> {
         self.first_poll.get().copied()
+    }
+
+    /// The X-Ray trace header of each invocation so far, in order.
+    pub fn trace_headers(&self) -> Vec<String> {
+        self.trace_headers.lock().expect("not poisoned").clone()
     }
 
     /// Delivers `event` to the next `/next` call and waits for its result.
@@ -114,6 +122,10 @@ impl RuntimeApi {
             *counter += 1;
             (format!("req-{counter}"), trace_header(*counter))
         };
+        self.trace_headers
+            .lock()
+            .expect("not poisoned")
+            .push(trace_id.clone());
         let (sender, receiver) = oneshot::channel();
         self.waiting
             .lock()
@@ -281,6 +293,10 @@ pub fn lambda_environment(runtime_api: SocketAddr) -> Vec<(String, String)> {
         ("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "512".into()),
         ("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST".into()),
         ("AWS_LAMBDA_LOG_FORMAT", "JSON".into()),
+        // Lambda names its X-Ray daemon; here the daemon's usual local
+        // address, where nothing listens unless a test starts an
+        // `XrayDaemon` and names that instead.
+        ("AWS_XRAY_DAEMON_ADDRESS", "127.0.0.1:2000".into()),
         ("AWS_REGION", "us-east-1".into()),
         ("AWS_ACCESS_KEY_ID", "test".into()),
         ("AWS_SECRET_ACCESS_KEY", "test".into()),

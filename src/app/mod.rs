@@ -14,9 +14,10 @@ use std::time::{Duration, SystemTime};
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::batch::{self, BatchLimits};
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Tracing};
 use crate::fetch::ClientBuildError;
 use crate::metrics::Metrics;
 use crate::outcome::BatchReport;
@@ -27,6 +28,7 @@ use crate::source::kafka::{
     self, KafkaBatchResponse, KafkaEvent, KafkaResponseError, ResponseMode,
 };
 use crate::source::sqs::{self, SqsResponseError};
+use crate::telemetry::Telemetry;
 
 /// Time kept back from the Lambda deadline to report the batch response.
 const RESPONSE_RESERVE: Duration = Duration::from_millis(1_000);
@@ -78,6 +80,7 @@ pub struct App {
     quarantine: Option<Box<dyn QuarantineQueue>>,
     redelivery: Redelivery,
     metrics: Metrics,
+    telemetry: Telemetry,
 }
 
 /// What an [`App`] is made of.
@@ -93,19 +96,24 @@ pub struct AppParts {
 }
 
 impl App {
-    /// The cold start of both binaries: JSON logs, then the configuration and
-    /// every client. A bad configuration ends the process with the variable
-    /// named in the log, before any event is taken.
+    /// The cold start of both binaries: logs (and traces, when asked), then
+    /// the configuration and every client. A bad configuration ends the
+    /// process with the variable named in the log, before any event is taken.
     pub async fn start() -> Self {
-        lambda_runtime::tracing::init_default_subscriber();
+        // A bad tracing setting still gets the logs that report it: the
+        // configuration below fails on it, naming the variable.
+        let telemetry = Telemetry::init(Tracing::from_env().unwrap_or_default())
+            .unwrap_or_else(|error| cold_start_failed(&error));
         release_large_buffers_when_freed();
         match Self::from_env().await {
-            Ok(app) => app,
-            Err(error) => {
-                tracing::error!(%error, "cold start failed");
-                std::process::exit(1);
-            }
+            Ok(app) => app.with_telemetry(telemetry),
+            Err(error) => cold_start_failed(&error),
         }
+    }
+
+    /// Spans traced by `telemetry` (the app is built with tracing off).
+    pub fn with_telemetry(self, telemetry: Telemetry) -> Self {
+        Self { telemetry, ..self }
     }
 
     /// An app of the parts given: the binaries get them from [`App::from_config`],
@@ -118,14 +126,38 @@ impl App {
             quarantine: parts.quarantine,
             redelivery: parts.redelivery,
             metrics: parts.metrics,
+            telemetry: Telemetry::off(),
         }
+    }
+
+    /// The span every line and trace of an invocation sits under: a child of
+    /// Lambda's own segment when tracing.
+    fn invocation_span<T>(&self, trigger: &'static str, event: &LambdaEvent<T>) -> tracing::Span {
+        let span = tracing::info_span!(
+            "invocation",
+            trigger,
+            request_id = %event.context.request_id,
+            records = tracing::field::Empty,
+        );
+        self.telemetry
+            .continue_trace(&span, event.context.xray_trace_id.as_deref());
+        span
     }
 
     pub async fn handle_sqs(
         &self,
         event: LambdaEvent<SqsEvent>,
     ) -> Result<SqsBatchResponse, HandlerError> {
+        let span = self.invocation_span("sqs", &event);
+        self.handle_sqs_traced(event).instrument(span).await
+    }
+
+    async fn handle_sqs_traced(
+        &self,
+        event: LambdaEvent<SqsEvent>,
+    ) -> Result<SqsBatchResponse, HandlerError> {
         let items = sqs::decode(&event.payload);
+        tracing::Span::current().record("records", items.len());
         let limits = self.limits(&event);
         let time_left = event
             .context
@@ -135,7 +167,9 @@ impl App {
         // A slow SQS must not hold the batch's response past the cutoff.
         let hold = tokio::time::timeout_at(
             limits.cutoff,
-            self.redelivery.hold(&event.payload, time_left),
+            self.redelivery
+                .hold(&event.payload, time_left)
+                .instrument(tracing::info_span!("redelivery", step = "hold")),
         );
         let (report, held) =
             tokio::join!(batch::run(Arc::clone(&self.pipeline), items, limits), hold);
@@ -148,7 +182,8 @@ impl App {
         if tokio::time::timeout_at(
             by,
             self.redelivery
-                .schedule(&event.payload, &report.outcomes, time_left),
+                .schedule(&event.payload, &report.outcomes, time_left)
+                .instrument(tracing::info_span!("redelivery", step = "schedule")),
         )
         .await
         .is_err()
@@ -165,7 +200,16 @@ impl App {
         &self,
         event: LambdaEvent<KafkaEvent>,
     ) -> Result<KafkaBatchResponse, HandlerError> {
+        let span = self.invocation_span("kafka", &event);
+        self.handle_kafka_traced(event).instrument(span).await
+    }
+
+    async fn handle_kafka_traced(
+        &self,
+        event: LambdaEvent<KafkaEvent>,
+    ) -> Result<KafkaBatchResponse, HandlerError> {
         let (decoded, items) = kafka::decode(&event.payload);
+        tracing::Span::current().record("records", items.len());
         let mut report = batch::run(Arc::clone(&self.pipeline), items, self.limits(&event)).await;
         if let Some(queue) = &self.quarantine {
             let settled = kafka::settled_once_set_aside(
@@ -189,6 +233,7 @@ impl App {
             // Past the batch cutoff only the response reserve is left; a
             // record not quarantined in time is left failed, to be retried.
             let by = cutoff_before(event.context.deadline()) + RESPONSE_RESERVE / 2;
+            let diverted = diverted.instrument(tracing::info_span!("quarantine"));
             match tokio::time::timeout_at(by, diverted).await {
                 Ok(outcomes) => report = BatchReport { outcomes },
                 Err(_) => {
@@ -212,6 +257,11 @@ impl App {
             cutoff: cutoff_before(event.context.deadline()),
         }
     }
+}
+
+fn cold_start_failed(error: &dyn std::fmt::Display) -> ! {
+    tracing::error!(%error, "cold start failed");
+    std::process::exit(1);
 }
 
 /// Payload buffers are large and short-lived. By default glibc raises its mmap

@@ -218,6 +218,7 @@ impl Pipeline {
                     fetch: Some(fetch),
                     ..self
                         .copy_only(&name, sent_at_ms, version, summary, give_up_at)
+                        .instrument(tracing::info_span!("archive write"))
                         .await
                         .map_err(|failure| failure.of_type(&event_type))?
                 }
@@ -264,12 +265,14 @@ impl Pipeline {
             archived,
         };
         if let (Some(archive), false) = (&self.archive, recovered) {
-            let stored = archive_held(archive.as_ref(), &delivery, &held.provenance, give_up_at);
+            let stored = archive_held(archive.as_ref(), &delivery, &held.provenance, give_up_at)
+                .instrument(tracing::info_span!("archive write"));
             delivery.archived = stored.await?.this_send();
         }
         let mut stale_items = 0;
         for sink in &self.sinks {
             stale_items += until_stored(give_up_at, || sink.write(&delivery))
+                .instrument(tracing::info_span!("table write"))
                 .await?
                 .items_stale;
         }
@@ -322,9 +325,10 @@ impl Pipeline {
             archive_name: self.archive.as_ref().map(|_| name.clone()),
             items: kept_items(),
         };
-        let Ok(erased) =
-            tokio::time::timeout_at(give_up_at, eraser.erase_user(user_id, &kept)).await
-        else {
+        let erasing = eraser
+            .erase_user(user_id, &kept)
+            .instrument(tracing::info_span!("erasure"));
+        let Ok(erased) = tokio::time::timeout_at(give_up_at, erasing).await else {
             return Err(RecordFailure::new(
                 FailureClass::Sink,
                 Retry::Transient,
@@ -377,6 +381,7 @@ impl Pipeline {
         let url_lives = url_may_work(pointer, sent_at_ms);
         let role_read_failed = match self
             .obtain_from_source(reader, object, sent_at_ms, name, give_up_at, url_lives)
+            .instrument(tracing::info_span!("source read"))
             .await?
         {
             FromSource::Obtained(obtained) => return Ok(*obtained),
@@ -410,7 +415,26 @@ impl Pipeline {
                     url_expires_at: url_expires_at.flatten(),
                     give_up_at,
                 };
-                self.download(pointer, deadlines, name, sent_at_ms).await
+                let span = tracing::info_span!(
+                    "fetch",
+                    attempts = tracing::field::Empty,
+                    bytes = tracing::field::Empty,
+                    class = tracing::field::Empty,
+                    "otel.status_code" = tracing::field::Empty,
+                );
+                let fetched = self
+                    .download(pointer, deadlines, name, sent_at_ms)
+                    .instrument(span.clone())
+                    .await;
+                match &fetched {
+                    Ok(fetched) => span
+                        .record("attempts", fetched.attempts)
+                        .record("bytes", fetched.body.payload_bytes()),
+                    Err(error) => span
+                        .record("class", tracing::field::display(error.class()))
+                        .record("otel.status_code", "error"),
+                };
+                fetched
             }
         };
         let Fetched {
@@ -714,9 +738,12 @@ impl RecordProcessor for Pipeline {
             payload_reference = tracing::field::Empty,
             event_type = tracing::field::Empty,
             user_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            class = tracing::field::Empty,
+            "otel.status_code" = tracing::field::Empty,
         );
         let started = Instant::now();
-        async {
+        let outcome = async {
             match self.deliver(record, give_up_at).await {
                 Ok(Outcome::Written(written)) => {
                     let written = Written {
@@ -747,8 +774,18 @@ impl RecordProcessor for Pipeline {
                 }
             }
         }
-        .instrument(span)
-        .await
+        .instrument(span.clone())
+        .await;
+        match &outcome {
+            Outcome::Written(_) => span.record("outcome", "written"),
+            Outcome::Healthcheck => span.record("outcome", "healthcheck"),
+            Outcome::Quarantined(_) => span.record("outcome", "quarantined"),
+            Outcome::Failed(failure) => span
+                .record("outcome", "failed")
+                .record("class", tracing::field::display(failure.class))
+                .record("otel.status_code", "error"),
+        };
+        outcome
     }
 }
 

@@ -48,6 +48,16 @@ pub enum ArchiveBound {
     },
 }
 
+impl ArchiveBound {
+    /// The payload's size, however it went.
+    pub fn payload_bytes(&self) -> u64 {
+        match self {
+            ArchiveBound::Held(bytes) => bytes.len() as u64,
+            ArchiveBound::Streamed { bytes, .. } => *bytes,
+        }
+    }
+}
+
 /// The body of one download attempt: held, or streamed once it is large.
 pub struct ArchiveBoundBody<'a> {
     uploads: &'a dyn StreamedUploads,

@@ -5,7 +5,7 @@
 pub mod mixed_batch;
 
 pub use terra_sink_dev::{
-    bed, fixture, logs, moto, now_ms, payload_server, runtime_api, sqs_mapping,
+    bed, fixture, logs, moto, now_ms, payload_server, runtime_api, sqs_mapping, xray_daemon,
 };
 
 /// The bytes a gzip stream holds.

@@ -21,6 +21,8 @@ SQS_DEFAULTS = SQS["Mappings"]["Defaults"]["Settings"]
 KAFKA_DEFAULTS = KAFKA["Mappings"]["Defaults"]["Settings"]
 
 READ_ONLY_PREFIXES = ("Describe", "List", "Get")
+# Writes IAM cannot scope: the service defines no resource for them.
+RESOURCELESS_WRITES = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
 
 
 # How a template reads a setting: the one idiom, defined where the local
@@ -184,7 +186,11 @@ def test_no_wildcard_resource_for_anything_but_reads():
                 service, verb = action.split(":")
                 assert "*" not in verb and "*" not in service, f"{principal}: {action}"
             if "*" in as_list(statement["Resource"]):
-                writes = [a for a in actions if not a.split(":")[1].startswith(READ_ONLY_PREFIXES)]
+                writes = [
+                    a
+                    for a in actions
+                    if not a.split(":")[1].startswith(READ_ONLY_PREFIXES) and a not in RESOURCELESS_WRITES
+                ]
                 assert not writes, f"{principal}: {writes} on Resource *"
 
 
@@ -776,6 +782,28 @@ def test_erasing_on_deauth_is_off_by_default_and_reaches_both_functions():
         variables = template["Globals"]["Function"]["Environment"]["Variables"]
         assert variables["TERRA_ERASE_ON_DEAUTH"] == setting("EraseOnDeauth")
         assert template["Conditions"]["EraseOnDeauthOn"] == {"Fn::Equals": [setting("EraseOnDeauth"), "true"]}
+
+
+def test_tracing_is_active_by_default_and_reaches_both_functions_with_the_daemons_permissions():
+    for name, template in TEMPLATES.items():
+        assert template["Mappings"]["Defaults"]["Settings"]["Tracing"] == "Active", name
+        assert template["Conditions"]["TracingActive"] == {"Fn::Equals": [setting("Tracing"), "Active"]}, name
+        function = template["Globals"]["Function"]
+        assert function["Tracing"] == {"Fn::If": ["TracingActive", "Active", "PassThrough"]}, name
+        variables = function["Environment"]["Variables"]
+        assert variables["TERRA_TRACING"] == {"Fn::If": ["TracingActive", "xray", "off"]}, name
+    for role in ("SqsHandlerRole", "KafkaHandlerRole"):
+        traces = [
+            policy["Fn::If"]
+            for policy in resource(role)["Policies"]
+            if isinstance(policy, dict) and "Fn::If" in policy and policy["Fn::If"][1]["PolicyName"] == "traces"
+        ]
+        assert len(traces) == 1, role
+        condition, policy, otherwise = traces[0]
+        assert (condition, otherwise) == ("TracingActive", {"Ref": "AWS::NoValue"}), role
+        assert policy["PolicyDocument"]["Statement"] == [
+            {"Effect": "Allow", "Action": ["xray:PutTraceSegments", "xray:PutTelemetryRecords"], "Resource": "*"}
+        ], role
 
 
 def test_every_identity_the_stacks_create_takes_the_permissions_boundary():

@@ -21,6 +21,7 @@ use crate::payload_server::{Behaviour, PayloadServer};
 use crate::runtime_api::{HandlerProcess, InvocationResult, RuntimeApi};
 use crate::sqs_mapping::sqs_record;
 use crate::terra_simulator::{activity_in_records, in_terra_order, large_activity};
+use crate::xray_daemon::XrayDaemon;
 
 pub const KB: usize = 1024;
 pub const MB: usize = 1024 * 1024;
@@ -65,6 +66,9 @@ pub struct Workload {
     /// `None`: each payload is one activity record. `Some(bytes)`: records
     /// of about that size, as a large Terra payload holds.
     pub record_bytes: Option<usize>,
+    /// Tracing on (`TERRA_TRACING=xray`), every invocation sampled, the
+    /// spans sent to an X-Ray daemon stand-in: the worst case.
+    pub traced: bool,
 }
 
 impl Workload {
@@ -77,6 +81,7 @@ impl Workload {
             sinks: Sinks::S3,
             batches: 3,
             record_bytes: None,
+            traced: false,
         }
     }
 
@@ -105,6 +110,8 @@ pub struct Run {
     pub payload_bytes_actual: usize,
     /// The memory budget the handler logged at cold start.
     pub budget_bytes: Option<u64>,
+    /// Trace documents the X-Ray daemon stand-in received (traced runs).
+    pub trace_documents: usize,
 }
 
 impl Run {
@@ -192,6 +199,11 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
         "TERRA_FETCH_CONCURRENCY".into(),
         workload.concurrency.to_string(),
     ));
+    let daemon = XrayDaemon::start().await;
+    if workload.traced {
+        env.push(("TERRA_TRACING".into(), "xray".into()));
+        env.push(("AWS_XRAY_DAEMON_ADDRESS".into(), daemon.addr.to_string()));
+    }
     let handler = HandlerProcess::spawn(handler, &env);
     wait_for_first_poll(&runtime, &handler).await;
     let rss_after_init = proc_status(handler.pid(), "VmRSS");
@@ -218,6 +230,7 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
         failed_records,
         payload_bytes_actual: actual_size,
         budget_bytes,
+        trace_documents: daemon.settled_count(Duration::from_millis(100)).await,
     }
 }
 

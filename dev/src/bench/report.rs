@@ -20,6 +20,8 @@ pub struct Results {
     pub dynamodb: Vec<Run>,
     /// Workloads holding far more than the function's memory in flight.
     pub budget: Vec<Run>,
+    /// The same workload with tracing off and on, alternated.
+    pub tracing: Vec<Run>,
     /// (time to first poll, RSS then) per cold start.
     pub cold_starts: Vec<(Duration, u64)>,
     /// (name, path) of each deployable binary.
@@ -51,6 +53,7 @@ impl Results {
         self.memory_section(&mut out);
         self.dynamodb_section(&mut out);
         self.budget_section(&mut out);
+        self.tracing_section(&mut out);
         self.cold_start_section(&mut out);
         self.binary_section(&mut out);
         let _ = writeln!(out, "{END_MARKER}");
@@ -190,7 +193,73 @@ impl Results {
                 ),
             });
         }
+        if let Some((off, on)) = self.tracing_cpu_per_record() {
+            let overhead = tracing_overhead_percent(off, on);
+            verdicts.push(Verdict {
+                met: overhead <= 10.0,
+                target: "tracing on costs at most 10 % more CPU per record than off",
+                evidence: format!(
+                    "{} off, {} on, every invocation sampled ({overhead:+.1} %).",
+                    micros(off),
+                    micros(on)
+                ),
+            });
+        }
         verdicts
+    }
+
+    /// CPU per record with tracing off and on, each the median of its runs.
+    fn tracing_cpu_per_record(&self) -> Option<(Duration, Duration)> {
+        let of = |traced: bool| {
+            let runs: Vec<Duration> = self
+                .tracing
+                .iter()
+                .filter(|run| run.workload.traced == traced)
+                .map(Run::cpu_per_record)
+                .collect();
+            (!runs.is_empty()).then(|| median(runs))
+        };
+        Some((of(false)?, of(true)?))
+    }
+
+    fn tracing_section(&self, out: &mut String) {
+        let Some((off, on)) = self.tracing_cpu_per_record() else {
+            return;
+        };
+        let workload = &self.tracing[0].workload;
+        let _ = writeln!(
+            out,
+            "### Tracing\n\n{} payloads of {}, {} fetch latency, S3, tracing off \
+             (`TERRA_TRACING=off`: no exporter) and on (`xray`: every invocation \
+             sampled, each span sent to an X-Ray daemon stand-in on loopback as it \
+             ends), runs alternated.\n\n\
+             | Tracing | Runs | CPU per record | Trace documents per invocation |\n|---|---|---|---|",
+            workload.records,
+            size(self.tracing[0].payload_bytes_actual),
+            ms(workload.latency),
+        );
+        for (traced, cpu) in [(false, off), (true, on)] {
+            let runs: Vec<&Run> = self
+                .tracing
+                .iter()
+                .filter(|run| run.workload.traced == traced)
+                .collect();
+            let invocations: usize = runs.iter().map(|run| run.walls.len() + 1).sum();
+            let documents: usize = runs.iter().map(|run| run.trace_documents).sum();
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                if traced { "on" } else { "off" },
+                runs.len(),
+                micros(cpu),
+                documents / invocations.max(1)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nOverhead: {:+.1} % CPU per record.\n",
+            tracing_overhead_percent(off, on)
+        );
     }
 
     fn budget_section(&self, out: &mut String) {
@@ -458,6 +527,11 @@ fn size(bytes: usize) -> String {
     } else {
         format!("{:.0} KB", bytes as f64 / KB as f64)
     }
+}
+
+/// How much more CPU per record tracing on costs than off, in percent.
+pub fn tracing_overhead_percent(off: Duration, on: Duration) -> f64 {
+    (on.as_secs_f64() / off.as_secs_f64() - 1.0) * 100.0
 }
 
 #[cfg(test)]

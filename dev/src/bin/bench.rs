@@ -21,6 +21,7 @@ async fn main() {
         memory: Vec::new(),
         dynamodb: Vec::new(),
         budget: Vec::new(),
+        tracing: Vec::new(),
         cold_starts: Vec::new(),
         binaries: vec![
             ("sqs-handler".into(), sqs_handler.clone()),
@@ -69,6 +70,15 @@ async fn main() {
         };
         results.budget.push(run(sqs_handler, &workload).await);
     }
+    // Alternated, so that drift in the machine's speed falls on both.
+    for traced in [false, true, false, true] {
+        let workload = Workload {
+            traced,
+            batches: 5,
+            ..Workload::new(100, 100 * KB)
+        };
+        results.tracing.push(run(sqs_handler, &workload).await);
+    }
     eprintln!("{COLD_STARTS} cold starts...");
     results.cold_starts = cold_starts(sqs_handler, COLD_STARTS).await;
 
@@ -84,12 +94,13 @@ async fn main() {
 /// its figures would flatter the handler.
 async fn run(handler: &str, workload: &Workload) -> terra_sink_dev::bench::Run {
     eprintln!(
-        "{} × {} B, {:?} latency, concurrency {}, {:?}...",
+        "{} × {} B, {:?} latency, concurrency {}, {:?}{}...",
         workload.records,
         workload.payload_bytes,
         workload.latency,
         workload.concurrency,
-        workload.sinks
+        workload.sinks,
+        if workload.traced { ", traced" } else { "" }
     );
     let run = measure(handler, workload).await;
     let invocations = workload.batches + 1;
@@ -104,6 +115,17 @@ async fn run(handler: &str, workload: &Workload) -> terra_sink_dev::bench::Run {
     }
     if workload.sinks != Sinks::S3 {
         assert!(run.received.items >= expected, "items written: {run:?}");
+    }
+    // An invocation and its redelivery hold and schedule, then per record
+    // a record, a fetch and an archive write.
+    let traced = if workload.traced {
+        invocations * (3 + 3 * workload.records)
+    } else {
+        0
+    };
+    assert!(run.trace_documents >= traced, "trace documents: {run:?}");
+    if !workload.traced {
+        assert_eq!(run.trace_documents, 0, "tracing off sent spans: {run:?}");
     }
     run
 }
