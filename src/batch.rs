@@ -122,17 +122,17 @@ async fn run_lane<P: RecordProcessor>(
         // failures decided here are logged here.
         let outcome = match (&blocked_by, &item.record) {
             (Some(earlier), _) => log_failure(
-                &item.log_id,
+                &item,
                 deferred(format!(
                     "not started: earlier message {earlier} of its FIFO group failed"
                 )),
             ),
             (None, _) if Instant::now() >= cutoff => log_failure(
-                &item.log_id,
+                &item,
                 deferred("not started: the invocation deadline is near".to_owned()),
             ),
-            (None, Err(failure)) => log_failure(&item.log_id, Outcome::Failed(failure.clone())),
-            (None, Ok(record)) => process_guarded(&*processor, record, cutoff).await,
+            (None, Err(failure)) => log_failure(&item, Outcome::Failed(failure.clone())),
+            (None, Ok(record)) => process_guarded(&*processor, &item, record, cutoff).await,
         };
         // Only a failure that may yet succeed holds its group: a permanent
         // one never will, so nothing behind it can be written out of order
@@ -150,6 +150,7 @@ async fn run_lane<P: RecordProcessor>(
 
 async fn process_guarded<P: RecordProcessor>(
     processor: &P,
+    item: &SourceItem,
     record: &InboundRecord,
     cutoff: Instant,
 ) -> Outcome {
@@ -163,27 +164,45 @@ async fn process_guarded<P: RecordProcessor>(
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "non-string panic".to_owned());
             log_failure(
-                &record.log_id,
+                item,
                 internal_failure(&format!("processing panicked: {what}")),
             )
         }
         Err(_elapsed) => log_failure(
-            &record.log_id,
+            item,
             deferred("stopped: the invocation deadline is near".to_owned()),
         ),
     }
 }
 
-fn log_failure(log_id: &str, outcome: Outcome) -> Outcome {
+/// Logs a failure decided here, outside the processor, in a record span
+/// of its own with the fields the processor's record span has: its id and,
+/// when its message names one, Terra's `payload_reference`, so that the
+/// line is found with the record's others, and traced.
+fn log_failure(item: &SourceItem, outcome: Outcome) -> Outcome {
     if let Some(failure) = outcome.failure() {
-        tracing::warn!(
-            id = %log_id,
+        let payload_reference = item
+            .record
+            .as_ref()
+            .ok()
+            .and_then(|record| crate::message::payload_reference(&record.body));
+        let span = tracing::info_span!(
+            "record",
+            id = %item.log_id,
+            payload_reference,
+            outcome = "failed",
             class = %failure.class,
-            retry = %failure.retry,
-            error = %failure.message,
-            "{}",
-            crate::log_events::RECORD_FAILED
+            "otel.status_code" = "error",
         );
+        span.in_scope(|| {
+            tracing::warn!(
+                class = %failure.class,
+                retry = %failure.retry,
+                error = %failure.message,
+                "{}",
+                crate::log_events::RECORD_FAILED
+            )
+        });
     }
     outcome
 }

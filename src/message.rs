@@ -85,6 +85,15 @@ struct WireMessage {
 /// flood the logs.
 const MAX_QUOTED_TYPE: usize = 64;
 
+/// Terra's `payload_reference` of a message that names one, for the log
+/// lines about a record decided before its message was decoded.
+pub fn payload_reference(body: &[u8]) -> Option<String> {
+    match decode(body) {
+        Ok(TerraMessage::Payload(pointer)) => pointer.payload_reference,
+        _ => None,
+    }
+}
+
 pub fn decode(body: &[u8]) -> Result<TerraMessage, MessageError> {
     match body.iter().find(|b| !b.is_ascii_whitespace()) {
         None => return Err(MessageError::EmptyBody),

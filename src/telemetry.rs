@@ -88,6 +88,14 @@ impl Telemetry {
                     .with_location(false)
                     .with_threads(false)
                     .with_level(false)
+                    // Not wanted: the module as an attribute, busy and idle times
+                    // (two clock reads at every poll of an instrumented future),
+                    // and the OpenTelemetry context made current on entry (for
+                    // OpenTelemetry's own instrumentation, which this process
+                    // has none of).
+                    .with_target(false)
+                    .with_tracked_inactivity(false)
+                    .with_context_activation(false)
                     .with_filter(filter_fn(|metadata| {
                         metadata.is_span() && metadata.target().starts_with(TRACED_TARGET)
                     }))

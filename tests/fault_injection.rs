@@ -14,6 +14,7 @@ use terra_sink_dev::demo::kafka::{KafkaFaults, KafkaScenario};
 use terra_sink_dev::demo::{self, DemoReport, Scenario};
 use terra_sink_dev::deployed::Deployed;
 use terra_sink_dev::fault_proxy::{Fault, FaultSchedule};
+
 use terra_sink_dev::terra_simulator::{Kind, MIX};
 
 const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
@@ -99,6 +100,39 @@ async fn the_demo_mix_in_the_stack() {
         report.access_denied.is_empty(),
         "the function's role lacks a permission its code uses:\n{}",
         report.access_denied.join("\n")
+    );
+    assert_each_payloads_lines_are_gathered(&report);
+}
+
+/// Every log line about a record carries its correlation fields, and each
+/// record's lines, from its first attempt (each under its own trace id) to
+/// its last, are found under its one `payload_reference`, with no other
+/// record's.
+fn assert_each_payloads_lines_are_gathered(report: &DemoReport) {
+    let lines = &report.record_lines;
+    assert!(
+        lines.uncorrelated.is_empty(),
+        "lines about a record without its correlation fields:\n{}",
+        lines.uncorrelated.join("\n")
+    );
+    let mut attempted_again = 0;
+    for (id, of_record) in &lines.by_id {
+        if of_record.references.is_empty() {
+            // A healthcheck, or a message that is not Terra's.
+            continue;
+        }
+        let [reference] = Vec::from_iter(&of_record.references)[..] else {
+            panic!("{id}: {of_record:?}");
+        };
+        let gathered = &lines.by_reference[reference];
+        assert_eq!(gathered.ids, BTreeSet::from([id.clone()]), "{gathered:?}");
+        assert_eq!(gathered.traces, of_record.traces, "{id}: {gathered:?}");
+        attempted_again += usize::from(gathered.traces.len() > 1);
+    }
+    assert!(
+        attempted_again > 0,
+        "the mix has records attempted more than once: {:?}",
+        lines.by_reference
     );
 }
 

@@ -442,6 +442,8 @@ pub struct DemoReport {
     /// function lacks, even where the failure changes no outcome (a
     /// visibility change, say).
     pub access_denied: Vec<String>,
+    /// The handlers' lines about records, by Terra's `payload_reference`.
+    pub record_lines: crate::logs::RecordLines,
 }
 
 impl DemoReport {
@@ -832,6 +834,7 @@ impl Stage {
             table: deployment.table,
             prefix: deployment.prefix,
             access_denied: crate::logs::refused_by_iam(&output),
+            record_lines: crate::logs::record_lines(&output),
         }
     }
 }
