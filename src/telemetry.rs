@@ -24,7 +24,7 @@ use opentelemetry_aws::xray_exporter::{SegmentTranslator, XrayExporter};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{EnvFilter, LevelFilter, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, Registry};
@@ -33,8 +33,9 @@ use crate::config::Tracing;
 
 /// Span fields X-Ray indexes as annotations, to search and filter traces by
 /// (a record by its message id or offset, by Terra's reference, its type,
-/// user, outcome or failure class). Every other field goes into metadata.
-pub const ANNOTATED_FIELDS: [&str; 8] = [
+/// user, outcome or failure class; a fetch by its attempts and bytes). No
+/// other field is sent.
+pub const ANNOTATED_FIELDS: [&str; 12] = [
     "id",
     "payload_reference",
     "event_type",
@@ -43,6 +44,10 @@ pub const ANNOTATED_FIELDS: [&str; 8] = [
     "class",
     "request_id",
     "trigger",
+    "records",
+    "attempts",
+    "bytes",
+    "step",
 ];
 
 /// Only this crate's spans are traced: the runtime's own and the SDKs' are
@@ -96,9 +101,14 @@ impl Telemetry {
                     .with_target(false)
                     .with_tracked_inactivity(false)
                     .with_context_activation(false)
-                    .with_filter(filter_fn(|metadata| {
-                        metadata.is_span() && metadata.target().starts_with(TRACED_TARGET)
-                    }))
+                    // Decided once per callsite where it can be: every event
+                    // and every other crate's span (hyper's, rustls's, the
+                    // SDK's, at any level) is never looked at again.
+                    .with_filter(
+                        Targets::new()
+                            .with_target(TRACED_TARGET, LevelFilter::INFO)
+                            .and(filter_fn(|metadata| metadata.is_span())),
+                    )
             });
         let json =
             std::env::var("AWS_LAMBDA_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
@@ -117,11 +127,6 @@ impl Telemetry {
             .with(trace_layer)
             .init();
         Ok(Self { traces: traces? })
-    }
-
-    /// Whether spans are traced.
-    pub fn is_tracing(&self) -> bool {
-        self.traces.is_some()
     }
 
     /// Makes `span` (an invocation's) a child of Lambda's segment in the trace
@@ -166,9 +171,10 @@ fn log_filter() -> EnvFilter {
 fn xray_tracer_provider(daemon: SocketAddr) -> Result<SdkTracerProvider, TracingInitError> {
     let client =
         XrayDaemonClient::new(daemon).map_err(|source| TracingInitError { daemon, source })?;
-    let translator = SegmentTranslator::new()
-        .with_indexed_attrs(ANNOTATED_FIELDS.map(str::to_owned))
-        .metadata_all_attrs();
+    // Fields not annotated are not sent (the URL without its query, the
+    // archive key): they are in the logs, and each costs CPU per span.
+    let translator =
+        SegmentTranslator::new().with_indexed_attrs(ANNOTATED_FIELDS.map(str::to_owned));
     // The function's name, as Lambda names its own segment.
     let service = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "terra-sink".into());
     Ok(SdkTracerProvider::builder()

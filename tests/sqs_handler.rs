@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use support::bed::{Bed, assert_all_succeeded, assert_no_secrets, failed_ids, pointer, sqs_record};
 use support::payload_server::Behaviour;
 use support::runtime_api::{Executable, HandlerProcess, RuntimeApi, lambda_environment};
-use support::xray_daemon::{XrayDaemon, annotation, metadata};
+use support::xray_daemon::{XrayDaemon, annotation};
 use support::{fixture, logs, now_ms};
 
 const SQS_HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
@@ -169,11 +169,16 @@ async fn traces_reach_the_xray_daemon_under_the_invocations_trace() {
     assert_eq!(annotation(written, "outcome"), Some("written"));
     assert_eq!(trace.children(written), ["archive write", "fetch"]);
     let fetch = trace.child(written, "fetch");
-    assert_eq!(metadata(fetch, "attempts"), Some("1"), "{fetch}");
+    // The exporter writes numbers as text.
+    assert_eq!(annotation(fetch, "attempts"), Some("1"), "{fetch}");
     assert_eq!(
-        metadata(fetch, "bytes"),
+        annotation(fetch, "bytes"),
         Some(fixture("openapi_sleep.json").len().to_string().as_str()),
         "{fetch}"
+    );
+    assert!(
+        fetch.get("metadata").is_none() && written.get("metadata").is_none(),
+        "only the annotated fields are sent: {written}"
     );
 
     let failed = trace.record("m-garbled");

@@ -205,12 +205,6 @@ pub fn annotation<'a>(document: &'a Value, key: &str) -> Option<&'a str> {
     document["annotations"][key].as_str()
 }
 
-/// Any other span field, from the document's metadata, as text (the
-/// exporter writes every value as text there).
-pub fn metadata<'a>(document: &'a Value, key: &str) -> Option<&'a str> {
-    document["metadata"][key].as_str()
-}
-
 impl Drop for XrayDaemon {
     fn drop(&mut self) {
         self.task.abort();
