@@ -72,14 +72,27 @@ pub enum SmokeError {
     Failed(String),
 }
 
+/// What Lambda adds to a function's own variables that the configuration
+/// reads: the X-Ray daemon's address, which `TERRA_TRACING=xray` needs (the
+/// value Lambda gives it; smoke sends nothing there).
+const SET_BY_LAMBDA: [(&str, &str); 1] = [("AWS_XRAY_DAEMON_ADDRESS", "169.254.79.129:2000")];
+
 /// The function's configuration, validated as the function validates it
-/// at cold start, and what smoke needs of it.
+/// at cold start (its own variables and what Lambda adds), and what smoke
+/// needs of it.
 pub fn deployment(
     outputs: StackOutputs,
     environment: &HashMap<String, String>,
 ) -> Result<Deployment, SmokeError> {
-    let config = Config::from_lookup(|var| environment.get(var).cloned().map(Ok))
-        .map_err(|e| SmokeError::Setup(format!("the function's configuration: {e}")))?;
+    let config = Config::from_lookup(|var| {
+        let set_by_lambda = SET_BY_LAMBDA.iter().find(|(name, _)| *name == var);
+        environment
+            .get(var)
+            .cloned()
+            .or_else(|| set_by_lambda.map(|(_, value)| (*value).to_owned()))
+            .map(Ok)
+    })
+    .map_err(|e| SmokeError::Setup(format!("the function's configuration: {e}")))?;
     let archive = config.s3.clone().ok_or_else(|| {
         SmokeError::Setup(
             "the function has no archive (TERRA_S3_BUCKET): smoke puts its payload in the \
