@@ -194,15 +194,7 @@ fn log_failure(item: &SourceItem, outcome: Outcome) -> Outcome {
             class = %failure.class,
             "otel.status_code" = "error",
         );
-        span.in_scope(|| {
-            tracing::warn!(
-                class = %failure.class,
-                retry = %failure.retry,
-                error = %failure.message,
-                "{}",
-                crate::log_events::RECORD_FAILED
-            )
-        });
+        span.in_scope(|| failure.log());
     }
     outcome
 }

@@ -105,6 +105,18 @@ pub struct RecordFailure {
 }
 
 impl RecordFailure {
+    /// The `record failed` line, logged in the span of the record it is
+    /// about.
+    pub fn log(&self) {
+        tracing::warn!(
+            class = %self.class,
+            retry = %self.retry,
+            error = %self.message,
+            "{}",
+            crate::log_events::RECORD_FAILED
+        );
+    }
+
     pub fn new(class: FailureClass, retry: Retry, message: impl Into<String>) -> Self {
         Self {
             class,

@@ -763,13 +763,7 @@ impl RecordProcessor for Pipeline {
                 }
                 Ok(outcome) => outcome,
                 Err(failure) => {
-                    tracing::warn!(
-                        class = %failure.class,
-                        retry = %failure.retry,
-                        error = %failure.message,
-                        "{}",
-                        crate::log_events::RECORD_FAILED
-                    );
+                    failure.log();
                     Outcome::Failed(failure)
                 }
             }
