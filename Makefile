@@ -151,12 +151,17 @@ demo: $(VENV_STAMP)
 	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server cargo run --locked -p terra-sink-dev --bin demo -- $(HANDLER_ARTIFACT)
 
 # A benchmark, not a test: the deployable binaries driven through the Runtime
-# API against local servers; results go into BENCHMARKS.md. The harness is
-# built in release too, so its servers are not what is measured.
+# API against local servers; results go into BENCHMARKS.md. perf samples a
+# handler built with its symbol table kept (--profile profiling, otherwise
+# release); the harness is built in that profile too, so its servers are
+# not what is measured and the two share their dependencies' build. The CPU
+# quotas of the as-deployed runs need root (a cgroup of their own).
 bench: $(VENV_STAMP)
 	$(TOOLS) cargo lambda build --release --bin sqs-handler --bin kafka-handler
-	cargo run --locked --release -p terra-sink-dev --features bench --bin bench -- \
-	  $(HANDLER_ARTIFACT) $(KAFKA_ARTIFACT) BENCHMARKS.md
+	cargo build --locked --profile profiling --bin sqs-handler
+	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server \
+	  cargo run --locked --profile profiling -p terra-sink-dev --features bench --bin bench -- \
+	  $(HANDLER_ARTIFACT) $(KAFKA_ARTIFACT) $(TARGET_DIR)/profiling/sqs-handler BENCHMARKS.md
 
 clean:
 	rm -rf $(VENV) target .aws-sam kafka/.aws-sam .tools fuzz/target fuzz/corpus

@@ -4,8 +4,10 @@
 
 use std::time::Duration;
 
+use terra_sink_dev::bench::profile::STAGES;
 use terra_sink_dev::bench::report::{END_MARKER, Results, START_MARKER};
-use terra_sink_dev::bench::{KB, Sinks, Workload, cold_starts, measure};
+use terra_sink_dev::bench::{KB, Sinks, Store, Workload, cold_starts, measure};
+use terra_sink_dev::cpu_quota::CpuQuota;
 
 const HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
 
@@ -52,6 +54,42 @@ async fn measures_a_batch_written_to_both_sinks() {
     // and the archive write.
     assert_eq!(traced.trace_documents, 2 * (3 + 3 * 5), "{traced:?}");
 
+    // As deployed: under the CPU quota for 512 MB, over HTTPS, against
+    // moto, sampled by perf (the test build keeps its symbols).
+    let deployed = measure(
+        HANDLER,
+        &Workload {
+            sinks: Sinks::S3AndDynamoDb,
+            store: Store::Moto,
+            batches: 1,
+            profiled: true,
+            ..Workload::new(5, 10 * KB).deployed(512)
+        },
+    )
+    .await;
+    assert_eq!(deployed.failed_records, 0, "{deployed:?}");
+    // Each invocation's payloads are new: moto holds every one.
+    assert_eq!(deployed.received.objects, 10, "{deployed:?}");
+    assert_eq!(deployed.received.index_markers, 10, "{deployed:?}");
+    assert_eq!(deployed.received.items, 10, "{deployed:?}");
+    assert!(
+        deployed.throttling.is_some_and(|t| t.periods > 0),
+        "{deployed:?}"
+    );
+    // 30 requests (a marker, an object and an item per record) over kept-
+    // alive connections, though moto closes each of its own.
+    assert!(
+        deployed.store_connections.is_some_and(|n| n < 20),
+        "{deployed:?}"
+    );
+    let profile = deployed.profile.clone().expect("perf sampled the handler");
+    assert!(profile.samples > 0 && !profile.top.is_empty());
+    let shares: f64 = STAGES.iter().map(|stage| profile.share(stage)).sum();
+    assert!(
+        (shares - 1.0).abs() < 1e-9,
+        "every sample in one stage: {profile:?}"
+    );
+
     let starts = cold_starts(HANDLER, 2).await;
     assert_eq!(starts.len(), 2);
     assert!(starts.iter().all(|(time, rss)| !time.is_zero() && *rss > 0));
@@ -62,6 +100,9 @@ async fn measures_a_batch_written_to_both_sinks() {
         dynamodb: vec![run.clone()],
         budget: vec![run.clone()],
         tracing: vec![run, traced],
+        deployed: vec![deployed.clone()],
+        by_store: vec![deployed.clone()],
+        profiles: vec![deployed],
         cold_starts: starts,
         binaries: vec![("sqs-handler".into(), HANDLER.into())],
     }
@@ -74,9 +115,45 @@ async fn measures_a_batch_written_to_both_sinks() {
         "### DynamoDB path",
         "### Memory budget",
         "### Tracing",
+        "### As deployed: Lambda's CPU share",
+        "### CPU per record by store",
+        "### Where CPU per record goes",
         "### Cold start",
         "| sqs-handler |",
     ] {
         assert!(markdown.contains(section), "{section} missing:\n{markdown}");
     }
+}
+
+/// The quota the as-deployed runs rely on holds a process to its share: a
+/// busy loop given a quarter of a core for a second gets about a quarter of
+/// a second of CPU.
+#[test]
+fn a_cpu_quota_holds_a_busy_process_to_its_share() {
+    let quota = CpuQuota::of_cores(0.25).expect("a cgroup CPU quota (needs root)");
+    let mut busy = std::process::Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .spawn()
+        .expect("sh");
+    quota.admit(busy.id()).expect("admitted");
+    let cpu_before = cpu_seconds(busy.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_seconds(busy.id()) - cpu_before;
+    busy.kill().expect("kill");
+    busy.wait().expect("reaped");
+    assert!(
+        (0.1..0.5).contains(&used),
+        "a quarter of a core for a second gave {used:.2} s of CPU"
+    );
+    assert!(quota.throttling().throttled > 0, "{:?}", quota.throttling());
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("name") + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: f64 =
+        fields[11].parse::<f64>().expect("utime") + fields[12].parse::<f64>().expect("stime");
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
 }

@@ -286,37 +286,62 @@ fn setting_default(template: &str, name: &str) -> Option<String> {
         .map(|(_, value)| value)
 }
 
-/// The wall time BENCHMARKS.md's *Batch wall time* table gives for a batch
-/// of `records`, in ms.
-fn benchmarked_wall_time_ms(benchmarks: &str, records: u32) -> Option<f64> {
-    let table = benchmarks.split("### Batch wall time").nth(1)?;
-    let row = table
-        .lines()
-        .find(|line| line.starts_with(&format!("| {records} |")))?;
-    let wall = row.split('|').nth(4)?.trim().strip_suffix(" ms")?;
+/// The wall time BENCHMARKS.md's *As deployed* table gives for both sinks
+/// at `memory_mb`'s CPU share, in ms.
+fn benchmarked_wall_time_ms(benchmarks: &str, memory_mb: u32) -> Option<f64> {
+    let section = benchmarks.split("### As deployed").nth(1)?;
+    let table = section.split("\n###").next()?;
+    let row = table.lines().find(|line| {
+        line.starts_with(&format!("| {memory_mb} MB |")) && line.contains("| S3 + DynamoDB |")
+    })?;
+    let wall = row.split('|').nth(7)?.trim().strip_suffix(" ms")?;
     wall.parse().ok()
 }
 
-/// Why the cost table's Lambda duration line does not follow from the
-/// benchmark and the template's batch size and memory, if it does not.
+/// The memory sizes the cost table prices: the template's, and one whole
+/// vCPU's (Lambda gives a function one vCPU at 1,769 MB).
+const ONE_VCPU_MB: u32 = 1769;
+
+/// Why the cost table's Lambda duration lines do not follow from the
+/// benchmark and the template's batch size and memory, if they do not.
 fn cost_drift(template: &str, benchmarks: &str, operations: &str) -> Option<String> {
     let batch: u32 = setting_default(template, "SqsBatchSize")?.parse().ok()?;
-    let memory_mb: f64 = setting_default(template, "FunctionMemory")?.parse().ok()?;
-    let Some(wall_ms) = benchmarked_wall_time_ms(benchmarks, batch) else {
-        return Some(format!("BENCHMARKS.md has no batch of {batch} records"));
-    };
+    let memory_mb: u32 = setting_default(template, "FunctionMemory")?.parse().ok()?;
     let invocations = 1_000_000 / batch;
-    let gb_seconds = f64::from(invocations) * wall_ms / 1000.0 * memory_mb / 1024.0;
-    let expected = format!(
-        "{} GB-s ({} × {wall_ms} ms × {} GB)",
-        thousands(gb_seconds.round() as u64),
-        thousands(u64::from(invocations)),
-        memory_mb / 1024.0
-    );
-    let line = operations
-        .lines()
-        .find(|line| line.starts_with("| Lambda duration |"))?;
-    (!line.contains(&expected)).then(|| format!("expected {expected:?} in {line:?}"))
+    for (memory_mb, line_start) in [
+        (memory_mb, "| Lambda duration |".to_owned()),
+        (
+            ONE_VCPU_MB,
+            format!(
+                "| Lambda duration at {} MB |",
+                thousands(u64::from(ONE_VCPU_MB))
+            ),
+        ),
+    ] {
+        let Some(wall_ms) = benchmarked_wall_time_ms(benchmarks, memory_mb) else {
+            return Some(format!(
+                "BENCHMARKS.md has no batch of both sinks at {memory_mb} MB"
+            ));
+        };
+        let gb = f64::from(memory_mb) / 1024.0;
+        let gb_seconds = f64::from(invocations) * wall_ms / 1000.0 * gb;
+        let expected = format!(
+            "{} GB-s ({} × {wall_ms} ms × {} GB)",
+            thousands(gb_seconds.round() as u64),
+            thousands(u64::from(invocations)),
+            (gb * 1000.0).round() / 1000.0
+        );
+        let Some(line) = operations
+            .lines()
+            .find(|line| line.starts_with(&line_start))
+        else {
+            return Some(format!("no line starting {line_start:?}"));
+        };
+        if !line.contains(&expected) {
+            return Some(format!("expected {expected:?} in {line:?}"));
+        }
+    }
+    None
 }
 
 fn thousands(n: u64) -> String {
@@ -590,11 +615,22 @@ fn an_alarm_without_a_runbook_entry_fails() {
 
 #[test]
 fn a_cost_table_behind_the_benchmarks_fails() {
-    let benchmarks = "### Batch wall time\n\n| Records | Invocations | I/O lower bound | Wall time |\n|---|---|---|---|\n| 10 | 30 | 50.0 ms | 56.2 ms | 1.12 |\n";
-    let current = "| Lambda duration | 2 810 GB-s (100 000 × 56.2 ms × 0.5 GB) | $ | $ |\n";
+    let benchmarks = "### As deployed: Lambda's CPU share\n\n\
+        | Memory | CPU share | Sinks | Store | Invocations | I/O lower bound | Wall time |\n\
+        |---|---|---|---|---|---|---|\n\
+        | 512 MB | 0.29 | S3 | null store | 30 | 50.0 ms | 55.0 ms |\n\
+        | 512 MB | 0.29 | S3 + DynamoDB | null store | 30 | 50.0 ms | 56.2 ms |\n\
+        | 1769 MB | 1.00 | S3 + DynamoDB | null store | 30 | 50.0 ms | 52.0 ms |\n\n\
+        ### Batch wall time\n\n| 512 MB | 0.29 | S3 + DynamoDB | null store | 30 | 50.0 ms | 99.0 ms |\n";
+    let current = "| Lambda duration | 2 810 GB-s (100 000 × 56.2 ms × 0.5 GB) | $ | $ |\n\
+        | Lambda duration at 1 769 MB | 8 983 GB-s (100 000 × 52 ms × 1.728 GB) | $ | $ |\n";
     assert_eq!(cost_drift(TEMPLATE, benchmarks, current), None);
-    let newer = benchmarks.replace("56.2 ms", "61.0 ms");
-    assert!(cost_drift(TEMPLATE, &newer, current).is_some());
+    let slower = benchmarks.replace("56.2 ms", "61.0 ms");
+    assert!(cost_drift(TEMPLATE, &slower, current).is_some());
+    let slower_at_one_vcpu = benchmarks.replace("52.0 ms", "53.0 ms");
+    assert!(cost_drift(TEMPLATE, &slower_at_one_vcpu, current).is_some());
+    let larger = TEMPLATE.replace("FunctionMemory: \"512\"", "FunctionMemory: \"1769\"");
+    assert!(cost_drift(&larger, benchmarks, current).is_some());
 }
 
 #[test]

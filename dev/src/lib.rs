@@ -15,6 +15,8 @@ pub mod artifact;
 pub mod bed;
 #[cfg(feature = "bench")]
 pub mod bench;
+#[cfg(feature = "bench")]
+pub mod cpu_quota;
 pub mod demo;
 pub mod deployed;
 pub mod events;
@@ -29,6 +31,8 @@ pub mod payload_server;
 pub mod runtime_api;
 pub mod sqs_mapping;
 pub mod terra_simulator;
+#[cfg(feature = "bench")]
+pub mod tls_front;
 pub mod xray_daemon;
 
 use std::net::SocketAddr;

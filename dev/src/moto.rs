@@ -408,6 +408,53 @@ impl Moto {
 }
 
 impl Moto {
+    /// (archived objects, erasure-index markers) in the bucket, every page
+    /// of the listing counted.
+    pub async fn count_keys(&self, bucket: &str) -> (usize, usize) {
+        let pages = self
+            .s3()
+            .list_objects_v2()
+            .bucket(bucket)
+            .into_paginator()
+            .send()
+            .collect::<Vec<_>>()
+            .await;
+        let (mut objects, mut markers) = (0, 0);
+        for page in pages {
+            let page = page.unwrap_or_else(|e| panic!("list {bucket}: {e:?}"));
+            for key in page.contents().iter().filter_map(|o| o.key()) {
+                if is_index_marker(key) {
+                    markers += 1;
+                } else {
+                    objects += 1;
+                }
+            }
+        }
+        (objects, markers)
+    }
+
+    /// How many items the table holds, every page of the scan counted.
+    pub async fn count_items(&self, table: &str) -> usize {
+        let pages = self
+            .dynamodb()
+            .scan()
+            .table_name(table)
+            .select(aws_sdk_dynamodb::types::Select::Count)
+            .into_paginator()
+            .send()
+            .collect::<Vec<_>>()
+            .await;
+        pages
+            .into_iter()
+            .map(|page| {
+                page.unwrap_or_else(|e| panic!("scan {table}: {e:?}"))
+                    .count() as usize
+            })
+            .sum()
+    }
+}
+
+impl Moto {
     /// Multipart uploads begun in the bucket and neither completed nor aborted.
     pub async fn uploads_in_progress(&self, bucket: &str) -> Vec<String> {
         let listed = self

@@ -7,20 +7,29 @@
 //! Figures come from the handler process itself (`/proc/<pid>`), so the
 //! servers sharing the machine do not count against it (though they do share
 //! its two cores, which wall times include).
+//!
+//! A workload can also run as deployed: under Lambda's CPU share for its
+//! memory ([`CpuQuota`]), over HTTPS ([`TestAuthority`]), with moto as the
+//! store so that real S3 and DynamoDB responses are parsed, and sampled by
+//! `perf` ([`profile`]).
 
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use serde_json::{Value, json};
 
+pub mod profile;
 pub mod report;
 
+use crate::cpu_quota::{CpuQuota, Throttling};
 use crate::demo::loopback_function_env;
+use crate::moto::Moto;
 use crate::null_store::{NullStore, Received};
 use crate::payload_server::{Behaviour, PayloadServer};
 use crate::runtime_api::{HandlerProcess, InvocationResult, RuntimeApi};
 use crate::sqs_mapping::sqs_record;
 use crate::terra_simulator::{activity_in_records, in_terra_order, large_activity};
+use crate::tls_front::{TestAuthority, TlsFront};
 use crate::xray_daemon::XrayDaemon;
 
 pub const KB: usize = 1024;
@@ -53,6 +62,27 @@ impl Sinks {
     }
 }
 
+/// What the handler writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Store {
+    /// [`NullStore`]: AWS's answers, nothing kept; the handler's own cost.
+    Null,
+    /// moto: real S3 and DynamoDB responses, parsed as in the field.
+    Moto,
+}
+
+impl Store {
+    pub fn label(self) -> &'static str {
+        match self {
+            Store::Null => "null store",
+            Store::Moto => "moto",
+        }
+    }
+}
+
+/// The bucket and table a benchmark writes to.
+const BENCH_STORE: &str = "terra-bench";
+
 /// One batch shape, invoked `batches` times on one warm handler process.
 #[derive(Debug, Clone)]
 pub struct Workload {
@@ -69,6 +99,15 @@ pub struct Workload {
     /// Tracing on (`TERRA_TRACING=xray`), every invocation sampled, the
     /// spans sent to an X-Ray daemon stand-in: the worst case.
     pub traced: bool,
+    pub store: Store,
+    /// Payload host and store behind HTTPS, as in the field.
+    pub https: bool,
+    /// The function's memory in MB, and Lambda's CPU share for it as a
+    /// cgroup quota on the handler. `None`: 512 MB and the whole machine.
+    pub memory_mb: Option<u32>,
+    /// Sample the measured invocations with `perf` (give an unstripped
+    /// handler).
+    pub profiled: bool,
 }
 
 impl Workload {
@@ -82,6 +121,19 @@ impl Workload {
             batches: 3,
             record_bytes: None,
             traced: false,
+            store: Store::Null,
+            https: false,
+            memory_mb: None,
+            profiled: false,
+        }
+    }
+
+    /// As deployed: HTTPS, and Lambda's CPU share for `memory_mb`.
+    pub fn deployed(self, memory_mb: u32) -> Workload {
+        Workload {
+            https: true,
+            memory_mb: Some(memory_mb),
+            ..self
         }
     }
 
@@ -112,6 +164,13 @@ pub struct Run {
     pub budget_bytes: Option<u64>,
     /// Trace documents the X-Ray daemon stand-in received (traced runs).
     pub trace_documents: usize,
+    /// How often the CPU quota held the handler back (quota-bound runs).
+    pub throttling: Option<Throttling>,
+    /// Where the measured invocations' CPU went (profiled runs).
+    pub profile: Option<profile::Breakdown>,
+    /// TLS connections the handler opened to the store, warm-up included
+    /// (HTTPS runs): far fewer than its requests while they are kept alive.
+    pub store_connections: Option<usize>,
 }
 
 impl Run {
@@ -165,10 +224,133 @@ pub fn activity_of_size(n: usize, bytes: usize) -> Bytes {
 
 /// Runs `workload` against a fresh handler process and measures it.
 pub async fn measure(handler: &str, workload: &Workload) -> Run {
-    let store = NullStore::start().await;
+    let authority = workload.https.then(TestAuthority::new);
+    let store = StoreServer::start(workload.store, authority.as_ref()).await;
     let payloads = PayloadServer::start().await;
+    let payloads_front = match &authority {
+        Some(authority) => Some(authority.front(payloads.addr).await),
+        None => None,
+    };
     let runtime = RuntimeApi::start().await;
+    // moto keeps what it is sent, so each invocation brings payloads of its
+    // own, as in the field (a payload sent again is a redelivery, and costs
+    // the conditional write's extra round trips). The null store keeps
+    // nothing, and the same payloads serve every invocation.
+    let distinct_invocations = match workload.store {
+        Store::Null => 1,
+        Store::Moto => workload.batches + 1,
+    };
     let mut actual_size = 0;
+    let urls: Vec<Vec<String>> = (0..distinct_invocations)
+        .map(|invocation| {
+            let first = invocation * workload.records;
+            let (urls, size) = serve_payloads(&payloads, workload, first);
+            actual_size = size;
+            match &payloads_front {
+                Some(front) => urls
+                    .iter()
+                    .map(|url| front.https(url, payloads.addr))
+                    .collect(),
+                None => urls,
+            }
+        })
+        .collect();
+    let urls_of = |invocation: usize| &urls[invocation % distinct_invocations];
+
+    let mut env = bench_env(&runtime, &store.endpoint(), workload.sinks);
+    env.push((
+        "TERRA_FETCH_CONCURRENCY".into(),
+        workload.concurrency.to_string(),
+    ));
+    if let Some(authority) = &authority {
+        // Read by both HTTP clients' root stores (rustls-native-certs).
+        env.push((
+            "SSL_CERT_FILE".into(),
+            authority.ca_file.display().to_string(),
+        ));
+    }
+    if let Some(memory_mb) = workload.memory_mb {
+        env.retain(|(name, _)| name != "AWS_LAMBDA_FUNCTION_MEMORY_SIZE");
+        env.push((
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE".into(),
+            memory_mb.to_string(),
+        ));
+    }
+    let daemon = XrayDaemon::start().await;
+    if workload.traced {
+        env.push(("TERRA_TRACING".into(), "xray".into()));
+        env.push(("AWS_XRAY_DAEMON_ADDRESS".into(), daemon.addr.to_string()));
+    }
+    let quota = workload.memory_mb.map(|memory_mb| {
+        CpuQuota::for_memory(memory_mb).unwrap_or_else(|e| panic!("CPU quota: {e}"))
+    });
+    let handler = HandlerProcess::spawn(handler, &env);
+    if let Some(quota) = &quota {
+        // Before its first poll: init runs under the quota too, as it does
+        // in Lambda.
+        quota
+            .admit(handler.pid())
+            .unwrap_or_else(|e| panic!("CPU quota: {e}"));
+    }
+    wait_for_first_poll(&runtime, &handler).await;
+    let rss_after_init = proc_status(handler.pid(), "VmRSS");
+
+    let mut failed_records = 0;
+    failed_records += invoke_batch(&runtime, &handler, urls_of(0), "warmup")
+        .await
+        .1;
+    let throttled_before = quota.as_ref().map(CpuQuota::throttling);
+    let recording = if workload.profiled {
+        let recording = profile::Recording::attach(handler.pid());
+        assert!(recording.is_some(), "perf could not be started");
+        recording
+    } else {
+        None
+    };
+    let cpu_before = cpu_time(handler.pid());
+    let mut walls = Vec::new();
+    for batch in 0..workload.batches {
+        let (wall, failed) =
+            invoke_batch(&runtime, &handler, urls_of(batch + 1), &format!("b{batch}")).await;
+        walls.push(wall);
+        failed_records += failed;
+    }
+    let cpu = cpu_time(handler.pid()).saturating_sub(cpu_before);
+    let profile = recording.and_then(profile::Recording::finish);
+    let throttling = quota.as_ref().map(|quota| {
+        let (before, after) = (throttled_before.unwrap_or_default(), quota.throttling());
+        Throttling {
+            periods: after.periods - before.periods,
+            throttled: after.throttled - before.throttled,
+        }
+    });
+    let peak_rss = proc_status(handler.pid(), "VmHWM");
+    let budget_bytes = logged_budget(&handler.output());
+    drop(handler);
+    Run {
+        workload: workload.clone(),
+        walls,
+        cpu,
+        rss_after_init,
+        peak_rss,
+        received: store.received().await,
+        failed_records,
+        payload_bytes_actual: actual_size,
+        budget_bytes,
+        trace_documents: daemon.settled_count(Duration::from_millis(100)).await,
+        throttling,
+        profile,
+        store_connections: store.front.as_ref().map(TlsFront::connections),
+    }
+}
+
+/// Routes `workload.records` payloads, numbered from `first`, on `payloads`:
+/// their URLs, and the size of each.
+fn serve_payloads(
+    payloads: &PayloadServer,
+    workload: &Workload,
+    first: usize,
+) -> (Vec<String>, usize) {
     // Payloads this large are served from one copy, so the harness's own
     // memory and set-up time stay small; each is still downloaded apart.
     let shared = match workload.record_bytes {
@@ -177,7 +359,8 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
         )),
         _ => None,
     };
-    let urls: Vec<String> = (0..workload.records)
+    let mut actual_size = 0;
+    let urls = (first..first + workload.records)
         .map(|n| {
             let body = match (&shared, workload.record_bytes) {
                 (Some(body), _) => body.clone(),
@@ -193,44 +376,71 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
             )
         })
         .collect();
+    (urls, actual_size)
+}
 
-    let mut env = bench_env(&runtime, &store, workload.sinks);
-    env.push((
-        "TERRA_FETCH_CONCURRENCY".into(),
-        workload.concurrency.to_string(),
-    ));
-    let daemon = XrayDaemon::start().await;
-    if workload.traced {
-        env.push(("TERRA_TRACING".into(), "xray".into()));
-        env.push(("AWS_XRAY_DAEMON_ADDRESS".into(), daemon.addr.to_string()));
-    }
-    let handler = HandlerProcess::spawn(handler, &env);
-    wait_for_first_poll(&runtime, &handler).await;
-    let rss_after_init = proc_status(handler.pid(), "VmRSS");
+/// The store a workload writes to, and the HTTPS in front of it.
+struct StoreServer {
+    kind: StoreKind,
+    front: Option<TlsFront>,
+}
 
-    let mut failed_records = 0;
-    failed_records += invoke_batch(&runtime, &handler, &urls, "warmup").await.1;
-    let cpu_before = cpu_time(handler.pid());
-    let mut walls = Vec::new();
-    for batch in 0..workload.batches {
-        let (wall, failed) = invoke_batch(&runtime, &handler, &urls, &format!("b{batch}")).await;
-        walls.push(wall);
-        failed_records += failed;
+enum StoreKind {
+    Null(NullStore),
+    Moto(Moto),
+}
+
+impl StoreServer {
+    async fn start(store: Store, authority: Option<&TestAuthority>) -> StoreServer {
+        let kind = match store {
+            Store::Null => StoreKind::Null(NullStore::start().await),
+            Store::Moto => {
+                let moto = Moto::start().await;
+                moto.create_bucket(BENCH_STORE).await;
+                moto.create_table(BENCH_STORE).await;
+                StoreKind::Moto(moto)
+            }
+        };
+        let plain = match &kind {
+            StoreKind::Null(null) => null.addr,
+            StoreKind::Moto(moto) => moto
+                .endpoint
+                .trim_start_matches("http://")
+                .parse()
+                .expect("moto listens on an address"),
+        };
+        let front = match authority {
+            Some(authority) => Some(authority.front(plain).await),
+            None => None,
+        };
+        StoreServer { kind, front }
     }
-    let cpu = cpu_time(handler.pid()).saturating_sub(cpu_before);
-    let peak_rss = proc_status(handler.pid(), "VmHWM");
-    let budget_bytes = logged_budget(&handler.output());
-    Run {
-        workload: workload.clone(),
-        walls,
-        cpu,
-        rss_after_init,
-        peak_rss,
-        received: store.received(),
-        failed_records,
-        payload_bytes_actual: actual_size,
-        budget_bytes,
-        trace_documents: daemon.settled_count(Duration::from_millis(100)).await,
+
+    /// For `AWS_ENDPOINT_URL`.
+    fn endpoint(&self) -> String {
+        match (&self.front, &self.kind) {
+            (Some(front), _) => front.endpoint(),
+            (None, StoreKind::Null(null)) => null.endpoint(),
+            (None, StoreKind::Moto(moto)) => moto.endpoint.clone(),
+        }
+    }
+
+    /// What the store holds: moto's objects and items are counted once
+    /// each (the workload writes each once).
+    async fn received(&self) -> Received {
+        match &self.kind {
+            StoreKind::Null(null) => null.received(),
+            StoreKind::Moto(moto) => {
+                let (objects, index_markers) = moto.count_keys(BENCH_STORE).await;
+                Received {
+                    objects,
+                    index_markers,
+                    distinct_keys: objects,
+                    items: moto.count_items(BENCH_STORE).await,
+                    ..Received::default()
+                }
+            }
+        }
     }
 }
 
@@ -247,8 +457,8 @@ fn logged_budget(output: &str) -> Option<u64> {
 /// The function's configuration: `sinks` at `store`, payload URLs allowed on
 /// loopback, credentials as Lambda passes them (a session token included),
 /// and otherwise the defaults a deployment has.
-fn bench_env(runtime: &RuntimeApi, store: &NullStore, sinks: Sinks) -> Vec<(String, String)> {
-    let mut env = loopback_function_env(runtime.addr, &store.endpoint());
+fn bench_env(runtime: &RuntimeApi, store_endpoint: &str, sinks: Sinks) -> Vec<(String, String)> {
+    let mut env = loopback_function_env(runtime.addr, store_endpoint);
     env.push(("AWS_SESSION_TOKEN".into(), "bench-session-token".into()));
     env.extend(
         sinks
@@ -310,7 +520,7 @@ pub async fn cold_starts(handler: &str, runs: usize) -> Vec<(Duration, u64)> {
     let mut starts = Vec::new();
     for _ in 0..runs {
         let runtime = RuntimeApi::start().await;
-        let env = bench_env(&runtime, &store, Sinks::S3AndDynamoDb);
+        let env = bench_env(&runtime, &store.endpoint(), Sinks::S3AndDynamoDb);
         let spawned = Instant::now();
         let handler = HandlerProcess::spawn(handler, &env);
         let polled = wait_for_first_poll(&runtime, &handler).await;

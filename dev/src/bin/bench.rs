@@ -1,20 +1,30 @@
 //! `make bench`: measures the compiled `sqs-handler` and writes the results
-//! into BENCHMARKS.md. Usage: `bench <sqs-handler> <kafka-handler> <BENCHMARKS.md>`.
+//! into BENCHMARKS.md. Usage:
+//! `bench <sqs-handler> <kafka-handler> <sqs-handler with symbols> <BENCHMARKS.md>`.
 
 use std::time::Duration;
 
 use terra_sink_dev::bench::report::{Results, splice};
-use terra_sink_dev::bench::{KB, MB, Sinks, Workload, cold_starts, measure};
+use terra_sink_dev::bench::{KB, MB, Sinks, Store, Workload, cold_starts, measure};
+use terra_sink_dev::cpu_quota::MB_PER_VCPU;
+use terra_sink_dev::deployed::Deployed;
 
 const COLD_STARTS: usize = 20;
 
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [sqs_handler, kafka_handler, output] = args.as_slice() else {
-        eprintln!("usage: bench <sqs-handler> <kafka-handler> <BENCHMARKS.md>");
+    let [sqs_handler, kafka_handler, profiled_handler, output] = args.as_slice() else {
+        eprintln!(
+            "usage: bench <sqs-handler> <kafka-handler> <sqs-handler with symbols> <BENCHMARKS.md>"
+        );
         std::process::exit(2);
     };
+    let deployed = Deployed::from_template();
+    let memory_mb =
+        u32::try_from(deployed.function_memory_mb).expect("the template's memory size fits in u32");
+    let batch_size =
+        usize::try_from(deployed.sqs_batch_size).expect("the template's batch size is positive");
 
     let mut results = Results {
         by_batch_size: Vec::new(),
@@ -22,12 +32,62 @@ async fn main() {
         dynamodb: Vec::new(),
         budget: Vec::new(),
         tracing: Vec::new(),
+        deployed: Vec::new(),
+        by_store: Vec::new(),
+        profiles: Vec::new(),
         cold_starts: Vec::new(),
         binaries: vec![
             ("sqs-handler".into(), sqs_handler.clone()),
             ("kafka-handler".into(), kafka_handler.clone()),
         ],
     };
+    // As deployed: the template's batch size, HTTPS, and Lambda's CPU share
+    // at the template's memory and at one whole vCPU; the archive alone, and
+    // both sinks (what the cost table prices).
+    for memory in [memory_mb, MB_PER_VCPU] {
+        for sinks in [Sinks::S3, Sinks::S3AndDynamoDb] {
+            let workload = Workload {
+                sinks,
+                batches: 30,
+                ..Workload::new(batch_size, 100 * KB).deployed(memory)
+            };
+            results.deployed.push(run(sqs_handler, &workload).await);
+        }
+    }
+    for sinks in [Sinks::S3, Sinks::DynamoDb] {
+        for store in [Store::Null, Store::Moto] {
+            // moto's DynamoDB spends a large fraction of a second of its own
+            // CPU on each 100 KB item (the server, not the handler, is the
+            // slow side): fewer of them.
+            let (records, batches) = match (sinks, store) {
+                (Sinks::DynamoDb, Store::Moto) => (20, 3),
+                _ => (100, 5),
+            };
+            let workload = Workload {
+                sinks,
+                store,
+                batches,
+                ..Workload::new(records, 100 * KB).deployed(memory_mb)
+            };
+            results.by_store.push(run(sqs_handler, &workload).await);
+        }
+    }
+    for (sinks, store) in [
+        (Sinks::S3, Store::Null),
+        (Sinks::S3, Store::Moto),
+        (Sinks::DynamoDb, Store::Null),
+    ] {
+        let workload = Workload {
+            sinks,
+            store,
+            batches: 5,
+            profiled: true,
+            ..Workload::new(100, 100 * KB).deployed(memory_mb)
+        };
+        results
+            .profiles
+            .push(run(profiled_handler, &workload).await);
+    }
     for (records, batches) in [(10, 30), (100, 10), (1000, 3)] {
         let workload = Workload {
             batches,
@@ -96,13 +156,19 @@ async fn main() {
 /// its figures would flatter the handler.
 async fn run(handler: &str, workload: &Workload) -> terra_sink_dev::bench::Run {
     eprintln!(
-        "{} × {} B, {:?} latency, concurrency {}, {:?}{}...",
+        "{} × {} B, {:?} latency, concurrency {}, {:?} on {:?}{}{}{}{}...",
         workload.records,
         workload.payload_bytes,
         workload.latency,
         workload.concurrency,
         workload.sinks,
-        if workload.traced { ", traced" } else { "" }
+        workload.store,
+        if workload.https { ", HTTPS" } else { "" },
+        workload
+            .memory_mb
+            .map_or(String::new(), |mb| format!(", CPU share of {mb} MB")),
+        if workload.traced { ", traced" } else { "" },
+        if workload.profiled { ", profiled" } else { "" },
     );
     let run = measure(handler, workload).await;
     let invocations = workload.batches + 1;
@@ -110,8 +176,12 @@ async fn run(handler: &str, workload: &Workload) -> terra_sink_dev::bench::Run {
     assert_eq!(run.failed_records, 0, "records failed: {run:?}");
     if workload.sinks != Sinks::DynamoDb {
         assert_eq!(run.received.objects, expected, "objects archived: {run:?}");
+        let distinct = match workload.store {
+            Store::Null => workload.records,
+            Store::Moto => expected,
+        };
         assert_eq!(
-            run.received.distinct_keys, workload.records,
+            run.received.distinct_keys, distinct,
             "distinct keys: {run:?}"
         );
     }
@@ -126,6 +196,16 @@ async fn run(handler: &str, workload: &Workload) -> terra_sink_dev::bench::Run {
         0
     };
     assert!(run.trace_documents >= traced, "trace documents: {run:?}");
+    if let Some(throttling) = run.throttling {
+        // A quota that never held the handler back did not apply.
+        assert!(
+            throttling.periods > 0,
+            "the CPU quota was never in force: {run:?}"
+        );
+    }
+    if workload.profiled {
+        assert!(run.profile.is_some(), "perf recorded no samples: {run:?}");
+    }
     if !workload.traced {
         assert_eq!(run.trace_documents, 0, "tracing off sent spans: {run:?}");
     }
