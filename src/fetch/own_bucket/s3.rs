@@ -372,28 +372,6 @@ mod tests {
         assert_eq!(down.retry(), Retry::Transient);
     }
 
-    /// Remembers the host each request went to.
-    #[derive(Debug, Clone, Default)]
-    struct Hosts(std::sync::Arc<Mutex<Vec<String>>>);
-
-    impl aws_smithy_runtime_api::client::interceptors::Intercept for Hosts {
-        fn name(&self) -> &'static str {
-            "Hosts"
-        }
-
-        fn read_before_transmit(
-            &self,
-            context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
-            _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
-            _cfg: &mut aws_smithy_types::config_bag::ConfigBag,
-        ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-            let uri = context.request().uri().to_owned();
-            let host = uri.split('/').nth(2).unwrap_or_default().to_owned();
-            self.0.lock().expect("not poisoned").push(host);
-            Ok(())
-        }
-    }
-
     /// A URL on the global endpoint (`s3.amazonaws.com`, taken as
     /// us-east-1) into a bucket in eu-west-2: S3 refuses, naming the
     /// bucket's region, and the read goes there, then and from then on.
@@ -416,14 +394,14 @@ mod tests {
             &[("etag", "\"abc\""), ("content-length", "3")],
             b"",
         ));
-        let hosts = Hosts::default();
+        let sent = crate::fakes::SentRequests::default();
         let client = mock_client!(
             aws_sdk_s3,
             RuleMode::Sequential,
             [&wrong_region, &found, &found_again],
             |c| c
                 .retry_config(RetryConfig::disabled())
-                .interceptor(hosts.clone())
+                .interceptor(sent.clone())
         );
         let reader = S3SourceBucket::new(client);
         let global = SourceObject {
@@ -437,7 +415,7 @@ mod tests {
             assert_eq!(version.etag, "\"abc\"");
         }
         assert_eq!(
-            hosts.0.lock().expect("not poisoned").as_slice(),
+            sent.hosts(),
             [
                 "terra-drop.s3.us-east-1.amazonaws.com",
                 "terra-drop.s3.eu-west-2.amazonaws.com",

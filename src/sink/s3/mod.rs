@@ -675,36 +675,6 @@ mod tests {
         assert_eq!(decoded, payload);
     }
 
-    /// What one request carried on the wire, as signed.
-    #[derive(Debug, Clone, Default)]
-    struct SentHeaders(std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>);
-
-    impl aws_smithy_runtime_api::client::interceptors::Intercept for SentHeaders {
-        fn name(&self) -> &'static str {
-            "SentHeaders"
-        }
-
-        fn read_before_transmit(
-            &self,
-            context: &aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef<'_>,
-            _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
-            _: &mut aws_smithy_types::config_bag::ConfigBag,
-        ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-            let mut sent = self.0.lock().expect("not poisoned");
-            for (name, value) in context.request().headers() {
-                sent.push((name.to_owned(), value.to_owned()));
-            }
-            Ok(())
-        }
-    }
-
-    impl SentHeaders {
-        fn get(&self, name: &str) -> Option<String> {
-            let sent = self.0.lock().expect("not poisoned");
-            sent.iter().find(|(n, _)| n == name).map(|(_, v)| v.clone())
-        }
-    }
-
     /// A payload goes up with its CRC32 for S3 to check, and unsigned, so
     /// that its bytes are hashed once, not twice; the headers are signed.
     #[tokio::test]
@@ -714,7 +684,7 @@ mod tests {
             &[("etag", "\"new\"")],
             b"",
         ));
-        let sent = SentHeaders::default();
+        let sent = crate::fakes::SentRequests::default();
         let client = mock_client!(aws_sdk_s3, RuleMode::Sequential, [&put], {
             let sent = sent.clone();
             move |c| c.interceptor(sent.clone())
@@ -732,12 +702,12 @@ mod tests {
             &base64::engine::general_purpose::STANDARD,
             crc.sum().to_be_bytes(),
         );
-        assert_eq!(sent.get("x-amz-checksum-crc32"), Some(expected));
+        assert_eq!(sent.last_header("x-amz-checksum-crc32"), Some(expected));
         assert_eq!(
-            sent.get("x-amz-content-sha256").as_deref(),
+            sent.last_header("x-amz-content-sha256").as_deref(),
             Some("UNSIGNED-PAYLOAD")
         );
-        let authorization = sent.get("authorization").expect("signed");
+        let authorization = sent.last_header("authorization").expect("signed");
         assert!(
             authorization.contains("x-amz-checksum-crc32")
                 && authorization.contains("if-none-match"),
