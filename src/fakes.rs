@@ -25,34 +25,18 @@ use crate::sink::{
     ServerSideCopy, Sink, SinkError, SinkReport, StreamedUploads,
 };
 
-/// Every request an SDK client sent, as signed and about to go on the wire:
-/// its URI and headers. Give it to a client with `.interceptor(...)`.
+/// The URI of every request an SDK client sent, as about to go on the
+/// wire. Give it to a client with `.interceptor(...)`.
 #[derive(Debug, Clone, Default)]
-pub struct SentRequests(Arc<Mutex<Vec<SentRequest>>>);
-
-#[derive(Debug, Clone)]
-pub struct SentRequest {
-    pub uri: String,
-    pub headers: Vec<(String, String)>,
-}
+pub struct SentRequests(Arc<Mutex<Vec<String>>>);
 
 impl SentRequests {
     /// The host each request went to, in order.
     pub fn hosts(&self) -> Vec<String> {
         lock(&self.0)
             .iter()
-            .map(|sent| sent.uri.split('/').nth(2).unwrap_or_default().to_owned())
+            .map(|uri| uri.split('/').nth(2).unwrap_or_default().to_owned())
             .collect()
-    }
-
-    /// Header `name` of the last request.
-    pub fn last_header(&self, name: &str) -> Option<String> {
-        let sent = lock(&self.0);
-        let last = sent.last()?;
-        last.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
     }
 }
 
@@ -67,15 +51,7 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for SentRequests {
         _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
         _: &mut aws_smithy_types::config_bag::ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        let request = context.request();
-        lock(&self.0).push(SentRequest {
-            uri: request.uri().to_owned(),
-            headers: request
-                .headers()
-                .iter()
-                .map(|(name, value)| (name.to_owned(), value.to_owned()))
-                .collect(),
-        });
+        lock(&self.0).push(context.request().uri().to_owned());
         Ok(())
     }
 }

@@ -143,8 +143,6 @@ impl S3Upload {
                 .content_length(bytes.len() as i64)
                 .checksum_algorithm(ChecksumAlgorithm::Crc32)
                 .body(ByteStream::from(bytes.clone()))
-                .customize()
-                .disable_payload_signing()
                 .send()
         })
         .await
