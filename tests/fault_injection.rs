@@ -522,17 +522,19 @@ const MEMORY_MIX: [Kind; 12] = [
     Kind::Large,
 ];
 
-fn memory_scenario() -> Scenario {
+/// `rounds` passes of [`MEMORY_MIX`]; one already brings a batch of nine
+/// payloads at the limit (576 MiB) to one instance of 512 MB.
+fn memory_scenario(rounds: usize) -> Scenario {
     let artifact = std::env::var("SQS_HANDLER_ARTIFACT").expect(
         "SQS_HANDLER_ARTIFACT: the release bootstrap `cargo lambda build --release` makes \
          (make test sets it)",
     );
-    at_production_ratios(&MEMORY_MIX, 2 * MEMORY_MIX.len()).with_handler_binary(artifact)
+    at_production_ratios(&MEMORY_MIX, rounds * MEMORY_MIX.len()).with_handler_binary(artifact)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_ratios_memory_holds_whatever_arrives_in_the_archive() {
-    let archive_only = memory_scenario().with_handler_env("TERRA_DYNAMODB_TABLE", "");
+    let archive_only = memory_scenario(2).with_handler_env("TERRA_DYNAMODB_TABLE", "");
     let report = run("production ratios, memory, S3 archive only", archive_only).await;
     assert_all_delivered(&report);
     assert!(report.projected.is_empty(), "no table configured");
@@ -541,16 +543,23 @@ async fn production_ratios_memory_holds_whatever_arrives_in_the_archive() {
 /// With DynamoDB the million-record payload is over
 /// `TERRA_DYNAMODB_MAX_ITEMS`: archived, refused by the table before any
 /// write, and dead-lettered as `sink`.
+///
+/// One round, not two: a payload at the limit is 64 items, which take moto
+/// 2.5 to 5 s, against a function timeout of 6 s at this time scale (DynamoDB
+/// takes a fraction of a second; moto's speed does not scale with the
+/// clock). Two rounds are more than two cores can put through moto before
+/// the URLs die, and records ran out of receives deferred at the deadline:
+/// moto's limit, not the function's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn production_ratios_memory_holds_whatever_arrives_with_dynamodb() {
-    let with_table = memory_scenario()
+    let with_table = memory_scenario(1)
         .expecting_undeliverable(&[Kind::MillionTinyRecords])
         .giving_up_after(Duration::from_secs(480));
     let report = run("production ratios, memory, S3 and DynamoDB", with_table).await;
     assert_ends(&report, "sink");
-    assert_eq!(report.dead_lettered.len(), 2, "{}", report.summary());
+    assert_eq!(report.dead_lettered.len(), 1, "{}", report.summary());
     assert!(
-        report.projected.len() >= 18 * 64,
+        report.projected.len() >= 9 * 64,
         "the max-size payloads' records are items: {}",
         report.summary()
     );
