@@ -111,6 +111,14 @@ impl App {
         }
     }
 
+    /// [`App::start`], for the rest of the process. On Lambda Managed
+    /// Instances the runtime hands out invocations from several workers at
+    /// once (`AWS_LAMBDA_MAX_CONCURRENCY`), and each holds the app: one
+    /// memory budget and one set of clients for all of them.
+    pub async fn start_for_the_process() -> &'static Self {
+        Box::leak(Box::new(Self::start().await))
+    }
+
     /// Spans traced by `telemetry` (the app is built with tracing off).
     pub fn with_telemetry(self, telemetry: Telemetry) -> Self {
         Self { telemetry, ..self }

@@ -5,6 +5,6 @@ use terra_sink::app::App;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_runtime::Error> {
-    let app = &App::start().await;
-    lambda_runtime::run(service_fn(|event| app.handle_sqs(event))).await
+    let app = App::start_for_the_process().await;
+    lambda_runtime::run_concurrent(service_fn(|event| app.handle_sqs(event))).await
 }
