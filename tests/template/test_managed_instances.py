@@ -1,0 +1,97 @@
+"""Lambda Managed Instances: the edit docs/deploy.md gives a deployer, and
+why it is an edit and not a setting. The pinned SAM transform runs here
+exactly as `sam deploy` runs it, on the template with the documented edit
+applied."""
+
+import copy
+import json
+import os
+import pathlib
+import re
+
+import local_stack
+import pytest
+from cfnlint.decode import cfn_yaml
+from samtranslator.model.exceptions import InvalidDocumentException
+from samtranslator.translator.transform import transform
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+PROVIDER = "ManagedInstancesCapacityProvider"
+
+
+def documented_edit():
+    text = DEPLOY_DOC.read_text()
+    block = re.search(r"<!-- managed-instances-edit -->\s*```yaml\n(.*?)```", text, re.S)
+    assert block, "docs/deploy.md shows the edit after <!-- managed-instances-edit -->"
+    return json.loads(json.dumps(cfn_yaml.loads(block.group(1))))
+
+
+def template():
+    template = json.loads(json.dumps(cfn_yaml.load(str(local_stack.SQS_TEMPLATE))))
+    template["Globals"]["Function"]["CodeUri"] = "s3://code/bootstrap.zip"
+    return template
+
+
+def translate(template):
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    return transform(copy.deepcopy(template), {}, local_stack._NoManagedPolicies())["Resources"]
+
+
+def edited():
+    """The template as docs/deploy.md's three steps leave it."""
+    edited = template()
+    del edited["Globals"]["Function"]["VpcConfig"]
+    for name, resource in documented_edit()["Resources"].items():
+        if name in edited["Resources"]:
+            edited["Resources"][name]["Properties"].update(resource["Properties"])
+        else:
+            edited["Resources"][name] = resource
+    return edited
+
+
+def test_the_documented_edit_puts_the_function_on_a_capacity_provider_in_the_vpc_settings():
+    resources = translate(edited())
+    provider = resources[PROVIDER]
+    assert provider["Type"] == "AWS::Lambda::CapacityProvider"
+    vpc = json.dumps(provider["Properties"]["VpcConfig"])
+    assert " FunctionSubnetIds=" in vpc and " FunctionSecurityGroupId=" in vpc
+    assert " Architecture=" in json.dumps(provider["Properties"]["InstanceRequirements"])
+    function = resources["SqsHandlerFunction"]["Properties"]
+    config = function["CapacityProviderConfig"]["LambdaManagedInstancesCapacityProviderConfig"]
+    assert config["CapacityProviderArn"] == {"Fn::GetAtt": [PROVIDER, "Arn"]}
+    assert config["PerExecutionEnvironmentMaxConcurrency"] > 1
+    assert "VpcConfig" not in function
+
+
+def test_the_documented_settings_are_admitted_and_give_the_memory_managed_instances_need():
+    text = DEPLOY_DOC.read_text()
+    section = text[text.index("## Lambda Managed Instances"):]
+    settings = re.search(r'Settings="([^"]*)"', section).group(1)
+    pattern = template()["Parameters"]["Settings"]["AllowedPattern"]
+    assert re.fullmatch(pattern, settings), settings
+    memory = int(re.search(r"FunctionMemory=(\d+)", settings).group(1))
+    assert memory >= 2048, "Managed Instances give each vCPU at least 2 GiB"
+    assert "FunctionSubnetIds=" in settings and "FunctionSecurityGroupId=" in settings
+
+
+def test_the_pinned_sam_cannot_make_it_a_setting_yet():
+    """Why the template has no ManagedInstances setting. When this fails, a
+    SAM release takes the conditional form: make it a setting."""
+    config = documented_edit()["Resources"]["SqsHandlerFunction"]["Properties"]
+    conditional = template()
+    del conditional["Globals"]["Function"]["VpcConfig"]
+    conditional["Conditions"]["ManagedInstancesOn"] = {"Fn::Equals": ["a", "b"]}
+    conditional["Resources"]["SqsHandlerFunction"]["Properties"]["CapacityProviderConfig"] = {
+        "Fn::If": ["ManagedInstancesOn", config["CapacityProviderConfig"], {"Ref": "AWS::NoValue"}]
+    }
+    conditional["Resources"][PROVIDER] = documented_edit()["Resources"][PROVIDER]
+    with pytest.raises(InvalidDocumentException) as refused:
+        translate(conditional)
+    assert "Invalid CapacityProviderConfig" in str(refused.value)
+    beside_the_vpc = template()
+    beside_the_vpc["Resources"]["SqsHandlerFunction"]["Properties"].update(config)
+    beside_the_vpc["Resources"][PROVIDER] = documented_edit()["Resources"][PROVIDER]
+    with pytest.raises(InvalidDocumentException) as refused:
+        translate(beside_the_vpc)
+    assert "'CapacityProviderConfig' and 'VpcConfig'" in str(refused.value)
