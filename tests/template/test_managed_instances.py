@@ -27,8 +27,8 @@ def documented_edit():
     return json.loads(json.dumps(cfn_yaml.loads(block.group(1))))
 
 
-def template():
-    template = json.loads(json.dumps(cfn_yaml.load(str(local_stack.SQS_TEMPLATE))))
+def template(path=local_stack.SQS_TEMPLATE):
+    template = json.loads(json.dumps(cfn_yaml.load(str(path))))
     template["Globals"]["Function"]["CodeUri"] = "s3://code/bootstrap.zip"
     return template
 
@@ -38,11 +38,15 @@ def translate(template):
     return transform(copy.deepcopy(template), {}, local_stack._NoManagedPolicies())["Resources"]
 
 
-def edited():
-    """The template as docs/deploy.md's three steps leave it."""
-    edited = template()
+def edited(function):
+    """The stack's template as docs/deploy.md's steps leave it, for
+    `function` (the edit names the SQS stack's; the Kafka stack takes the
+    same under its own)."""
+    edited = template(local_stack.template_of(function))
     del edited["Globals"]["Function"]["VpcConfig"]
-    for name, resource in documented_edit()["Resources"].items():
+    edit = documented_edit()["Resources"]
+    edit[function] = edit.pop("SqsHandlerFunction")
+    for name, resource in edit.items():
         if name in edited["Resources"]:
             edited["Resources"][name]["Properties"].update(resource["Properties"])
         else:
@@ -50,18 +54,19 @@ def edited():
     return edited
 
 
-def test_the_documented_edit_puts_the_function_on_a_capacity_provider_in_the_vpc_settings():
-    resources = translate(edited())
+@pytest.mark.parametrize("function", ["SqsHandlerFunction", "KafkaHandlerFunction"])
+def test_the_documented_edit_puts_the_function_on_a_capacity_provider_in_the_vpc_settings(function):
+    resources = translate(edited(function))
     provider = resources[PROVIDER]
     assert provider["Type"] == "AWS::Lambda::CapacityProvider"
     vpc = json.dumps(provider["Properties"]["VpcConfig"])
     assert " FunctionSubnetIds=" in vpc and " FunctionSecurityGroupId=" in vpc
     assert " Architecture=" in json.dumps(provider["Properties"]["InstanceRequirements"])
-    function = resources["SqsHandlerFunction"]["Properties"]
-    config = function["CapacityProviderConfig"]["LambdaManagedInstancesCapacityProviderConfig"]
+    properties = resources[function]["Properties"]
+    config = properties["CapacityProviderConfig"]["LambdaManagedInstancesCapacityProviderConfig"]
     assert config["CapacityProviderArn"] == {"Fn::GetAtt": [PROVIDER, "Arn"]}
     assert config["PerExecutionEnvironmentMaxConcurrency"] > 1
-    assert "VpcConfig" not in function
+    assert "VpcConfig" not in properties
 
 
 def test_the_documented_settings_are_admitted_and_give_the_memory_managed_instances_need():
