@@ -90,6 +90,20 @@ async fn measures_a_batch_written_to_both_sinks() {
         "every sample in one stage: {profile:?}"
     );
 
+    // As on Lambda Managed Instances: four invocations at once, each step.
+    let managed = measure(
+        HANDLER,
+        &Workload {
+            batches: 1,
+            ..Workload::new(5, 10 * KB).managed_instances(2, 4)
+        },
+    )
+    .await;
+    assert_eq!(managed.failed_records, 0, "{managed:?}");
+    // A warm-up step and one measured, four invocations of five each.
+    assert_eq!(managed.received.objects, 40, "{managed:?}");
+    assert_eq!(managed.walls.len(), 1);
+
     let starts = cold_starts(HANDLER, 2).await;
     assert_eq!(starts.len(), 2);
     assert!(starts.iter().all(|(time, rss)| !time.is_zero() && *rss > 0));
@@ -103,6 +117,7 @@ async fn measures_a_batch_written_to_both_sinks() {
         deployed: vec![deployed.clone()],
         by_store: vec![deployed.clone()],
         profiles: vec![deployed],
+        managed_instances: vec![managed],
         cold_starts: starts,
         binaries: vec![("sqs-handler".into(), HANDLER.into())],
     }
@@ -117,6 +132,7 @@ async fn measures_a_batch_written_to_both_sinks() {
         "### Tracing",
         "### As deployed: Lambda's CPU share",
         "### CPU per record by store",
+        "### Lambda Managed Instances",
         "### Where CPU per record goes",
         "### Cold start",
         "| sqs-handler |",

@@ -298,6 +298,27 @@ fn benchmarked_wall_time_ms(benchmarks: &str, memory_mb: u32) -> Option<f64> {
     wall.parse().ok()
 }
 
+/// Records per second one Managed Instances process puts through with both
+/// sinks, at the most invocations at once BENCHMARKS.md measured.
+fn benchmarked_managed_instances_rps(benchmarks: &str) -> Option<f64> {
+    fn cell(line: &str, n: usize) -> Option<&str> {
+        line.split('|').nth(n).map(str::trim)
+    }
+    let section = benchmarks.split("### Lambda Managed Instances").nth(1)?;
+    let table = section.split("\n###").next()?;
+    table
+        .lines()
+        .filter(|line| line.starts_with("| S3 + DynamoDB |"))
+        .filter_map(|line| {
+            let at_once: u32 = cell(line, 2)?.parse().ok()?;
+            let rps: f64 = cell(line, 5)?.parse().ok()?;
+            Some((at_once, rps))
+        })
+        .max_by_key(|(at_once, _)| *at_once)
+        .filter(|(at_once, _)| *at_once > 1)
+        .map(|(_, rps)| rps)
+}
+
 /// The memory sizes the cost table prices: the template's, and one whole
 /// vCPU's (Lambda gives a function one vCPU at 1,769 MB).
 const ONE_VCPU_MB: u32 = 1769;
@@ -340,6 +361,20 @@ fn cost_drift(template: &str, benchmarks: &str, operations: &str) -> Option<Stri
         if !line.contains(&expected) {
             return Some(format!("expected {expected:?} in {line:?}"));
         }
+    }
+    let Some(rps) = benchmarked_managed_instances_rps(benchmarks) else {
+        return Some("BENCHMARKS.md has no Managed Instances row of both sinks at once".into());
+    };
+    let expected = format!(
+        "{:.2} h of a 2-vCPU execution environment (1 000 000 ÷ {rps:.0} records per second)",
+        1_000_000.0 / rps / 3600.0
+    );
+    let line_start = "| Managed Instances: instance time |";
+    let Some(line) = operations.lines().find(|line| line.starts_with(line_start)) else {
+        return Some(format!("no line starting {line_start:?}"));
+    };
+    if !line.contains(&expected) {
+        return Some(format!("expected {expected:?} in {line:?}"));
     }
     None
 }
@@ -621,14 +656,23 @@ fn a_cost_table_behind_the_benchmarks_fails() {
         | 512 MB | 0.29 | S3 | null store | 30 | 50.0 ms | 55.0 ms |\n\
         | 512 MB | 0.29 | S3 + DynamoDB | null store | 30 | 50.0 ms | 56.2 ms |\n\
         | 1769 MB | 1.00 | S3 + DynamoDB | null store | 30 | 50.0 ms | 52.0 ms |\n\n\
+        ### Lambda Managed Instances: invocations at once\n\n\
+        | Sinks | Invocations at once | Steps | Wall time per step | Records per second |\n\
+        |---|---:|---:|---:|---:|\n\
+        | S3 + DynamoDB | 1 | 10 | 80.8 ms | 124 |\n\
+        | S3 + DynamoDB | 8 | 10 | 224.2 ms | 357 |\n\
+        | S3 | 8 | 10 | 100.0 ms | 800 |\n\n\
         ### Batch wall time\n\n| 512 MB | 0.29 | S3 + DynamoDB | null store | 30 | 50.0 ms | 99.0 ms |\n";
     let current = "| Lambda duration | 2 810 GB-s (100 000 × 56.2 ms × 0.5 GB) | $ | $ |\n\
-        | Lambda duration at 1 769 MB | 8 983 GB-s (100 000 × 52 ms × 1.728 GB) | $ | $ |\n";
+        | Lambda duration at 1 769 MB | 8 983 GB-s (100 000 × 52 ms × 1.728 GB) | $ | $ |\n\
+        | Managed Instances: instance time | 0.78 h of a 2-vCPU execution environment (1 000 000 ÷ 357 records per second) | $ | $ |\n";
     assert_eq!(cost_drift(TEMPLATE, benchmarks, current), None);
     let slower = benchmarks.replace("56.2 ms", "61.0 ms");
     assert!(cost_drift(TEMPLATE, &slower, current).is_some());
     let slower_at_one_vcpu = benchmarks.replace("52.0 ms", "53.0 ms");
     assert!(cost_drift(TEMPLATE, &slower_at_one_vcpu, current).is_some());
+    let slower_at_once = benchmarks.replace("| 357 |", "| 300 |");
+    assert!(cost_drift(TEMPLATE, &slower_at_once, current).is_some());
     let larger = TEMPLATE.replace("FunctionMemory: \"512\"", "FunctionMemory: \"1769\"");
     assert!(cost_drift(&larger, benchmarks, current).is_some());
 }

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 pub mod profile;
 pub mod report;
 
-use crate::cpu_quota::{CpuQuota, Throttling};
+use crate::cpu_quota::{CpuQuota, MB_PER_VCPU, Throttling};
 use crate::demo::loopback_function_env;
 use crate::moto::Moto;
 use crate::null_store::{NullStore, Received};
@@ -108,6 +108,13 @@ pub struct Workload {
     /// Sample the measured invocations with `perf` (give an unstripped
     /// handler).
     pub profiled: bool,
+    /// Invocations handed to the one process at a time, as Lambda Managed
+    /// Instances do (`AWS_LAMBDA_MAX_CONCURRENCY`). Each measured batch is
+    /// this many invocations at once, of `records` each.
+    pub invocations_at_once: usize,
+    /// The CPU quota in cores, when not Lambda's share for `memory_mb`
+    /// (Managed Instances give a vCPU per 2 to 8 GiB, not per 1,769 MB).
+    pub vcpus: Option<f64>,
 }
 
 impl Workload {
@@ -125,6 +132,8 @@ impl Workload {
             https: false,
             memory_mb: None,
             profiled: false,
+            invocations_at_once: 1,
+            vcpus: None,
         }
     }
 
@@ -134,6 +143,29 @@ impl Workload {
             https: true,
             memory_mb: Some(memory_mb),
             ..self
+        }
+    }
+
+    /// On Lambda Managed Instances: an execution environment of `vcpus` at
+    /// their default 2 GiB each, taking `at_once` invocations at a time;
+    /// HTTPS.
+    pub fn managed_instances(self, vcpus: u32, at_once: usize) -> Workload {
+        Workload {
+            https: true,
+            memory_mb: Some(vcpus * 2048),
+            vcpus: Some(f64::from(vcpus)),
+            invocations_at_once: at_once,
+            ..self
+        }
+    }
+
+    /// The cores the handler may use: the quota's, or the whole machine's
+    /// (two) when unbounded.
+    pub fn cores(&self) -> f64 {
+        match (self.vcpus, self.memory_mb) {
+            (Some(vcpus), _) => vcpus,
+            (None, Some(memory_mb)) => f64::from(memory_mb) / f64::from(MB_PER_VCPU),
+            (None, None) => 2.0,
         }
     }
 
@@ -185,7 +217,7 @@ impl Run {
     }
 
     fn measured_records(&self) -> usize {
-        self.workload.records * self.walls.len()
+        self.workload.records * self.workload.invocations_at_once * self.walls.len()
     }
 
     pub fn cpu_per_record(&self) -> Duration {
@@ -197,8 +229,10 @@ impl Run {
         self.cpu.as_secs_f64() * 1000.0 / measured_mb
     }
 
+    /// Records put through per second: every invocation of a batch.
     pub fn records_per_second(&self) -> f64 {
-        self.workload.records as f64 / self.median_wall().as_secs_f64()
+        (self.workload.records * self.workload.invocations_at_once) as f64
+            / self.median_wall().as_secs_f64()
     }
 
     /// Peak memory above the idle process.
@@ -281,9 +315,18 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
         env.push(("TERRA_TRACING".into(), "xray".into()));
         env.push(("AWS_XRAY_DAEMON_ADDRESS".into(), daemon.addr.to_string()));
     }
-    let quota = workload.memory_mb.map(|memory_mb| {
-        CpuQuota::for_memory(memory_mb).unwrap_or_else(|e| panic!("CPU quota: {e}"))
-    });
+    if workload.invocations_at_once > 1 {
+        env.push((
+            "AWS_LAMBDA_MAX_CONCURRENCY".into(),
+            workload.invocations_at_once.to_string(),
+        ));
+    }
+    let quota = match (workload.vcpus, workload.memory_mb) {
+        (Some(vcpus), _) => Some(CpuQuota::of_cores(vcpus)),
+        (None, Some(memory_mb)) => Some(CpuQuota::for_memory(memory_mb)),
+        (None, None) => None,
+    }
+    .map(|quota| quota.unwrap_or_else(|e| panic!("CPU quota: {e}")));
     let handler = HandlerProcess::spawn(handler, &env);
     if let Some(quota) = &quota {
         // Before its first poll: init runs under the quota too, as it does
@@ -295,10 +338,8 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
     wait_for_first_poll(&runtime, &handler).await;
     let rss_after_init = proc_status(handler.pid(), "VmRSS");
 
-    let mut failed_records = 0;
-    failed_records += invoke_batch(&runtime, &handler, urls_of(0), "warmup")
-        .await
-        .1;
+    let (_, mut failed_records) =
+        invoke_at_once(&runtime, &handler, workload, urls_of(0), "warmup").await;
     let throttled_before = quota.as_ref().map(CpuQuota::throttling);
     let recording = if workload.profiled {
         let recording = profile::Recording::attach(handler.pid());
@@ -310,8 +351,14 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
     let cpu_before = cpu_time(handler.pid());
     let mut walls = Vec::new();
     for batch in 0..workload.batches {
-        let (wall, failed) =
-            invoke_batch(&runtime, &handler, urls_of(batch + 1), &format!("b{batch}")).await;
+        let (wall, failed) = invoke_at_once(
+            &runtime,
+            &handler,
+            workload,
+            urls_of(batch + 1),
+            &format!("b{batch}"),
+        )
+        .await;
         walls.push(wall);
         failed_records += failed;
     }
@@ -467,6 +514,28 @@ fn bench_env(runtime: &RuntimeApi, store_endpoint: &str, sinks: Sinks) -> Vec<(S
             .map(|(k, v)| (k.to_owned(), v.to_owned())),
     );
     env
+}
+
+/// `workload.invocations_at_once` invocations of `urls`, all handed out at
+/// once: the wall time until the last is answered, and the records failed.
+async fn invoke_at_once(
+    runtime: &RuntimeApi,
+    handler: &HandlerProcess,
+    workload: &Workload,
+    urls: &[String],
+    batch: &str,
+) -> (Duration, usize) {
+    if workload.invocations_at_once == 1 {
+        return invoke_batch(runtime, handler, urls, batch).await;
+    }
+    let started = Instant::now();
+    let answers = futures::future::join_all((0..workload.invocations_at_once).map(|n| {
+        let id = format!("{batch}i{n}");
+        async move { invoke_batch(runtime, handler, urls, &id).await }
+    }))
+    .await;
+    let failed = answers.iter().map(|(_, failed)| failed).sum();
+    (started.elapsed(), failed)
 }
 
 async fn invoke_batch(

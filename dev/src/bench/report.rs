@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use super::profile::STAGES;
 use super::{KB, MB, Run, Sinks, Store};
-use crate::cpu_quota::MB_PER_VCPU;
 
 pub const START_MARKER: &str = "<!-- bench:results:start -->";
 pub const END_MARKER: &str = "<!-- bench:results:end -->";
@@ -31,6 +30,9 @@ pub struct Results {
     pub by_store: Vec<Run>,
     /// Runs sampled by `perf`, as deployed.
     pub profiles: Vec<Run>,
+    /// One Lambda Managed Instances process taking invocations one at a
+    /// time, then several at once.
+    pub managed_instances: Vec<Run>,
     /// (time to first poll, RSS then) per cold start.
     pub cold_starts: Vec<(Duration, u64)>,
     /// (name, path) of each deployable binary.
@@ -61,6 +63,7 @@ impl Results {
         let _ = writeln!(out, "## Results\n\n{}\n", machine());
         self.targets_section(&mut out);
         self.deployed_section(&mut out);
+        self.managed_instances_section(&mut out);
         self.by_store_section(&mut out);
         self.profile_section(&mut out);
         self.wall_time_section(&mut out);
@@ -208,6 +211,7 @@ impl Results {
             });
         }
         self.deployed_verdicts(&mut verdicts);
+        self.managed_instances_verdicts(&mut verdicts);
         if let Some((off, on)) = self.tracing_cpu_per_record() {
             let overhead = tracing_overhead_percent(off, on);
             verdicts.push(Verdict {
@@ -358,6 +362,87 @@ impl Results {
                 micros(run.cpu_per_record()),
                 throttling.throttled,
                 throttling.periods
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    /// For `sinks`: one at a time, and the most at once.
+    fn managed_instances_pair(&self, sinks: Sinks) -> Option<(&Run, &Run)> {
+        let runs = || {
+            self.managed_instances
+                .iter()
+                .filter(move |run| run.workload.sinks == sinks)
+        };
+        let one = runs().find(|run| run.workload.invocations_at_once == 1)?;
+        let most = runs().max_by_key(|run| run.workload.invocations_at_once)?;
+        (most.workload.invocations_at_once > 1).then_some((one, most))
+    }
+
+    /// Both sinks, as the template deploys; the archive alone beside it.
+    fn managed_instances_verdicts(&self, verdicts: &mut Vec<Verdict>) {
+        let Some((one, most)) = self.managed_instances_pair(Sinks::S3AndDynamoDb) else {
+            return;
+        };
+        let memory = u64::from(most.workload.memory_mb.unwrap_or(512)) * MB as u64;
+        let speedup =
+            |(one, most): (&Run, &Run)| most.records_per_second() / one.records_per_second();
+        let archive_alone = self
+            .managed_instances_pair(Sinks::S3)
+            .map_or(String::new(), |pair| {
+                format!(" The archive alone: {:.1}×.", speedup(pair))
+            });
+        verdicts.push(Verdict {
+            met: most.failed_records == 0 && most.peak_rss <= memory && speedup((one, most)) >= 5.0,
+            target: "Managed Instances: 8 invocations of 10 × 100 KB at once in one process at a 2-vCPU quota, nothing lost, peak memory within the function's, at least 5× the throughput of one at a time",
+            evidence: format!(
+                "Both sinks, {} at once: {:.0} records/s against {:.0} one at a time ({:.1}×), {} failed, peak {} of {}.{archive_alone}",
+                most.workload.invocations_at_once,
+                most.records_per_second(),
+                one.records_per_second(),
+                speedup((one, most)),
+                most.failed_records,
+                mib(most.peak_rss),
+                mib(memory)
+            ),
+        });
+    }
+
+    fn managed_instances_section(&self, out: &mut String) {
+        let Some(first) = self.managed_instances.first() else {
+            return;
+        };
+        let w = &first.workload;
+        let _ = writeln!(
+            out,
+            "### Lambda Managed Instances: invocations at once\n\nOne handler process with \
+             `AWS_LAMBDA_MAX_CONCURRENCY` set, as Managed Instances run it: an execution \
+             environment of {:.0} vCPUs (a cgroup quota) and {} MB, batches of {} payloads of \
+             {} behind {} of latency, over HTTPS. Each measured step hands the process that \
+             many invocations at once; wall time is until the last is answered. \
+             docs/operations.md prices Managed Instances from the S3 + DynamoDB rows.\n",
+            w.cores(),
+            w.memory_mb.unwrap_or(512),
+            w.records,
+            size(first.payload_bytes_actual),
+            ms(w.latency),
+        );
+        let _ = writeln!(
+            out,
+            "| Sinks | Invocations at once | Steps | Wall time per step | Records per second | CPU per record | Peak memory | Failed records |\n|---|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        for run in &self.managed_instances {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {:.0} | {} | {} | {} |",
+                run.workload.sinks.label(),
+                run.workload.invocations_at_once,
+                run.walls.len(),
+                ms(run.median_wall()),
+                run.records_per_second(),
+                micros(run.cpu_per_record()),
+                mib(run.peak_rss),
+                run.failed_records
             );
         }
         let _ = writeln!(out);
@@ -798,7 +883,10 @@ fn size(bytes: usize) -> String {
 
 /// The cores the run's quota gave it.
 fn cpu_share(run: &Run) -> f64 {
-    f64::from(run.workload.memory_mb.unwrap_or(MB_PER_VCPU)) / f64::from(MB_PER_VCPU)
+    match run.workload.memory_mb {
+        None => 1.0,
+        Some(_) => run.workload.cores(),
+    }
 }
 
 /// A function's name without its hash suffix, and at most 100 characters.

@@ -35,6 +35,7 @@ async fn main() {
         deployed: Vec::new(),
         by_store: Vec::new(),
         profiles: Vec::new(),
+        managed_instances: Vec::new(),
         cold_starts: Vec::new(),
         binaries: vec![
             ("sqs-handler".into(), sqs_handler.clone()),
@@ -52,6 +53,21 @@ async fn main() {
                 ..Workload::new(batch_size, 100 * KB).deployed(memory)
             };
             results.deployed.push(run(sqs_handler, &workload).await);
+        }
+    }
+    // Lambda Managed Instances: one process of two vCPUs taking the
+    // template's batches one at a time, then eight at once; both sinks (what
+    // the cost table prices), and the archive alone.
+    for sinks in [Sinks::S3AndDynamoDb, Sinks::S3] {
+        for at_once in [1, 8] {
+            let workload = Workload {
+                sinks,
+                batches: 10,
+                ..Workload::new(batch_size, 100 * KB).managed_instances(2, at_once)
+            };
+            results
+                .managed_instances
+                .push(run(sqs_handler, &workload).await);
         }
     }
     for sinks in [Sinks::S3, Sinks::DynamoDb] {
@@ -156,7 +172,7 @@ async fn main() {
 /// its figures would flatter the handler.
 async fn run(handler: &str, workload: &Workload) -> terra_sink_dev::bench::Run {
     eprintln!(
-        "{} × {} B, {:?} latency, concurrency {}, {:?} on {:?}{}{}{}{}...",
+        "{} × {} B, {:?} latency, concurrency {}, {:?} on {:?}{}{}{}{}{}...",
         workload.records,
         workload.payload_bytes,
         workload.latency,
@@ -169,9 +185,14 @@ async fn run(handler: &str, workload: &Workload) -> terra_sink_dev::bench::Run {
             .map_or(String::new(), |mb| format!(", CPU share of {mb} MB")),
         if workload.traced { ", traced" } else { "" },
         if workload.profiled { ", profiled" } else { "" },
+        if workload.invocations_at_once > 1 {
+            format!(", {} invocations at once", workload.invocations_at_once)
+        } else {
+            String::new()
+        },
     );
     let run = measure(handler, workload).await;
-    let invocations = workload.batches + 1;
+    let invocations = (workload.batches + 1) * workload.invocations_at_once;
     let expected = workload.records * invocations;
     assert_eq!(run.failed_records, 0, "records failed: {run:?}");
     if workload.sinks != Sinks::DynamoDb {
