@@ -340,38 +340,39 @@ impl Moto {
             .unwrap_or_else(|e| panic!("create bucket {bucket}: {e:?}"));
     }
 
-    /// The erasure index's current markers in the bucket: the archive
-    /// lists each object there under its user.
-    pub async fn index_markers(&self, bucket: &str) -> Vec<String> {
-        let listed = self
+    /// Every key in the bucket, every page of the listing.
+    async fn keys(&self, bucket: &str) -> Vec<String> {
+        let pages = self
             .s3()
             .list_objects_v2()
             .bucket(bucket)
+            .into_paginator()
             .send()
+            .collect::<Result<Vec<_>, _>>()
             .await
             .unwrap_or_else(|e| panic!("list {bucket}: {e:?}"));
-        listed
-            .contents()
+        pages
             .iter()
+            .flat_map(|page| page.contents())
             .filter_map(|o| o.key())
-            .filter(|key| is_index_marker(key))
             .map(str::to_owned)
             .collect()
+    }
+
+    /// The erasure index's current markers in the bucket: the archive
+    /// lists each object there under its user.
+    pub async fn index_markers(&self, bucket: &str) -> Vec<String> {
+        let mut keys = self.keys(bucket).await;
+        keys.retain(|key| is_index_marker(key));
+        keys
     }
 
     /// Every archived object in the bucket: (key, bytes, content-encoding),
     /// the erasure index's markers aside ([`Moto::index_markers`]).
     pub async fn objects(&self, bucket: &str) -> Vec<StoredObject> {
         let s3 = self.s3();
-        let listed = s3
-            .list_objects_v2()
-            .bucket(bucket)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("list {bucket}: {e:?}"));
         let mut objects = Vec::new();
-        for entry in listed.contents() {
-            let key = entry.key().expect("listed objects have keys").to_owned();
+        for key in self.keys(bucket).await {
             if is_index_marker(&key) {
                 continue;
             }
@@ -411,26 +412,9 @@ impl Moto {
     /// (archived objects, erasure-index markers) in the bucket, every page
     /// of the listing counted.
     pub async fn count_keys(&self, bucket: &str) -> (usize, usize) {
-        let pages = self
-            .s3()
-            .list_objects_v2()
-            .bucket(bucket)
-            .into_paginator()
-            .send()
-            .collect::<Vec<_>>()
-            .await;
-        let (mut objects, mut markers) = (0, 0);
-        for page in pages {
-            let page = page.unwrap_or_else(|e| panic!("list {bucket}: {e:?}"));
-            for key in page.contents().iter().filter_map(|o| o.key()) {
-                if is_index_marker(key) {
-                    markers += 1;
-                } else {
-                    objects += 1;
-                }
-            }
-        }
-        (objects, markers)
+        let keys = self.keys(bucket).await;
+        let markers = keys.iter().filter(|key| is_index_marker(key)).count();
+        (keys.len() - markers, markers)
     }
 
     /// How many items the table holds, every page of the scan counted.

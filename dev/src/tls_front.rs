@@ -103,6 +103,7 @@ impl TestAuthority {
         });
         TlsFront {
             addr,
+            backend,
             connections,
             task,
         }
@@ -146,15 +147,17 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 /// An HTTPS listener in front of a plain HTTP server.
 pub struct TlsFront {
     pub addr: SocketAddr,
+    /// The plain server behind.
+    backend: SocketAddr,
     connections: Arc<AtomicUsize>,
     task: JoinHandle<()>,
 }
 
 impl TlsFront {
     /// `http://<backend>/…` as the same URL through this front.
-    pub fn https(&self, plain_url: &str, backend: SocketAddr) -> String {
+    pub fn https(&self, plain_url: &str) -> String {
         plain_url.replacen(
-            &format!("http://{backend}"),
+            &format!("http://{}", self.backend),
             &format!("https://{}", self.addr),
             1,
         )
@@ -206,7 +209,7 @@ mod tests {
             .build()
             .expect("client");
         for n in 0..5 {
-            let url = front.https(&format!("http://{backend}/bucket/{n}"), backend);
+            let url = front.https(&format!("http://{backend}/bucket/{n}"));
             let response = client.put(url).body("{}").send().await.expect("relayed");
             assert!(response.status().is_success());
             assert!(response.headers().get(CONNECTION).is_none());

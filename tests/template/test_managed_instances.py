@@ -17,6 +17,7 @@ from samtranslator.translator.transform import transform
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+BENCHMARKS = ROOT / "BENCHMARKS.md"
 PROVIDER = "ManagedInstancesCapacityProvider"
 
 
@@ -69,15 +70,31 @@ def test_the_documented_edit_puts_the_function_on_a_capacity_provider_in_the_vpc
     assert "VpcConfig" not in properties
 
 
-def test_the_documented_settings_are_admitted_and_give_the_memory_managed_instances_need():
+def benchmarked_environment():
+    """(memory in MB, most invocations at once) of the Managed Instances
+    runs BENCHMARKS.md recorded, which docs/operations.md prices."""
+    section = BENCHMARKS.read_text().split("### Lambda Managed Instances")[1].split("\n###")[0]
+    memory = int(re.search(r"vCPUs \(a cgroup quota\) and (\d+) MB", section).group(1))
+    at_once = max(
+        int(row.split("|")[2])
+        for row in section.splitlines()
+        if re.match(r"\| [^|]+ \| \d+ \|", row)
+    )
+    return memory, at_once
+
+
+def test_the_documented_deployment_is_the_one_benchmarked_and_its_settings_are_admitted():
     text = DEPLOY_DOC.read_text()
     section = text[text.index("## Lambda Managed Instances"):]
     settings = re.search(r'Settings="([^"]*)"', section).group(1)
     pattern = template()["Parameters"]["Settings"]["AllowedPattern"]
     assert re.fullmatch(pattern, settings), settings
+    assert "FunctionSubnetIds=" in settings and "FunctionSecurityGroupId=" in settings
     memory = int(re.search(r"FunctionMemory=(\d+)", settings).group(1))
     assert memory >= 2048, "Managed Instances give each vCPU at least 2 GiB"
-    assert "FunctionSubnetIds=" in settings and "FunctionSecurityGroupId=" in settings
+    config = documented_edit()["Resources"]["SqsHandlerFunction"]["Properties"]
+    at_once = config["CapacityProviderConfig"]["PerExecutionEnvironmentMaxConcurrency"]
+    assert (memory, at_once) == benchmarked_environment()
 
 
 def test_the_pinned_sam_cannot_make_it_a_setting_yet():

@@ -281,10 +281,7 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
             let (urls, size) = serve_payloads(&payloads, workload, first);
             actual_size = size;
             match &payloads_front {
-                Some(front) => urls
-                    .iter()
-                    .map(|url| front.https(url, payloads.addr))
-                    .collect(),
+                Some(front) => urls.iter().map(|url| front.https(url)).collect(),
                 None => urls,
             }
         })

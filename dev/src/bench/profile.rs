@@ -116,6 +116,8 @@ impl Recording {
     /// Stops sampling and reads the samples into a [`Breakdown`].
     pub fn finish(mut self) -> Option<Breakdown> {
         // SIGINT: perf writes out what it holds and exits.
+        // SAFETY: kill only sends a signal, to perf, our own child, which
+        // has not been waited for, so its pid is not yet anyone else's.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.child.wait().ok()?;
         let report = Command::new("perf")

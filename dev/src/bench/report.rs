@@ -241,7 +241,7 @@ impl Results {
                     "{} records at {} MB ({:.2} of a core), {} against {} ({:.2}×).",
                     small.workload.records,
                     small.workload.memory_mb.unwrap_or(512),
-                    cpu_share(small),
+                    small.workload.cores(),
                     ms(small.median_wall()),
                     ms(small.workload.io_lower_bound()),
                     small.times_lower_bound()
@@ -274,7 +274,7 @@ impl Results {
                     evidence: format!(
                         "{} over HTTPS at {:.2} of a core (limit {}).",
                         micros(run.cpu_per_record()),
-                        cpu_share(run),
+                        run.workload.cores(),
                         micros(limit)
                     ),
                 });
@@ -352,7 +352,7 @@ impl Results {
                 out,
                 "| {} MB | {:.2} | {} | {} | {} | {} | {} | {:.2} | {} | {} of {} |",
                 run.workload.memory_mb.unwrap_or(512),
-                cpu_share(run),
+                run.workload.cores(),
                 run.workload.sinks.label(),
                 run.workload.store.label(),
                 run.walls.len(),
@@ -463,7 +463,7 @@ impl Results {
             size(first.payload_bytes_actual),
             ms(w.latency),
             w.memory_mb.unwrap_or(512),
-            cpu_share(first),
+            first.workload.cores(),
         );
         let _ = writeln!(
             out,
@@ -878,14 +878,6 @@ fn size(bytes: usize) -> String {
         format!("{:.0} MB", bytes as f64 / MB as f64)
     } else {
         format!("{:.0} KB", bytes as f64 / KB as f64)
-    }
-}
-
-/// The cores the run's quota gave it.
-fn cpu_share(run: &Run) -> f64 {
-    match run.workload.memory_mb {
-        None => 1.0,
-        Some(_) => run.workload.cores(),
     }
 }
 

@@ -180,9 +180,9 @@ async fn run(handler: &str, workload: &Workload) -> terra_sink_dev::bench::Run {
         workload.sinks,
         workload.store,
         if workload.https { ", HTTPS" } else { "" },
-        workload
-            .memory_mb
-            .map_or(String::new(), |mb| format!(", CPU share of {mb} MB")),
+        workload.memory_mb.map_or(String::new(), |mb| {
+            format!(", {mb} MB at {:.2} of a core", workload.cores())
+        }),
         if workload.traced { ", traced" } else { "" },
         if workload.profiled { ", profiled" } else { "" },
         if workload.invocations_at_once > 1 {
