@@ -467,6 +467,8 @@ impl EraseUser for MemoryEraser {
 pub struct MemorySink {
     written: Mutex<HashMap<String, Delivery>>,
     journal: Journal,
+    /// A bug to reach: writing this user's payloads panics.
+    panics_for_user: Option<&'static str>,
 }
 
 impl MemorySink {
@@ -474,6 +476,13 @@ impl MemorySink {
         Self {
             journal: Arc::clone(journal),
             ..Self::default()
+        }
+    }
+
+    pub fn panicking_for(self, user: Option<&'static str>) -> Self {
+        Self {
+            panics_for_user: user,
+            ..self
         }
     }
 
@@ -489,6 +498,9 @@ impl MemorySink {
 #[async_trait]
 impl Sink for MemorySink {
     async fn write(&self, delivery: &Delivery) -> Result<SinkReport, SinkError> {
+        if let Some(user) = self.panics_for_user {
+            assert_ne!(delivery.summary.user_id.as_deref(), Some(user), "a bug");
+        }
         lock(&self.journal).push(format!("sink {}", delivery.name.as_str()));
         let mut written = lock(&self.written);
         let newer_held = written

@@ -577,3 +577,12 @@ async fn quarantine_messages_fit_one_sqs_message_whatever_the_record_holds() {
     );
     assert_eq!(body["failure"]["class"], "invalid");
 }
+
+/// Lambda Managed Instances: one process, several invocations at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_takes_invocations_at_once_each_on_its_own_deadline() {
+    support::managed_instances::a_stuck_record_holds_up_no_other_invocation(
+        support::managed_instances::Trigger::Kafka,
+    )
+    .await;
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::bed::{Bed, assert_all_succeeded, assert_no_secrets, failed_ids, pointer, sqs_record};
+use support::managed_instances::{self, Trigger};
 use support::payload_server::Behaviour;
 use support::runtime_api::{Executable, HandlerProcess, RuntimeApi, lambda_environment};
 use support::xray_daemon::{XrayDaemon, annotation};
@@ -532,92 +533,13 @@ async fn message_groups_are_ordered_only_on_fifo_queues() {
     }
 }
 
-/// Lambda Managed Instances: one process takes several invocations at once
-/// (`AWS_LAMBDA_MAX_CONCURRENCY`, which Lambda sets there). A record stuck in
-/// one invocation holds up no other, and each invocation ends by its own
-/// deadline: the others are answered while the stuck one is still under way,
-/// and it is answered, its record deferred, before its deadline.
+/// Lambda Managed Instances: one process, several invocations at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_process_takes_invocations_at_once_each_on_its_own_deadline() {
-    let bed = Bed::start("terra-managed-instances").await;
-    let p = &bed.payloads;
-    let stuck_url = p.route(
-        "/payloads/stuck.json",
-        Behaviour::Delay(
-            Duration::from_secs(60),
-            fixture("openapi_daily.json").into(),
-        ),
-    );
-    let handler = HandlerProcess::spawn(
-        SQS_HANDLER,
-        &bed.env(&[
-            ("AWS_LAMBDA_MAX_CONCURRENCY", "4"),
-            ("TERRA_FETCH_TIMEOUT_SECS", "120"),
-        ]),
-    );
-    let now = now_ms();
-    let others: Vec<Value> = ["sleep", "activity", "body"]
-        .iter()
-        .map(|kind| {
-            let url = p.route(
-                &format!("/payloads/{kind}.json"),
-                Behaviour::Ok(fixture(&format!("openapi_{kind}.json"))),
-            );
-            json!({"Records": [sqs_record(&format!("m-{kind}"), &pointer(&url), now)]})
-        })
-        .collect();
+    managed_instances::a_stuck_record_holds_up_no_other_invocation(Trigger::Sqs).await;
+}
 
-    let started = std::time::Instant::now();
-    let stuck_deadline = Duration::from_secs(8);
-    let stuck = async {
-        let event = json!({"Records": [sqs_record("m-stuck", &pointer(&stuck_url), now)]});
-        let result = bed.runtime.invoke(&event, stuck_deadline).await;
-        (result, started.elapsed())
-    };
-    let the_others = async {
-        while p.hits("/payloads/stuck.json") == 0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the stuck download never started:\n{}",
-                handler.output()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let invocations = others
-            .iter()
-            .map(|event| bed.runtime.invoke(event, Duration::from_secs(30)));
-        (
-            futures::future::join_all(invocations).await,
-            started.elapsed(),
-        )
-    };
-    let ((stuck_result, stuck_answered), (results, others_answered)) =
-        tokio::join!(stuck, the_others);
-
-    for result in &results {
-        assert_all_succeeded(result, &handler);
-    }
-    assert!(
-        others_answered < stuck_answered,
-        "the others waited for the stuck invocation ({others_answered:?}, it at \
-         {stuck_answered:?}):\n{}",
-        handler.output()
-    );
-    assert_eq!(
-        failed_ids(&stuck_result),
-        BTreeSet::from(["m-stuck".to_owned()])
-    );
-    assert!(
-        stuck_answered < stuck_deadline,
-        "answered after its deadline"
-    );
-    assert!(handler.output().contains(r#""class":"deferred""#));
-    let archived: BTreeSet<String> = bed
-        .moto
-        .objects(&bed.bucket)
-        .await
-        .into_iter()
-        .map(|object| object.key)
-        .collect();
-    assert_eq!(archived.len(), 3, "{archived:?}");
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocations_at_once_draw_on_one_memory_budget() {
+    managed_instances::invocations_draw_on_one_memory_budget(Trigger::Sqs).await;
 }

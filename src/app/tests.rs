@@ -22,7 +22,7 @@ use crate::fetch::{FetchSettings, Fetcher, HostPattern, UrlPolicy};
 use crate::message::{self, TerraMessage};
 use crate::metrics::Metrics;
 use crate::pipeline::Pipeline;
-use crate::redelivery::Redelivery;
+use crate::redelivery::{Redelivery, hold_for_invocation};
 use crate::sink::{Archive, ArchiveName, Sink};
 use crate::source::kafka::{KafkaBatchResponse, KafkaEvent, ResponseMode};
 use crate::wall_clock::now_ms;
@@ -52,6 +52,8 @@ struct Setup {
     kafka_response: ResponseMode,
     /// `EraseOnDeauth`, by an eraser failing its first this many erasures.
     erase_on_deauth: Option<usize>,
+    /// The table's writes panic for this user's payloads.
+    sink_panics_for: Option<&'static str>,
 }
 
 impl Default for Setup {
@@ -62,6 +64,7 @@ impl Default for Setup {
             quarantine: Answer::Accept,
             kafka_response: ResponseMode::PartialBatch,
             erase_on_deauth: None,
+            sink_panics_for: None,
         }
     }
 }
@@ -69,7 +72,7 @@ impl Default for Setup {
 async fn harness(setup: Setup) -> Harness {
     let journal = Journal::default();
     let archive = Arc::new((setup.archive)(&journal));
-    let sink = Arc::new(MemorySink::new(&journal));
+    let sink = Arc::new(MemorySink::new(&journal).panicking_for(setup.sink_panics_for));
     let eraser = Arc::new(
         MemoryEraser::new(&journal).failing_first(setup.erase_on_deauth.unwrap_or_default()),
     );
@@ -146,8 +149,12 @@ impl Harness {
 }
 
 fn invocation<T>(payload: T) -> LambdaEvent<T> {
+    invocation_lasting(payload, INVOCATION)
+}
+
+fn invocation_lasting<T>(payload: T, time: Duration) -> LambdaEvent<T> {
     let mut context = Context::default();
-    context.deadline = now_ms() + INVOCATION.as_millis() as u64;
+    context.deadline = now_ms() + time.as_millis() as u64;
     context.env_config = Arc::new(lambda_runtime::Config {
         function_name: FUNCTION_NAME.into(),
         ..lambda_runtime::Config::default()
@@ -612,4 +619,90 @@ async fn kafka_whole_batch_retries_quarantine_poison_once() {
     assert!(failed_offsets(&second).is_empty());
     assert_eq!(h.quarantine.sent().len(), 1);
     assert_eq!(h.sink.len(), 1);
+}
+
+/// Lambda Managed Instances hand one app several invocations at once. Each
+/// hides its own batch for its own time left: one invocation's deadline is
+/// never another's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocations_at_once_each_hold_their_batch_for_their_own_time() {
+    let h = harness(Setup::default()).await;
+    let now = now_ms();
+    let (short, long) = (Duration::from_secs(2), Duration::from_secs(40));
+    let short_batch = [sqs_record(
+        "short",
+        &h.activity_pointer("/short.json", "u-short"),
+        now,
+    )];
+    let long_batch = [sqs_record(
+        "long",
+        &h.activity_pointer("/long.json", "u-long"),
+        now,
+    )];
+
+    let (short_response, long_response) = tokio::join!(
+        h.app
+            .handle_sqs(invocation_lasting(sqs_event(&short_batch), short)),
+        h.app
+            .handle_sqs(invocation_lasting(sqs_event(&long_batch), long)),
+    );
+
+    for response in [short_response, long_response] {
+        assert_eq!(failed_ids(&response.expect("a batch response")), [""; 0]);
+    }
+    let held = |id: &str| {
+        h.queue
+            .changes()
+            .into_iter()
+            .find(|(_, change)| change.id == id)
+            .map(|(_, change)| change.timeout)
+    };
+    // The hold rounds up to whole seconds, so the few milliseconds spent
+    // before it do not show.
+    assert_eq!(held("short"), Some(hold_for_invocation(short)));
+    assert_eq!(held("long"), Some(hold_for_invocation(long)));
+}
+
+/// A bug that panics on one record fails that record alone, in its own
+/// invocation; the invocation beside it, and the app's next one, are whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_one_invocation_fails_its_record_alone() {
+    let h = harness(Setup {
+        sink_panics_for: Some("u-bug"),
+        ..Setup::default()
+    })
+    .await;
+    let now = now_ms();
+    let with_the_bug = [
+        sqs_record("bug", &h.activity_pointer("/bug.json", "u-bug"), now),
+        sqs_record("beside", &h.activity_pointer("/beside.json", "u-1"), now),
+    ];
+    let alongside = [sqs_record(
+        "alongside",
+        &h.activity_pointer("/alongside.json", "u-2"),
+        now,
+    )];
+
+    let (with_the_bug_response, alongside_response) =
+        tokio::join!(h.handle_sqs(&with_the_bug), h.handle_sqs(&alongside));
+    let next = [sqs_record(
+        "next",
+        &h.activity_pointer("/next.json", "u-3"),
+        now_ms(),
+    )];
+    let next_response = h.handle_sqs(&next).await;
+
+    assert_eq!(failed_ids(&with_the_bug_response), ["bug"]);
+    assert_eq!(failed_ids(&alongside_response), [""; 0]);
+    assert_eq!(failed_ids(&next_response), [""; 0]);
+    assert_eq!(h.sink.len(), 3, "beside, alongside and next are written");
+    // Classified as a bug: the queue gives the message back for a retry
+    // rather than dropping it.
+    let bug_changes = h
+        .queue
+        .changes()
+        .into_iter()
+        .filter(|(_, change)| change.id == "bug")
+        .count();
+    assert_eq!(bug_changes, 2, "held, then returned");
 }

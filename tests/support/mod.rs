@@ -2,6 +2,7 @@
 //! (`dev/`), and the usual test bed built from them.
 #![allow(dead_code, unused_imports)]
 
+pub mod managed_instances;
 pub mod mixed_batch;
 
 pub use terra_sink_dev::{
