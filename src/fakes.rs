@@ -25,18 +25,34 @@ use crate::sink::{
     ServerSideCopy, Sink, SinkError, SinkReport, StreamedUploads,
 };
 
-/// The URI of every request an SDK client sent, as about to go on the
-/// wire. Give it to a client with `.interceptor(...)`.
+/// Every request an SDK client sent, as about to go on the wire (signed).
+/// Give it to a client with `.interceptor(...)`.
 #[derive(Debug, Clone, Default)]
-pub struct SentRequests(Arc<Mutex<Vec<String>>>);
+pub struct SentRequests(Arc<Mutex<Vec<SentRequest>>>);
+
+#[derive(Debug, Clone)]
+struct SentRequest {
+    uri: String,
+    headers: Vec<(String, String)>,
+}
 
 impl SentRequests {
     /// The host each request went to, in order.
     pub fn hosts(&self) -> Vec<String> {
         lock(&self.0)
             .iter()
-            .map(|uri| uri.split('/').nth(2).unwrap_or_default().to_owned())
+            .map(|sent| sent.uri.split('/').nth(2).unwrap_or_default().to_owned())
             .collect()
+    }
+
+    /// The header `name` of the last request, if it had one.
+    pub fn last_header(&self, name: &str) -> Option<String> {
+        let sent = lock(&self.0);
+        let last = sent.last()?;
+        last.headers
+            .iter()
+            .find(|(header, _)| header.eq_ignore_ascii_case(name))
+            .map(|(_, value)| value.clone())
     }
 }
 
@@ -51,7 +67,15 @@ impl aws_smithy_runtime_api::client::interceptors::Intercept for SentRequests {
         _: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
         _: &mut aws_smithy_types::config_bag::ConfigBag,
     ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
-        lock(&self.0).push(context.request().uri().to_owned());
+        let request = context.request();
+        lock(&self.0).push(SentRequest {
+            uri: request.uri().to_owned(),
+            headers: request
+                .headers()
+                .iter()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
+        });
         Ok(())
     }
 }

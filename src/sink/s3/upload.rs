@@ -143,6 +143,9 @@ impl S3Upload {
                 .content_length(bytes.len() as i64)
                 .checksum_algorithm(ChecksumAlgorithm::Crc32)
                 .body(ByteStream::from(bytes.clone()))
+                // Checked by its CRC32, as a whole object is (`S3Archive::put`).
+                .customize()
+                .disable_payload_signing()
                 .send()
         })
         .await
