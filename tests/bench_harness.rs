@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use terra_sink_dev::bench::profile::STAGES;
+use terra_sink_dev::bench::profile::Stage;
 use terra_sink_dev::bench::report::{END_MARKER, Results, START_MARKER};
 use terra_sink_dev::bench::{KB, Sinks, Store, Workload, cold_starts, measure};
 use terra_sink_dev::cpu_quota::CpuQuota;
@@ -84,7 +84,7 @@ async fn measures_a_batch_written_to_both_sinks() {
     );
     let profile = deployed.profile.clone().expect("perf sampled the handler");
     assert!(profile.samples > 0 && !profile.top.is_empty());
-    let shares: f64 = STAGES.iter().map(|stage| profile.share(stage)).sum();
+    let shares: f64 = Stage::ALL.iter().map(|stage| profile.share(*stage)).sum();
     assert!(
         (shares - 1.0).abs() < 1e-9,
         "every sample in one stage: {profile:?}"

@@ -12,33 +12,74 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-/// The stages a sample is put in, in the order a table shows them.
-pub const STAGES: [&str; 11] = [
-    "TLS (handshakes, encryption)",
-    "HTTP (hyper, reqwest)",
-    "SDK request pipeline (smithy, SigV4)",
-    "hashing and checksums (SHA-256, CRC32, MD5)",
-    "validation and parsing (terra-sink, serde_json)",
-    "logging, metrics and traces",
-    "allocation and copies",
-    "async runtime (tokio)",
-    "kernel (syscalls, network)",
-    "gzip",
-    "other",
-];
+/// Where a sample landed, by what the code was doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    Tls,
+    Http,
+    SdkPipeline,
+    Hashing,
+    Validation,
+    Telemetry,
+    Allocation,
+    AsyncRuntime,
+    Kernel,
+    Gzip,
+    Other,
+}
+
+impl Stage {
+    /// In the order a table shows them.
+    pub const ALL: [Stage; 11] = [
+        Stage::Tls,
+        Stage::Http,
+        Stage::SdkPipeline,
+        Stage::Hashing,
+        Stage::Validation,
+        Stage::Telemetry,
+        Stage::Allocation,
+        Stage::AsyncRuntime,
+        Stage::Kernel,
+        Stage::Gzip,
+        Stage::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Stage::Tls => "TLS (handshakes, encryption)",
+            Stage::Http => "HTTP (hyper, reqwest)",
+            Stage::SdkPipeline => "SDK request pipeline (smithy, SigV4)",
+            Stage::Hashing => "hashing and checksums (SHA-256, CRC32, MD5)",
+            Stage::Validation => "validation and parsing (terra-sink, serde_json)",
+            Stage::Telemetry => "logging, metrics and traces",
+            Stage::Allocation => "allocation and copies",
+            Stage::AsyncRuntime => "async runtime (tokio)",
+            Stage::Kernel => "kernel (syscalls, network)",
+            Stage::Gzip => "gzip",
+            Stage::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for Stage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
 
 /// The stage a sampled function belongs to, by its (demangled) name and
-/// whether perf saw it in the kernel.
-pub fn stage_of(symbol: &str, kernel: bool) -> &'static str {
+/// whether perf saw it in the kernel. The first match wins, so the more
+/// specific crates come first (a checksum inside the SDK is hashing).
+pub fn stage_of(symbol: &str, kernel: bool) -> Stage {
     let has = |needles: &[&str]| needles.iter().any(|n| symbol.contains(n));
     if kernel {
-        STAGES[8]
+        Stage::Kernel
     } else if has(&["sha2::", "crc", "Crc", "md5", "Md5", "aws_smithy_checksums"]) {
-        STAGES[3]
+        Stage::Hashing
     } else if has(&[
         "rustls", "aws_lc", "aes_", "gcm_", "chacha", "x25519", "p256", "ecp_",
     ]) {
-        STAGES[0]
+        Stage::Tls
     } else if has(&[
         "hyper",
         "h2::",
@@ -47,7 +88,7 @@ pub fn stage_of(symbol: &str, kernel: bool) -> &'static str {
         "httparse",
         "http_body",
     ]) {
-        STAGES[1]
+        Stage::Http
     } else if has(&[
         "aws_smithy",
         "aws_sdk",
@@ -55,14 +96,14 @@ pub fn stage_of(symbol: &str, kernel: bool) -> &'static str {
         "aws_runtime",
         "aws_config",
     ]) {
-        STAGES[2]
+        Stage::SdkPipeline
     } else if has(&[
         "tracing",
         "opentelemetry",
         "terra_sink::metrics",
         "terra_sink::log",
     ]) {
-        STAGES[5]
+        Stage::Telemetry
     } else if has(&[
         "terra_sink",
         "serde_json",
@@ -71,19 +112,19 @@ pub fn stage_of(symbol: &str, kernel: bool) -> &'static str {
         "time::",
         "url::",
     ]) {
-        STAGES[4]
+        Stage::Validation
     } else if has(&[
         "malloc", "free", "memcpy", "memmove", "memset", "alloc::", "bytes::",
     ]) {
-        STAGES[6]
+        Stage::Allocation
     } else if has(&[
         "tokio", "mio::", "futures", "epoll", "pthread", "__lll", "syscall",
     ]) {
-        STAGES[7]
+        Stage::AsyncRuntime
     } else if has(&["flate2", "miniz", "inflate", "zlib"]) {
-        STAGES[9]
+        Stage::Gzip
     } else {
-        STAGES[10]
+        Stage::Other
     }
 }
 
@@ -148,9 +189,9 @@ impl Recording {
 #[derive(Debug, Clone, Default)]
 pub struct Breakdown {
     pub samples: u64,
-    pub by_stage: BTreeMap<&'static str, u64>,
+    pub by_stage: BTreeMap<Stage, u64>,
     /// (samples, function, stage), most first.
-    pub top: Vec<(u64, String, &'static str)>,
+    pub top: Vec<(u64, String, Stage)>,
 }
 
 impl Breakdown {
@@ -179,8 +220,8 @@ impl Breakdown {
         breakdown
     }
 
-    pub fn share(&self, stage: &str) -> f64 {
-        self.by_stage.get(stage).copied().unwrap_or(0) as f64 / self.samples.max(1) as f64
+    pub fn share(&self, stage: Stage) -> f64 {
+        self.by_stage.get(&stage).copied().unwrap_or(0) as f64 / self.samples.max(1) as f64
     }
 }
 
@@ -202,12 +243,12 @@ mod tests {
 ";
         let breakdown = Breakdown::from_report(report);
         assert_eq!(breakdown.samples, 1000);
-        assert_eq!(breakdown.share(STAGES[3]), 0.4);
-        assert_eq!(breakdown.share(STAGES[0]), 0.2);
-        assert_eq!(breakdown.share(STAGES[8]), 0.1);
-        assert_eq!(breakdown.share(STAGES[6]), 0.1);
-        assert_eq!(breakdown.share(STAGES[4]), 0.1);
-        assert_eq!(breakdown.share(STAGES[2]), 0.1);
+        assert_eq!(breakdown.share(Stage::Hashing), 0.4);
+        assert_eq!(breakdown.share(Stage::Tls), 0.2);
+        assert_eq!(breakdown.share(Stage::Kernel), 0.1);
+        assert_eq!(breakdown.share(Stage::Allocation), 0.1);
+        assert_eq!(breakdown.share(Stage::Validation), 0.1);
+        assert_eq!(breakdown.share(Stage::SdkPipeline), 0.1);
         assert_eq!(breakdown.top[0].1, "sha2::sha256::x86::digest_blocks");
     }
 }

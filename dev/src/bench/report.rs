@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Duration;
 
-use super::profile::STAGES;
+use super::profile::Stage;
 use super::{KB, MB, Run, Sinks, Store};
 
 pub const START_MARKER: &str = "<!-- bench:results:start -->";
@@ -523,7 +523,7 @@ impl Results {
             rule.push_str("---:|");
         }
         let _ = writeln!(out, "{header}\n{rule}");
-        for stage in STAGES {
+        for stage in Stage::ALL {
             let mut row = format!("| {stage} |");
             for (run, breakdown) in &profiled {
                 let share = breakdown.share(stage);
