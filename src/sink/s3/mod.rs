@@ -136,7 +136,9 @@ impl S3Archive {
         // The body's integrity rides on its CRC32, which S3 checks before it
         // stores anything, and on TLS: SigV4 need not hash every byte again
         // with SHA-256 (S3 takes `UNSIGNED-PAYLOAD`; the headers, the
-        // checksum among them, stay signed).
+        // checksum among them, stay signed). A deployment reaches S3 over
+        // TLS only: the template sets no endpoint, and the archive bucket
+        // refuses other requests; plain HTTP is a local emulator's.
         let sent = request
             .body(ByteStream::from(body.clone()))
             .checksum_algorithm(ChecksumAlgorithm::Crc32)
