@@ -6,11 +6,13 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use aws_sdk_sqs::types::QueueAttributeName;
 use serde_json::{Value, json};
 use support::bed::{Bed, assert_all_succeeded, assert_no_secrets, failed_ids, pointer, sqs_record};
 use support::managed_instances::{self, Trigger};
 use support::payload_server::Behaviour;
 use support::runtime_api::{Executable, HandlerProcess, RuntimeApi, lambda_environment};
+use support::sqs_mapping::{MappingSettings, SqsMapping};
 use support::xray_daemon::{XrayDaemon, annotation};
 use support::{fixture, logs, now_ms};
 
@@ -542,4 +544,124 @@ async fn one_process_takes_invocations_at_once_each_on_its_own_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invocations_at_once_draw_on_one_memory_budget() {
     managed_instances::invocations_draw_on_one_memory_budget(Trigger::Sqs).await;
+}
+
+/// Lambda Managed Instances: each invocation hides its own batch for its own
+/// time, on a real queue (moto). The queue's visibility timeout is shorter
+/// than both invocations, so only the handler's holds keep the messages
+/// hidden: the short invocation's while it runs, and the long one's past
+/// the short one's end, for as long as the long one still works on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocations_at_once_each_hold_their_messages_for_their_own_time() {
+    let bed = Bed::start("terra-managed-instances-holds").await;
+    let sqs = bed.moto.sqs();
+    let queue_url = bed.moto.create_queue("terra-held").await;
+    sqs.set_queue_attributes()
+        .queue_url(&queue_url)
+        .attributes(QueueAttributeName::VisibilityTimeout, "2")
+        .send()
+        .await
+        .expect("queue settings");
+    for name in ["short", "long"] {
+        let url = bed.payloads.route(
+            &format!("/payloads/{name}.json"),
+            Behaviour::Delay(
+                Duration::from_secs(60),
+                fixture("openapi_daily.json").into(),
+            ),
+        );
+        sqs.send_message()
+            .queue_url(&queue_url)
+            .message_body(pointer(&url))
+            .send()
+            .await
+            .expect("sent");
+    }
+    let mapping = SqsMapping::new(
+        sqs.clone(),
+        &queue_url,
+        MappingSettings {
+            batch_size: 10,
+            batching_window: Duration::ZERO,
+            report_batch_item_failures: true,
+            function_timeout: Duration::from_secs(10),
+            concurrency: 2,
+        },
+    )
+    .await;
+    let mut records = Vec::new();
+    while records.len() < 2 {
+        records.extend(mapping.receive_records(2 - records.len()).await);
+    }
+    let named = |name: &str| -> Value {
+        records
+            .iter()
+            .find(|record| {
+                record["body"]
+                    .as_str()
+                    .is_some_and(|b| b.contains(&format!("/{name}.json")))
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {records:?}"))
+    };
+    let (short, long) = (named("short"), named("long"));
+    let handler = HandlerProcess::spawn(
+        SQS_HANDLER,
+        &bed.env(&[
+            ("AWS_LAMBDA_MAX_CONCURRENCY", "2"),
+            ("TERRA_FETCH_TIMEOUT_SECS", "120"),
+        ]),
+    );
+    let visible = || async {
+        let received = sqs
+            .receive_message()
+            .queue_url(&queue_url)
+            .max_number_of_messages(10)
+            // A look that leaves whatever it finds visible.
+            .visibility_timeout(0)
+            .send()
+            .await
+            .expect("received");
+        received
+            .messages()
+            .iter()
+            .filter_map(|m| m.message_id().map(str::to_owned))
+            .collect::<BTreeSet<String>>()
+    };
+    let id = |record: &Value| record["messageId"].as_str().expect("an id").to_owned();
+
+    let (short_event, long_event) = (
+        json!({"Records": [short.clone()]}),
+        json!({"Records": [long.clone()]}),
+    );
+    let started = std::time::Instant::now();
+    let invocations = async {
+        tokio::join!(
+            bed.runtime.invoke(&short_event, Duration::from_secs(4)),
+            bed.runtime.invoke(&long_event, Duration::from_secs(10)),
+        )
+    };
+    let looks = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let while_both_run = visible().await;
+        tokio::time::sleep_until((started + Duration::from_secs(7)).into()).await;
+        let after_the_short_one = visible().await;
+        (while_both_run, after_the_short_one)
+    };
+    let ((short_result, long_result), (while_both_run, after_the_short_one)) =
+        tokio::join!(invocations, looks);
+
+    assert_eq!(failed_ids(&short_result), BTreeSet::from([id(&short)]));
+    assert_eq!(failed_ids(&long_result), BTreeSet::from([id(&long)]));
+    assert_eq!(
+        while_both_run,
+        BTreeSet::new(),
+        "both held past the queue's 2 s:\n{}",
+        handler.output()
+    );
+    assert!(
+        !after_the_short_one.contains(&id(&long)),
+        "the long invocation's message came back while it ran ({after_the_short_one:?}):\n{}",
+        handler.output()
+    );
 }

@@ -115,6 +115,16 @@ impl SqsMapping {
         stats.lock().expect("not poisoned").clone()
     }
 
+    /// One receive of up to `wanted` messages, as the records Lambda would
+    /// hand the function: for a test that invokes the function itself.
+    pub async fn receive_records(&self, wanted: usize) -> Vec<Value> {
+        self.receive(wanted, 1)
+            .await
+            .iter()
+            .map(|message| self.record(message))
+            .collect()
+    }
+
     /// Whether the queue holds no message at all.
     pub async fn is_drained(&self) -> bool {
         let attributes = self
