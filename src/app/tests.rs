@@ -648,7 +648,7 @@ async fn invocations_at_once_each_hold_their_batch_for_their_own_time() {
     );
 
     for response in [short_response, long_response] {
-        assert_eq!(failed_ids(&response.expect("a batch response")), [""; 0]);
+        assert!(failed_ids(&response.expect("a batch response")).is_empty());
     }
     let held = |id: &str| {
         h.queue
@@ -693,8 +693,8 @@ async fn a_panic_in_one_invocation_fails_its_record_alone() {
     let next_response = h.handle_sqs(&next).await;
 
     assert_eq!(failed_ids(&with_the_bug_response), ["bug"]);
-    assert_eq!(failed_ids(&alongside_response), [""; 0]);
-    assert_eq!(failed_ids(&next_response), [""; 0]);
+    assert!(failed_ids(&alongside_response).is_empty());
+    assert!(failed_ids(&next_response).is_empty());
     assert_eq!(h.sink.len(), 3, "beside, alongside and next are written");
     // Classified as a bug: the queue gives the message back for a retry
     // rather than dropping it.
