@@ -78,6 +78,19 @@ impl Trigger {
     }
 }
 
+/// Waits until the payload server has had a request for `path`.
+async fn first_request_to(bed: &Bed, path: &str, handler: &HandlerProcess) {
+    let waiting = Instant::now();
+    while bed.payloads.hits(path) == 0 {
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "{path} was never asked for:\n{}",
+            handler.output()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn archived(bed: &Bed) -> usize {
     bed.moto.objects(&bed.bucket).await.len()
 }
@@ -123,14 +136,7 @@ pub async fn a_stuck_record_holds_up_no_other_invocation(trigger: Trigger) {
         (result, started.elapsed())
     };
     let the_others = async {
-        while p.hits("/payloads/stuck.json") == 0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the stuck download never started:\n{}",
-                handler.output()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        first_request_to(&bed, "/payloads/stuck.json", &handler).await;
         let invocations = others
             .iter()
             .map(|event| bed.runtime.invoke(event, Duration::from_secs(30)));
@@ -198,14 +204,7 @@ pub async fn invocations_draw_on_one_memory_budget(trigger: Trigger) {
         (result, started.elapsed())
     };
     let small = async {
-        while p.hits("/payloads/endless.json") == 0 {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the endless download never started:\n{}",
-                handler.output()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        first_request_to(&bed, "/payloads/endless.json", &handler).await;
         // Its headers are out at once; the reservation follows them.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let event = trigger.event("m-small", &small_url, now);
