@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use terra_sink_dev::bench::floor::FloorJob;
 use terra_sink_dev::bench::profile::Stage;
 use terra_sink_dev::bench::report::{END_MARKER, Results, START_MARKER};
-use terra_sink_dev::bench::{KB, Sinks, Store, Workload, cold_starts, measure};
+use terra_sink_dev::bench::{KB, Sinks, Store, Workload, cold_starts, floor, measure};
 use terra_sink_dev::cpu_quota::CpuQuota;
 
 const HANDLER: &str = env!("CARGO_BIN_EXE_sqs-handler");
@@ -104,6 +105,18 @@ async fn measures_a_batch_written_to_both_sinks() {
     assert_eq!(managed.received.objects, 40, "{managed:?}");
     assert_eq!(managed.walls.len(), 1);
 
+    // The floor's five steps, on a batch of the same shape.
+    let floor_runs = floor(&Workload {
+        batches: 1,
+        ..Workload::new(5, 10 * KB).deployed(512)
+    })
+    .await;
+    assert_eq!(floor_runs.len(), FloorJob::ALL.len());
+    assert!(
+        floor_runs.iter().all(|run| !run.cpu_per_record.is_zero()),
+        "{floor_runs:?}"
+    );
+
     let starts = cold_starts(HANDLER, 2).await;
     assert_eq!(starts.len(), 2);
     assert!(starts.iter().all(|(time, rss)| !time.is_zero() && *rss > 0));
@@ -117,6 +130,7 @@ async fn measures_a_batch_written_to_both_sinks() {
         deployed: vec![deployed.clone()],
         by_store: vec![deployed.clone()],
         profiles: vec![deployed],
+        floor: floor_runs,
         managed_instances: vec![managed],
         cold_starts: starts,
         binaries: vec![("sqs-handler".into(), HANDLER.into())],
@@ -134,6 +148,7 @@ async fn measures_a_batch_written_to_both_sinks() {
         "### CPU per record by store",
         "### Lambda Managed Instances",
         "### Where CPU per record goes",
+        "### The floor under CPU per record",
         "### Cold start",
         "| sqs-handler |",
     ] {

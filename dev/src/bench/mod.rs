@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use serde_json::{Value, json};
 
+pub mod floor;
 pub mod profile;
 pub mod report;
 
@@ -386,6 +387,35 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
         profile,
         store_connections: store.front.as_ref().map(TlsFront::connections),
     }
+}
+
+/// The same payloads as `workload`'s, moved by each [`floor::FloorJob`] over
+/// HTTPS against the null store, with nothing of the handler's own.
+pub async fn floor(workload: &Workload) -> Vec<floor::FloorRun> {
+    let authority = TestAuthority::new();
+    let store = StoreServer::start(Store::Null, Some(&authority)).await;
+    let payloads = PayloadServer::start().await;
+    let front = authority.front(payloads.addr).await;
+    let (urls, _) = serve_payloads(&payloads, workload, 0);
+    let urls: Vec<String> = urls.iter().map(|url| front.https(url)).collect();
+    let ca_pem = std::fs::read(&authority.ca_file).expect("the bench's authority");
+    let mut runs = Vec::new();
+    for job in floor::FloorJob::ALL {
+        let (workload, urls, endpoint, ca_pem) = (
+            workload.clone(),
+            urls.clone(),
+            store.endpoint(),
+            ca_pem.clone(),
+        );
+        // Its own thread, so the servers keep this runtime's workers.
+        let run = tokio::task::spawn_blocking(move || {
+            floor::measure_floor(job, &workload, urls, endpoint, ca_pem)
+        })
+        .await
+        .expect("the floor job ran");
+        runs.push(run);
+    }
+    runs
 }
 
 /// Routes `workload.records` payloads, numbered from `first`, on `payloads`:

@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Duration;
 
+use super::floor::{FloorJob, FloorRun};
 use super::profile::Stage;
 use super::{KB, MB, Run, Sinks, Store};
 
@@ -30,6 +31,8 @@ pub struct Results {
     pub by_store: Vec<Run>,
     /// Runs sampled by `perf`, as deployed.
     pub profiles: Vec<Run>,
+    /// The same bytes moved with nothing of the handler's own, step by step.
+    pub floor: Vec<FloorRun>,
     /// One Lambda Managed Instances process taking invocations one at a
     /// time, then several at once.
     pub managed_instances: Vec<Run>,
@@ -65,6 +68,7 @@ impl Results {
         self.deployed_section(&mut out);
         self.managed_instances_section(&mut out);
         self.by_store_section(&mut out);
+        self.floor_section(&mut out);
         self.profile_section(&mut out);
         self.wall_time_section(&mut out);
         self.memory_section(&mut out);
@@ -272,10 +276,15 @@ impl Results {
                         _ => "DynamoDB path CPU per 100 KB record at most 1.0 ms against the null store",
                     },
                     evidence: format!(
-                        "{} over HTTPS at {:.2} of a core (limit {}).",
+                        "{} over HTTPS at {:.2} of a core (limit {}).{}",
                         micros(run.cpu_per_record()),
                         run.workload.cores(),
-                        micros(limit)
+                        micros(limit),
+                        if sinks == Sinks::S3 {
+                            self.floor_summary()
+                        } else {
+                            String::new()
+                        }
                     ),
                 });
             }
@@ -479,6 +488,77 @@ impl Results {
                 ms(run.median_wall()),
                 micros(run.cpu_per_record()),
                 run.cpu_ms_per_mb()
+            );
+        }
+        let _ = writeln!(out);
+    }
+
+    /// The floor's first and last rows, for the S3 path's targets.
+    fn floor_summary(&self) -> String {
+        match (
+            self.floor
+                .iter()
+                .find(|run| run.job == FloorJob::FetchCheckAndPut),
+            self.floor.last(),
+        ) {
+            (Some(plain), Some(all)) => format!(
+                " The floor on this stack: {} to move and check the bytes with one plain PUT, {} \
+                 with the handler's requests through the AWS SDK.",
+                micros(plain.cpu_per_record),
+                micros(all.cpu_per_record)
+            ),
+            _ => String::new(),
+        }
+    }
+
+    fn floor_section(&self, out: &mut String) {
+        let Some(first) = self.by_store.first() else {
+            return;
+        };
+        if self.floor.is_empty() {
+            return;
+        }
+        let w = &first.workload;
+        let _ = writeln!(
+            out,
+            "### The floor under CPU per record
+
+The same {} payloads of {} behind {} of \
+             latency, {} at a time, over HTTPS against the null store, moved by a client with \
+             nothing of the handler's own (`dev/src/bench/floor.rs`): reqwest, hyper and rustls \
+             on aws-lc as in the handler, on one thread whose CPU clock is the measure, kernel \
+             time included. Each step adds to the one before. The handler's own row is from \
+             *CPU per record by store*.\n",
+            w.records,
+            size(first.payload_bytes_actual),
+            ms(w.latency),
+            w.concurrency,
+        );
+        let _ = writeln!(
+            out,
+            "| Per record | CPU per record | Added by the step |\n|---|---:|---:|"
+        );
+        let mut before = Duration::ZERO;
+        for run in &self.floor {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} |",
+                run.job.label(),
+                micros(run.cpu_per_record),
+                micros(run.cpu_per_record.saturating_sub(before))
+            );
+            before = run.cpu_per_record;
+        }
+        if let Some(handler) = self
+            .by_store
+            .iter()
+            .find(|run| run.workload.sinks == Sinks::S3 && run.workload.store == Store::Null)
+        {
+            let _ = writeln!(
+                out,
+                "| the handler, S3 path (its pipeline, logging and metrics besides) | {} | {} |",
+                micros(handler.cpu_per_record()),
+                micros(handler.cpu_per_record().saturating_sub(before))
             );
         }
         let _ = writeln!(out);

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use terra_sink_dev::bench::report::{Results, splice};
-use terra_sink_dev::bench::{KB, MB, Sinks, Store, Workload, cold_starts, measure};
+use terra_sink_dev::bench::{KB, MB, Sinks, Store, Workload, cold_starts, floor, measure};
 use terra_sink_dev::cpu_quota::MB_PER_VCPU;
 use terra_sink_dev::deployed::Deployed;
 
@@ -35,6 +35,7 @@ async fn main() {
         deployed: Vec::new(),
         by_store: Vec::new(),
         profiles: Vec::new(),
+        floor: Vec::new(),
         managed_instances: Vec::new(),
         cold_starts: Vec::new(),
         binaries: vec![
@@ -88,6 +89,14 @@ async fn main() {
             results.by_store.push(run(sqs_handler, &workload).await);
         }
     }
+    // Under those figures, the floor: the same payloads moved with nothing
+    // of the handler's own, step by step.
+    eprintln!("the floor under CPU per record...");
+    results.floor = floor(&Workload {
+        batches: 5,
+        ..Workload::new(100, 100 * KB).deployed(memory_mb)
+    })
+    .await;
     for (sinks, store) in [
         (Sinks::S3, Store::Null),
         (Sinks::S3, Store::Moto),
