@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use terra_sink_dev::demo::kafka::{KafkaFaults, KafkaScenario};
 use terra_sink_dev::demo::{self, DemoReport, Scenario};
-use terra_sink_dev::deployed::Deployed;
+use terra_sink_dev::deployed::{Deployed, ManagedInstancesEdit};
 use terra_sink_dev::fault_proxy::{Fault, FaultSchedule};
 
 use terra_sink_dev::terra_simulator::{Kind, MIX};
@@ -389,6 +389,39 @@ async fn production_ratios_a_handler_killed_mid_batch() {
     assert!(
         report.failed_invocations >= 1,
         "the killed instance's invocation timed out: {}",
+        report.summary()
+    );
+}
+
+/// On Lambda Managed Instances, as docs/deploy.md's edit deploys them: one
+/// execution environment takes the mapping's invocations, several at once,
+/// and the kill takes every one of them down together. Each invocation's
+/// messages come back by its own hold, and everything is delivered while
+/// the URLs live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_ratios_on_managed_instances_the_environment_killed_mid_batch() {
+    let edit = ManagedInstancesEdit::from_docs();
+    let killed = at_production_ratios(&[Kind::SlowFirst, Kind::Good, Kind::Gzip], 60)
+        .on_managed_instances(edit)
+        .with_kill_at(Duration::from_millis(1500));
+    let report = run(
+        "production ratios, Managed Instances, environment killed mid-batch",
+        killed,
+    )
+    .await;
+    assert_all_delivered(&report);
+    assert_eq!(report.instances_killed, 1);
+    // More than two: one at a time would show at most two, the killed
+    // environment's last invocation (counted until it times out) and its
+    // successor's first.
+    assert!(
+        report.peak_invocations_at_once > 2,
+        "one environment took invocations one at a time: {}",
+        report.summary()
+    );
+    assert!(
+        report.failed_invocations >= 2,
+        "the kill took down every invocation under way, not one: {}",
         report.summary()
     );
 }

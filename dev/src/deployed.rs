@@ -112,6 +112,50 @@ impl Deployed {
     }
 }
 
+/// What docs/deploy.md's edit for Lambda Managed Instances deploys: one
+/// execution environment taking this many invocations at once, with this
+/// much memory (the example its deploy command gives).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ManagedInstancesEdit {
+    pub per_environment_concurrency: usize,
+    pub memory_mb: u64,
+}
+
+impl ManagedInstancesEdit {
+    /// Read from docs/deploy.md, the edit users make to their template.
+    pub fn from_docs() -> ManagedInstancesEdit {
+        let path = format!("{}/../docs/deploy.md", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        ManagedInstancesEdit::from_markdown(&text)
+    }
+
+    pub fn from_markdown(text: &str) -> ManagedInstancesEdit {
+        let (_, edit) = text
+            .split_once("<!-- managed-instances-edit -->")
+            .expect("deploy.md marks the Managed Instances edit");
+        let number_after = |marker: &str| -> u64 {
+            let (_, rest) = edit
+                .split_once(marker)
+                .unwrap_or_else(|| panic!("the edit sets {marker}"));
+            let digits: String = rest
+                .trim_start()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits
+                .parse()
+                .unwrap_or_else(|e| panic!("{marker} {digits:?}: {e}"))
+        };
+        ManagedInstancesEdit {
+            per_environment_concurrency: usize::try_from(number_after(
+                "PerExecutionEnvironmentMaxConcurrency:",
+            ))
+            .expect("a concurrency that fits"),
+            memory_mb: number_after("FunctionMemory="),
+        }
+    }
+}
+
 /// Resolves the intrinsic functions the settings above use, with every
 /// parameter at its default: `Ref`, `Fn::FindInMap`, `Fn::Join`,
 /// `Fn::Split`, `Fn::Select`, `Fn::If` and the conditions behind it.
@@ -277,6 +321,25 @@ mod tests {
         let scaled = deployed.scaled_down(20);
         assert_eq!(scaled.url_lifetime, Duration::from_secs(30));
         assert_eq!(scaled.max_receive_count, deployed.max_receive_count);
+    }
+
+    #[test]
+    fn reads_the_managed_instances_edit_from_the_docs() {
+        let edit = ManagedInstancesEdit::from_markdown(
+            "<!-- managed-instances-edit -->\n```yaml\n        \
+             PerExecutionEnvironmentMaxConcurrency: 8\n```\n\
+             `Settings=\"FunctionMemory=4096 FunctionSubnetIds=subnet-0a1b2c3d\"`",
+        );
+        assert_eq!(
+            edit,
+            ManagedInstancesEdit {
+                per_environment_concurrency: 8,
+                memory_mb: 4096
+            }
+        );
+        let documented = ManagedInstancesEdit::from_docs();
+        assert!(documented.per_environment_concurrency > 1, "{documented:?}");
+        assert!(documented.memory_mb >= 2048, "{documented:?}");
     }
 
     /// A deployer's Settings pair wins over the default; the others keep theirs.

@@ -1,7 +1,7 @@
 //! A Lambda Runtime API emulator, and the compiled handler binaries running
 //! against it exactly as they run in Lambda.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -53,6 +53,15 @@ struct Shared {
     requeue: mpsc::UnboundedSender<Invocation>,
     waiting: Arc<Mutex<HashMap<String, oneshot::Sender<InvocationResult>>>>,
     first_poll: Arc<OnceLock<Instant>>,
+    handed_out: Arc<Mutex<HandedOut>>,
+}
+
+/// Invocations a runtime has taken and not yet answered (nor timed out),
+/// and the most there have been at once.
+#[derive(Default)]
+struct HandedOut {
+    ids: HashSet<String>,
+    peak: usize,
 }
 
 pub struct RuntimeApi {
@@ -63,6 +72,7 @@ pub struct RuntimeApi {
     /// Every trace header handed out, in order.
     trace_headers: Mutex<Vec<String>>,
     first_poll: Arc<OnceLock<Instant>>,
+    handed_out: Arc<Mutex<HandedOut>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -71,11 +81,13 @@ impl RuntimeApi {
         let (queue, pending) = mpsc::unbounded_channel();
         let waiting = Arc::new(Mutex::new(HashMap::new()));
         let first_poll = Arc::new(OnceLock::new());
+        let handed_out = Arc::new(Mutex::new(HandedOut::default()));
         let shared = Shared {
             pending: Arc::new(tokio::sync::Mutex::new(pending)),
             requeue: queue.clone(),
             waiting: Arc::clone(&waiting),
             first_poll: Arc::clone(&first_poll),
+            handed_out: Arc::clone(&handed_out),
         };
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
@@ -93,6 +105,7 @@ impl RuntimeApi {
             counter: Mutex::new(0),
             trace_headers: Mutex::new(Vec::new()),
             first_poll,
+            handed_out,
             task,
         }
     }
@@ -100,6 +113,12 @@ impl RuntimeApi {
     /// When a handler first asked for an event: the end of its cold start.
     pub fn first_poll(&self) -> Option<Instant> {
         self.first_poll.get().copied()
+    }
+
+    /// The most invocations runtimes had taken and not yet answered at one
+    /// time: with one handler process, how many it ran at once.
+    pub fn peak_at_once(&self) -> usize {
+        self.handed_out.lock().expect("not poisoned").peak
     }
 
     /// The X-Ray trace header of each invocation so far, in order.
@@ -145,6 +164,11 @@ impl RuntimeApi {
             Ok(Err(_)) => panic!("invocation {id} was dropped"),
             Err(_) => {
                 self.waiting.lock().expect("not poisoned").remove(&id);
+                self.handed_out
+                    .lock()
+                    .expect("not poisoned")
+                    .ids
+                    .remove(&id);
                 None
             }
         }
@@ -172,6 +196,11 @@ async fn next(
         // would go nowhere. The next runtime to ask gets it.
         let _ = shared.requeue.send(invocation);
         return (StatusCode::GONE, HeaderMap::new(), Vec::new());
+    }
+    {
+        let mut handed_out = shared.handed_out.lock().expect("not poisoned");
+        handed_out.ids.insert(invocation.id.clone());
+        handed_out.peak = handed_out.peak.max(handed_out.ids.len());
     }
     let mut headers = HeaderMap::new();
     let header = |v: &str| HeaderValue::from_str(v).expect("valid header");
@@ -241,6 +270,12 @@ async fn serve_with_peers(app: Router) -> (SocketAddr, tokio::task::JoinHandle<(
 }
 
 fn finish(shared: &Shared, id: &str, result: InvocationResult) -> StatusCode {
+    shared
+        .handed_out
+        .lock()
+        .expect("not poisoned")
+        .ids
+        .remove(id);
     match shared.waiting.lock().expect("not poisoned").remove(id) {
         Some(sender) => {
             let _ = sender.send(result);

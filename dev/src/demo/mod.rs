@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::QueueAttributeName;
 
-use crate::deployed::Deployed;
+use crate::deployed::{Deployed, ManagedInstancesEdit};
 use crate::fault_proxy::{FaultProxy, FaultSchedule};
 use crate::local_stack::LocalStack;
 use crate::moto::Moto;
@@ -30,8 +30,13 @@ pub struct Scenario {
     handler_binary: String,
     /// Pointer messages Terra sends.
     messages: usize,
-    /// Handler processes (concurrent Lambda instances).
+    /// Handler processes (concurrent Lambda instances), and the mapping's
+    /// concurrency.
     instances: usize,
+    /// Handler processes when fewer than `instances`: on Lambda Managed
+    /// Instances one execution environment takes several invocations at
+    /// once.
+    environments: Option<usize>,
     batch_size: i32,
     /// How long the mapping keeps receiving to fill a batch.
     batching_window: Duration,
@@ -95,6 +100,7 @@ impl Scenario {
             handler_binary: handler_binary.into(),
             messages: 48,
             instances: 2,
+            environments: None,
             batch_size: 10,
             batching_window: Duration::ZERO,
             function_timeout: Duration::from_secs(5),
@@ -209,6 +215,23 @@ impl Scenario {
     pub fn with_store_faults(mut self, schedule: FaultSchedule) -> Scenario {
         self.store_faults = Some(schedule);
         self
+    }
+
+    /// On Lambda Managed Instances as docs/deploy.md's edit deploys them: one
+    /// execution environment, of the edit's memory, taking up to its
+    /// per-environment concurrency at once (`AWS_LAMBDA_MAX_CONCURRENCY`),
+    /// fed by a mapping invoking that many at a time.
+    pub fn on_managed_instances(mut self, edit: ManagedInstancesEdit) -> Scenario {
+        self.instances = edit.per_environment_concurrency;
+        self.environments = Some(1);
+        self.with_handler_env(
+            "AWS_LAMBDA_MAX_CONCURRENCY",
+            &edit.per_environment_concurrency.to_string(),
+        )
+        .with_handler_env(
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
+            &edit.memory_mb.to_string(),
+        )
     }
 
     /// One handler process is killed `after` the first message is sent, and
@@ -423,6 +446,9 @@ pub struct DemoReport {
     pub store_faults_injected: usize,
     /// Handler processes killed mid-batch.
     pub instances_killed: usize,
+    /// The most invocations the handler processes had taken and not yet
+    /// answered at one time.
+    pub peak_invocations_at_once: usize,
     /// Handler processes the harness killed, as Lambda would, for passing
     /// the function's memory size.
     pub killed_for_memory: usize,
@@ -522,10 +548,12 @@ impl DemoReport {
         }
         let _ = writeln!(
             out,
-            "terra-sink demo: {} messages in {:.1} s ({} invocations, {} deliveries)",
+            "terra-sink demo: {} messages in {:.1} s ({} invocations, at most {} at once; {} \
+             deliveries)",
             self.sent.len(),
             self.elapsed.as_secs_f64(),
             self.invocations,
+            self.peak_invocations_at_once,
             self.deliveries
         );
         let _ = writeln!(
@@ -680,7 +708,9 @@ impl Stage {
         let handlers = HandlerPool::spawn(
             &scenario.handler_binary,
             &env,
-            deployment.mapping.concurrency,
+            scenario
+                .environments
+                .unwrap_or(deployment.mapping.concurrency),
         );
         Stage {
             moto,
@@ -769,6 +799,7 @@ impl Stage {
             deployment,
             proxy,
             handlers,
+            runtime,
             ..
         } = self;
         let dead_lettered: BTreeSet<String> = moto
@@ -820,6 +851,7 @@ impl Stage {
             deliveries: driven.stats.deliveries,
             store_faults_injected: proxy.as_ref().map_or(0, FaultProxy::injected),
             instances_killed: driven.instances_killed,
+            peak_invocations_at_once: runtime.peak_at_once(),
             killed_for_memory: handlers.killed_for_memory(),
             peak_memory_mib: handlers.peak_memory_mib(),
             expired_in_metrics: crate::logs::metric_total(&output, "RecordsFailedExpired"),
