@@ -105,17 +105,28 @@ async fn measures_a_batch_written_to_both_sinks() {
     assert_eq!(managed.received.objects, 40, "{managed:?}");
     assert_eq!(managed.walls.len(), 1);
 
-    // The floor's five steps, on a batch of the same shape.
-    let floor_runs = floor(&Workload {
+    // The floor's five steps, on a batch of the same shape, and over plain
+    // HTTP as the large payloads' runs are.
+    let mut floor_runs = floor(&Workload {
         batches: 1,
         ..Workload::new(5, 10 * KB).deployed(512)
     })
     .await;
-    assert_eq!(floor_runs.len(), FloorJob::ALL.len());
+    floor_runs.extend(
+        floor(&Workload {
+            batches: 1,
+            ..Workload::new(2, 10 * KB)
+        })
+        .await,
+    );
+    assert_eq!(floor_runs.len(), 2 * FloorJob::ALL.len());
     assert!(
-        floor_runs.iter().all(|run| !run.cpu_per_record.is_zero()),
+        floor_runs
+            .iter()
+            .all(|run| !run.cpu_per_record.is_zero() && run.payload_bytes > 0),
         "{floor_runs:?}"
     );
+    assert_eq!(floor_runs.iter().filter(|run| run.https).count(), 5);
 
     let starts = cold_starts(HANDLER, 2).await;
     assert_eq!(starts.len(), 2);

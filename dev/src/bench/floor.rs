@@ -22,7 +22,7 @@ use aws_sdk_s3::types::ChecksumAlgorithm;
 use futures::StreamExt;
 use serde::de::IgnoredAny;
 
-use super::Workload;
+use super::{MB, Workload};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FloorJob {
@@ -44,7 +44,7 @@ impl FloorJob {
 
     pub fn label(self) -> &'static str {
         match self {
-            FloorJob::Fetch => "download over HTTPS",
+            FloorJob::Fetch => "download",
             FloorJob::FetchAndCheck => "download, and check it is JSON (UTF-8, serde_json's skip)",
             FloorJob::FetchCheckAndPut => "download, check, and PUT it (one plain request)",
             FloorJob::FetchCheckAndSdkPut => {
@@ -57,24 +57,34 @@ impl FloorJob {
     }
 }
 
-/// One job's CPU per record.
+/// One job's CPU per record, on payloads of `payload_bytes`.
 #[derive(Debug, Clone)]
 pub struct FloorRun {
     pub job: FloorJob,
     pub cpu_per_record: Duration,
+    pub payload_bytes: usize,
+    pub https: bool,
 }
 
-/// Runs `job` over `urls` (one batch of the workload's records) `batches`
-/// times after one unmeasured batch, `workload.concurrency` at a time, and
-/// puts to `store_endpoint` (trusting the bench's own authority,
-/// `ca_pem`).
+impl FloorRun {
+    pub fn cpu_ms_per_mb(&self) -> f64 {
+        self.cpu_per_record.as_secs_f64() * 1000.0 / (self.payload_bytes as f64 / MB as f64)
+    }
+}
+
+/// Runs `job` over `urls` (one batch of the workload's records, each of
+/// `payload_bytes`) `batches` times after one unmeasured batch,
+/// `workload.concurrency` at a time, and puts to `store_endpoint`; over
+/// HTTPS when `ca_pem` (the bench's own authority) is given.
 pub fn measure_floor(
     job: FloorJob,
     workload: &Workload,
     urls: Vec<String>,
+    payload_bytes: usize,
     store_endpoint: String,
-    ca_pem: Vec<u8>,
+    ca_pem: Option<Vec<u8>>,
 ) -> FloorRun {
+    let https = ca_pem.is_some();
     let concurrency = workload.concurrency;
     let batches = workload.batches;
     let records = urls.len();
@@ -84,12 +94,13 @@ pub fn measure_floor(
             .build()
             .expect("a runtime for the floor job");
         runtime.block_on(async move {
-            let certificate =
-                reqwest::Certificate::from_pem(&ca_pem).expect("the bench's authority");
-            let client = reqwest::Client::builder()
-                .add_root_certificate(certificate)
-                .build()
-                .expect("an HTTPS client");
+            let mut client = reqwest::Client::builder();
+            if let Some(ca_pem) = &ca_pem {
+                client = client.add_root_certificate(
+                    reqwest::Certificate::from_pem(ca_pem).expect("the bench's authority"),
+                );
+            }
+            let client = client.build().expect("an HTTP client");
             let s3 = s3_client(&store_endpoint, ca_pem);
             let clients = Clients {
                 http: &client,
@@ -115,6 +126,8 @@ pub fn measure_floor(
     FloorRun {
         job,
         cpu_per_record: cpu / u32::try_from(records * batches).expect("a bench-sized count"),
+        payload_bytes,
+        https,
     }
 }
 
@@ -126,11 +139,15 @@ struct Clients<'a> {
 }
 
 /// An S3 client as the handlers build theirs (path-style, as for any local
-/// endpoint), trusting the bench's authority.
-fn s3_client(endpoint: &str, ca_pem: Vec<u8>) -> aws_sdk_s3::Client {
+/// endpoint), trusting the bench's authority when given.
+fn s3_client(endpoint: &str, ca_pem: Option<Vec<u8>>) -> aws_sdk_s3::Client {
     use aws_smithy_http_client::tls;
+    let mut trust_store = tls::TrustStore::empty();
+    if let Some(ca_pem) = ca_pem {
+        trust_store = trust_store.with_pem_certificate(ca_pem);
+    }
     let tls_context = tls::TlsContext::builder()
-        .with_trust_store(tls::TrustStore::empty().with_pem_certificate(ca_pem))
+        .with_trust_store(trust_store)
         .build()
         .expect("a TLS context");
     let http_client = aws_smithy_http_client::Builder::new()

@@ -389,16 +389,25 @@ pub async fn measure(handler: &str, workload: &Workload) -> Run {
     }
 }
 
-/// The same payloads as `workload`'s, moved by each [`floor::FloorJob`] over
-/// HTTPS against the null store, with nothing of the handler's own.
+/// The same payloads as `workload`'s, moved by each [`floor::FloorJob`]
+/// against the null store (over HTTPS when the workload is), with nothing
+/// of the handler's own.
 pub async fn floor(workload: &Workload) -> Vec<floor::FloorRun> {
-    let authority = TestAuthority::new();
-    let store = StoreServer::start(Store::Null, Some(&authority)).await;
+    let authority = workload.https.then(TestAuthority::new);
+    let store = StoreServer::start(Store::Null, authority.as_ref()).await;
     let payloads = PayloadServer::start().await;
-    let front = authority.front(payloads.addr).await;
-    let (urls, _) = serve_payloads(&payloads, workload, 0);
-    let urls: Vec<String> = urls.iter().map(|url| front.https(url)).collect();
-    let ca_pem = std::fs::read(&authority.ca_file).expect("the bench's authority");
+    let (urls, payload_bytes) = serve_payloads(&payloads, workload, 0);
+    let front = match &authority {
+        Some(authority) => Some(authority.front(payloads.addr).await),
+        None => None,
+    };
+    let urls: Vec<String> = match &front {
+        Some(front) => urls.iter().map(|url| front.https(url)).collect(),
+        None => urls,
+    };
+    let ca_pem = authority
+        .as_ref()
+        .map(|authority| std::fs::read(&authority.ca_file).expect("the bench's authority"));
     let mut runs = Vec::new();
     for job in floor::FloorJob::ALL {
         let (workload, urls, endpoint, ca_pem) = (
@@ -409,7 +418,7 @@ pub async fn floor(workload: &Workload) -> Vec<floor::FloorRun> {
         );
         // Its own thread, so the servers keep this runtime's workers.
         let run = tokio::task::spawn_blocking(move || {
-            floor::measure_floor(job, &workload, urls, endpoint, ca_pem)
+            floor::measure_floor(job, &workload, urls, payload_bytes, endpoint, ca_pem)
         })
         .await
         .expect("the floor job ran");

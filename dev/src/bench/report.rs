@@ -281,7 +281,7 @@ impl Results {
                         run.workload.cores(),
                         micros(limit),
                         if sinks == Sinks::S3 {
-                            self.floor_summary()
+                            self.floor_summary(run, false)
                         } else {
                             String::new()
                         }
@@ -310,6 +310,7 @@ impl Results {
                             run.cpu_ms_per_mb()
                         )
                     })
+                    .chain(large.first().map(|run| self.floor_summary(run, true)))
                     .collect::<Vec<_>>()
                     .join(" "),
             });
@@ -493,75 +494,109 @@ impl Results {
         let _ = writeln!(out);
     }
 
-    /// The floor's first and last rows, for the S3 path's targets.
-    fn floor_summary(&self) -> String {
+    /// The floor's runs on payloads like `run`'s: its size, over HTTPS or not.
+    fn floor_like(&self, run: &Run) -> Vec<&FloorRun> {
+        self.floor
+            .iter()
+            .filter(|floor| {
+                floor.payload_bytes == run.payload_bytes_actual && floor.https == run.workload.https
+            })
+            .collect()
+    }
+
+    /// The handler's run on the payloads of `floor`, archive only.
+    fn handler_like(&self, floor: &FloorRun) -> Option<&Run> {
+        self.by_store
+            .iter()
+            .chain(&self.memory)
+            .chain(&self.by_batch_size)
+            .find(|run| {
+                run.workload.sinks == Sinks::S3
+                    && run.workload.store == Store::Null
+                    && run.payload_bytes_actual == floor.payload_bytes
+                    && run.workload.https == floor.https
+            })
+    }
+
+    /// The floor beside `run`, for its targets: moving and checking the
+    /// bytes with a plain PUT, and the handler's requests.
+    fn floor_summary(&self, run: &Run, per_mb: bool) -> String {
+        let floor = self.floor_like(run);
+        let figure = |floor: &FloorRun| {
+            if per_mb {
+                format!("{:.1} ms/MB", floor.cpu_ms_per_mb())
+            } else {
+                micros(floor.cpu_per_record)
+            }
+        };
         match (
-            self.floor
-                .iter()
-                .find(|run| run.job == FloorJob::FetchCheckAndPut),
-            self.floor.last(),
+            floor.iter().find(|f| f.job == FloorJob::FetchCheckAndPut),
+            floor.last(),
         ) {
             (Some(plain), Some(all)) => format!(
                 " The floor on this stack: {} to move and check the bytes with one plain PUT, {} \
                  with the handler's requests through the AWS SDK.",
-                micros(plain.cpu_per_record),
-                micros(all.cpu_per_record)
+                figure(plain),
+                figure(all)
             ),
             _ => String::new(),
         }
     }
 
     fn floor_section(&self, out: &mut String) {
-        let Some(first) = self.by_store.first() else {
-            return;
-        };
         if self.floor.is_empty() {
             return;
         }
-        let w = &first.workload;
         let _ = writeln!(
             out,
-            "### The floor under CPU per record
-
-The same {} payloads of {} behind {} of \
-             latency, {} at a time, over HTTPS against the null store, moved by a client with \
-             nothing of the handler's own (`dev/src/bench/floor.rs`): reqwest, hyper and rustls \
-             on aws-lc as in the handler, on one thread whose CPU clock is the measure, kernel \
-             time included. Each step adds to the one before. The handler's own row is from \
-             *CPU per record by store*.\n",
-            w.records,
-            size(first.payload_bytes_actual),
-            ms(w.latency),
-            w.concurrency,
+            "### The floor under CPU per record\n\nThe bench's payloads moved by a client with \
+             nothing of the handler's own (`dev/src/bench/floor.rs`), against the null store: \
+             reqwest, hyper and rustls on aws-lc as in the handler, on one thread whose CPU \
+             clock is the measure, kernel time included. Each step adds to the one before. The \
+             handler's row is its run on the same payloads, from the tables around this one.\n"
         );
-        let _ = writeln!(
-            out,
-            "| Per record | CPU per record | Added by the step |\n|---|---:|---:|"
-        );
-        let mut before = Duration::ZERO;
+        let mut sets: Vec<(usize, bool)> = Vec::new();
         for run in &self.floor {
+            if !sets.contains(&(run.payload_bytes, run.https)) {
+                sets.push((run.payload_bytes, run.https));
+            }
+        }
+        for (payload_bytes, https) in sets {
             let _ = writeln!(
                 out,
-                "| {} | {} | {} |",
-                run.job.label(),
-                micros(run.cpu_per_record),
-                micros(run.cpu_per_record.saturating_sub(before))
+                "Payloads of {}, over {}:\n\n| Per record | CPU per record | Added by the step | CPU per MB |\n|---|---:|---:|---:|",
+                size(payload_bytes),
+                if https { "HTTPS" } else { "plain HTTP" }
             );
-            before = run.cpu_per_record;
+            let mut before = Duration::ZERO;
+            let set = self
+                .floor
+                .iter()
+                .filter(|run| run.payload_bytes == payload_bytes && run.https == https);
+            let mut last = None;
+            for run in set {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {} | {:.1} ms |",
+                    run.job.label(),
+                    micros(run.cpu_per_record),
+                    micros(run.cpu_per_record.saturating_sub(before)),
+                    run.cpu_ms_per_mb()
+                );
+                before = run.cpu_per_record;
+                last = Some(run);
+            }
+            if let Some(handler) = last.and_then(|run| self.handler_like(run)) {
+                let _ = writeln!(
+                    out,
+                    "| the handler, S3 path (its pipeline, logging and metrics besides) | {} | {} | {:.1} ms |",
+                    micros(handler.cpu_per_record()),
+                    micros(handler.cpu_per_record().saturating_sub(before)),
+                    handler.cpu_ms_per_mb()
+                );
+            }
+            let _ = writeln!(out);
         }
-        if let Some(handler) = self
-            .by_store
-            .iter()
-            .find(|run| run.workload.sinks == Sinks::S3 && run.workload.store == Store::Null)
-        {
-            let _ = writeln!(
-                out,
-                "| the handler, S3 path (its pipeline, logging and metrics besides) | {} | {} |",
-                micros(handler.cpu_per_record()),
-                micros(handler.cpu_per_record().saturating_sub(before))
-            );
-        }
-        let _ = writeln!(out);
     }
 
     fn profile_section(&self, out: &mut String) {

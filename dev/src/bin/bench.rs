@@ -97,6 +97,14 @@ async fn main() {
         ..Workload::new(100, 100 * KB).deployed(memory_mb)
     })
     .await;
+    // And under the large payloads' (the peak memory runs' first shape).
+    results.floor.extend(
+        floor(&Workload {
+            batches: 2,
+            ..Workload::new(10, 20 * MB)
+        })
+        .await,
+    );
     for (sinks, store) in [
         (Sinks::S3, Store::Null),
         (Sinks::S3, Store::Moto),
