@@ -580,7 +580,7 @@ impl Results {
                     "| {} | {} | {} | {:.1} ms |",
                     run.job.label(),
                     micros(run.cpu_per_record),
-                    micros(run.cpu_per_record.saturating_sub(before)),
+                    added(run.cpu_per_record, before),
                     run.cpu_ms_per_mb()
                 );
                 before = run.cpu_per_record;
@@ -591,7 +591,7 @@ impl Results {
                     out,
                     "| the handler, S3 path (its pipeline, logging and metrics besides) | {} | {} | {:.1} ms |",
                     micros(handler.cpu_per_record()),
-                    micros(handler.cpu_per_record().saturating_sub(before)),
+                    added(handler.cpu_per_record(), before),
                     handler.cpu_ms_per_mb()
                 );
             }
@@ -978,6 +978,17 @@ fn median<T: Ord + Copy + Default>(mut values: Vec<T>) -> T {
 
 fn ms(duration: Duration) -> String {
     format!("{:.1} ms", duration.as_secs_f64() * 1000.0)
+}
+
+/// What a step added to the one before, which noise can make less than
+/// nothing.
+fn added(after: Duration, before: Duration) -> String {
+    let micros = (after.as_secs_f64() - before.as_secs_f64()) * 1_000_000.0;
+    if micros < 0.0 {
+        format!("−{:.0} µs", -micros)
+    } else {
+        format!("{micros:.0} µs")
+    }
 }
 
 fn micros(duration: Duration) -> String {
