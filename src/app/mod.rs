@@ -2,6 +2,7 @@
 //! [`aws`] wires the AWS clients from the configuration; the handlers see only
 //! the narrow traits, so tests run them in process on in-memory fakes.
 
+pub mod async_runtime;
 mod aws;
 
 pub use aws::{dynamodb_client, eraser, pipeline, s3_client};

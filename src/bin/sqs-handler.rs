@@ -1,10 +1,11 @@
 //! Lambda bootstrap for SQS event source mappings.
 
 use lambda_runtime::service_fn;
-use terra_sink::app::App;
+use terra_sink::app::{App, async_runtime};
 
-#[tokio::main]
-async fn main() -> Result<(), lambda_runtime::Error> {
-    let app = App::start_for_the_process().await;
-    lambda_runtime::run_concurrent(service_fn(|event| app.handle_sqs(event))).await
+fn main() -> Result<(), lambda_runtime::Error> {
+    async_runtime::for_the_process()?.block_on(async {
+        let app = App::start_for_the_process().await;
+        lambda_runtime::run_concurrent(service_fn(|event| app.handle_sqs(event))).await
+    })
 }
