@@ -310,7 +310,12 @@ impl Results {
                             run.cpu_ms_per_mb()
                         )
                     })
-                    .chain(large.first().map(|run| self.floor_summary(run, true)))
+                    .chain(
+                        large
+                            .first()
+                            .map(|run| self.floor_summary(run, true).trim_start().to_owned()),
+                    )
+                    .filter(|part| !part.is_empty())
                     .collect::<Vec<_>>()
                     .join(" "),
             });
