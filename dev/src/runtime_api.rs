@@ -64,6 +64,18 @@ struct HandedOut {
     peak: usize,
 }
 
+impl HandedOut {
+    fn take(&mut self, id: &str) {
+        self.ids.insert(id.to_owned());
+        self.peak = self.peak.max(self.ids.len());
+    }
+
+    /// Answered, or given up on.
+    fn settle(&mut self, id: &str) {
+        self.ids.remove(id);
+    }
+}
+
 pub struct RuntimeApi {
     pub addr: SocketAddr,
     queue: mpsc::UnboundedSender<Invocation>,
@@ -164,11 +176,7 @@ impl RuntimeApi {
             Ok(Err(_)) => panic!("invocation {id} was dropped"),
             Err(_) => {
                 self.waiting.lock().expect("not poisoned").remove(&id);
-                self.handed_out
-                    .lock()
-                    .expect("not poisoned")
-                    .ids
-                    .remove(&id);
+                self.handed_out.lock().expect("not poisoned").settle(&id);
                 None
             }
         }
@@ -197,11 +205,11 @@ async fn next(
         let _ = shared.requeue.send(invocation);
         return (StatusCode::GONE, HeaderMap::new(), Vec::new());
     }
-    {
-        let mut handed_out = shared.handed_out.lock().expect("not poisoned");
-        handed_out.ids.insert(invocation.id.clone());
-        handed_out.peak = handed_out.peak.max(handed_out.ids.len());
-    }
+    shared
+        .handed_out
+        .lock()
+        .expect("not poisoned")
+        .take(&invocation.id);
     let mut headers = HeaderMap::new();
     let header = |v: &str| HeaderValue::from_str(v).expect("valid header");
     headers.insert("lambda-runtime-aws-request-id", header(&invocation.id));
@@ -270,12 +278,7 @@ async fn serve_with_peers(app: Router) -> (SocketAddr, tokio::task::JoinHandle<(
 }
 
 fn finish(shared: &Shared, id: &str, result: InvocationResult) -> StatusCode {
-    shared
-        .handed_out
-        .lock()
-        .expect("not poisoned")
-        .ids
-        .remove(id);
+    shared.handed_out.lock().expect("not poisoned").settle(id);
     match shared.waiting.lock().expect("not poisoned").remove(id) {
         Some(sender) => {
             let _ = sender.send(result);

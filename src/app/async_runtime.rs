@@ -5,9 +5,10 @@
 //! A worker thread per visible core then only hands tasks between threads
 //! that take turns on a fraction of one: at the template's 512 MB (0.29 of a
 //! vCPU), side-by-side runs of `make bench`'s S3 workload measured 15 to
-//! 20 % more CPU per record with two workers than with one. So the runtime has one worker per vCPU the memory
-//! buys, at least one and at most the cores visible; on Lambda Managed
-//! Instances (a vCPU per 2 GiB or more) that is every visible core.
+//! 20 % more CPU per record with two workers than with one. So the runtime
+//! has one worker per vCPU the memory buys, at least one and at most the
+//! cores visible; on Lambda Managed Instances (a vCPU per 2 GiB or more)
+//! that is every visible core.
 
 /// Memory that buys one vCPU, in MB.
 const MB_PER_VCPU: u64 = 1769;
